@@ -1,0 +1,139 @@
+//! Message groups: which messages must reach S2 in order relative to each other.
+//!
+//! As in Sequin the effective key is the table plus the group value, so the same primary key
+//! in two tables never collides. The key's text form is what the queue stores and the API shows.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::Envelope;
+
+/// Per-table group columns: `"schema.table"` → column names.
+pub type GroupColumns = HashMap<String, Vec<String>>;
+
+/// A group's canonical key. Messages with equal keys are delivered strictly in order.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct GroupKey(pub String);
+
+impl GroupKey {
+    /// The key as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Derives a message's group.
+    ///
+    /// - an explicit group from the producer wins (non-CDC producers);
+    /// - else, for a CDC message, `schema.table/` plus the configured group columns' values
+    ///   joined with `:` (nulls skipped), falling back to `metadata.record_pks` joined with `:`;
+    /// - else no group: the message is delivered on its own, unordered.
+    pub fn derive(
+        envelope: &Envelope,
+        explicit: Option<&str>,
+        group_columns: &GroupColumns,
+    ) -> Option<GroupKey> {
+        if let Some(g) = explicit {
+            return (!g.is_empty()).then(|| GroupKey(g.to_string()));
+        }
+        let table = envelope.table()?;
+        let from_columns = group_columns.get(&table).and_then(|cols| {
+            let record = envelope.record.as_ref()?.as_object()?;
+            let parts: Vec<String> = cols
+                .iter()
+                .filter_map(|c| record.get(c))
+                .filter(|v| !v.is_null())
+                .map(value_text)
+                .collect();
+            (!parts.is_empty()).then(|| parts.join(":"))
+        });
+        let group = from_columns.or_else(|| {
+            let pks = envelope.metadata.as_ref()?.record_pks.as_ref()?;
+            let joined = pks.iter().map(value_text).collect::<Vec<_>>().join(":");
+            (!joined.is_empty()).then_some(joined)
+        })?;
+        Some(GroupKey(format!("{table}/{group}")))
+    }
+}
+
+impl std::fmt::Display for GroupKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn value_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn env(v: Value) -> Envelope {
+        Envelope::from_value(&v).unwrap()
+    }
+
+    #[test]
+    fn default_group_is_table_plus_pks() {
+        let e = env(json!({"record": {"id": 7},
+            "metadata": {"table_schema": "public", "table_name": "orders", "record_pks": ["7", "abc"]}}));
+        assert_eq!(
+            GroupKey::derive(&e, None, &GroupColumns::new()).unwrap().0,
+            "public.orders/7:abc"
+        );
+    }
+
+    #[test]
+    fn same_pk_in_two_tables_differs() {
+        let a = env(
+            json!({"metadata": {"table_schema": "public", "table_name": "a", "record_pks": [1]}}),
+        );
+        let b = env(
+            json!({"metadata": {"table_schema": "public", "table_name": "b", "record_pks": [1]}}),
+        );
+        let cols = GroupColumns::new();
+        assert_ne!(
+            GroupKey::derive(&a, None, &cols),
+            GroupKey::derive(&b, None, &cols)
+        );
+    }
+
+    #[test]
+    fn group_columns_override_and_fall_back_to_pk_when_null() {
+        let mut cols = GroupColumns::new();
+        cols.insert("public.orders".into(), vec!["user_id".into(), "org".into()]);
+        let e = env(json!({"record": {"id": 1, "user_id": 42, "org": null},
+            "metadata": {"table_schema": "public", "table_name": "orders", "record_pks": ["1"]}}));
+        assert_eq!(
+            GroupKey::derive(&e, None, &cols).unwrap().0,
+            "public.orders/42"
+        );
+        let e = env(json!({"record": {"id": 1, "user_id": null},
+            "metadata": {"table_schema": "public", "table_name": "orders", "record_pks": ["1"]}}));
+        assert_eq!(
+            GroupKey::derive(&e, None, &cols).unwrap().0,
+            "public.orders/1"
+        );
+    }
+
+    #[test]
+    fn explicit_group_wins_and_no_table_means_no_group() {
+        let e = env(json!({"hello": 1}));
+        let cols = GroupColumns::new();
+        assert_eq!(
+            GroupKey::derive(&e, Some("user-9"), &cols).unwrap().0,
+            "user-9"
+        );
+        assert_eq!(GroupKey::derive(&e, None, &cols), None);
+        assert_eq!(GroupKey::derive(&e, Some(""), &cols), None);
+        let no_pks = env(json!({"metadata": {"table_name": "t"}}));
+        assert_eq!(GroupKey::derive(&no_pks, None, &cols), None);
+    }
+}
