@@ -1,0 +1,288 @@
+//! The configured set of functions and how one message goes through them.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+
+use rhai::{Dynamic, Engine};
+use s2sink_core::Route;
+use serde_json::Value;
+
+use crate::convert::{to_dynamic, to_json};
+use crate::error::{FunctionKind, Location, TransformError};
+use crate::path::PathTransform;
+use crate::route::{friendly_type, validate_route};
+use crate::sandbox::{build_engine, SandboxLimits};
+use crate::script::{FunctionSource, Script};
+
+/// How the S2 record body is made from a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransformSpec {
+    /// A Sequin path such as `record` or `record.payload`; the body is the value there
+    /// (`null` when missing).
+    Path(String),
+    /// A Rhai `fn transform(action, record, changes, metadata)`; the body is its result.
+    Function(FunctionSource),
+}
+
+/// Which functions a sink uses. Everything is optional; the default runs nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FunctionsConfig {
+    /// Makes the record body; `None` sends the message unchanged.
+    pub transform: Option<TransformSpec>,
+    /// `fn filter(...)` returning a bool; `false` drops the message (acked, not delivered).
+    pub filter: Option<FunctionSource>,
+    /// `fn route(...)` returning `#{basin, stream}`; `None` uses the sink's static route.
+    pub route: Option<FunctionSource>,
+    /// Sandbox limits for every function call.
+    pub limits: SandboxLimits,
+}
+
+/// What to do with one message after its functions ran.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Applied<'a> {
+    /// The filter returned false: acknowledge without delivering (cursors still advance).
+    Filtered,
+    /// Deliver `body` (JSON-encode it as the S2 record body) to `route`.
+    Deliver {
+        /// The record body. Borrowed from the message when no transform ran or a path
+        /// transform picked a part of it (no copy); owned when a function made it.
+        body: Cow<'a, Value>,
+        /// `None` = the sink's static route; `Some` = the route function's choice.
+        route: Option<Route>,
+    },
+}
+
+enum Transform {
+    Path(PathTransform),
+    Script(Script),
+}
+
+struct Inner {
+    engine: Engine,
+    limits: SandboxLimits,
+    transform: Option<Transform>,
+    filter: Option<Script>,
+    route: Option<Script>,
+}
+
+/// Compiled transform, filter and route functions of one sink.
+///
+/// Compile once at startup ([`Functions::compile`] reports every load error with its
+/// location); then call from any number of threads: cloning is an `Arc` bump, the compiled
+/// scripts and the sandboxed engine are shared, and each call has its own deadline.
+#[derive(Clone)]
+pub struct Functions {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Functions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let transform = match &self.inner.transform {
+            None => "none".to_string(),
+            Some(Transform::Path(p)) => format!("path {}", p.as_str()),
+            Some(Transform::Script(_)) => "function".to_string(),
+        };
+        f.debug_struct("Functions")
+            .field("transform", &transform)
+            .field("filter", &self.inner.filter.is_some())
+            .field("route", &self.inner.route.is_some())
+            .field("limits", &self.inner.limits)
+            .finish()
+    }
+}
+
+/// The four arguments Sequin passes, taken from the message's top-level fields.
+fn args_of(msg: &Value) -> [Dynamic; 4] {
+    let field = |k: &str| msg.get(k).map_or(Dynamic::UNIT, to_dynamic);
+    [
+        field("action"),
+        field("record"),
+        field("changes"),
+        field("metadata"),
+    ]
+}
+
+impl Functions {
+    /// Loads and compiles every configured function, checking syntax, signatures and paths.
+    ///
+    /// An error here means the config is unusable: the server should refuse to start.
+    pub fn compile(config: &FunctionsConfig) -> Result<Functions, TransformError> {
+        let limits = config.limits.clone();
+        let engine = build_engine(&limits);
+        let transform = match &config.transform {
+            None => None,
+            Some(TransformSpec::Path(p)) => Some(Transform::Path(
+                PathTransform::parse(p).map_err(|message| TransformError::Load {
+                    kind: FunctionKind::Transform,
+                    location: Location::whole("path transform"),
+                    message,
+                })?,
+            )),
+            Some(TransformSpec::Function(src)) => Some(Transform::Script(Script::load(
+                FunctionKind::Transform,
+                src,
+                &engine,
+                &limits,
+            )?)),
+        };
+        let load = |kind, src: &Option<FunctionSource>| {
+            src.as_ref()
+                .map(|s| Script::load(kind, s, &engine, &limits))
+                .transpose()
+        };
+        let filter = load(FunctionKind::Filter, &config.filter)?;
+        let route = load(FunctionKind::Route, &config.route)?;
+        Ok(Functions {
+            inner: Arc::new(Inner {
+                engine,
+                limits,
+                transform,
+                filter,
+                route,
+            }),
+        })
+    }
+
+    /// True when no function is configured, so [`Functions::apply`] only borrows the message.
+    pub fn is_noop(&self) -> bool {
+        let i = &self.inner;
+        i.transform.is_none() && i.filter.is_none() && i.route.is_none()
+    }
+
+    /// Runs filter, then route, then transform (Sequin's order) on one message.
+    ///
+    /// `msg_id` only labels errors. The message's `action`, `record`, `changes` and
+    /// `metadata` fields are converted to Rhai once and shared by the calls. With no
+    /// functions configured this does no Rhai work and no copy.
+    pub fn apply<'a>(
+        &self,
+        msg: &'a Value,
+        msg_id: Option<&str>,
+    ) -> Result<Applied<'a>, TransformError> {
+        let i = &self.inner;
+        let needs_args = i.filter.is_some()
+            || i.route.is_some()
+            || matches!(i.transform, Some(Transform::Script(_)));
+        let args = if needs_args { Some(args_of(msg)) } else { None };
+        if let (Some(filter), Some(args)) = (&i.filter, &args) {
+            if !self.run_filter(filter, args.clone(), msg_id)? {
+                return Ok(Applied::Filtered);
+            }
+        }
+        let route = match (&i.route, &args) {
+            (Some(route), Some(args)) => Some(self.run_route(route, args.clone(), msg_id)?),
+            _ => None,
+        };
+        let body = self.run_transform(msg, args, msg_id)?;
+        Ok(Applied::Deliver { body, route })
+    }
+
+    /// Runs only the filter: `Ok(true)` = deliver (also when no filter is configured).
+    pub fn filter(&self, msg: &Value, msg_id: Option<&str>) -> Result<bool, TransformError> {
+        match &self.inner.filter {
+            Some(f) => self.run_filter(f, args_of(msg), msg_id),
+            None => Ok(true),
+        }
+    }
+
+    /// Runs only the route function: `Ok(None)` when none is configured (use the sink's route).
+    pub fn route(
+        &self,
+        msg: &Value,
+        msg_id: Option<&str>,
+    ) -> Result<Option<Route>, TransformError> {
+        match &self.inner.route {
+            Some(r) => self.run_route(r, args_of(msg), msg_id).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Runs only the transform: the record body (the message itself when none is configured).
+    pub fn transform<'a>(
+        &self,
+        msg: &'a Value,
+        msg_id: Option<&str>,
+    ) -> Result<Cow<'a, Value>, TransformError> {
+        self.run_transform(msg, None, msg_id)
+    }
+
+    fn run_filter(
+        &self,
+        script: &Script,
+        args: [Dynamic; 4],
+        msg_id: Option<&str>,
+    ) -> Result<bool, TransformError> {
+        let out = script.call(&self.inner.engine, &self.inner.limits, args, msg_id)?;
+        out.as_bool().map_err(|_| TransformError::InvalidOutput {
+            kind: FunctionKind::Filter,
+            msg_id: msg_id.map(str::to_string),
+            reason: format!("filter must return a bool, got {}", friendly_type(&out)),
+        })
+    }
+
+    fn run_route(
+        &self,
+        script: &Script,
+        args: [Dynamic; 4],
+        msg_id: Option<&str>,
+    ) -> Result<Route, TransformError> {
+        let out = script.call(&self.inner.engine, &self.inner.limits, args, msg_id)?;
+        validate_route(&out).map_err(|violations| TransformError::InvalidRoute {
+            msg_id: msg_id.map(str::to_string),
+            violations,
+        })
+    }
+
+    fn run_transform<'a>(
+        &self,
+        msg: &'a Value,
+        args: Option<[Dynamic; 4]>,
+        msg_id: Option<&str>,
+    ) -> Result<Cow<'a, Value>, TransformError> {
+        match &self.inner.transform {
+            None => Ok(Cow::Borrowed(msg)),
+            Some(Transform::Path(p)) => {
+                Ok(p.apply(msg).map_or(Cow::Owned(Value::Null), Cow::Borrowed))
+            }
+            Some(Transform::Script(script)) => {
+                let args = args.unwrap_or_else(|| args_of(msg));
+                let out = script.call(&self.inner.engine, &self.inner.limits, args, msg_id)?;
+                let hint = order_hint(&out, msg);
+                to_json(&out, hint).map(Cow::Owned).map_err(|reason| {
+                    TransformError::InvalidOutput {
+                        kind: FunctionKind::Transform,
+                        msg_id: msg_id.map(str::to_string),
+                        reason,
+                    }
+                })
+            }
+        }
+    }
+}
+
+/// The input object a transform result most likely came from (the one sharing the most
+/// top-level keys), so the result keeps that object's key order. See [`crate::convert`].
+fn order_hint<'a>(out: &Dynamic, msg: &'a Value) -> Option<&'a Value> {
+    let map = out.read_lock::<rhai::Map>()?;
+    let candidates = [
+        msg.get("record"),
+        Some(msg),
+        msg.get("changes"),
+        msg.get("metadata"),
+    ];
+    let mut best: Option<(&Value, usize)> = None;
+    for cand in candidates.into_iter().flatten() {
+        let Some(obj) = cand.as_object() else {
+            continue;
+        };
+        let shared = map.keys().filter(|k| obj.contains_key(k.as_str())).count();
+        if shared == map.len() && shared == obj.len() {
+            return Some(cand);
+        }
+        if shared > 0 && best.is_none_or(|(_, n)| shared > n) {
+            best = Some((cand, shared));
+        }
+    }
+    best.map(|(v, _)| v)
+}
