@@ -1,0 +1,236 @@
+//! The queue's public value types: ids, group handles, stored messages and their state.
+
+use std::fmt;
+
+use s2sink_core::{GroupKey, LastError, UnixMillis};
+
+/// A message's id: unique within its sink, strictly increasing in acceptance order and never
+/// reused, even across restarts. It is what S2 record headers carry for exactly-once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageId(pub u64);
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// An opaque handle on one group of a sink: the unit of ordering.
+///
+/// A keyed message belongs to the group of its [`GroupKey`]; an ungrouped message is its own
+/// single-message group, whose handle is unique to it (so it never blocks anything else).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupRef(Repr);
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Repr {
+    Key(GroupKey),
+    Solo(MessageId),
+}
+
+const TAG_KEY: u8 = b'k';
+const TAG_SOLO: u8 = b's';
+
+impl GroupRef {
+    /// The group of a message: its key, or (ungrouped) the message itself.
+    pub fn of(key: Option<GroupKey>, id: MessageId) -> GroupRef {
+        match key {
+            Some(k) => GroupRef(Repr::Key(k)),
+            None => GroupRef(Repr::Solo(id)),
+        }
+    }
+
+    /// The group key, for display and filtering; `None` for an ungrouped message.
+    pub fn key(&self) -> Option<&GroupKey> {
+        match &self.0 {
+            Repr::Key(k) => Some(k),
+            Repr::Solo(_) => None,
+        }
+    }
+
+    /// The id of the single message of an ungrouped group.
+    pub fn solo(&self) -> Option<MessageId> {
+        match &self.0 {
+            Repr::Key(_) => None,
+            Repr::Solo(id) => Some(*id),
+        }
+    }
+
+    /// The stored form: a tag byte, then the key's UTF-8 or the id big-endian.
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        match &self.0 {
+            Repr::Key(k) => {
+                let mut v = Vec::with_capacity(1 + k.0.len());
+                v.push(TAG_KEY);
+                v.extend_from_slice(k.0.as_bytes());
+                v
+            }
+            Repr::Solo(id) => {
+                let mut v = Vec::with_capacity(9);
+                v.push(TAG_SOLO);
+                v.extend_from_slice(&id.0.to_be_bytes());
+                v
+            }
+        }
+    }
+
+    /// Reads the stored form back; `None` if the bytes are not one.
+    pub(crate) fn decode(bytes: &[u8]) -> Option<GroupRef> {
+        let (&tag, rest) = bytes.split_first()?;
+        match tag {
+            TAG_KEY => {
+                let s = std::str::from_utf8(rest).ok()?;
+                Some(GroupRef(Repr::Key(GroupKey(s.to_string()))))
+            }
+            TAG_SOLO => {
+                let id = u64::from_be_bytes(rest.try_into().ok()?);
+                Some(GroupRef(Repr::Solo(MessageId(id))))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl From<GroupKey> for GroupRef {
+    fn from(k: GroupKey) -> Self {
+        GroupRef(Repr::Key(k))
+    }
+}
+
+impl fmt::Display for GroupRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Repr::Key(k) => f.write_str(k.as_str()),
+            Repr::Solo(id) => write!(f, "(ungrouped #{id})"),
+        }
+    }
+}
+
+/// A message handed to [`Queue::enqueue`](crate::Queue::enqueue).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    /// Its group; `None` delivers it on its own, unordered.
+    pub group: Option<GroupKey>,
+    /// The bytes to deliver (the producer's JSON).
+    pub payload: Vec<u8>,
+}
+
+/// What [`Queue::enqueue`](crate::Queue::enqueue) returns per message, once it is durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enqueued {
+    pub id: MessageId,
+    pub group: GroupRef,
+}
+
+/// Delivery bookkeeping of one message: what the console shows and the backoff reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeliveryState {
+    /// Failed attempts so far (a successful attempt removes the message).
+    pub deliver_count: u32,
+    /// The last failure, with S2's answer.
+    pub last_error: Option<LastError>,
+    /// Not to be attempted before this time (backoff); `None` = ready.
+    pub not_visible_until: Option<UnixMillis>,
+    /// When the last attempt failed.
+    pub last_attempt_at: Option<UnixMillis>,
+}
+
+/// A message as stored, with its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub id: MessageId,
+    pub group: GroupRef,
+    pub payload: Vec<u8>,
+    pub enqueued_at: UnixMillis,
+    pub state: DeliveryState,
+}
+
+/// A discarded message kept for inspection, with its last error in `message.state`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscardedMessage {
+    pub message: StoredMessage,
+    pub discarded_at: UnixMillis,
+}
+
+/// Which messages a listing returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StateFilter {
+    /// Never attempted and failed (`deliver_count == 0`).
+    Pending,
+    /// Waiting for a backoff to end (`not_visible_until > now`).
+    BackingOff,
+    /// Failed at least once (`deliver_count > 0`).
+    Failed,
+    /// Everything.
+    #[default]
+    All,
+}
+
+impl StateFilter {
+    /// Whether a message in `state` matches at time `now`.
+    pub fn matches(self, state: &DeliveryState, now: UnixMillis) -> bool {
+        match self {
+            StateFilter::Pending => state.deliver_count == 0,
+            StateFilter::BackingOff => state.not_visible_until.is_some_and(|t| t > now),
+            StateFilter::Failed => state.deliver_count > 0,
+            StateFilter::All => true,
+        }
+    }
+}
+
+/// A page request for [`Queue::list`](crate::Queue::list).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListFilter {
+    pub state: StateFilter,
+    /// Only this group (in group order, which is id order).
+    pub group: Option<GroupRef>,
+    /// Exclusive cursor in the listing direction: ids after it (or before it, newest first).
+    pub after: Option<MessageId>,
+    /// At most this many messages.
+    pub limit: usize,
+    /// Newest (highest id) first.
+    pub newest_first: bool,
+}
+
+impl Default for ListFilter {
+    fn default() -> Self {
+        ListFilter {
+            state: StateFilter::All,
+            group: None,
+            after: None,
+            limit: 100,
+            newest_first: false,
+        }
+    }
+}
+
+/// Per-sink counters, kept exact without scanning.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Messages in the queue, whatever their state.
+    pub pending: u64,
+    /// Messages in the queue that failed at least once (`deliver_count > 0`).
+    pub failing: u64,
+    /// Messages removed as delivered (acked or manually acknowledged), ever.
+    pub delivered: u64,
+    /// Messages discarded, ever (the discarded list keeps only the newest).
+    pub discarded: u64,
+}
+
+/// Settings of [`Queue::open_with`](crate::Queue::open_with).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueOptions {
+    /// How many discarded messages each sink keeps (oldest dropped first).
+    pub discarded_cap: usize,
+    /// sled's page cache size in bytes (memory stays bounded by it).
+    pub cache_capacity: u64,
+}
+
+impl Default for QueueOptions {
+    fn default() -> Self {
+        QueueOptions {
+            discarded_cap: 1000,
+            cache_capacity: 256 * 1024 * 1024,
+        }
+    }
+}
