@@ -1,0 +1,284 @@
+//! The S2 REST client: append, read, check tail, ensure basin/stream, list streams.
+
+use std::fmt;
+use std::sync::Arc;
+
+use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use reqwest::{Method, RequestBuilder};
+use serde::de::DeserializeOwned;
+
+use crate::config::{encode_path_segment, Endpoint, S2Config, Target};
+use crate::error::{from_response, parse_retry_after, truncate_body, S2Error};
+use crate::types::{
+    AppendAck, AppendInput, ListStreamsResponse, ReadBatch, ReadLimits, SequencedRecord,
+    StreamPosition, TailResponse,
+};
+
+/// A cheap-to-clone handle on one connection pool to one S2 endpoint.
+///
+/// Every method is a single HTTP request without retries: the caller (the delivery engine)
+/// owns retry policy, using [`S2Error::class`] and [`S2Error::retry_after`].
+#[derive(Clone)]
+pub struct S2Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    config: S2Config,
+}
+
+impl fmt::Debug for S2Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The config's Debug redacts the token.
+        f.debug_struct("S2Client")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Outcome of a successful HTTP exchange: status and body text.
+struct Response {
+    status: u16,
+    body: String,
+}
+
+impl S2Client {
+    /// Builds a client (no network I/O happens here).
+    pub fn new(config: S2Config) -> Result<Self, S2Error> {
+        if let Endpoint::Direct(url) = &config.endpoint {
+            let parsed = reqwest::Url::parse(url)
+                .map_err(|e| S2Error::InvalidConfig(format!("endpoint URL {url:?}: {e}")))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(S2Error::InvalidConfig(format!(
+                    "endpoint URL {url:?} must be http or https"
+                )));
+            }
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
+        headers.insert("s2-format", HeaderValue::from_static("raw"));
+        if let Some(token) = &config.access_token {
+            let mut value =
+                HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| {
+                    S2Error::InvalidConfig("access token contains invalid characters".into())
+                })?;
+            value.set_sensitive(true);
+            headers.insert(AUTHORIZATION, value);
+        }
+        let mut builder = reqwest::Client::builder()
+            .default_headers(headers)
+            .connect_timeout(config.connect_timeout)
+            .timeout(config.request_timeout);
+        if config.endpoint.is_loopback() {
+            builder = builder.no_proxy();
+        }
+        let http = builder
+            .build()
+            .map_err(|e| S2Error::InvalidConfig(format!("HTTP client: {e}")))?;
+        Ok(S2Client {
+            inner: Arc::new(Inner { http, config }),
+        })
+    }
+
+    /// The configuration this client was built from.
+    pub fn config(&self) -> &S2Config {
+        &self.inner.config
+    }
+
+    /// Appends one atomic batch to `stream`, returning S2's ack positions.
+    ///
+    /// No local limit checks: pack records with [`crate::BatchLimits`] first. 412 becomes
+    /// [`S2Error::SeqNumMismatch`] (with the stream's actual tail) or
+    /// [`S2Error::FencingTokenMismatch`].
+    pub async fn append(
+        &self,
+        basin: &str,
+        stream: &str,
+        input: &AppendInput,
+    ) -> Result<AppendAck, S2Error> {
+        let context = format!("append to stream `{stream}` in basin `{basin}`");
+        let body = serde_json::to_vec(input)
+            .map_err(|e| S2Error::InvalidConfig(format!("{context}: serialize: {e}")))?;
+        let target = self.records_target(basin, stream, "");
+        let req = self
+            .basin_request(Method::POST, &target)
+            .header(CONTENT_TYPE, "application/json")
+            .body(body);
+        let resp = self.send(&context, req, input.match_seq_num).await?;
+        decode(&context, &resp)
+    }
+
+    /// The stream's tail: the seq num the next record will get and the last timestamp.
+    pub async fn check_tail(&self, basin: &str, stream: &str) -> Result<StreamPosition, S2Error> {
+        let context = format!("check tail of stream `{stream}` in basin `{basin}`");
+        let target = self.records_target(basin, stream, "/tail");
+        let resp = self
+            .send(&context, self.basin_request(Method::GET, &target), None)
+            .await?;
+        Ok(decode::<TailResponse>(&context, &resp)?.tail)
+    }
+
+    /// Reads records starting at `start_seq_num` (one unary read, no waiting).
+    ///
+    /// Returns an empty vec when the start is at or beyond the tail (S2's 416). Command
+    /// records are included; see [`SequencedRecord::is_command`].
+    pub async fn read(
+        &self,
+        basin: &str,
+        stream: &str,
+        start_seq_num: u64,
+        limits: ReadLimits,
+    ) -> Result<Vec<SequencedRecord>, S2Error> {
+        let context = format!("read stream `{stream}` in basin `{basin}` from {start_seq_num}");
+        let mut query = format!(
+            "?seq_num={start_seq_num}&count={}",
+            limits.count.unwrap_or(1000)
+        );
+        if let Some(bytes) = limits.bytes {
+            query.push_str(&format!("&bytes={bytes}"));
+        }
+        let target = self.records_target(basin, stream, &query);
+        match self
+            .send(&context, self.basin_request(Method::GET, &target), None)
+            .await
+        {
+            Ok(resp) => Ok(decode::<ReadBatch>(&context, &resp)?.records),
+            Err(S2Error::RangeNotSatisfiable { .. }) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates `basin` if missing (PUT, idempotent). `config` is S2's `BasinConfig` JSON,
+    /// e.g. `{"create_stream_on_append": true}`. Returns whether it was created.
+    pub async fn ensure_basin(
+        &self,
+        basin: &str,
+        config: Option<&serde_json::Value>,
+    ) -> Result<bool, S2Error> {
+        let context = format!("ensure basin `{basin}`");
+        let url = self
+            .inner
+            .config
+            .endpoint
+            .account_url(&format!("/basins/{}", encode_path_segment(basin)));
+        let body = match config {
+            Some(c) => serde_json::json!({ "config": c }),
+            None => serde_json::json!({}),
+        };
+        let req = self
+            .inner
+            .http
+            .request(Method::PUT, url)
+            .header(CONTENT_TYPE, "application/json")
+            .body(body.to_string());
+        Ok(self.send(&context, req, None).await?.status == 201)
+    }
+
+    /// Creates `stream` if missing (PUT, idempotent). `config` is S2's `StreamConfig` JSON.
+    /// Returns whether it was created.
+    pub async fn ensure_stream(
+        &self,
+        basin: &str,
+        stream: &str,
+        config: Option<&serde_json::Value>,
+    ) -> Result<bool, S2Error> {
+        let context = format!("ensure stream `{stream}` in basin `{basin}`");
+        let target = self
+            .inner
+            .config
+            .endpoint
+            .basin_target(basin, &format!("/streams/{}", encode_path_segment(stream)));
+        let body = config.cloned().unwrap_or_else(|| serde_json::json!({}));
+        let req = self
+            .basin_request(Method::PUT, &target)
+            .header(CONTENT_TYPE, "application/json")
+            .body(body.to_string());
+        Ok(self.send(&context, req, None).await?.status == 201)
+    }
+
+    /// Names of the streams in `basin` starting with `prefix` (all pages), sorted as S2 lists.
+    pub async fn list_streams(&self, basin: &str, prefix: &str) -> Result<Vec<String>, S2Error> {
+        let context = format!("list streams in basin `{basin}`");
+        let mut names: Vec<String> = Vec::new();
+        loop {
+            let mut query = format!("/streams?prefix={}", encode_path_segment(prefix));
+            if let Some(last) = names.last() {
+                query.push_str(&format!("&start_after={}", encode_path_segment(last)));
+            }
+            let target = self.inner.config.endpoint.basin_target(basin, &query);
+            let resp = self
+                .send(&context, self.basin_request(Method::GET, &target), None)
+                .await?;
+            let page: ListStreamsResponse = decode(&context, &resp)?;
+            let empty = page.streams.is_empty();
+            names.extend(page.streams.into_iter().map(|s| s.name));
+            if !page.has_more || empty {
+                return Ok(names);
+            }
+        }
+    }
+
+    fn records_target(&self, basin: &str, stream: &str, suffix: &str) -> Target {
+        self.inner.config.endpoint.basin_target(
+            basin,
+            &format!("/streams/{}/records{suffix}", encode_path_segment(stream)),
+        )
+    }
+
+    fn basin_request(&self, method: Method, target: &Target) -> RequestBuilder {
+        let req = self.inner.http.request(method, &target.url);
+        match &target.basin_header {
+            Some(basin) => req.header("s2-basin", basin),
+            None => req,
+        }
+    }
+
+    /// Sends `req`; non-2xx statuses become typed errors.
+    async fn send(
+        &self,
+        context: &str,
+        req: RequestBuilder,
+        expected_seq_num: Option<u64>,
+    ) -> Result<Response, S2Error> {
+        let resp = req.send().await.map_err(|e| transport_error(context, e))?;
+        let status = resp.status().as_u16();
+        let retry_after = parse_retry_after(resp.headers());
+        let body = resp.text().await.map_err(|e| transport_error(context, e))?;
+        tracing::debug!(%context, status, "S2 response");
+        if (200..300).contains(&status) {
+            Ok(Response { status, body })
+        } else {
+            Err(from_response(
+                context.to_string(),
+                status,
+                retry_after,
+                &body,
+                expected_seq_num,
+            ))
+        }
+    }
+}
+
+fn transport_error(context: &str, e: reqwest::Error) -> S2Error {
+    // The URL holds no secret (the token travels in a header), but drop it anyway: the
+    // context already names the target, and URLs may carry userinfo.
+    let source = e.without_url();
+    let context = context.to_string();
+    if source.is_connect() {
+        S2Error::Connect { context, source }
+    } else if source.is_timeout() {
+        S2Error::Timeout { context, source }
+    } else {
+        S2Error::Transport { context, source }
+    }
+}
+
+fn decode<T: DeserializeOwned>(context: &str, resp: &Response) -> Result<T, S2Error> {
+    serde_json::from_str(&resp.body).map_err(|e| S2Error::Decode {
+        context: context.to_string(),
+        status: resp.status,
+        reason: e.to_string(),
+        body: truncate_body(&resp.body),
+    })
+}
