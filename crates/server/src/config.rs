@@ -1,0 +1,413 @@
+//! Loading the server config: a TOML file plus `S2SINK_*` environment overrides.
+//!
+//! Secrets can come from the environment only: `S2SINK_SERVER__API_TOKEN` for the API
+//! token, and per sink `access_token_env = "VAR"` or `S2SINK_SINK_<NAME>_ACCESS_TOKEN`
+//! (name upper-cased, other characters as `_`). Every error names the key and the problem.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use s2sink_client::{BatchLimits, Endpoint, S2Config};
+use s2sink_core::{validate_basin, validate_stream, BackoffPolicy, GroupColumns, Route};
+use s2sink_transform::{FunctionSource, FunctionsConfig, SandboxLimits, TransformSpec};
+use serde::Deserialize;
+
+use crate::engine::{BatchSettings, SinkSettings};
+use crate::ServerError;
+
+/// Where S2 is when a sink names neither an endpoint nor an access token: a local s2-lite.
+pub const DEFAULT_LOCAL_ENDPOINT: &str = "http://127.0.0.1:8080";
+
+/// The whole config file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub sinks: Vec<SinkSection>,
+}
+
+/// `[server]`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    /// When set, every `/api` route needs `Authorization: Bearer <token>`.
+    pub api_token: Option<String>,
+    /// Past this many pending messages, ingest answers 429 with `Retry-After`.
+    pub max_pending: Option<u64>,
+    /// Largest ingest request body (bytes); larger requests get 413.
+    pub max_body_bytes: usize,
+    /// How long a graceful stop waits for in-flight appends.
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            listen: "127.0.0.1:7376".into(),
+            data_dir: "data".into(),
+            api_token: None,
+            max_pending: Some(1_000_000),
+            max_body_bytes: 16 * 1024 * 1024,
+            shutdown_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl std::fmt::Debug for ServerSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerSection")
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field("api_token", &self.api_token.as_ref().map(|_| "[redacted]"))
+            .field("max_pending", &self.max_pending)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .finish()
+    }
+}
+
+/// One `[[sinks]]` entry.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkSection {
+    pub name: String,
+    pub basin: Option<String>,
+    pub stream: Option<String>,
+    pub access_token: Option<String>,
+    /// Name of an environment variable holding the access token.
+    pub access_token_env: Option<String>,
+    /// `"cloud"` or a direct URL such as `http://127.0.0.1:8080`.
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub group_columns: HashMap<String, Vec<String>>,
+    /// A path transform (`record.id`), inline Rhai, or a `.rhai` file.
+    pub transform: Option<String>,
+    pub filter: Option<String>,
+    pub routing: Option<String>,
+    pub max_retry_count: Option<u32>,
+    pub dead_letter_stream: Option<String>,
+    #[serde(default)]
+    pub batch: BatchSection,
+    #[serde(default)]
+    pub backoff: BackoffPolicy,
+    pub max_live_groups: Option<usize>,
+    pub connect_timeout_ms: Option<u64>,
+    pub request_timeout_ms: Option<u64>,
+    /// Per-call wall-clock limit of functions.
+    pub function_timeout_ms: Option<u64>,
+}
+
+impl std::fmt::Debug for SinkSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SinkSection")
+            .field("name", &self.name)
+            .field("basin", &self.basin)
+            .field("stream", &self.stream)
+            .field(
+                "access_token",
+                &self.access_token.as_ref().map(|_| "[redacted]"),
+            )
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `[sinks.batch]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchSection {
+    pub max_records: usize,
+    pub max_bytes: u64,
+    pub max_json_bytes: usize,
+    pub linger_ms: u64,
+}
+
+impl Default for BatchSection {
+    fn default() -> Self {
+        let l = BatchLimits::default();
+        BatchSection {
+            max_records: l.max_records,
+            max_bytes: l.max_metered_bytes,
+            max_json_bytes: l.max_json_bytes,
+            linger_ms: 5,
+        }
+    }
+}
+
+/// A loaded, validated config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerSection,
+    pub sinks: Vec<SinkSettings>,
+}
+
+fn cfg_err(key: impl Into<String>, reason: impl Into<String>) -> ServerError {
+    ServerError::Config {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Environment variable that may hold a sink's access token.
+pub fn token_env_var(sink: &str) -> String {
+    let upper: String = sink
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("S2SINK_SINK_{upper}_ACCESS_TOKEN")
+}
+
+/// Loads `path` (TOML) with `S2SINK_SERVER__*` environment overrides from `env`.
+pub fn load(path: &Path, env: &HashMap<String, String>) -> Result<Config, ServerError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        cfg_err(
+            path.display().to_string(),
+            format!("cannot read config file: {e}"),
+        )
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    from_toml(&text, base, env)
+}
+
+/// Parses config text; relative function files resolve against `base`.
+pub fn from_toml(
+    text: &str,
+    base: &Path,
+    env: &HashMap<String, String>,
+) -> Result<Config, ServerError> {
+    let server_env: HashMap<String, String> = env
+        .iter()
+        .filter(|(k, _)| k.starts_with("S2SINK_SERVER__"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let raw = config::Config::builder()
+        .add_source(config::File::from_str(text, config::FileFormat::Toml))
+        .add_source(
+            config::Environment::with_prefix("S2SINK")
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(server_env.into_iter().collect())),
+        )
+        .build()
+        .map_err(|e| cfg_err("(file)", e.to_string()))?;
+    let file: FileConfig = raw
+        .try_deserialize()
+        .map_err(|e| cfg_err(error_key(&e), e.to_string()))?;
+    validate(file, base, env)
+}
+
+fn error_key(e: &config::ConfigError) -> String {
+    let text = e.to_string();
+    // config reports "… for key `a.b`"; keep that key when present.
+    match text.rsplit_once("for key `") {
+        Some((_, rest)) => rest.trim_end_matches('`').to_string(),
+        None => "(file)".into(),
+    }
+}
+
+fn validate(
+    file: FileConfig,
+    base: &Path,
+    env: &HashMap<String, String>,
+) -> Result<Config, ServerError> {
+    let server = file.server;
+    if server.listen.parse::<std::net::SocketAddr>().is_err() {
+        return Err(cfg_err(
+            "server.listen",
+            format!("`{}` is not an address like 127.0.0.1:7376", server.listen),
+        ));
+    }
+    if server.api_token.as_deref() == Some("") {
+        return Err(cfg_err("server.api_token", "must not be empty when set"));
+    }
+    if file.sinks.is_empty() {
+        return Err(cfg_err("sinks", "at least one [[sinks]] entry is required"));
+    }
+    let mut names = std::collections::HashSet::new();
+    let mut sinks = Vec::new();
+    for s in file.sinks {
+        if !names.insert(s.name.clone()) {
+            return Err(cfg_err(
+                format!("sinks.{}.name", s.name),
+                "sink names must be unique",
+            ));
+        }
+        sinks.push(sink_settings(s, base, env)?);
+    }
+    Ok(Config { server, sinks })
+}
+
+fn sink_settings(
+    s: SinkSection,
+    base: &Path,
+    env: &HashMap<String, String>,
+) -> Result<SinkSettings, ServerError> {
+    let name = s.name.clone();
+    let key = |k: &str| format!("sinks.{name}.{k}");
+    if name.is_empty() || name.len() > 64 || name.contains('/') {
+        return Err(cfg_err(
+            "sinks.name",
+            format!("`{name}` must be 1-64 characters without `/`"),
+        ));
+    }
+    if let Some(b) = &s.basin {
+        validate_basin(b).map_err(|e| cfg_err(key("basin"), e.to_string()))?;
+    }
+    if let Some(st) = &s.stream {
+        validate_stream(st).map_err(|e| cfg_err(key("stream"), e.to_string()))?;
+    }
+    let route = match (&s.basin, &s.stream) {
+        (Some(b), Some(st)) => Some(Route {
+            basin: b.clone(),
+            stream: st.clone(),
+        }),
+        (None, None) if s.routing.is_some() => None,
+        (None, _) => {
+            return Err(cfg_err(
+                key("basin"),
+                "missing (required unless `routing` is set)",
+            ))
+        }
+        (_, None) => {
+            return Err(cfg_err(
+                key("stream"),
+                "missing (required unless `routing` is set)",
+            ))
+        }
+    };
+    if let Some(dlq) = &s.dead_letter_stream {
+        validate_stream(dlq).map_err(|e| cfg_err(key("dead_letter_stream"), e.to_string()))?;
+    }
+    let token = match (&s.access_token, &s.access_token_env) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(var)) => Some(env.get(var).cloned().ok_or_else(|| {
+            cfg_err(
+                key("access_token_env"),
+                format!("environment variable `{var}` is not set"),
+            )
+        })?),
+        (None, None) => env.get(&token_env_var(&name)).cloned(),
+    };
+    let endpoint = match s.endpoint.as_deref() {
+        Some("cloud") => Endpoint::Cloud,
+        Some(url) => {
+            let ok = url.starts_with("http://") || url.starts_with("https://");
+            if !ok {
+                return Err(cfg_err(
+                    key("endpoint"),
+                    format!("`{url}` must be `cloud` or an http(s) URL"),
+                ));
+            }
+            Endpoint::Direct(url.to_string())
+        }
+        None if token.is_some() => Endpoint::Cloud,
+        None => Endpoint::Direct(DEFAULT_LOCAL_ENDPOINT.to_string()),
+    };
+    if endpoint == Endpoint::Cloud && token.is_none() {
+        return Err(cfg_err(
+            key("access_token"),
+            format!(
+                "missing: S2 cloud needs an access token (set `access_token`, `access_token_env`, or {})",
+                token_env_var(&name)
+            ),
+        ));
+    }
+    let mut s2 = S2Config::new(endpoint);
+    if let Some(t) = token {
+        s2 = s2.with_access_token(t);
+    }
+    if let Some(ms) = s.connect_timeout_ms {
+        s2 = s2.with_connect_timeout(Duration::from_millis(ms));
+    }
+    if let Some(ms) = s.request_timeout_ms {
+        s2 = s2.with_request_timeout(Duration::from_millis(ms));
+    }
+    let limits = BatchLimits {
+        max_records: s.batch.max_records,
+        max_metered_bytes: s.batch.max_bytes,
+        max_json_bytes: s.batch.max_json_bytes,
+    };
+    limits
+        .validate()
+        .map_err(|e| cfg_err(key("batch"), e.to_string()))?;
+    s.backoff
+        .validate()
+        .map_err(|e| cfg_err(key("backoff"), e.to_string()))?;
+    if s.max_retry_count == Some(0) {
+        return Err(cfg_err(
+            key("max_retry_count"),
+            "must be at least 1 when set",
+        ));
+    }
+    let mut sandbox = SandboxLimits::default();
+    if let Some(ms) = s.function_timeout_ms {
+        sandbox.deadline = Duration::from_millis(ms);
+    }
+    let functions = FunctionsConfig {
+        transform: s.transform.as_deref().map(|t| transform_spec(t, base)),
+        filter: s.filter.as_deref().map(|f| function_source(f, base)),
+        route: s.routing.as_deref().map(|r| function_source(r, base)),
+        limits: sandbox,
+    };
+    // Compile now so a bad function stops the process before it listens.
+    s2sink_transform::Functions::compile(&functions)
+        .map_err(|e| cfg_err(key(fn_key(&e)), e.to_string()))?;
+    let mut settings = SinkSettings::new(name.clone(), route, s2);
+    settings.functions = functions;
+    settings.group_columns = GroupColumns::from_iter(s.group_columns);
+    settings.batch = BatchSettings {
+        limits,
+        linger: Duration::from_millis(s.batch.linger_ms),
+        max_run_records: limits.max_records,
+    };
+    settings.backoff = s.backoff;
+    settings.max_retry_count = s.max_retry_count;
+    settings.dead_letter_stream = s.dead_letter_stream;
+    if let Some(n) = s.max_live_groups {
+        settings.max_live_groups = n.max(1);
+    }
+    Ok(settings)
+}
+
+fn fn_key(e: &s2sink_transform::TransformError) -> &'static str {
+    match e {
+        s2sink_transform::TransformError::Load { kind, .. } => match kind.fn_name() {
+            "route" => "routing",
+            other => other,
+        },
+        _ => "functions",
+    }
+}
+
+/// A Sequin path (`record`, `record.id` …), inline Rhai, or a file.
+fn transform_spec(value: &str, base: &Path) -> TransformSpec {
+    let is_path = ["record", "changes", "action", "metadata"]
+        .iter()
+        .any(|p| value == *p || value.starts_with(&format!("{p}.")))
+        && !value.contains(char::is_whitespace);
+    if is_path {
+        TransformSpec::Path(value.to_string())
+    } else {
+        TransformSpec::Function(function_source(value, base))
+    }
+}
+
+/// Inline code when it contains `fn `, otherwise a file path (relative to the config file).
+fn function_source(value: &str, base: &Path) -> FunctionSource {
+    if value.contains("fn ") {
+        FunctionSource::Inline(value.to_string())
+    } else {
+        FunctionSource::File(base.join(value))
+    }
+}

@@ -1,0 +1,363 @@
+//! The delivery engine: per-sink supervisors, one actor per message group, stream writers.
+//!
+//! Embed it without the HTTP server:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), s2sink_server::ServerError> {
+//! use s2sink_server::engine::{Engine, EngineOptions, IngestItem, SinkSettings};
+//! use s2sink_client::{Endpoint, S2Config};
+//! use s2sink_core::Route;
+//!
+//! let queue = s2sink_queue::Queue::open("data")?;
+//! let s2 = S2Config::new(Endpoint::direct("http://127.0.0.1:8080"));
+//! let sink = SinkSettings::new("orders", Some(Route::new("my-basin-01", "orders").unwrap()), s2);
+//! // Inside an actix System (e.g. `#[actix_rt::main]`):
+//! let engine = Engine::start(queue, vec![sink], EngineOptions::default())?;
+//! let ids = engine
+//!     .ingest("orders", vec![IngestItem::new(serde_json::json!({"action": "insert"}))])
+//!     .await?;
+//! # let _ = ids; Ok(()) }
+//! ```
+
+mod clock;
+mod group;
+mod io;
+mod plan;
+mod settings;
+mod sink;
+mod stats;
+mod supervisor;
+mod writer;
+
+use std::collections::{BTreeMap, HashSet};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Actor;
+use s2sink_client::S2Client;
+use s2sink_core::{Envelope, GroupKey};
+use s2sink_queue::{MessageId, NewMessage, Queue, QueueError};
+use s2sink_transform::Functions;
+use serde_json::Value;
+
+pub use clock::Clock;
+pub use group::{deliver_group, GroupOutcome};
+pub use io::{BoxFuture, StreamIo};
+pub use settings::{BatchSettings, SinkSettings};
+pub use sink::{SinkLocal, SinkShared};
+pub use stats::{Histogram, SinkStats};
+pub use supervisor::{AllGroupsReady, GroupsReady, LiveGroups, Supervisor};
+pub use writer::{our_id, Failure, HEADER_ID, HEADER_IDEMPOTENCY_KEY, HEADER_SINK};
+
+use crate::ServerError;
+
+/// One message handed to the engine.
+#[derive(Debug, Clone)]
+pub struct IngestItem {
+    /// The JSON message (Sequin envelope or any object).
+    pub message: Value,
+    /// The producer's exact text of the message, stored instead of re-serializing `message`
+    /// (keeps numbers beyond i64/u64/f64 exact).
+    pub raw: Option<String>,
+    /// Explicit group for producers that are not CDC sources (wins over derivation).
+    pub group: Option<String>,
+}
+
+impl IngestItem {
+    /// A message whose group is derived from its envelope.
+    pub fn new(message: Value) -> IngestItem {
+        IngestItem {
+            message,
+            raw: None,
+            group: None,
+        }
+    }
+}
+
+/// Called when the queue reports a fatal storage error.
+pub type FatalHook = Rc<dyn Fn(&QueueError)>;
+
+/// Engine-wide options that are not per sink.
+#[derive(Default)]
+pub struct EngineOptions {
+    /// Ingest answers back-pressure errors past this many pending messages (all sinks).
+    pub max_pending: Option<u64>,
+    /// Replaces the S2 client (engine unit tests only).
+    pub io: Option<Rc<dyn StreamIo>>,
+    /// Called on a fatal queue error; default logs and exits the process (code 74).
+    pub on_fatal: Option<FatalHook>,
+}
+
+/// A running engine. Cheap to share across threads (`Arc` inside); created on the actix
+/// System thread that will run the actors.
+#[derive(Clone)]
+pub struct Engine {
+    sinks: Arc<BTreeMap<String, Arc<SinkShared>>>,
+    queue: Queue,
+    max_pending: Option<u64>,
+    stopping: Arc<AtomicBool>,
+}
+
+fn exit_on_fatal(e: &QueueError) {
+    tracing::error!(error = %e, "fatal storage error: stopping so nothing continues on unknown disk state");
+    std::process::exit(74);
+}
+
+impl Engine {
+    /// Compiles every sink's functions, starts one supervisor per sink (which recovers the
+    /// sink's pending groups from the queue) and returns the handle. Must run inside an actix
+    /// System.
+    pub fn start(
+        queue: Queue,
+        sinks: Vec<SinkSettings>,
+        options: EngineOptions,
+    ) -> Result<Engine, ServerError> {
+        let stopping = Arc::new(AtomicBool::new(false));
+        let clock = Clock::new();
+        let on_fatal = options
+            .on_fatal
+            .unwrap_or_else(|| Rc::new(exit_on_fatal) as Rc<dyn Fn(&QueueError)>);
+        let mut map = BTreeMap::new();
+        let mut locals = Vec::new();
+        for settings in sinks {
+            let name = settings.name.clone();
+            if map.contains_key(&name) {
+                return Err(ServerError::Config {
+                    key: "sinks.name".into(),
+                    reason: format!("sink `{name}` is configured twice"),
+                });
+            }
+            settings
+                .backoff
+                .validate()
+                .map_err(|source| ServerError::Settings {
+                    sink: name.clone(),
+                    source,
+                })?;
+            let functions = Functions::compile(&settings.functions).map_err(|source| {
+                ServerError::Functions {
+                    sink: name.clone(),
+                    source: Box::new(source),
+                }
+            })?;
+            let io: Rc<dyn StreamIo> = match &options.io {
+                Some(io) => io.clone(),
+                None => Rc::new(S2Client::new(settings.s2.clone())?),
+            };
+            let shared = Arc::new(SinkShared::new(
+                settings,
+                functions,
+                queue.clone(),
+                stopping.clone(),
+            ));
+            locals.push(Rc::new(SinkLocal::new(
+                shared.clone(),
+                io,
+                clock,
+                on_fatal.clone(),
+            )));
+            map.insert(name, shared);
+        }
+        for local in locals {
+            let addr = Supervisor::new(local.clone()).start();
+            local.shared.set_supervisor(addr);
+        }
+        Ok(Engine {
+            sinks: Arc::new(map),
+            queue,
+            max_pending: options.max_pending,
+            stopping,
+        })
+    }
+
+    /// The sinks, by name.
+    pub fn sinks(&self) -> impl Iterator<Item = &Arc<SinkShared>> {
+        self.sinks.values()
+    }
+
+    /// One sink, or `UnknownSink`.
+    pub fn sink(&self, name: &str) -> Result<&Arc<SinkShared>, ServerError> {
+        self.sinks
+            .get(name)
+            .ok_or_else(|| ServerError::UnknownSink {
+                sink: name.to_string(),
+            })
+    }
+
+    /// True once shutdown began.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Relaxed)
+    }
+
+    /// The durable queue.
+    pub fn queue(&self) -> &Queue {
+        &self.queue
+    }
+
+    /// Validates, groups and durably enqueues messages, all or nothing; returns their ids once
+    /// they are on disk, and wakes their groups.
+    pub async fn ingest(
+        &self,
+        sink: &str,
+        items: Vec<IngestItem>,
+    ) -> Result<Vec<MessageId>, ServerError> {
+        if self.stopping.load(Relaxed) {
+            return Err(ServerError::ShuttingDown);
+        }
+        let shared = self.sink(sink)?;
+        if let Some(limit) = self.max_pending {
+            let pending = self.queue.total_pending();
+            if pending >= limit {
+                return Err(ServerError::Backpressure { pending, limit });
+            }
+        }
+        let settings = shared.settings();
+        let mut msgs = Vec::with_capacity(items.len());
+        for (index, item) in items.into_iter().enumerate() {
+            let envelope =
+                Envelope::from_value(&item.message).map_err(|e| ServerError::InvalidMessage {
+                    index,
+                    reason: e.to_string(),
+                })?;
+            let explicit = item.group.or_else(|| {
+                item.message
+                    .pointer("/metadata/group_id")
+                    .and_then(|g| g.as_str())
+                    .map(str::to_string)
+            });
+            let group = GroupKey::derive(&envelope, explicit.as_deref(), &settings.group_columns);
+            let payload = match item.raw {
+                Some(raw) => raw.into_bytes(),
+                None => {
+                    serde_json::to_vec(&item.message).map_err(|e| ServerError::InvalidMessage {
+                        index,
+                        reason: e.to_string(),
+                    })?
+                }
+            };
+            msgs.push(NewMessage { group, payload });
+        }
+        if msgs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let enqueued = self.queue.enqueue(sink, msgs).await?;
+        shared
+            .stats
+            .ingested
+            .fetch_add(enqueued.len() as u64, Relaxed);
+        let mut seen = HashSet::new();
+        let groups: Vec<_> = enqueued
+            .iter()
+            .filter(|e| seen.insert(e.group.clone()))
+            .map(|e| e.group.clone())
+            .collect();
+        let ids = enqueued.into_iter().map(|e| e.id).collect();
+        // Bounded mailbox: a slow engine slows ingest instead of growing memory.
+        let _ = shared.supervisor().send(GroupsReady(groups)).await;
+        Ok(ids)
+    }
+
+    /// Clears the backoff of one message (or of all, with `None`) and wakes the groups.
+    pub async fn redeliver(&self, sink: &str, id: Option<MessageId>) -> Result<u64, ServerError> {
+        let shared = self.sink(sink)?;
+        let n = match id {
+            Some(id) => {
+                let Some(msg) = self.queue.get(sink, id)? else {
+                    return Err(ServerError::UnknownMessage {
+                        sink: sink.into(),
+                        id: id.0,
+                    });
+                };
+                self.queue.redeliver(sink, id)?;
+                let _ = shared.supervisor().send(GroupsReady(vec![msg.group])).await;
+                1
+            }
+            None => {
+                let n = self.queue.redeliver_all(sink)?;
+                let _ = shared.supervisor().send(AllGroupsReady).await;
+                n as u64
+            }
+        };
+        Ok(n)
+    }
+
+    /// Removes a message as delivered (manual acknowledge) and wakes its group.
+    pub async fn acknowledge(&self, sink: &str, id: MessageId) -> Result<(), ServerError> {
+        let shared = self.sink(sink)?;
+        let Some(msg) = self.queue.get(sink, id)? else {
+            return Err(ServerError::UnknownMessage {
+                sink: sink.into(),
+                id: id.0,
+            });
+        };
+        self.queue.acknowledge(sink, id)?;
+        shared.stats.delivered.fetch_add(1, Relaxed);
+        let _ = shared.supervisor().send(GroupsReady(vec![msg.group])).await;
+        Ok(())
+    }
+
+    /// Removes a message as undeliverable (kept in the discarded list) and wakes its group.
+    pub async fn discard(&self, sink: &str, id: MessageId) -> Result<(), ServerError> {
+        let shared = self.sink(sink)?;
+        let Some(msg) = self.queue.get(sink, id)? else {
+            return Err(ServerError::UnknownMessage {
+                sink: sink.into(),
+                id: id.0,
+            });
+        };
+        self.queue.discard(sink, id)?;
+        shared.stats.discarded.fetch_add(1, Relaxed);
+        let _ = shared.supervisor().send(GroupsReady(vec![msg.group])).await;
+        Ok(())
+    }
+
+    /// Applies new settings and functions to existing sinks (new functions un-stick messages
+    /// already queued) and wakes every pending group. Sinks cannot be added or removed, nor
+    /// their S2 endpoint changed, without a restart.
+    pub async fn reload(&self, sinks: Vec<SinkSettings>) -> Result<(), ServerError> {
+        let mut compiled = Vec::new();
+        for settings in sinks {
+            let shared = self.sink(&settings.name)?.clone();
+            settings
+                .backoff
+                .validate()
+                .map_err(|source| ServerError::Settings {
+                    sink: settings.name.clone(),
+                    source,
+                })?;
+            let functions = Functions::compile(&settings.functions).map_err(|source| {
+                ServerError::Functions {
+                    sink: settings.name.clone(),
+                    source: Box::new(source),
+                }
+            })?;
+            compiled.push((shared, settings, functions));
+        }
+        for (shared, settings, functions) in compiled {
+            shared.replace(settings, functions);
+            let _ = shared.supervisor().send(AllGroupsReady).await;
+        }
+        Ok(())
+    }
+
+    /// Stops intake and new runs, waits (up to `timeout`) for in-flight runs to finish, and
+    /// flushes the queue.
+    pub async fn shutdown(&self, timeout: Duration) {
+        self.stopping.store(true, Relaxed);
+        let deadline = tokio::time::Instant::now() + timeout;
+        for shared in self.sinks.values() {
+            loop {
+                let live = shared.supervisor().send(LiveGroups).await.unwrap_or(0);
+                if live == 0 || tokio::time::Instant::now() >= deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        if let Err(e) = self.queue.flush().await {
+            tracing::error!(error = %e, "final queue flush failed");
+        }
+    }
+}

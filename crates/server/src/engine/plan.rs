@@ -1,0 +1,201 @@
+//! Turning the head of a group into the next run: filter → transform → route, size checks,
+//! and the longest prefix that shares one route and fits in one append.
+
+use std::borrow::Cow;
+
+use s2sink_client::{AppendRecord, BatchLimits, RecordCost, BATCH_JSON_OVERHEAD};
+use s2sink_core::{ErrorClass, LastError, Route, UnixMillis};
+use s2sink_queue::{MessageId, StoredMessage};
+use s2sink_transform::{Applied, Functions, TransformError};
+
+use super::writer::{Failure, Run, HEADER_ID, HEADER_IDEMPOTENCY_KEY, HEADER_SINK};
+
+/// What to do next with a group.
+#[derive(Debug)]
+pub enum Next {
+    /// Everything read was filtered out; read again.
+    Nothing,
+    /// Message `index` of the read messages can't be sent; it fails without a network call.
+    Fail { index: usize, failure: Failure },
+    /// Send this run; `index` is the read position of its first message.
+    Send {
+        index: usize,
+        route: Route,
+        run: Run,
+    },
+}
+
+/// The plan for one step of a group.
+#[derive(Debug)]
+pub struct Plan {
+    /// Messages the filter rejected before the run: acked without delivery.
+    pub filtered: Vec<MessageId>,
+    pub next: Next,
+}
+
+/// Plans the next run from a group's visible head messages.
+pub fn plan_run(
+    sink: &str,
+    default_route: Option<&Route>,
+    functions: &Functions,
+    limits: &BatchLimits,
+    msgs: &[StoredMessage],
+    now: UnixMillis,
+) -> Plan {
+    let mut filtered = Vec::new();
+    let mut run: Option<(usize, Route, Run)> = None;
+    for (index, msg) in msgs.iter().enumerate() {
+        if index > 0 && msg.state.not_visible_until.is_some_and(|t| t > now) {
+            break;
+        }
+        let fail = |code: &str, message: String| Failure {
+            error: LastError {
+                class: ErrorClass::NeedsAttention,
+                status: None,
+                code: Some(code.to_string()),
+                message,
+                body: None,
+                at_ms: now,
+            },
+            retry_after: None,
+        };
+        let prepared = prepare(sink, default_route, functions, msg).map_err(|(c, m)| fail(c, m));
+        let (route, record) = match prepared {
+            Ok(Some(x)) => x,
+            Ok(None) => {
+                if run.is_some() {
+                    break;
+                }
+                filtered.push(msg.id);
+                continue;
+            }
+            Err(failure) => {
+                if run.is_some() {
+                    break;
+                }
+                return Plan {
+                    filtered,
+                    next: Next::Fail { index, failure },
+                };
+            }
+        };
+        let cost = RecordCost::of(&record);
+        // One separator byte per record keeps the sum an upper bound of the JSON body.
+        let json_cost = cost.json_bytes + 1;
+        match &mut run {
+            None => {
+                if let Err(e) = limits.check_record(0, cost) {
+                    return Plan {
+                        filtered,
+                        next: Next::Fail {
+                            index,
+                            failure: fail(
+                                "record_too_large",
+                                format!(
+                                    "message {}: {}",
+                                    msg.id,
+                                    e.to_string().replacen("record 0 ", "record ", 1)
+                                ),
+                            ),
+                        },
+                    };
+                }
+                run = Some((
+                    index,
+                    route,
+                    Run {
+                        ids: vec![msg.id],
+                        records: vec![record],
+                        metered: cost.metered,
+                        json_bytes: json_cost,
+                    },
+                ));
+            }
+            Some((_, run_route, r)) => {
+                let fits = r.records.len() < limits.max_records
+                    && r.metered + cost.metered <= limits.max_metered_bytes
+                    && r.json_bytes + json_cost + BATCH_JSON_OVERHEAD <= limits.max_json_bytes;
+                if *run_route != route || !fits {
+                    break;
+                }
+                r.ids.push(msg.id);
+                r.records.push(record);
+                r.metered += cost.metered;
+                r.json_bytes += json_cost;
+            }
+        }
+    }
+    let next = match run {
+        Some((index, route, run)) => Next::Send { index, route, run },
+        None => Next::Nothing,
+    };
+    Plan { filtered, next }
+}
+
+/// Applies the functions to one message: `Ok(None)` when filtered out.
+fn prepare(
+    sink: &str,
+    default_route: Option<&Route>,
+    functions: &Functions,
+    msg: &StoredMessage,
+) -> Result<Option<(Route, AppendRecord)>, (&'static str, String)> {
+    let value: serde_json::Value = serde_json::from_slice(&msg.payload).map_err(|e| {
+        (
+            "invalid_payload",
+            format!("message {}: stored payload is not JSON: {e}", msg.id),
+        )
+    })?;
+    let id = msg.id.to_string();
+    let applied = functions
+        .apply(&value, Some(&id))
+        .map_err(|e| (error_code(&e), e.to_string()))?;
+    let (body, route) = match applied {
+        Applied::Filtered => return Ok(None),
+        Applied::Deliver { body, route } => (body, route),
+    };
+    let route = match route.or_else(|| default_route.cloned()) {
+        Some(r) => r,
+        None => {
+            return Err((
+                "route",
+                format!("message {id}: the sink has no stream and no routing function chose one"),
+            ))
+        }
+    };
+    let body = match body {
+        // Untransformed: send the producer's bytes as they were stored.
+        Cow::Borrowed(b) if std::ptr::eq(b, &value) => {
+            String::from_utf8_lossy(&msg.payload).into_owned()
+        }
+        other => other.to_string(),
+    };
+    let mut headers = vec![
+        (HEADER_SINK.to_string(), sink.to_string()),
+        (HEADER_ID.to_string(), id),
+    ];
+    if let Some(key) = value
+        .pointer("/metadata/idempotency_key")
+        .and_then(|k| k.as_str())
+    {
+        headers.push((HEADER_IDEMPOTENCY_KEY.to_string(), key.to_string()));
+    }
+    Ok(Some((
+        route,
+        AppendRecord {
+            headers,
+            body,
+            timestamp: None,
+        },
+    )))
+}
+
+/// The stored error code of a function failure: which function failed.
+fn error_code(e: &TransformError) -> &'static str {
+    match e {
+        TransformError::InvalidRoute { .. } => "route",
+        TransformError::Load { kind, .. }
+        | TransformError::Runtime { kind, .. }
+        | TransformError::Limit { kind, .. }
+        | TransformError::InvalidOutput { kind, .. } => kind.fn_name(),
+    }
+}

@@ -1,0 +1,71 @@
+//! A sink's runtime settings, as the engine uses them (the config file maps onto these).
+
+use std::time::Duration;
+
+use s2sink_client::{BatchLimits, S2Config};
+use s2sink_core::{BackoffPolicy, GroupColumns, Route};
+use s2sink_transform::FunctionsConfig;
+
+/// Everything the engine needs to deliver one sink's messages.
+#[derive(Debug, Clone)]
+pub struct SinkSettings {
+    /// Unique sink name; written into every record's `s2sink-sink` header.
+    pub name: String,
+    /// Static destination; `None` when a routing function chooses it per message.
+    pub route: Option<Route>,
+    /// Endpoint, access token and timeouts of the S2 account.
+    pub s2: S2Config,
+    /// Optional filter / transform / routing functions.
+    pub functions: FunctionsConfig,
+    /// Per-table group columns (`schema.table` → columns).
+    pub group_columns: GroupColumns,
+    /// Append limits and linger of the stream writers.
+    pub batch: BatchSettings,
+    /// Backoff after failed attempts.
+    pub backoff: BackoffPolicy,
+    /// Discard (or dead-letter) a message after this many failed attempts; `None` = forever.
+    pub max_retry_count: Option<u32>,
+    /// Stream (in the message's basin) that receives discarded messages with their error.
+    pub dead_letter_stream: Option<String>,
+    /// Group actors alive at once; other ready groups wait their turn.
+    pub max_live_groups: usize,
+}
+
+/// How stream writers form appends.
+#[derive(Debug, Clone)]
+pub struct BatchSettings {
+    /// S2's per-append limits (records, metered bytes, JSON body size).
+    pub limits: BatchLimits,
+    /// How long a writer waits for more runs before sending a non-full append.
+    pub linger: Duration,
+    /// Most messages one group puts in one run.
+    pub max_run_records: usize,
+}
+
+impl Default for BatchSettings {
+    fn default() -> Self {
+        BatchSettings {
+            limits: BatchLimits::default(),
+            linger: Duration::from_millis(5),
+            max_run_records: 1000,
+        }
+    }
+}
+
+impl SinkSettings {
+    /// Settings with defaults for everything but the name, route and S2 account.
+    pub fn new(name: impl Into<String>, route: Option<Route>, s2: S2Config) -> SinkSettings {
+        SinkSettings {
+            name: name.into(),
+            route,
+            s2,
+            functions: FunctionsConfig::default(),
+            group_columns: GroupColumns::new(),
+            batch: BatchSettings::default(),
+            backoff: BackoffPolicy::default(),
+            max_retry_count: None,
+            dead_letter_stream: None,
+            max_live_groups: 10_000,
+        }
+    }
+}

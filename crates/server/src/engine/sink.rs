@@ -1,0 +1,224 @@
+//! A sink's state: the thread-safe part shared with ingest and the API (`SinkShared`), and
+//! the engine-thread part (`SinkLocal`) holding the S2 connection and stream writers.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock, RwLock};
+
+use actix::Addr;
+use s2sink_client::{AppendInput, AppendRecord};
+use s2sink_core::Route;
+use s2sink_queue::{Queue, QueueError, StoredMessage};
+use s2sink_transform::Functions;
+
+use super::group::log_failure;
+use super::io::StreamIo;
+use super::settings::SinkSettings;
+use super::stats::SinkStats;
+use super::supervisor::Supervisor;
+use super::writer::{spawn_writer, Failure, WriterCtx, WriterHandle, HEADER_ID, HEADER_SINK};
+use super::Clock;
+
+/// The part of a sink that ingest handlers and the management API use from any thread.
+pub struct SinkShared {
+    pub name: String,
+    pub queue: Queue,
+    pub stats: Arc<SinkStats>,
+    settings: RwLock<Arc<SinkSettings>>,
+    functions: RwLock<Arc<Functions>>,
+    supervisor: OnceLock<Addr<Supervisor>>,
+    stopping: Arc<AtomicBool>,
+}
+
+impl SinkShared {
+    pub(crate) fn new(
+        settings: SinkSettings,
+        functions: Functions,
+        queue: Queue,
+        stopping: Arc<AtomicBool>,
+    ) -> SinkShared {
+        SinkShared {
+            name: settings.name.clone(),
+            queue,
+            stats: Arc::new(SinkStats::new()),
+            settings: RwLock::new(Arc::new(settings)),
+            functions: RwLock::new(Arc::new(functions)),
+            supervisor: OnceLock::new(),
+            stopping,
+        }
+    }
+
+    /// Current settings (a snapshot; reloads swap it).
+    pub fn settings(&self) -> Arc<SinkSettings> {
+        self.settings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Current compiled functions (a snapshot; reloads swap it).
+    pub fn functions(&self) -> Arc<Functions> {
+        self.functions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces settings and functions; later runs use them.
+    pub(crate) fn replace(&self, settings: SinkSettings, functions: Functions) {
+        *self.settings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(settings);
+        *self.functions.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(functions);
+    }
+
+    /// The sink's supervisor.
+    pub fn supervisor(&self) -> &Addr<Supervisor> {
+        self.supervisor
+            .get()
+            .expect("supervisor started with the sink")
+    }
+
+    pub(crate) fn set_supervisor(&self, addr: Addr<Supervisor>) {
+        let _ = self.supervisor.set(addr);
+    }
+
+    /// True once shutdown began: no new runs start.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Relaxed)
+    }
+}
+
+/// The engine-thread part of a sink.
+pub struct SinkLocal {
+    pub shared: Arc<SinkShared>,
+    pub io: Rc<dyn StreamIo>,
+    pub clock: Clock,
+    pub on_fatal: Rc<dyn Fn(&QueueError)>,
+    writers: RefCell<HashMap<Route, WriterHandle>>,
+}
+
+impl SinkLocal {
+    pub(crate) fn new(
+        shared: Arc<SinkShared>,
+        io: Rc<dyn StreamIo>,
+        clock: Clock,
+        on_fatal: Rc<dyn Fn(&QueueError)>,
+    ) -> SinkLocal {
+        SinkLocal {
+            shared,
+            io,
+            clock,
+            on_fatal,
+            writers: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// The writer of a stream, started on first use.
+    pub fn writer(&self, route: &Route, settings: &SinkSettings) -> WriterHandle {
+        self.writers
+            .borrow_mut()
+            .entry(route.clone())
+            .or_insert_with(|| {
+                spawn_writer(WriterCtx {
+                    sink: self.shared.name.clone(),
+                    route: route.clone(),
+                    io: self.io.clone(),
+                    queue: self.shared.queue.clone(),
+                    stats: self.shared.stats.clone(),
+                    limits: settings.batch.limits,
+                    linger: settings.batch.linger,
+                    clock: self.clock,
+                    on_fatal: self.on_fatal.clone(),
+                })
+            })
+            .clone()
+    }
+
+    /// Records a failed attempt on `msg`: backoff (returns when it ends), or discard after
+    /// `max_retry_count` attempts (returns `None`: the group goes on). `Err` = queue failure.
+    pub async fn fail_message(
+        &self,
+        settings: &SinkSettings,
+        msg: &StoredMessage,
+        failure: Failure,
+    ) -> Result<Option<u64>, ()> {
+        let shared = &self.shared;
+        let attempts = msg.state.deliver_count + 1;
+        log_failure(&shared.name, msg, &failure, attempts);
+        let now = self.clock.now_millis();
+        let exhausted = settings.max_retry_count.is_some_and(|max| attempts >= max);
+        if exhausted && self.dead_letter(settings, msg, &failure).await {
+            let res = shared
+                .queue
+                .fail(&shared.name, msg.id, failure.error.clone(), now)
+                .and_then(|_| shared.queue.discard(&shared.name, msg.id).map(|_| ()));
+            return match res {
+                Ok(()) => {
+                    shared.stats.discarded.fetch_add(1, Relaxed);
+                    tracing::warn!(sink = %shared.name, id = %msg.id, attempts, "message discarded after max_retry_count attempts");
+                    Ok(None)
+                }
+                Err(e) => {
+                    (self.on_fatal)(&e);
+                    Err(())
+                }
+            };
+        }
+        let delay = settings.backoff.delay(attempts, failure.retry_after);
+        let until = now + delay.as_millis() as u64;
+        match shared
+            .queue
+            .fail(&shared.name, msg.id, failure.error, until)
+        {
+            Ok(_) => Ok(Some(until)),
+            Err(e) => {
+                (self.on_fatal)(&e);
+                Err(())
+            }
+        }
+    }
+
+    /// Appends a discarded message to the dead-letter stream, when one is configured.
+    /// Returns false when that append failed (the message then keeps backing off).
+    async fn dead_letter(&self, settings: &SinkSettings, msg: &StoredMessage, f: &Failure) -> bool {
+        let Some(dlq) = &settings.dead_letter_stream else {
+            return true;
+        };
+        let Some(basin) = settings.route.as_ref().map(|r| r.basin.clone()) else {
+            return true;
+        };
+        let e = &f.error;
+        let mut headers = vec![
+            (HEADER_SINK.to_string(), self.shared.name.clone()),
+            (HEADER_ID.to_string(), msg.id.to_string()),
+            (
+                "s2sink-error-class".to_string(),
+                e.class.as_str().to_string(),
+            ),
+            ("s2sink-error-message".to_string(), e.message.clone()),
+        ];
+        if let Some(s) = e.status {
+            headers.push(("s2sink-error-status".to_string(), s.to_string()));
+        }
+        if let Some(c) = &e.code {
+            headers.push(("s2sink-error-code".to_string(), c.clone()));
+        }
+        let input = AppendInput {
+            records: vec![AppendRecord {
+                headers,
+                body: String::from_utf8_lossy(&msg.payload).into_owned(),
+                timestamp: None,
+            }],
+            match_seq_num: None,
+            fencing_token: None,
+        };
+        match self.io.append(&basin, dlq, &input).await {
+            Ok(_) => true,
+            Err(err) => {
+                tracing::warn!(sink = %self.shared.name, id = %msg.id, error = %err, "dead-letter append failed; message keeps backing off");
+                false
+            }
+        }
+    }
+}

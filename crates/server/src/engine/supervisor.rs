@@ -1,0 +1,195 @@
+//! Supervisor: one per sink. Starts a GroupActor for each group with ready messages, keeps at
+//! most `max_live_groups` alive (the rest wait in a FIFO ready queue), and wakes backing-off
+//! groups when their backoff ends or when someone asks to redeliver.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use actix::prelude::*;
+use s2sink_core::UnixMillis;
+use s2sink_queue::GroupRef;
+
+use super::group::{GroupActor, GroupOutcome};
+use super::sink::SinkLocal;
+
+/// New messages arrived for these groups (or their backoff was cleared).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct GroupsReady(pub Vec<GroupRef>);
+
+/// Make every pending group ready now (after a redeliver-all or a reload).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AllGroupsReady;
+
+/// A group actor finished.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct GroupDone {
+    pub group: GroupRef,
+    pub outcome: GroupOutcome,
+}
+
+/// Number of live group actors (for shutdown).
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct LiveGroups;
+
+/// The per-sink supervisor actor.
+pub struct Supervisor {
+    local: Rc<SinkLocal>,
+    ready: VecDeque<GroupRef>,
+    queued: HashSet<GroupRef>,
+    /// Live groups; `true` when new work arrived while the actor was running.
+    live: HashMap<GroupRef, bool>,
+    timers: BinaryHeap<Reverse<(UnixMillis, GroupRef)>>,
+    timer: Option<(UnixMillis, SpawnHandle)>,
+}
+
+impl Supervisor {
+    /// A supervisor for one sink.
+    pub fn new(local: Rc<SinkLocal>) -> Supervisor {
+        Supervisor {
+            local,
+            ready: VecDeque::new(),
+            queued: HashSet::new(),
+            live: HashMap::new(),
+            timers: BinaryHeap::new(),
+            timer: None,
+        }
+    }
+
+    fn make_ready(&mut self, group: GroupRef) {
+        if let Some(rearm) = self.live.get_mut(&group) {
+            *rearm = true;
+        } else if self.queued.insert(group.clone()) {
+            self.ready.push_back(group);
+        }
+    }
+
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        let max = self.local.shared.settings().max_live_groups.max(1);
+        while self.live.len() < max && !self.local.shared.is_stopping() {
+            let Some(group) = self.ready.pop_front() else {
+                break;
+            };
+            self.queued.remove(&group);
+            self.live.insert(group.clone(), false);
+            GroupActor {
+                local: self.local.clone(),
+                group,
+                supervisor: ctx.address(),
+            }
+            .start();
+        }
+        self.local
+            .shared
+            .stats
+            .live_groups
+            .store(self.live.len() as u64, Relaxed);
+    }
+
+    fn schedule(&mut self, at: UnixMillis, group: GroupRef, ctx: &mut Context<Self>) {
+        self.timers.push(Reverse((at, group)));
+        self.arm_timer(ctx);
+    }
+
+    fn arm_timer(&mut self, ctx: &mut Context<Self>) {
+        let Some(Reverse((next, _))) = self.timers.peek() else {
+            return;
+        };
+        let next = *next;
+        if let Some((at, handle)) = self.timer {
+            if at <= next {
+                return;
+            }
+            ctx.cancel_future(handle);
+        }
+        let handle = ctx.run_later(self.local.clock.until(next), |act, ctx| {
+            act.timer = None;
+            act.fire_timers(ctx);
+        });
+        self.timer = Some((next, handle));
+    }
+
+    fn fire_timers(&mut self, ctx: &mut Context<Self>) {
+        let now = self.local.clock.now_millis();
+        while let Some(Reverse((at, _))) = self.timers.peek() {
+            if *at > now {
+                break;
+            }
+            let Reverse((_, group)) = self.timers.pop().unwrap();
+            self.make_ready(group);
+        }
+        self.pump(ctx);
+        self.arm_timer(ctx);
+    }
+
+    fn all_pending(&mut self, ctx: &mut Context<Self>) {
+        let shared = &self.local.shared;
+        match shared.queue.pending_groups(&shared.name) {
+            Ok(groups) => {
+                for g in groups {
+                    self.make_ready(g);
+                }
+            }
+            Err(e) => (self.local.on_fatal)(&e),
+        }
+        self.pump(ctx);
+    }
+}
+
+impl Actor for Supervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(4096);
+        // Recovery: every group with pending messages is ready after a restart.
+        self.all_pending(ctx);
+    }
+}
+
+impl Handler<GroupsReady> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: GroupsReady, ctx: &mut Self::Context) {
+        for g in msg.0 {
+            self.make_ready(g);
+        }
+        self.pump(ctx);
+    }
+}
+
+impl Handler<AllGroupsReady> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, _: AllGroupsReady, ctx: &mut Self::Context) {
+        self.all_pending(ctx);
+    }
+}
+
+impl Handler<GroupDone> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: GroupDone, ctx: &mut Self::Context) {
+        let rearm = self.live.remove(&msg.group).unwrap_or(false);
+        match msg.outcome {
+            GroupOutcome::Empty if rearm => self.make_ready(msg.group),
+            // A redeliver may have cleared the backoff while the actor was finishing.
+            GroupOutcome::BackingOffUntil(_) if rearm => self.make_ready(msg.group),
+            GroupOutcome::BackingOffUntil(at) => self.schedule(at, msg.group, ctx),
+            GroupOutcome::Empty | GroupOutcome::Stopped => {}
+        }
+        self.pump(ctx);
+    }
+}
+
+impl Handler<LiveGroups> for Supervisor {
+    type Result = usize;
+
+    fn handle(&mut self, _: LiveGroups, _: &mut Self::Context) -> usize {
+        self.live.len()
+    }
+}

@@ -1,0 +1,436 @@
+//! StreamWriter: one task per (sink, basin/stream) that merges runs from many groups into
+//! appends, acks what S2 took, and keeps the stream's exactly-once bookkeeping.
+//!
+//! Exactly once: every record carries the sink name and message id in headers. A durable
+//! low-water mark per stream is kept at or below the start of every append whose outcome is
+//! unknown. On start, and after any append that may have applied, the writer reads the stream
+//! from the mark to the tail and acks every message of this sink it finds there before it sends
+//! anything again; the first append after such a read carries `match_seq_num`, so a late
+//! arrival of the uncertain append makes it fail (412) instead of duplicating.
+//!
+//! One append is in flight per writer at a time, so the mark is trivially correct; appends to
+//! different streams run in parallel, and runs of many groups share each append.
+
+use std::collections::HashSet;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use s2sink_client::{AppendInput, AppendRecord, BatchLimits, S2Error, BATCH_JSON_OVERHEAD};
+use s2sink_core::{ErrorClass, LastError, Route};
+use s2sink_queue::{MessageId, Queue};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::io::StreamIo;
+use super::stats::SinkStats;
+use super::Clock;
+
+/// Record header naming the sink that wrote the record.
+pub const HEADER_SINK: &str = "s2sink-sink";
+/// Record header carrying the message id (decimal).
+pub const HEADER_ID: &str = "s2sink-id";
+/// Record header carrying the envelope's `metadata.idempotency_key`, when present.
+pub const HEADER_IDEMPOTENCY_KEY: &str = "s2sink-idempotency-key";
+
+/// How often the low-water mark is persisted while appends succeed.
+const MARKER_INTERVAL: Duration = Duration::from_secs(1);
+/// Reconcile-and-retry rounds after a `match_seq_num` conflict before giving up for now.
+const MAX_CONFLICT_ROUNDS: usize = 3;
+
+/// Consecutive messages of one group, to be appended together and in order.
+#[derive(Debug)]
+pub struct Run {
+    pub ids: Vec<MessageId>,
+    pub records: Vec<AppendRecord>,
+    pub metered: u64,
+    pub json_bytes: usize,
+}
+
+/// Why a run was not delivered, as stored on the group's head.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub error: LastError,
+    pub retry_after: Option<Duration>,
+}
+
+impl Failure {
+    fn from_s2(e: &S2Error) -> Failure {
+        Failure {
+            error: e.to_last_error(),
+            retry_after: e.retry_after(),
+        }
+    }
+
+    fn local(code: &str, message: String, at_ms: u64) -> Failure {
+        Failure {
+            error: LastError {
+                class: ErrorClass::Retryable,
+                status: None,
+                code: Some(code.to_string()),
+                message,
+                body: None,
+                at_ms,
+            },
+            retry_after: None,
+        }
+    }
+}
+
+/// Outcome of a submitted run.
+pub type RunResult = Result<(), Failure>;
+
+struct Submission {
+    run: Run,
+    reply: oneshot::Sender<RunResult>,
+}
+
+/// Sends runs to a writer task.
+#[derive(Clone)]
+pub struct WriterHandle {
+    tx: mpsc::Sender<Submission>,
+}
+
+impl WriterHandle {
+    /// Submits a run and waits for its outcome. The run's messages are acked in the queue
+    /// by the writer before `Ok` is returned.
+    pub async fn submit(&self, run: Run) -> RunResult {
+        let (reply, rx) = oneshot::channel();
+        let gone = || Failure::local("shutdown", "stream writer stopped".into(), 0);
+        if self.tx.send(Submission { run, reply }).await.is_err() {
+            return Err(gone());
+        }
+        rx.await.unwrap_or_else(|_| Err(gone()))
+    }
+}
+
+/// What a writer needs to know.
+pub struct WriterCtx {
+    pub sink: String,
+    pub route: Route,
+    pub io: Rc<dyn StreamIo>,
+    pub queue: Queue,
+    pub stats: Arc<SinkStats>,
+    pub limits: BatchLimits,
+    pub linger: Duration,
+    pub clock: Clock,
+    pub on_fatal: Rc<dyn Fn(&s2sink_queue::QueueError)>,
+}
+
+/// Starts a writer task on the current actix/tokio local set.
+pub fn spawn_writer(ctx: WriterCtx) -> WriterHandle {
+    let (tx, rx) = mpsc::channel(1024);
+    actix_rt::spawn(writer_loop(ctx, rx));
+    WriterHandle { tx }
+}
+
+fn marker_key(sink: &str, route: &Route) -> String {
+    format!("lwm/{sink}/{}/{}", route.basin, route.stream)
+}
+
+struct State {
+    /// Durable low-water mark (`None` until loaded).
+    marker: Option<u64>,
+    last_persist: Instant,
+    needs_reconcile: bool,
+    /// Ids of this sink found in the stream by the last reconciliation.
+    seen: HashSet<u64>,
+    /// Tail seen by the last reconciliation; the next append must start there.
+    expect_tail: Option<u64>,
+}
+
+async fn writer_loop(ctx: WriterCtx, mut rx: mpsc::Receiver<Submission>) {
+    let mut state = State {
+        marker: None,
+        last_persist: Instant::now(),
+        needs_reconcile: false,
+        seen: HashSet::new(),
+        expect_tail: None,
+    };
+    let mut carry: Option<Submission> = None;
+    loop {
+        let first = match carry.take() {
+            Some(s) => s,
+            None => match rx.recv().await {
+                Some(s) => s,
+                None => return,
+            },
+        };
+        let mut records = first.run.records.len();
+        let mut metered = first.run.metered;
+        let mut json = first.run.json_bytes;
+        let mut batch = vec![first];
+        let deadline = Instant::now() + ctx.linger;
+        while records < ctx.limits.max_records {
+            let next = tokio::select! {
+                s = rx.recv() => s,
+                _ = tokio::time::sleep_until(deadline) => None,
+            };
+            let Some(s) = next else { break };
+            let fits = records + s.run.records.len() <= ctx.limits.max_records
+                && metered + s.run.metered <= ctx.limits.max_metered_bytes
+                && json + s.run.json_bytes + BATCH_JSON_OVERHEAD <= ctx.limits.max_json_bytes;
+            if !fits {
+                carry = Some(s);
+                break;
+            }
+            records += s.run.records.len();
+            metered += s.run.metered;
+            json += s.run.json_bytes;
+            batch.push(s);
+        }
+        process(&ctx, &mut state, batch).await;
+    }
+}
+
+async fn process(ctx: &WriterCtx, state: &mut State, batch: Vec<Submission>) {
+    if let Err(f) = prepare(ctx, state).await {
+        for s in batch {
+            let _ = s.reply.send(Err(f.clone()));
+        }
+        return;
+    }
+    // Drop what an earlier reconciliation found already in S2 (it was acked then).
+    let mut pending = Vec::with_capacity(batch.len());
+    for mut s in batch {
+        if !state.seen.is_empty() {
+            let keep: Vec<bool> = s
+                .run
+                .ids
+                .iter()
+                .map(|id| !state.seen.contains(&id.0))
+                .collect();
+            let dup = keep.iter().filter(|k| !**k).count();
+            if dup > 0 {
+                ctx.stats
+                    .deduplicated
+                    .fetch_add(dup as u64, std::sync::atomic::Ordering::Relaxed);
+                let mut it = keep.iter();
+                s.run.records.retain(|_| *it.next().unwrap());
+                let mut it = keep.iter();
+                s.run.ids.retain(|_| *it.next().unwrap());
+            }
+        }
+        if s.run.ids.is_empty() {
+            let _ = s.reply.send(Ok(()));
+        } else {
+            pending.push(s);
+        }
+    }
+    if pending.is_empty() {
+        return;
+    }
+    let outcome = append_with_conflicts(ctx, state, &pending).await;
+    match outcome {
+        Ok(()) => {
+            for s in pending {
+                let _ = s.reply.send(Ok(()));
+            }
+        }
+        Err(f) if pending.len() > 1 && f.error.status == Some(422) => {
+            // One record may be poison: isolate it by sending each group's run on its own.
+            for s in pending {
+                let single = vec![s];
+                let r = append_with_conflicts(ctx, state, &single).await;
+                let s = single.into_iter().next().unwrap();
+                let _ = s.reply.send(r);
+            }
+        }
+        Err(f) => {
+            for s in pending {
+                let _ = s.reply.send(Err(f.clone()));
+            }
+        }
+    }
+}
+
+/// Loads or initialises the low-water mark and reconciles when needed.
+async fn prepare(ctx: &WriterCtx, state: &mut State) -> Result<(), Failure> {
+    let now = ctx.clock.now_millis();
+    if state.marker.is_none() {
+        let key = marker_key(&ctx.sink, &ctx.route);
+        match ctx.queue.get_marker(&key) {
+            Ok(Some(bytes)) => {
+                state.marker = Some(decode_marker(&bytes));
+                state.needs_reconcile = true;
+            }
+            Ok(None) => {
+                let tail = ctx
+                    .io
+                    .check_tail(&ctx.route.basin, &ctx.route.stream)
+                    .await
+                    .map_err(|e| Failure::from_s2(&e))?;
+                persist_marker(ctx, state, tail).await?;
+            }
+            Err(e) => {
+                (ctx.on_fatal)(&e);
+                return Err(Failure::local("queue", e.to_string(), now));
+            }
+        }
+    }
+    if state.needs_reconcile {
+        reconcile(ctx, state).await?;
+    }
+    Ok(())
+}
+
+fn decode_marker(bytes: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = bytes.len().min(8);
+    b[..n].copy_from_slice(&bytes[..n]);
+    u64::from_be_bytes(b)
+}
+
+async fn persist_marker(ctx: &WriterCtx, state: &mut State, at: u64) -> Result<(), Failure> {
+    let key = marker_key(&ctx.sink, &ctx.route);
+    if let Err(e) = ctx.queue.put_marker(&key, &at.to_be_bytes()).await {
+        (ctx.on_fatal)(&e);
+        return Err(Failure::local(
+            "queue",
+            e.to_string(),
+            ctx.clock.now_millis(),
+        ));
+    }
+    state.marker = Some(at);
+    state.last_persist = Instant::now();
+    Ok(())
+}
+
+/// Reads the stream from the mark to the tail; acks every message of this sink found there.
+async fn reconcile(ctx: &WriterCtx, state: &mut State) -> Result<(), Failure> {
+    let (basin, stream) = (&ctx.route.basin, &ctx.route.stream);
+    let fail = |e: S2Error| Failure::from_s2(&e);
+    let tail = ctx.io.check_tail(basin, stream).await.map_err(fail)?;
+    let mut pos = state.marker.unwrap_or(0);
+    state.seen.clear();
+    while pos < tail {
+        let records = ctx.io.read(basin, stream, pos, 1000).await.map_err(fail)?;
+        let Some(last) = records.last() else { break };
+        pos = last.seq_num + 1;
+        for r in &records {
+            if let Some(id) = our_id(&ctx.sink, &r.headers) {
+                state.seen.insert(id);
+            }
+        }
+    }
+    ctx.stats
+        .reconciles
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if !state.seen.is_empty() {
+        let ids: Vec<MessageId> = state.seen.iter().map(|id| MessageId(*id)).collect();
+        if let Err(e) = ctx.queue.ack(&ctx.sink, &ids) {
+            (ctx.on_fatal)(&e);
+            return Err(Failure::local(
+                "queue",
+                e.to_string(),
+                ctx.clock.now_millis(),
+            ));
+        }
+    }
+    state.needs_reconcile = false;
+    state.expect_tail = Some(pos.max(tail));
+    Ok(())
+}
+
+/// The message id in a record's headers when the record was written by `sink`.
+pub fn our_id(sink: &str, headers: &[(String, String)]) -> Option<u64> {
+    let mut is_ours = false;
+    let mut id = None;
+    for (k, v) in headers {
+        if k == HEADER_SINK {
+            is_ours = v == sink;
+        } else if k == HEADER_ID {
+            id = v.parse().ok();
+        }
+    }
+    if is_ours {
+        id
+    } else {
+        None
+    }
+}
+
+async fn append_with_conflicts(
+    ctx: &WriterCtx,
+    state: &mut State,
+    subs: &[Submission],
+) -> Result<(), Failure> {
+    let records: Vec<AppendRecord> = subs
+        .iter()
+        .flat_map(|s| s.run.records.iter().cloned())
+        .collect();
+    let ids: Vec<MessageId> = subs
+        .iter()
+        .flat_map(|s| s.run.ids.iter().copied())
+        .collect();
+    let mut round = 0;
+    loop {
+        let input = AppendInput {
+            records: records.clone(),
+            match_seq_num: state.expect_tail,
+            fencing_token: None,
+        };
+        let started = Instant::now();
+        let res = ctx
+            .io
+            .append(&ctx.route.basin, &ctx.route.stream, &input)
+            .await;
+        match res {
+            Ok(ack) => {
+                state.expect_tail = None;
+                ctx.stats
+                    .append_latency_ms
+                    .observe(started.elapsed().as_millis() as u64);
+                ctx.stats.batch_size.observe(ids.len() as u64);
+                ctx.stats
+                    .appends
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if let Err(e) = ctx.queue.ack(&ctx.sink, &ids) {
+                    (ctx.on_fatal)(&e);
+                    return Err(Failure::local(
+                        "queue",
+                        e.to_string(),
+                        ctx.clock.now_millis(),
+                    ));
+                }
+                ctx.stats
+                    .delivered
+                    .fetch_add(ids.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                if state.last_persist.elapsed() >= MARKER_INTERVAL {
+                    // Acks above are flushed by this marker write, so the mark never passes a
+                    // message that would come back as pending after a crash.
+                    let _ = persist_marker(ctx, state, ack.end.seq_num).await;
+                }
+                return Ok(());
+            }
+            Err(e) => {
+                ctx.stats.count_failure(e.class(), e.status());
+                let conflict =
+                    matches!(e, S2Error::SeqNumMismatch { .. }) && input.match_seq_num.is_some();
+                if e.may_have_applied() || conflict {
+                    state.needs_reconcile = true;
+                    state.expect_tail = None;
+                }
+                tracing::warn!(
+                    sink = %ctx.sink, stream = %ctx.route, records = ids.len(),
+                    class = e.class().as_str(), status = ?e.status(), error = %e,
+                    "append failed"
+                );
+                if conflict && round < MAX_CONFLICT_ROUNDS {
+                    round += 1;
+                    reconcile(ctx, state).await?;
+                    // Anything the reconciliation found is delivered; send only the rest.
+                    if ids.iter().all(|id| state.seen.contains(&id.0)) {
+                        return Ok(());
+                    }
+                    if ids.iter().any(|id| state.seen.contains(&id.0)) {
+                        // Part of the batch is in S2: let the groups resubmit what is left.
+                        return Err(Failure::from_s2(&e));
+                    }
+                    continue;
+                }
+                return Err(Failure::from_s2(&e));
+            }
+        }
+    }
+}

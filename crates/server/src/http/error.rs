@@ -1,0 +1,100 @@
+//! API errors as `{"error":{"code","message"}}` with the right status.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+
+use crate::ServerError;
+
+/// An API error: status, machine code, human message, optional `Retry-After` seconds.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    /// An error with a status and code.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// 400 `bad_request`.
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    /// 404 `not_found`.
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.code,
+            self.message
+        )
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut resp = HttpResponse::build(self.status);
+        if let Some(secs) = self.retry_after {
+            resp.insert_header((header::RETRY_AFTER, secs.to_string()));
+        }
+        resp.json(json!({"error": {"code": self.code, "message": self.message}}))
+    }
+}
+
+impl From<ServerError> for ApiError {
+    fn from(e: ServerError) -> ApiError {
+        let message = e.to_string();
+        match e {
+            ServerError::UnknownSink { .. } => {
+                ApiError::new(StatusCode::NOT_FOUND, "unknown_sink", message)
+            }
+            ServerError::UnknownMessage { .. } => {
+                ApiError::new(StatusCode::NOT_FOUND, "unknown_message", message)
+            }
+            ServerError::InvalidMessage { .. } => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_message", message)
+            }
+            ServerError::InvalidRequest { .. } => ApiError::bad_request(message),
+            ServerError::Backpressure { .. } => ApiError {
+                retry_after: Some(1),
+                ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "backpressure", message)
+            },
+            ServerError::ShuttingDown => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", message)
+            }
+            ServerError::Config { .. }
+            | ServerError::Functions { .. }
+            | ServerError::Settings { .. } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_config", message)
+            }
+            ServerError::Queue(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage", message)
+            }
+            ServerError::S2(_) | ServerError::Delivery(_) => {
+                ApiError::new(StatusCode::BAD_GATEWAY, "s2", message)
+            }
+        }
+    }
+}

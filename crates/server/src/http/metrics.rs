@@ -1,0 +1,137 @@
+//! `GET /metrics` (Prometheus text) and `GET /healthz`.
+
+use std::fmt::Write;
+
+use actix_web::{web, HttpResponse};
+
+use super::AppState;
+use crate::engine::{Histogram, SinkStats};
+
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn histogram(out: &mut String, name: &str, sink: &str, h: &Histogram) {
+    let (buckets, count, sum) = h.snapshot();
+    for (le, c) in buckets {
+        let _ = writeln!(out, "{name}_bucket{{sink=\"{sink}\",le=\"{le}\"}} {c}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{sink=\"{sink}\",le=\"+Inf\"}} {count}");
+    let _ = writeln!(out, "{name}_sum{{sink=\"{sink}\"}} {sum}");
+    let _ = writeln!(out, "{name}_count{{sink=\"{sink}\"}} {count}");
+}
+
+/// Renders every sink's counters, gauges and histograms.
+pub fn render(state: &AppState) -> String {
+    let mut out = String::new();
+    type Counter = (&'static str, &'static str, fn(&SinkStats) -> u64);
+    let counters: [Counter; 8] = [
+        (
+            "s2sink_messages_ingested_total",
+            "Messages accepted (durable).",
+            |s| SinkStats::get(&s.ingested),
+        ),
+        (
+            "s2sink_messages_delivered_total",
+            "Messages appended to S2.",
+            |s| SinkStats::get(&s.delivered),
+        ),
+        (
+            "s2sink_messages_filtered_total",
+            "Messages dropped by the filter.",
+            |s| SinkStats::get(&s.filtered),
+        ),
+        (
+            "s2sink_messages_discarded_total",
+            "Messages discarded.",
+            |s| SinkStats::get(&s.discarded),
+        ),
+        ("s2sink_appends_total", "Appends acknowledged by S2.", |s| {
+            SinkStats::get(&s.appends)
+        }),
+        ("s2sink_reconciles_total", "Stream reconciliations.", |s| {
+            SinkStats::get(&s.reconciles)
+        }),
+        (
+            "s2sink_deduplicated_total",
+            "Messages found already in S2 and not resent.",
+            |s| SinkStats::get(&s.deduplicated),
+        ),
+        ("s2sink_live_groups", "Group actors alive.", |s| {
+            SinkStats::get(&s.live_groups)
+        }),
+    ];
+    for (name, help, get) in counters {
+        let kind = if name.ends_with("_total") {
+            "counter"
+        } else {
+            "gauge"
+        };
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for s in state.engine.sinks() {
+            let _ = writeln!(
+                out,
+                "{name}{{sink=\"{}\"}} {}",
+                label(&s.name),
+                get(&s.stats)
+            );
+        }
+    }
+    let _ = writeln!(out, "# HELP s2sink_failed_attempts_total Failed delivery attempts by class and HTTP status (0 = no response).\n# TYPE s2sink_failed_attempts_total counter");
+    for s in state.engine.sinks() {
+        let map = s
+            .stats
+            .failures_by_status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for ((class, status), n) in map {
+            let _ = writeln!(out, "s2sink_failed_attempts_total{{sink=\"{}\",class=\"{class}\",status=\"{status}\"}} {n}", label(&s.name));
+        }
+    }
+    let _ = writeln!(out, "# HELP s2sink_pending_messages Messages waiting for delivery.\n# TYPE s2sink_pending_messages gauge");
+    let _ = writeln!(out, "# HELP s2sink_failing_messages Pending messages that failed at least once.\n# TYPE s2sink_failing_messages gauge");
+    for s in state.engine.sinks() {
+        let c = s.queue.counts(&s.name);
+        let n = label(&s.name);
+        let _ = writeln!(out, "s2sink_pending_messages{{sink=\"{n}\"}} {}", c.pending);
+        let _ = writeln!(out, "s2sink_failing_messages{{sink=\"{n}\"}} {}", c.failing);
+    }
+    let _ = writeln!(out, "# HELP s2sink_append_latency_ms Append round trip in milliseconds.\n# TYPE s2sink_append_latency_ms histogram");
+    for s in state.engine.sinks() {
+        histogram(
+            &mut out,
+            "s2sink_append_latency_ms",
+            &label(&s.name),
+            &s.stats.append_latency_ms,
+        );
+    }
+    let _ = writeln!(out, "# HELP s2sink_batch_records Records per acknowledged append.\n# TYPE s2sink_batch_records histogram");
+    for s in state.engine.sinks() {
+        histogram(
+            &mut out,
+            "s2sink_batch_records",
+            &label(&s.name),
+            &s.stats.batch_size,
+        );
+    }
+    out
+}
+
+/// `GET /metrics`
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(render(&state))
+}
+
+/// `GET /healthz`: 200 while the engine takes work, 503 while shutting down.
+pub async fn healthz(state: web::Data<AppState>) -> HttpResponse {
+    if state.engine.is_stopping() {
+        HttpResponse::ServiceUnavailable().json(serde_json::json!({"status": "stopping"}))
+    } else {
+        HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+    }
+}

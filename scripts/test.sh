@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The project's test command (README): formatting, lints, every test of the workspace.
+# Installs what the tests need first (s2-lite; Chromium for the browser test when available).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+S2_LITE_BIN="$(bash scripts/install-s2-lite.sh)"
+export S2_LITE_BIN
+echo "using s2-lite at $S2_LITE_BIN"
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy (-D warnings)"
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+
+echo "== doc tests"
+cargo test --workspace --all-features --locked --doc
+
+echo "== tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --all-features --locked --no-fail-fast
+else
+  cargo test --workspace --all-features --locked --no-fail-fast
+fi
