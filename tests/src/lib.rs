@@ -1,1 +1,143 @@
-//! Shared harness for end-to-end tests.
+//! Shared harness for end-to-end tests: s2-lite, engine settings, reading streams back and
+//! checking exactly-once delivery and per-group order.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use s2sink_client::{S2Client, S2Config, SequencedRecord};
+use s2sink_core::{BackoffPolicy, Route};
+use s2sink_server::engine::{our_id, SinkSettings};
+
+pub use s2sink_client::testing::{unique_name, LiteServer};
+
+pub mod process;
+
+/// Settings for a test sink on s2-lite with a fast backoff (tens of ms instead of seconds).
+pub fn sink_settings(name: &str, endpoint: &str, basin: &str, stream: &str) -> SinkSettings {
+    let s2 = S2Config::direct(endpoint).with_request_timeout(Duration::from_secs(5));
+    let mut s = SinkSettings::new(name, Some(Route::new(basin, stream).unwrap()), s2);
+    s.backoff = BackoffPolicy {
+        base_ms: 20,
+        max_ms: 500,
+        jitter: 0.15,
+    };
+    s
+}
+
+/// Every record of a stream, from the start to the tail.
+pub async fn read_all(client: &S2Client, basin: &str, stream: &str) -> Vec<SequencedRecord> {
+    let mut out = Vec::new();
+    let tail = client
+        .check_tail(basin, stream)
+        .await
+        .expect("check tail")
+        .seq_num;
+    let mut pos = 0;
+    while pos < tail {
+        let limits = s2sink_client::types::ReadLimits {
+            count: Some(1000),
+            bytes: None,
+        };
+        let batch = client.read(basin, stream, pos, limits).await.expect("read");
+        let Some(last) = batch.last() else { break };
+        pos = last.seq_num + 1;
+        out.extend(batch);
+    }
+    out
+}
+
+/// The message ids of `sink` in a stream, in stream order.
+pub fn ids_in(records: &[SequencedRecord], sink: &str) -> Vec<u64> {
+    records
+        .iter()
+        .filter_map(|r| our_id(sink, &r.headers))
+        .collect()
+}
+
+/// Polls `cond` every 20 ms until it holds or `deadline` passes; returns whether it held.
+pub async fn eventually<F, Fut>(deadline: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        if cond().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What a delivery check found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Verdict {
+    pub missing: Vec<u64>,
+    pub duplicated: Vec<u64>,
+    pub order_violations: Vec<(String, u64, u64)>,
+    pub unexpected: Vec<u64>,
+}
+
+impl Verdict {
+    /// True when nothing was lost, duplicated, reordered or invented.
+    pub fn is_clean(&self) -> bool {
+        self.missing.is_empty()
+            && self.duplicated.is_empty()
+            && self.order_violations.is_empty()
+            && self.unexpected.is_empty()
+    }
+}
+
+/// Checks that every expected id appears exactly once and that, per group, ids appear in
+/// increasing order (ids are assigned in acceptance order). `expected` maps id → group.
+pub fn verify(delivered: &[u64], expected: &HashMap<u64, String>) -> Verdict {
+    let mut v = Verdict::default();
+    let mut count: HashMap<u64, usize> = HashMap::new();
+    let mut last_in_group: HashMap<&str, u64> = HashMap::new();
+    for id in delivered {
+        *count.entry(*id).or_default() += 1;
+        match expected.get(id) {
+            None => v.unexpected.push(*id),
+            Some(group) => {
+                if let Some(prev) = last_in_group.insert(group.as_str(), *id) {
+                    if prev > *id {
+                        v.order_violations.push((group.clone(), prev, *id));
+                    }
+                }
+            }
+        }
+    }
+    for (id, n) in &count {
+        if *n > 1 {
+            v.duplicated.push(*id);
+        }
+    }
+    for id in expected.keys() {
+        if !count.contains_key(id) {
+            v.missing.push(*id);
+        }
+    }
+    v.missing.sort();
+    v.duplicated.sort();
+    v
+}
+
+/// A Sequin-style change message for table `public.t`, primary key `pk`, with a padding
+/// field of `pad` bytes.
+pub fn change(pk: u64, seq: u64, pad: usize) -> serde_json::Value {
+    serde_json::json!({
+        "action": "update",
+        "record": {"id": pk, "seq": seq, "pad": "x".repeat(pad)},
+        "changes": {"seq": seq.saturating_sub(1)},
+        "metadata": {
+            "table_schema": "public", "table_name": "t",
+            "commit_timestamp": "2026-11-27T00:00:00Z",
+            "commit_lsn": seq, "commit_idx": 0,
+            "record_pks": [pk.to_string()],
+            "idempotency_key": format!("{seq}:0"),
+        }
+    })
+}

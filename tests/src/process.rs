@@ -1,0 +1,158 @@
+//! Running the `s2-sink` binary as a child process (API, crash and log tests).
+
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// The `s2-sink` binary of this workspace (env `S2SINK_BIN` overrides). Built on demand
+/// when a test runs before it exists.
+pub fn sink_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("S2SINK_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> → target/<profile>/s2-sink
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
+    let bin = profile_dir.join("s2-sink");
+    if !bin.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "s2sink-server", "--bin", "s2-sink"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo build for s2-sink");
+        assert!(status.success(), "building s2-sink failed");
+    }
+    bin
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// A running `s2-sink serve`, killed (SIGKILL) on drop.
+pub struct ServerProcess {
+    child: Option<Child>,
+    pub port: u16,
+    pub url: String,
+    pub log_path: PathBuf,
+}
+
+impl ServerProcess {
+    /// Writes `config` (with `{port}` replaced) to `dir/s2-sink.toml`, starts the server with
+    /// `envs`, and waits for `/healthz` (deadline 30 s). Logs go to `dir/server.log`
+    /// (appended across restarts).
+    pub async fn start(dir: &Path, config: &str, envs: &[(&str, &str)]) -> ServerProcess {
+        let port = free_port();
+        let config = config.replace("{port}", &port.to_string());
+        let config_path = dir.join("s2-sink.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let log_path = dir.join("server.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("open log");
+        let mut cmd = Command::new(sink_binary());
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .current_dir(dir)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn s2-sink");
+        let mut p = ServerProcess {
+            child: Some(child),
+            port,
+            url: format!("http://127.0.0.1:{port}"),
+            log_path,
+        };
+        p.wait_healthy().await;
+        p
+    }
+
+    async fn wait_healthy(&mut self) {
+        let http = http_client();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "s2-sink exited with {status} before becoming healthy; log:\n{}",
+                    self.log()
+                );
+            }
+            if let Ok(r) = http.get(format!("{}/healthz", self.url)).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "s2-sink not healthy within 30 s; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Everything the server logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// SIGKILL, no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        c.wait().ok().and_then(|s| s.code())
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// An HTTP client that never uses a proxy (everything here is on 127.0.0.1).
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("http client")
+}
