@@ -1,0 +1,272 @@
+//! Crash test in the style of sled's: this test binary re-runs itself as a child process that
+//! enqueues, acks and fails messages in a loop across many groups, printing every id it was
+//! told is durable. The parent SIGKILLs it at a random moment, reopens the queue and checks:
+//!
+//! - every id reported durable is present unless an ack of it was attempted;
+//! - groups are not reordered: no message is present while a later message of its group
+//!   (reported durable) is gone, since acks only ever take a group's head run;
+//! - no id is reported twice, and no id is reused after a restart;
+//! - payload, group index, counters and the message records agree.
+//!
+//! `S2SINK_CRASH_CYCLES` (default 50) sets the number of kill cycles, `S2SINK_CRASH_SEED`
+//! the random seed (printed on every run).
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use s2sink_core::{ErrorClass, GroupKey, LastError};
+use s2sink_queue::{ListFilter, MessageId, NewMessage, Queue};
+
+const CHILD_ENV: &str = "S2SINK_QUEUE_CRASH_CHILD";
+const SINK: &str = "crash";
+const GROUPS: u32 = 64;
+const PRODUCERS: usize = 4;
+
+/// The child's body; a no-op in an ordinary test run.
+#[test]
+fn crash_child() {
+    let Ok(dir) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let queue = Queue::open(&dir).expect("child opens the queue");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    // libtest may have left "test crash_child ... " without a newline.
+    report("\n");
+    rt.block_on(async move {
+        let tasks: Vec<_> = (0..PRODUCERS)
+            .map(|p| tokio::spawn(produce(queue.clone(), p as u64)))
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+}
+
+/// One write per line, so a kill never leaves half a line in the pipe.
+fn report(line: &str) {
+    let mut out = std::io::stdout().lock();
+    out.write_all(line.as_bytes()).unwrap();
+    out.flush().unwrap();
+}
+
+async fn produce(queue: Queue, seed: u64) {
+    let mut rng = fastrand::Rng::with_seed(seed ^ std::process::id() as u64);
+    loop {
+        let msgs: Vec<NewMessage> = (0..rng.usize(1..8))
+            .map(|_| {
+                let group =
+                    (rng.u32(0..10) > 0).then(|| GroupKey(format!("g{}", rng.u32(0..GROUPS))));
+                let name = group.as_ref().map_or("-".to_string(), |g| g.0.clone());
+                NewMessage {
+                    group,
+                    payload: format!("{name}|{}", "x".repeat(rng.usize(0..200))).into_bytes(),
+                }
+            })
+            .collect();
+        let done = queue.enqueue(SINK, msgs).await.expect("enqueue");
+        let mut lines = String::new();
+        for e in &done {
+            let g = e.group.key().map_or("-", |k| k.as_str());
+            lines.push_str(&format!("@E {} {g}\n", e.id));
+        }
+        report(&lines);
+        // Deliver the head runs of the groups just written (most of the time), fail some.
+        for e in &done {
+            if rng.u32(0..4) == 0 {
+                continue;
+            }
+            let run = queue
+                .head_run(SINK, &e.group, 4, usize::MAX)
+                .expect("head_run");
+            if run.is_empty() {
+                continue;
+            }
+            if rng.u32(0..8) == 0 {
+                let error = LastError {
+                    class: ErrorClass::Retryable,
+                    status: Some(503),
+                    code: None,
+                    message: "injected".into(),
+                    body: None,
+                    at_ms: 1,
+                };
+                queue.fail(SINK, run[0].id, error, 0).expect("fail");
+                continue;
+            }
+            let ids: Vec<MessageId> = run.iter().map(|m| m.id).collect();
+            // Announce the intent first: a kill right after the ack must not look like a loss.
+            let line: String = ids.iter().map(|id| format!("@A {id}\n")).collect();
+            report(&line);
+            queue.ack(SINK, &ids).expect("ack");
+        }
+    }
+}
+
+#[derive(Default)]
+struct Claims {
+    /// Ids the child was told are durable, with their group ("-" for none).
+    durable: BTreeMap<u64, String>,
+    /// Ids the child tried to ack.
+    acked: HashSet<u64>,
+    /// No id reported from now on may be at or below this.
+    floor: u64,
+}
+
+impl Claims {
+    fn take(&mut self, line: &str) {
+        let mut parts = line.split_whitespace();
+        match (
+            parts.next(),
+            parts.next().and_then(|s| s.parse::<u64>().ok()),
+        ) {
+            (Some("@E"), Some(id)) => {
+                let group = parts.next().expect("group").to_string();
+                assert!(id > self.floor, "id {id} reused (floor {})", self.floor);
+                assert!(
+                    self.durable.insert(id, group).is_none(),
+                    "id {id} reported twice"
+                );
+            }
+            (Some("@A"), Some(id)) => {
+                self.acked.insert(id);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Reopens the queue and checks it against the claims; returns the highest id present.
+fn verify(dir: &Path, claims: &Claims) -> u64 {
+    let q = Queue::open(dir).expect("reopen after kill");
+    let all = q
+        .list(
+            SINK,
+            &ListFilter {
+                limit: usize::MAX,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let present: BTreeSet<u64> = all.iter().map(|m| m.id.0).collect();
+    assert_eq!(present.len(), all.len(), "an id appears twice");
+    for m in &all {
+        let name = m.group.key().map_or("-", |k| k.as_str());
+        let text = String::from_utf8(m.payload.clone()).unwrap();
+        assert_eq!(
+            text.split('|').next(),
+            Some(name),
+            "payload of {} is not its group's",
+            m.id
+        );
+        if let Some(g) = claims.durable.get(&m.id.0) {
+            assert_eq!(g, name, "message {} changed group", m.id);
+        }
+    }
+    for (id, _) in claims
+        .durable
+        .iter()
+        .filter(|(id, _)| !claims.acked.contains(id))
+    {
+        assert!(present.contains(id), "durable message {id} lost");
+    }
+    // Order: a present message must not have a later message of its group already gone.
+    let mut first_present: BTreeMap<&str, u64> = BTreeMap::new();
+    for m in &all {
+        if let Some(k) = m.group.key() {
+            first_present.entry(k.as_str()).or_insert(m.id.0);
+        }
+    }
+    for (id, g) in &claims.durable {
+        if let Some(&first) = first_present.get(g.as_str()) {
+            assert!(
+                present.contains(id) || *id < first,
+                "group {g} reordered: {id} delivered while {first} is still queued"
+            );
+        }
+    }
+    // Index and counters agree with the records.
+    let mut indexed = 0;
+    for g in q.pending_groups(SINK).unwrap() {
+        let run = q.head_run(SINK, &g, usize::MAX, usize::MAX).unwrap();
+        assert!(!run.is_empty(), "group {g} listed without messages");
+        assert!(
+            run.windows(2).all(|w| w[0].id < w[1].id),
+            "group {g} out of order"
+        );
+        assert!(run.iter().all(|m| m.group == g));
+        indexed += run.len();
+    }
+    assert_eq!(indexed, all.len(), "group index and records disagree");
+    let counts = q.counts(SINK);
+    assert_eq!(counts.pending, all.len() as u64);
+    let failing = all.iter().filter(|m| m.state.deliver_count > 0).count() as u64;
+    assert_eq!(counts.failing, failing);
+    present.last().copied().unwrap_or(0)
+}
+
+#[test]
+fn survives_sigkill_at_random_moments() {
+    if std::env::var(CHILD_ENV).is_ok() {
+        return;
+    }
+    let cycles: usize = std::env::var("S2SINK_CRASH_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    let seed: u64 = std::env::var("S2SINK_CRASH_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    println!("S2SINK_CRASH_SEED={seed}");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let mut claims = Claims::default();
+    for cycle in 0..cycles {
+        let max_present = verify(dir.path(), &claims);
+        claims.floor = claims
+            .floor
+            .max(max_present)
+            .max(claims.durable.keys().last().copied().unwrap_or(0));
+        let mut child = Command::new(&exe)
+            .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
+            .env(CHILD_ENV, dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let kill_after = rng.usize(1..400);
+        let mut seen = 0;
+        let mut killed = false;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if out.read_line(&mut line).unwrap() == 0 {
+                break;
+            }
+            // A line cut by the kill is not a claim.
+            if !line.ends_with('\n') {
+                continue;
+            }
+            claims.take(&line);
+            seen += 1;
+            if !killed && seen >= kill_after {
+                child.kill().unwrap(); // SIGKILL
+                killed = true;
+            }
+        }
+        let status = child.wait().unwrap();
+        assert!(killed, "cycle {cycle}: child exited by itself: {status}");
+    }
+    verify(dir.path(), &claims);
+    assert!(
+        claims.durable.len() > cycles,
+        "the child reported too little to test anything"
+    );
+}
