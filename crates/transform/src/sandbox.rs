@@ -63,8 +63,12 @@ pub(crate) const DEADLINE_TOKEN: &str = "s2sink-deadline";
 /// How many operations pass between two clock reads (reading the clock costs ~20 ns).
 const CLOCK_CHECK_EVERY: u64 = 64;
 
+/// How many variable reads pass between two full size checks of every variable in scope.
+const FULL_SIZE_CHECK_EVERY: u32 = 256;
+
 thread_local! {
     static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+    static VAR_READS: Cell<u32> = const { Cell::new(0) };
 }
 
 /// Sets the deadline of the call running on this thread until dropped.
@@ -85,6 +89,13 @@ impl Drop for DeadlineGuard {
     fn drop(&mut self) {
         DEADLINE.with(|d| d.set(self.previous));
     }
+}
+
+fn map_too_large() -> Box<rhai::EvalAltResult> {
+    Box::new(rhai::EvalAltResult::ErrorDataTooLarge(
+        "Size of object map".to_string(),
+        rhai::Position::NONE,
+    ))
 }
 
 fn deadline_passed() -> bool {
@@ -120,6 +131,35 @@ pub(crate) fn build_engine(limits: &SandboxLimits) -> Engine {
         } else {
             None
         }
+    });
+
+    // Rhai checks a map's size after `map.key = v` but not after `map["key"] = v`, so a loop
+    // adding keys by index would grow without bound (until the deadline). Close the gap on
+    // variable reads, which every such loop does: a map variable's own length on each read
+    // (O(1)), and a full size check of all variables every `FULL_SIZE_CHECK_EVERY` reads.
+    #[allow(deprecated)] // `on_var` is stable in practice, only marked volatile.
+    engine.on_var(|name, _index, ctx| {
+        let engine = ctx.engine();
+        let scope = ctx.scope();
+        if let Some(value) = scope.get(name) {
+            if let Some(map) = value.read_lock::<rhai::Map>() {
+                let max = engine.max_map_size();
+                if max > 0 && map.len() > max {
+                    return Err(map_too_large());
+                }
+            }
+        }
+        let reads = VAR_READS.with(|c| {
+            let n = c.get().wrapping_add(1);
+            c.set(n);
+            n
+        });
+        if reads % FULL_SIZE_CHECK_EVERY == 0 {
+            for (_, _, value) in scope.iter_raw() {
+                engine.ensure_data_size_within_limits(value)?;
+            }
+        }
+        Ok(None)
     });
 
     engine.on_print(|s| tracing::debug!(target: "s2sink_transform::script", "{s}"));
