@@ -261,18 +261,28 @@ impl Functions {
     }
 }
 
-/// The input object a transform result most likely came from (the one sharing the most
-/// top-level keys), so the result keeps that object's key order. See [`crate::convert`].
+/// The input value a transform result most likely came from, so the result keeps that value's
+/// key order (see [`crate::convert`]): for a map the candidate sharing the most top-level keys,
+/// for an array the first array candidate, preferring one of the same length.
 fn order_hint<'a>(out: &Dynamic, msg: &'a Value) -> Option<&'a Value> {
-    let map = out.read_lock::<rhai::Map>()?;
     let candidates = [
         msg.get("record"),
         Some(msg),
         msg.get("changes"),
         msg.get("metadata"),
     ];
+    let candidates = candidates.into_iter().flatten();
+    if let Some(arr) = out.read_lock::<rhai::Array>() {
+        let arrays: Vec<&Value> = candidates.filter(|c| c.is_array()).collect();
+        return arrays
+            .iter()
+            .find(|c| c.as_array().is_some_and(|a| a.len() == arr.len()))
+            .or(arrays.first())
+            .copied();
+    }
+    let map = out.read_lock::<rhai::Map>()?;
     let mut best: Option<(&Value, usize)> = None;
-    for cand in candidates.into_iter().flatten() {
+    for cand in candidates {
         let Some(obj) = cand.as_object() else {
             continue;
         };
