@@ -72,6 +72,11 @@ impl Flusher {
         })
     }
 
+    /// How many flushes finished so far.
+    pub fn count(&self) -> u64 {
+        self.shared.done.borrow().generation
+    }
+
     /// Waits until everything written before this call is on disk.
     pub async fn wait(&self) -> Result<(), FlushError> {
         let mut rx = self.shared.done.subscribe();

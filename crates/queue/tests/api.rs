@@ -1,0 +1,229 @@
+//! Behaviour of the public API beyond the model test: group commit, ungrouped messages,
+//! run limits, markers, ids across restarts, error classes.
+
+use s2sink_core::GroupKey;
+use s2sink_queue::{GroupRef, ListFilter, MessageId, NewMessage, Queue, QueueError};
+
+fn msg(group: Option<&str>, payload: &[u8]) -> NewMessage {
+    NewMessage {
+        group: group.map(|g| GroupKey(g.into())),
+        payload: payload.to_vec(),
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn queue_is_clone_send_sync() {
+    fn assert<T: Clone + Send + Sync + 'static>() {}
+    assert::<Queue>();
+}
+
+#[test]
+fn concurrent_enqueues_share_flushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path()).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let before = q.flush_count();
+    let calls = 256;
+    rt.block_on(async {
+        let tasks: Vec<_> = (0..calls)
+            .map(|i| {
+                let q = q.clone();
+                tokio::spawn(async move {
+                    q.enqueue("s", vec![msg(Some(&format!("g{i}")), b"x")])
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    let flushes = q.flush_count() - before;
+    assert!(flushes >= 1);
+    assert!(
+        flushes < calls,
+        "{flushes} flushes for {calls} concurrent enqueues: no group commit"
+    );
+    assert_eq!(q.counts("s").pending, calls);
+}
+
+#[test]
+fn ungrouped_messages_are_groups_of_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path()).unwrap();
+    let out = rt()
+        .block_on(q.enqueue(
+            "s",
+            vec![msg(None, b"a"), msg(None, b"b"), msg(Some("k"), b"c")],
+        ))
+        .unwrap();
+    assert_ne!(out[0].group, out[1].group);
+    assert_eq!(out[0].group.key(), None);
+    assert_eq!(out[0].group.solo(), Some(out[0].id));
+    assert_eq!(out[2].group, GroupRef::from(GroupKey("k".into())));
+    assert_eq!(q.pending_groups("s").unwrap().len(), 3);
+    let run = q.head_run("s", &out[0].group, 10, usize::MAX).unwrap();
+    assert_eq!(
+        run.iter().map(|m| m.id).collect::<Vec<_>>(),
+        vec![out[0].id]
+    );
+    assert_eq!(
+        out[1].group.to_string(),
+        format!("(ungrouped #{})", out[1].id)
+    );
+}
+
+#[test]
+fn head_run_respects_limits_but_always_returns_the_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path()).unwrap();
+    let out = rt()
+        .block_on(q.enqueue(
+            "s",
+            vec![
+                msg(Some("g"), &[0; 10]),
+                msg(Some("g"), &[0; 10]),
+                msg(Some("g"), &[0; 10]),
+            ],
+        ))
+        .unwrap();
+    let g = &out[0].group;
+    assert_eq!(
+        q.head_run("s", g, 10, 5).unwrap().len(),
+        1,
+        "head alone, even if too large"
+    );
+    assert_eq!(q.head_run("s", g, 10, 20).unwrap().len(), 2);
+    assert_eq!(q.head_run("s", g, 2, usize::MAX).unwrap().len(), 2);
+    assert_eq!(q.head_run("s", g, 0, usize::MAX).unwrap().len(), 1);
+    assert!(q.head_run("other", g, 10, 10).unwrap().is_empty());
+}
+
+#[test]
+fn ids_are_never_reused_after_the_queue_empties_and_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let last = {
+        let q = Queue::open(dir.path()).unwrap();
+        let out = rt
+            .block_on(q.enqueue("s", vec![msg(None, b"a"), msg(None, b"b")]))
+            .unwrap();
+        let ids: Vec<MessageId> = out.iter().map(|e| e.id).collect();
+        assert_eq!(q.ack("s", &ids).unwrap(), 2);
+        rt.block_on(q.flush()).unwrap();
+        ids[1]
+    };
+    let q = Queue::open(dir.path()).unwrap();
+    assert_eq!(q.counts("s").delivered, 2);
+    assert_eq!(q.sinks(), vec!["s".to_string()]);
+    let out = rt.block_on(q.enqueue("s", vec![msg(None, b"c")])).unwrap();
+    assert!(out[0].id > last, "{} reused after {}", out[0].id, last);
+    // Ids are per sink.
+    let other = rt.block_on(q.enqueue("t", vec![msg(None, b"c")])).unwrap();
+    assert_eq!(other[0].id, MessageId(1));
+    assert_eq!(q.total_pending(), 2);
+}
+
+#[test]
+fn markers_are_durable_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    {
+        let q = Queue::open(dir.path()).unwrap();
+        assert_eq!(q.get_marker("low-water/basin/stream").unwrap(), None);
+        rt.block_on(q.put_marker("low-water/basin/stream", b"42"))
+            .unwrap();
+        rt.block_on(q.put_marker("low-water/basin/stream", b"43"))
+            .unwrap();
+    }
+    let q = Queue::open(dir.path()).unwrap();
+    assert_eq!(
+        q.get_marker("low-water/basin/stream").unwrap(),
+        Some(b"43".to_vec())
+    );
+    assert!(q.sinks().is_empty(), "markers are not a sink");
+}
+
+#[test]
+fn list_by_group_key_and_unknown_sinks_are_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path()).unwrap();
+    rt().block_on(q.enqueue(
+        "s",
+        vec![
+            msg(Some("a"), b"1"),
+            msg(Some("b"), b"2"),
+            msg(Some("a"), b"3"),
+        ],
+    ))
+    .unwrap();
+    let f = ListFilter {
+        group: Some(GroupKey("a".into()).into()),
+        ..Default::default()
+    };
+    let got: Vec<Vec<u8>> = q
+        .list("s", &f)
+        .unwrap()
+        .into_iter()
+        .map(|m| m.payload)
+        .collect();
+    assert_eq!(got, vec![b"1".to_vec(), b"3".to_vec()]);
+    assert!(q.list("nope", &f).unwrap().is_empty());
+    assert_eq!(q.get("nope", MessageId(1)).unwrap(), None);
+    assert!(!q.discard("nope", MessageId(1)).unwrap());
+    assert_eq!(q.counts("nope"), Default::default());
+}
+
+#[test]
+fn errors_say_whether_they_are_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path()).unwrap();
+    let e = q
+        .fail(
+            "s",
+            MessageId(9),
+            s2sink_core::LastError {
+                class: s2sink_core::ErrorClass::Retryable,
+                status: None,
+                code: None,
+                message: "x".into(),
+                body: None,
+                at_ms: 0,
+            },
+            0,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            QueueError::NotFound {
+                id: MessageId(9),
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(!e.is_fatal());
+    let storage = QueueError::Storage {
+        op: "enqueue",
+        sink: Some("s".into()),
+        source: sled::Error::Unsupported("test".into()),
+    };
+    assert!(storage.is_fatal());
+    assert!(storage.to_string().contains("enqueue"));
+    // A second open of the same directory is refused with a fatal storage error.
+    let again = Queue::open(dir.path())
+        .err()
+        .expect("sled locks its directory");
+    assert!(again.is_fatal(), "{again}");
+}
