@@ -1,0 +1,149 @@
+//! Backoff scheduling of the engine under paused tokio time: 1, 2, 4 … s, the cap, and
+//! S2's Retry-After as a floor. S2 is a stub here (s2-lite cannot fail on demand, and paused
+//! time needs a stream that answers without real I/O).
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use s2sink_client::{AppendAck, AppendInput, S2Config, S2Error, SequencedRecord};
+use s2sink_core::{BackoffPolicy, Route};
+use s2sink_queue::Queue;
+use s2sink_server::engine::{BoxFuture, Engine, EngineOptions, IngestItem, SinkSettings, StreamIo};
+use tokio::time::Instant;
+
+/// A stream that fails every append (503, or 429 with Retry-After when told) and records
+/// when each attempt happened.
+struct FailingStream {
+    attempts: RefCell<Vec<Instant>>,
+    retry_after_on: Option<(usize, Duration)>,
+}
+
+impl StreamIo for FailingStream {
+    fn append<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a str,
+        _: &'a AppendInput,
+    ) -> BoxFuture<'a, Result<AppendAck, S2Error>> {
+        let n = {
+            let mut a = self.attempts.borrow_mut();
+            a.push(Instant::now());
+            a.len()
+        };
+        let throttled = self.retry_after_on.filter(|(at, _)| *at == n);
+        Box::pin(async move {
+            Err(match throttled {
+                Some((_, after)) => S2Error::Api {
+                    context: "append".into(),
+                    status: 429,
+                    code: "rate_limited".into(),
+                    message: "slow down".into(),
+                    body: String::new(),
+                    retry_after: Some(after),
+                },
+                None => S2Error::Api {
+                    context: "append".into(),
+                    status: 503,
+                    code: "server_draining".into(),
+                    message: "draining".into(),
+                    body: String::new(),
+                    retry_after: None,
+                },
+            })
+        })
+    }
+
+    fn check_tail<'a>(&'a self, _: &'a str, _: &'a str) -> BoxFuture<'a, Result<u64, S2Error>> {
+        Box::pin(async { Ok(0) })
+    }
+
+    fn read<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a str,
+        _: u64,
+        _: usize,
+    ) -> BoxFuture<'a, Result<Vec<SequencedRecord>, S2Error>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+}
+
+fn gaps(attempts: &[Instant]) -> Vec<u64> {
+    attempts
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_millis() as u64)
+        .collect()
+}
+
+fn run_paused(retry_after_on: Option<(usize, Duration)>, attempts_wanted: usize) -> Vec<u64> {
+    let system = actix_rt::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap()
+    });
+    system.block_on(async move {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Queue::open(dir.path()).unwrap();
+        let stub = Rc::new(FailingStream {
+            attempts: RefCell::new(Vec::new()),
+            retry_after_on,
+        });
+        let mut s = SinkSettings::new(
+            "s",
+            Some(Route::new("test-basin", "events").unwrap()),
+            S2Config::direct("http://127.0.0.1:9"),
+        );
+        s.backoff = BackoffPolicy {
+            base_ms: 1_000,
+            max_ms: 20_000,
+            jitter: 0.0,
+        };
+        s.batch.linger = Duration::ZERO;
+        let engine = Engine::start(
+            queue,
+            vec![s],
+            EngineOptions {
+                io: Some(stub.clone()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        engine
+            .ingest("s", vec![IngestItem::new(serde_json::json!({"a": 1}))])
+            .await
+            .unwrap();
+        while stub.attempts.borrow().len() < attempts_wanted {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let g = gaps(&stub.attempts.borrow());
+        g
+    })
+}
+
+fn assert_close(actual: &[u64], expected_ms: &[u64]) {
+    assert_eq!(actual.len(), expected_ms.len(), "{actual:?}");
+    for (a, e) in actual.iter().zip(expected_ms) {
+        assert!(
+            *a >= *e && *a <= e + 50,
+            "gap {a} ms, expected {e} ms: {actual:?}"
+        );
+    }
+}
+
+#[test]
+fn doubles_from_one_second_up_to_the_cap() {
+    // Sequin's rule: once the doubling count reaches floor(log2(max/base)) + 1 (here 5), the
+    // delay is exactly the cap, so 16 s is skipped for a 20 s cap.
+    let g = run_paused(None, 8);
+    assert_close(&g, &[1_000, 2_000, 4_000, 8_000, 20_000, 20_000, 20_000]);
+}
+
+#[test]
+fn retry_after_is_a_floor() {
+    // The 3rd attempt gets 429 with Retry-After 30 s: the next gap is 30 s, not 4 s.
+    let g = run_paused(Some((3, Duration::from_secs(30))), 5);
+    assert_close(&g, &[1_000, 2_000, 30_000, 8_000]);
+}
