@@ -141,3 +141,35 @@ pub fn change(pk: u64, seq: u64, pad: usize) -> serde_json::Value {
         }
     })
 }
+
+/// The group of a delivered record, from its body (`public.t/<pk>` for [`change`] messages).
+pub fn group_of_body(body: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    format!("public.t/{}", v["record"]["id"])
+}
+
+/// Checks a stream's records of `sink` against the ids the producer got a 2xx for: every
+/// accepted id present once, no id twice, ids increasing within each group (groups taken from
+/// the bodies, so messages whose 2xx was lost in a crash are checked for order too).
+pub fn verify_stream(
+    records: &[SequencedRecord],
+    sink: &str,
+    accepted: &std::collections::HashSet<u64>,
+) -> Verdict {
+    let mut expected: HashMap<u64, String> = HashMap::new();
+    let mut delivered = Vec::new();
+    for r in records {
+        if let Some(id) = our_id(sink, &r.headers) {
+            expected.insert(id, group_of_body(&r.body));
+            delivered.push(id);
+        }
+    }
+    let mut v = verify(&delivered, &expected);
+    v.missing = accepted
+        .iter()
+        .filter(|id| !expected.contains_key(id))
+        .copied()
+        .collect();
+    v.missing.sort();
+    v
+}
