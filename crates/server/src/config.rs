@@ -411,3 +411,164 @@ fn function_source(value: &str, base: &Path) -> FunctionSource {
         FunctionSource::File(base.join(value))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(text: &str, env: &[(&str, &str)]) -> Result<Config, ServerError> {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        from_toml(text, Path::new("."), &env)
+    }
+
+    const OK: &str = r#"
+[server]
+listen = "127.0.0.1:7376"
+
+[[sinks]]
+name = "orders"
+basin = "my-basin-01"
+stream = "orders"
+endpoint = "http://127.0.0.1:8080"
+"#;
+
+    fn err(text: &str) -> String {
+        load_str(text, &[]).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn minimal_config_loads_with_defaults() {
+        let c = load_str(OK, &[]).unwrap();
+        assert_eq!(
+            c.sinks[0].route.as_ref().unwrap().to_string(),
+            "my-basin-01/orders"
+        );
+        assert_eq!(c.server.max_body_bytes, 16 * 1024 * 1024);
+        assert_eq!(c.sinks[0].backoff, BackoffPolicy::default());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = err(&OK.replace("stream = \"orders\"", "stream = \"orders\"\nstreem = 1"));
+        assert!(e.contains("streem"), "{e}");
+        let e = err(&format!("{OK}\n[server.extra]\nx = 1"));
+        assert!(e.contains("extra") || e.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn bad_basin_name_is_named() {
+        let e = err(&OK.replace("my-basin-01", "Bad_Basin"));
+        assert!(
+            e.contains("sinks.orders.basin") && e.contains("Bad_Basin"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn cloud_without_token_is_refused() {
+        let e = err(&OK.replace("http://127.0.0.1:8080", "cloud"));
+        assert!(
+            e.contains("sinks.orders.access_token") && e.contains("missing"),
+            "{e}"
+        );
+        // Token from the environment only.
+        let ok = load_str(
+            &OK.replace("http://127.0.0.1:8080", "cloud"),
+            &[("S2SINK_SINK_ORDERS_ACCESS_TOKEN", "tok")],
+        )
+        .unwrap();
+        assert!(ok.sinks[0].s2.access_token.is_some());
+        let e = err(&OK.replace(
+            "endpoint = \"http://127.0.0.1:8080\"",
+            "access_token_env = \"NOPE\"",
+        ));
+        assert!(e.contains("access_token_env") && e.contains("NOPE"), "{e}");
+    }
+
+    #[test]
+    fn default_endpoint_is_local_lite_without_token_and_cloud_with_one() {
+        let no_endpoint = OK.replace("endpoint = \"http://127.0.0.1:8080\"\n", "");
+        let c = load_str(&no_endpoint, &[]).unwrap();
+        assert_eq!(
+            c.sinks[0].s2.endpoint,
+            Endpoint::Direct(DEFAULT_LOCAL_ENDPOINT.into())
+        );
+        let c = load_str(
+            &no_endpoint.replace("[[sinks]]", "[[sinks]]\naccess_token = \"t\""),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.sinks[0].s2.endpoint, Endpoint::Cloud);
+    }
+
+    #[test]
+    fn bad_function_file_is_named() {
+        let e = err(&format!("{OK}transform = \"functions/missing.rhai\"\n"));
+        assert!(
+            e.contains("sinks.orders.transform") && e.contains("missing.rhai"),
+            "{e}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("bad.rhai"),
+            "fn transform(action, record, changes, metadata) { record +* }",
+        )
+        .unwrap();
+        let env = HashMap::new();
+        let e = from_toml(&format!("{OK}transform = \"bad.rhai\"\n"), dir.path(), &env)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bad.rhai") && e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn other_errors_name_their_key() {
+        let e = err(&OK.replace("127.0.0.1:7376", "nowhere"));
+        assert!(e.contains("server.listen"), "{e}");
+        let e = err(&OK.replace("stream = \"orders\"\n", ""));
+        assert!(
+            e.contains("sinks.orders.stream") && e.contains("missing"),
+            "{e}"
+        );
+        let e = err(&format!("{OK}[sinks.batch]\nmax_records = 5000\n"));
+        assert!(
+            e.contains("sinks.orders.batch") && e.contains("max_records"),
+            "{e}"
+        );
+        let e = err(&format!("{OK}[sinks.backoff]\njitter = 2.0\n"));
+        assert!(e.contains("backoff.jitter"), "{e}");
+        let e = err(&format!("{OK}max_retry_count = \"ten\"\n"));
+        assert!(e.contains("max_retry_count"), "{e}");
+        let e = err(&format!(
+            "{OK}{}",
+            OK.split("[[sinks]]")
+                .nth(1)
+                .map(|s| format!("[[sinks]]{s}"))
+                .unwrap()
+        ));
+        assert!(e.contains("unique"), "{e}");
+        let e = err("[server]\n");
+        assert!(e.contains("sinks"), "{e}");
+    }
+
+    #[test]
+    fn env_overrides_server_settings_and_secrets_stay_out_of_debug() {
+        let c = load_str(
+            OK,
+            &[
+                ("S2SINK_SERVER__API_TOKEN", "sekret-api"),
+                ("S2SINK_SERVER__MAX_PENDING", "5"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.server.api_token.as_deref(), Some("sekret-api"));
+        assert_eq!(c.server.max_pending, Some(5));
+        let with_token = OK.replace("[[sinks]]", "[[sinks]]\naccess_token = \"sekret-s2\"");
+        let c = load_str(&with_token, &[("S2SINK_SERVER__API_TOKEN", "sekret-api")]).unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("sekret"), "{dbg}");
+    }
+}
