@@ -14,6 +14,10 @@ cargo fmt --all -- --check
 echo "== cargo clippy (-D warnings)"
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 
+echo "== build the s2-sink binary (process-level tests run it)"
+cargo build --locked -p s2sink-server --bin s2-sink
+export S2SINK_BIN="$PWD/target/debug/s2-sink"
+
 echo "== doc tests"
 cargo test --workspace --all-features --locked --doc
 

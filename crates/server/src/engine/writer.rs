@@ -185,6 +185,12 @@ async fn writer_loop(ctx: WriterCtx, mut rx: mpsc::Receiver<Submission>) {
 
 async fn process(ctx: &WriterCtx, state: &mut State, batch: Vec<Submission>) {
     if let Err(f) = prepare(ctx, state).await {
+        ctx.stats.count_failure(f.error.class, f.error.status);
+        tracing::warn!(
+            sink = %ctx.sink, stream = %ctx.route, class = f.error.class.as_str(),
+            status = ?f.error.status, error = %f.error.message,
+            "append failed: could not prepare the stream (tail / reconcile)"
+        );
         for s in batch {
             let _ = s.reply.send(Err(f.clone()));
         }
