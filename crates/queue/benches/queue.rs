@@ -1,1 +1,262 @@
-fn main() {}
+//! Load benchmarks of the durable queue (a plain binary: these are throughput runs over
+//! hundreds of thousands of messages, not micro-benchmarks). Results: `docs/bench/queue.md`.
+//!
+//! `cargo bench -p s2sink-queue --bench queue` runs everything at full size (a few minutes);
+//! `QUEUE_BENCH_SCALE=0.1` shrinks every message count, `QUEUE_BENCH_ONLY=enqueue|ack|reopen|disk`
+//! runs one part, `QUEUE_BENCH_DIR` chooses the disk (default: the system temp dir).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use s2sink_core::GroupKey;
+use s2sink_queue::{MessageId, NewMessage, Queue};
+
+const SINK: &str = "bench";
+const PAYLOAD: usize = 1024;
+
+fn scale(n: usize) -> usize {
+    let s: f64 = std::env::var("QUEUE_BENCH_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1.0);
+    ((n as f64 * s) as usize).max(1)
+}
+
+fn wanted(part: &str) -> bool {
+    std::env::var("QUEUE_BENCH_ONLY").map_or(true, |v| v.split(',').any(|p| p == part))
+}
+
+fn tempdir() -> tempfile::TempDir {
+    match std::env::var("QUEUE_BENCH_DIR") {
+        Ok(d) => tempfile::tempdir_in(d).unwrap(),
+        Err(_) => tempfile::tempdir().unwrap(),
+    }
+}
+
+fn batch(n: usize, groups: u64, seq: &mut u64) -> Vec<NewMessage> {
+    (0..n)
+        .map(|_| {
+            *seq += 1;
+            NewMessage {
+                group: Some(GroupKey(format!("public.orders/{}", *seq % groups))),
+                payload: vec![b'x'; PAYLOAD],
+            }
+        })
+        .collect()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn rate(n: usize, d: Duration) -> String {
+    format!("{:>9.0} msg/s", n as f64 / d.as_secs_f64())
+}
+
+/// `producers` tasks each enqueue batches of `batch_size` until `total` messages are durable.
+fn enqueue(rt: &tokio::runtime::Runtime, producers: usize, batch_size: usize, total: usize) {
+    let dir = tempdir();
+    let q = Queue::open(dir.path()).unwrap();
+    let per = total / producers / batch_size;
+    let flushes = q.flush_count();
+    let start = Instant::now();
+    rt.block_on(async {
+        let tasks: Vec<_> = (0..producers)
+            .map(|p| {
+                let q = q.clone();
+                tokio::spawn(async move {
+                    let mut seq = p as u64 * 1_000_000_000;
+                    for _ in 0..per {
+                        q.enqueue(SINK, batch(batch_size, 100_000, &mut seq))
+                            .await
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    let d = start.elapsed();
+    let n = per * producers * batch_size;
+    println!(
+        "enqueue  producers={producers:>2} batch={batch_size:>3} msgs={n:>7}  {}  {:>6.1} MB/s  flushes={}  ({:.2?})",
+        rate(n, d),
+        (n * PAYLOAD) as f64 / 1e6 / d.as_secs_f64(),
+        q.flush_count() - flushes,
+        d
+    );
+}
+
+fn fill(rt: &tokio::runtime::Runtime, q: &Queue, total: usize, groups: u64) -> Vec<MessageId> {
+    rt.block_on(async {
+        let tasks: Vec<_> = (0..16)
+            .map(|p| {
+                let q = q.clone();
+                tokio::spawn(async move {
+                    let mut seq = p as u64;
+                    let mut ids = Vec::new();
+                    for _ in 0..total / 16 / 100 {
+                        // Spread groups evenly: message k goes to group k % groups.
+                        let msgs: Vec<NewMessage> = (0..100)
+                            .map(|_| {
+                                seq += 16;
+                                NewMessage {
+                                    group: Some(GroupKey(format!(
+                                        "public.orders/{}",
+                                        seq % groups
+                                    ))),
+                                    payload: vec![b'x'; PAYLOAD],
+                                }
+                            })
+                            .collect();
+                        ids.extend(
+                            q.enqueue(SINK, msgs)
+                                .await
+                                .unwrap()
+                                .into_iter()
+                                .map(|e| e.id),
+                        );
+                    }
+                    ids
+                })
+            })
+            .collect();
+        let mut ids = Vec::new();
+        for t in tasks {
+            ids.extend(t.await.unwrap());
+        }
+        ids.sort();
+        ids
+    })
+}
+
+fn ack(rt: &tokio::runtime::Runtime, total: usize) {
+    for per_call in [1usize, 100] {
+        let dir = tempdir();
+        let q = Queue::open(dir.path()).unwrap();
+        let n = if per_call == 1 { total / 4 } else { total };
+        let ids = fill(rt, &q, n, 10_000);
+        let start = Instant::now();
+        for chunk in ids.chunks(per_call) {
+            q.ack(SINK, chunk).unwrap();
+        }
+        rt.block_on(q.flush()).unwrap();
+        let d = start.elapsed();
+        println!(
+            "ack      ids/call={per_call:>3} msgs={:>7}  {}  ({d:.2?}, incl. one final flush)",
+            ids.len(),
+            rate(ids.len(), d)
+        );
+    }
+}
+
+fn reopen(rt: &tokio::runtime::Runtime, total: usize, groups: u64) {
+    let dir = tempdir();
+    let start = Instant::now();
+    {
+        let q = Queue::open(dir.path()).unwrap();
+        fill(rt, &q, total, groups);
+    }
+    println!(
+        "reopen   filled {total} msgs in {groups} groups in {:.2?}, {} on disk",
+        start.elapsed(),
+        mib(dir_size(dir.path()))
+    );
+    let start = Instant::now();
+    let q = Queue::open(dir.path()).unwrap();
+    let opened = start.elapsed();
+    let g = q.pending_groups(SINK).unwrap();
+    let listed = start.elapsed();
+    let counts = q.counts(SINK);
+    println!(
+        "reopen   open {opened:.2?}, + pending_groups ({} groups) = {listed:.2?}; pending={}",
+        g.len(),
+        counts.pending
+    );
+    assert_eq!(g.len() as u64, groups.min(total as u64));
+    assert_eq!(counts.pending as usize, total / 1600 * 1600);
+}
+
+fn disk(rt: &tokio::runtime::Runtime, cycles: usize) {
+    let dir = tempdir();
+    let q = Queue::open(dir.path()).unwrap();
+    let start = Instant::now();
+    let mut seq = 0;
+    let report_every = (cycles / 10).max(100);
+    let mut line = String::new();
+    rt.block_on(async {
+        for i in 0..cycles / 100 {
+            let ids: Vec<MessageId> = q
+                .enqueue(SINK, batch(100, 1000, &mut seq))
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.id)
+                .collect();
+            q.ack(SINK, &ids).unwrap();
+            let done = (i + 1) * 100;
+            if done % report_every == 0 {
+                q.flush().await.unwrap();
+                line.push_str(&format!(" {}k:{}", done / 1000, mib(dir_size(dir.path()))));
+            }
+        }
+    });
+    println!("disk     {cycles} enqueue+ack cycles (1 KB, batches of 100) in {:.2?}; size on disk after:{line}", start.elapsed());
+}
+
+fn dir_size(p: &Path) -> u64 {
+    std::fs::read_dir(p)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            if m.is_dir() {
+                dir_size(&e.path())
+            } else {
+                m.len()
+            }
+        })
+        .sum()
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.0}MiB", b as f64 / (1 << 20) as f64)
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing else is accepted.
+    let rt = runtime();
+    if wanted("enqueue") {
+        for producers in [1, 16, 64] {
+            enqueue(
+                &rt,
+                producers,
+                100,
+                scale(if producers == 1 { 100_000 } else { 400_000 }),
+            );
+        }
+        for producers in [1, 16, 64] {
+            enqueue(
+                &rt,
+                producers,
+                1,
+                scale(if producers == 1 { 2_000 } else { 20_000 }),
+            );
+        }
+    }
+    if wanted("ack") {
+        ack(&rt, scale(200_000));
+    }
+    if wanted("reopen") {
+        reopen(&rt, scale(1_000_000), scale(100_000) as u64);
+    }
+    if wanted("disk") {
+        disk(&rt, scale(1_000_000));
+    }
+}
