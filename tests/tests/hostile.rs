@@ -1,0 +1,320 @@
+//! Hostile input against the running server: each case gets the right status and an error
+//! naming the problem, the server stays up, and messages accepted before still arrive.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use s2sink_tests::process::{http_client, ServerProcess};
+use s2sink_tests::{change, eventually, ids_in, read_all, LiteServer};
+use serde_json::{json, Value};
+
+const TOKEN: &str = "hostile-api-token";
+
+fn config(endpoint: &str, basin: &str) -> String {
+    let backoff = "[sinks.backoff]\nbase_ms = 50\nmax_ms = 200\n";
+    format!(
+        r#"[server]
+listen = "127.0.0.1:{{port}}"
+data_dir = "data"
+api_token = "{TOKEN}"
+
+[[sinks]]
+name = "main"
+basin = "{basin}"
+stream = "events"
+endpoint = "{endpoint}"
+{backoff}
+[[sinks]]
+name = "inflate"
+basin = "{basin}"
+stream = "events"
+endpoint = "{endpoint}"
+transform = '''fn transform(action, record, changes, metadata) {{
+    let s = "x";
+    while s.len() < 1100000 {{ s += s; }}
+    #{{ big: s }}
+}}'''
+{backoff}
+[[sinks]]
+name = "router"
+endpoint = "{endpoint}"
+routing = '''fn route(action, record, changes, metadata) {{
+    if record.kind == "bad_basin" {{ return #{{ basin: "Bad_Basin", stream: "events" }}; }}
+    if record.kind == "empty_stream" {{ return #{{ basin: "{basin}", stream: "" }}; }}
+    if record.kind == "extra" {{ return #{{ basin: "{basin}", stream: "events", color: "red" }}; }}
+    #{{ basin: "{basin}", stream: "events" }}
+}}'''
+{backoff}
+[[sinks]]
+name = "spin"
+basin = "{basin}"
+stream = "events"
+endpoint = "{endpoint}"
+transform = "fn transform(action, record, changes, metadata) {{ loop {{ }} }}"
+{backoff}
+[[sinks]]
+name = "grow"
+basin = "{basin}"
+stream = "events"
+endpoint = "{endpoint}"
+transform = '''fn transform(action, record, changes, metadata) {{ let s = "xy"; loop {{ s += s; }} }}'''
+{backoff}"#
+    )
+}
+
+struct Client {
+    http: reqwest::Client,
+    url: String,
+}
+
+impl Client {
+    async fn post_raw(
+        &self,
+        sink: &str,
+        ct: &str,
+        body: Vec<u8>,
+        token: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let mut r = self
+            .http
+            .post(format!("{}/api/sinks/{sink}/messages", self.url))
+            .header("content-type", ct)
+            .body(body);
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        let resp = r.send().await.expect("server answers");
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn post(&self, sink: &str, body: impl Into<Vec<u8>>) -> (StatusCode, Value) {
+        self.post_raw(sink, "application/json", body.into(), Some(TOKEN))
+            .await
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        self.http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("server answers")
+            .json()
+            .await
+            .unwrap_or_default()
+    }
+
+    /// The last error of the first failed message of a sink, once there is one.
+    async fn first_failure(&self, sink: &str) -> Value {
+        let path = format!("/api/sinks/{sink}/messages?state=failed");
+        let ok = eventually(Duration::from_secs(20), || async {
+            !self.get(&path).await["messages"][0]["last_error"].is_null()
+        })
+        .await;
+        assert!(ok, "sink {sink}: no failure recorded");
+        self.get(&path).await["messages"][0]["last_error"].clone()
+    }
+}
+
+fn assert_err(case: &str, got: (StatusCode, Value), status: u16, needle: &str) {
+    assert_eq!(got.0.as_u16(), status, "{case}: {}", got.1);
+    let msg = got.1["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        msg.contains(needle),
+        "{case}: `{msg}` does not name `{needle}`"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_input_table() {
+    let lite = LiteServer::start().await;
+    let basin = lite.fresh_basin().await;
+    let s2 = lite.client();
+    s2.ensure_stream(&basin, "events", None).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::start(dir.path(), &config(&lite.endpoint(), &basin), &[]).await;
+    let c = Client {
+        http: http_client(),
+        url: server.url.clone(),
+    };
+
+    // Accepted before the abuse; must still arrive.
+    let early: Vec<Value> = (0..50).map(|i| change(i, i, 20)).collect();
+    let (s, v) = c.post("main", Value::from(early).to_string()).await;
+    assert_eq!(s, 202, "{v}");
+    let early_ids: Vec<u64> = v["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i.as_u64().unwrap())
+        .collect();
+
+    assert_err(
+        "malformed JSON",
+        c.post("main", "{\"a\": [1, 2").await,
+        400,
+        "not valid JSON",
+    );
+    assert_err(
+        "non-object message",
+        c.post("main", "[{\"a\":1}, \"str\"]").await,
+        400,
+        "message 1: expected a JSON object, got a string",
+    );
+    assert_err(
+        "invalid UTF-8",
+        c.post("main", b"{\"a\": \"\xff\xfe\"}".to_vec()).await,
+        400,
+        "UTF-8",
+    );
+    let huge = vec![b' '; 20 * 1024 * 1024];
+    assert_err("20 MiB body", c.post("main", huge).await, 413, "16777216");
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    assert_err(
+        "10,000-deep nesting",
+        c.post("main", format!("{{\"a\":{deep}}}")).await,
+        400,
+        "recursion limit",
+    );
+    assert_err(
+        "number beyond f64",
+        c.post("main", "{\"n\": 1e400}").await,
+        400,
+        "number out of range",
+    );
+    let (s, v) = c.post("main", "[]").await;
+    assert_eq!(
+        (s.as_u16(), v["accepted"].as_u64()),
+        (202, Some(0)),
+        "empty array: {v}"
+    );
+    assert_err("unknown sink", c.post("nope", "{}").await, 404, "nope");
+    assert_err(
+        "missing API token",
+        c.post_raw("main", "application/json", b"{}".to_vec(), None)
+            .await,
+        401,
+        "Authorization",
+    );
+    assert_err(
+        "wrong API token",
+        c.post_raw("main", "application/json", b"{}".to_vec(), Some("guess"))
+            .await,
+        401,
+        "wrong API token",
+    );
+
+    // Numbers beyond i64/u64 are kept exactly as sent.
+    let big = r#"{"record":{"id":1,"n":123456789012345678901234567890,"m":-99999999999999999999},"metadata":{"table_schema":"public","table_name":"big","record_pks":["1"]}}"#;
+    let (s, v) = c.post("main", big).await;
+    assert_eq!(s, 202, "{v}");
+    // A NUL in a group value.
+    let (s, v) = c
+        .post_raw(
+            "main",
+            "application/json",
+            json!({"metadata": {"group_id": "a\u{0}b"}, "k": "nul"})
+                .to_string()
+                .into_bytes(),
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(s, 202, "NUL group: {v}");
+
+    // Messages that fail at delivery: each fails alone with a clear error.
+    assert_eq!(c.post("inflate", change(1, 1, 10).to_string()).await.0, 202);
+    let e = c.first_failure("inflate").await;
+    assert_eq!(e["code"], "record_too_large", "{e}");
+    assert!(e["message"].as_str().unwrap().contains("1048576"), "{e}");
+    for (kind, needle) in [
+        ("bad_basin", "Bad_Basin"),
+        ("empty_stream", "empty"),
+        ("extra", "color"),
+    ] {
+        let msg = json!({"record": {"kind": kind}, "metadata": {"group_id": kind}});
+        assert_eq!(c.post("router", msg.to_string()).await.0, 202);
+        let found = eventually(Duration::from_secs(20), || async {
+            let v = c
+                .get(&format!(
+                    "/api/sinks/router/messages?state=failed&group={kind}"
+                ))
+                .await;
+            v["messages"][0]["last_error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(needle))
+        })
+        .await;
+        assert!(
+            found,
+            "route returning {kind} did not fail naming `{needle}`"
+        );
+    }
+    let ok_route = json!({"record": {"kind": "fine"}, "metadata": {"group_id": "fine"}});
+    assert_eq!(c.post("router", ok_route.to_string()).await.0, 202);
+    assert_eq!(c.post("spin", change(1, 1, 10).to_string()).await.0, 202);
+    let e = c.first_failure("spin").await;
+    assert_eq!(e["code"], "transform", "{e}");
+    assert!(e["message"].as_str().unwrap().contains("stopped"), "{e}");
+    assert_eq!(c.post("grow", change(1, 1, 10).to_string()).await.0, 202);
+    let e = c.first_failure("grow").await;
+    assert_eq!(e["code"], "transform", "{e}");
+
+    // 100k distinct groups in one request.
+    let many: String = (0..100_000u64)
+        .map(|i| format!("{{\"i\":{i},\"metadata\":{{\"group_id\":\"g{i}\"}}}}\n"))
+        .collect();
+    let (s, v) = c
+        .post_raw(
+            "main",
+            "application/x-ndjson",
+            many.into_bytes(),
+            Some(TOKEN),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    assert_eq!(v["accepted"], 100_000);
+
+    // The server is still up, and everything deliverable arrived.
+    assert!(server.is_running(), "server died; log:\n{}", server.log());
+    let drained = eventually(Duration::from_secs(120), || async {
+        c.get("/api/sinks/main").await["counts"]["pending"] == 0
+    })
+    .await;
+    assert!(
+        drained,
+        "main did not drain: {}",
+        c.get("/api/sinks/main").await
+    );
+    let records = read_all(&s2, &basin, "events").await;
+    let main_ids = ids_in(&records, "main");
+    for id in &early_ids {
+        assert!(main_ids.contains(id), "early message {id} lost");
+    }
+    assert_eq!(main_ids.len(), 50 + 1 + 1 + 100_000);
+    let exact = records.iter().any(|r| {
+        r.body.contains("123456789012345678901234567890")
+            && r.body.contains("-99999999999999999999")
+    });
+    assert!(exact, "big numbers were not delivered exactly");
+    assert_eq!(
+        ids_in(&records, "router").len(),
+        1,
+        "only the valid route is delivered"
+    );
+    assert_eq!(c.get("/api/sinks/router").await["counts"]["failing"], 3);
+    let h = c
+        .http
+        .get(format!("{}/healthz", c.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(h.status(), 200);
+}
