@@ -187,8 +187,8 @@ impl Queue {
         })())
     }
 
-    /// Every group of `sink` that has messages, in stored-key order. Skips from one group to
-    /// the next in the index, so it costs one seek per group, not one step per message.
+    /// Every group of `sink` that has messages, in stored-key order. One pass over the group
+    /// index (keys only, no payloads), keeping the first entry of each group.
     pub fn pending_groups(&self, sink: &str) -> Result<Vec<GroupRef>> {
         self.check()?;
         let Some(s) = self.sink(sink) else {
@@ -196,19 +196,16 @@ impl Queue {
         };
         self.track((|| {
             let mut out = Vec::new();
-            let mut from = vec![keys::GROUP];
-            loop {
-                let Some(entry) = s.tree.range(from.as_slice()..).next() else {
-                    break;
-                };
+            let mut last: Option<IVec> = None;
+            for entry in s.tree.scan_prefix([keys::GROUP]) {
                 let (key, _) = entry.map_err(s.storage("pending_groups"))?;
-                if key.first() != Some(&keys::GROUP) {
-                    break;
-                }
                 let (g, _) =
                     keys::parse_group_entry(&key).ok_or_else(|| s.corrupt("group index"))?;
+                if last.as_deref().is_some_and(|l| l == g) {
+                    continue;
+                }
                 out.push(GroupRef::decode(g).ok_or_else(|| s.corrupt("group key"))?);
-                from = keys::after_group(&keys::group_prefix(g));
+                last = Some(IVec::from(g));
             }
             Ok(out)
         })())
