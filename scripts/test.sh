@@ -21,6 +21,17 @@ export S2SINK_BIN="$PWD/target/debug/s2-sink"
 echo "== doc tests"
 cargo test --workspace --all-features --locked --doc
 
+echo "== browser test (web console in Chromium)"
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    sudo DEBIAN_FRONTEND=noninteractive apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  fi
+fi
+npm ci --prefix tests/browser --silent --no-audit --no-fund
+node --test tests/browser/console.test.mjs
+
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --all-features --locked --no-fail-fast
