@@ -31,6 +31,7 @@ const CHROMIUM_BIN = process.env.CHROMIUM_BIN || "/usr/bin/chromium";
 const SCREENSHOTS = ["1", "true", "yes"].includes((process.env.S2SINK_SCREENSHOTS || "").toLowerCase());
 const API_TOKEN = "console-test-token-" + Math.random().toString(36).slice(2);
 const UI_TIMEOUT = 15_000;
+const HOSTILE_GROUP = '<img src=x onerror="window.__xss=1">';
 
 const children = [];
 const tmpDirs = [];
@@ -236,10 +237,13 @@ max_ms = 1000
       (await http("POST", `${sink.url}/api/sinks/${name}/messages`, { body: msgs, headers: auth, expect: 202 })).json.ids;
     const small = [envelope(1, 1001, { status: "pending" }), envelope(2, 1002, { status: "pending" })];
     const typoIds = await post("typo", small);
+    // Hostile data (a group name with markup) must show as text, never as HTML.
+    const hostile = (await http("POST", `${sink.url}/api/sinks/typo/messages?group=${encodeURIComponent(HOSTILE_GROUP)}`, {
+      body: { note: "<script>window.__xss = 1</script>" }, headers: auth, expect: 202 })).json.ids[0];
     const good1 = await post("good", [envelope(3, 1003, { status: "ok" })]);
     const big = await post("good", [envelope(7, 1007, { status: "huge", blob: "x".repeat(1_100_000) })]);
     const after = await post("good", [envelope(7, 1008, { status: "after the huge one" })]);
-    return { typo: typoIds, good1: good1[0], big: big[0], after: after[0] };
+    return { typo: typoIds, hostile, good1: good1[0], big: big[0], after: after[0] };
   });
 
   await step("failures are recorded (API)", async () => {
@@ -376,6 +380,44 @@ max_ms = 1000
     assert.match(await tid("err-class").textContent(), /\w/, "error class shown");
     assert.match(await tid("err-body").textContent(), /stream_not_found/, "S2 response body shown");
     if (SCREENSHOTS) await page.screenshot({ path: path.join(ROOT, "docs/console-message.png") });
+
+    // Escaping: the markup in the group and the payload is shown as text.
+    await row(ids.hostile).waitFor();
+    assert.equal((await row(ids.hostile).locator("td").nth(2).textContent()), HOSTILE_GROUP, "group shown literally");
+    await row(ids.hostile).click();
+    await expectText("msg-group", /^<img src=x/, "the hostile group in the pane as text");
+    assert.match(await tid("msg-envelope").textContent(), /<script>window.__xss = 1<\/script>/);
+    assert.equal(await page.locator("#messages-body img, #message-pane img, #message-pane script").count(), 0, "no injected elements");
+    assert.equal(await page.evaluate(() => window.__xss), undefined, "no injected script ran");
+
+    // Group filter: only that group's messages.
+    await tid("group-filter").fill("public.orders/2");
+    await waitFor("the group filter to leave only public.orders/2", async () => {
+      const shown = await page.locator('[data-testid="message-row"]').evaluateAll((rs) => rs.map((r) => r.dataset.id));
+      return shown.length === 1 && shown[0] === String(ids.typo[1]);
+    }, { timeout: UI_TIMEOUT });
+    await tid("group-filter").fill("");
+    await waitFor("the group filter to clear", async () => (await page.locator('[data-testid="message-row"]').count()) === 3, { timeout: UI_TIMEOUT });
+
+    // Paging (50 a page, `next_after` cursor), newest first.
+    const bulk = Array.from({ length: 55 }, (_, i) => ({ n: i }));
+    const bulkIds = (await http("POST", `${sink.url}/api/sinks/typo/messages`, { body: bulk, headers: auth, expect: 202 })).json.ids;
+    await tid("order-select").selectOption("newest");
+    await selectState("typo", "all");
+    const shownIds = () => page.locator('[data-testid="message-row"]').evaluateAll((rs) => rs.map((r) => Number(r.dataset.id)));
+    await waitFor("page 1: the 50 newest messages", async () => {
+      const v = await shownIds();
+      return v.length === 50 && v[0] === bulkIds[bulkIds.length - 1];
+    }, { timeout: UI_TIMEOUT });
+    await tid("page-next").click();
+    await waitFor("page 2: the 8 oldest messages", async () => {
+      const v = await shownIds();
+      return v.length === 8 && v[v.length - 1] === ids.typo[0];
+    }, { timeout: UI_TIMEOUT });
+    assert.ok(await tid("page-next").isDisabled(), "no page 3");
+    await tid("page-prev").click();
+    await waitFor("back on page 1", async () => (await shownIds()).length === 50, { timeout: UI_TIMEOUT });
+    await tid("order-select").selectOption("oldest");
   });
 
   await step("Acknowledge the oversized message: it leaves the Failed list, its group drains", async () => {
