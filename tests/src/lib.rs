@@ -11,6 +11,7 @@ use s2sink_server::engine::{our_id, SinkSettings};
 pub use s2sink_client::testing::{unique_name, LiteServer};
 
 pub mod process;
+pub mod proxy;
 
 /// Settings for a test sink on s2-lite with a fast backoff (tens of ms instead of seconds).
 pub fn sink_settings(name: &str, endpoint: &str, basin: &str, stream: &str) -> SinkSettings {

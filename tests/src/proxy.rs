@@ -1,0 +1,510 @@
+//! A fault-injecting HTTP/1.1 reverse proxy on 127.0.0.1, put between the sink and s2-lite.
+//!
+//! Every request is read whole (head + `Content-Length` body), then a [`Fault`] decides its
+//! fate: pass it on, delay it, answer it with an error without forwarding, reset the
+//! connection, or forward it and drop the response so the client never learns that S2 applied
+//! it. Faults apply to requests in [`Scope`] only (by default appends, `POST …/records`), so
+//! the reads and tail checks a sink uses to reconcile pass untouched.
+//!
+//! The fault for a request is, in order: the next one of [`Proxy::push_faults`]' queue, else
+//! the policy's answer ([`Proxy::set_policy`], [`Proxy::set_random`]; [`Fault::Pass`] by
+//! default). [`Proxy::stats`] counts requests and faults so a test can assert faults happened.
+//!
+//! Forwarding opens a fresh upstream connection per request (`connection: close`) and reads
+//! the response to its end; the client side is kept alive across requests. Dropping the
+//! [`Proxy`] aborts the listener and every connection.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{JoinHandle, JoinSet};
+
+/// What the proxy does with one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Forward and return the upstream response.
+    Pass,
+    /// Wait, then forward and answer. When the client gave up meanwhile (request timeout), the
+    /// request still reaches S2: a late arrival, as a slow S2 would apply it.
+    Delay(Duration),
+    /// Hold the request without forwarding until the client gives up: a timeout that surely
+    /// did not apply.
+    Hang,
+    /// Answer with this response without forwarding.
+    Respond {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: String,
+    },
+    /// Reset the connection (RST) before forwarding: nothing applied.
+    ResetBeforeForward,
+    /// Forward, read S2's response, then close the client connection (FIN) without answering:
+    /// the append is applied but the client never learns it.
+    ForwardThenDrop,
+    /// As [`Fault::ForwardThenDrop`], but reset (RST) the client connection.
+    ForwardThenReset,
+}
+
+impl Fault {
+    /// An S2-style error: `{"code","message"}` JSON body.
+    pub fn s2_error(status: u16, code: &str, message: &str) -> Fault {
+        Fault::Respond {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: serde_json::json!({"code": code, "message": message}).to_string(),
+        }
+    }
+
+    /// An error with a non-JSON body (a load balancer's HTML page, say).
+    pub fn plain(status: u16, body: &str) -> Fault {
+        Fault::Respond {
+            status,
+            headers: vec![("content-type".into(), "text/html".into())],
+            body: body.to_string(),
+        }
+    }
+
+    /// 429 `rate_limited` with `Retry-After: <secs>`.
+    pub fn throttled(retry_after_secs: u64) -> Fault {
+        Fault::Respond {
+            status: 429,
+            headers: vec![
+                ("content-type".into(), "application/json".into()),
+                ("retry-after".into(), retry_after_secs.to_string()),
+            ],
+            body: serde_json::json!({"code": "rate_limited", "message": "slow down"}).to_string(),
+        }
+    }
+
+    /// A short name for counting: `pass`, `delay`, `hang`, `status_503`, `reset_before`,
+    /// `forward_then_drop`, `forward_then_reset`.
+    pub fn kind(&self) -> String {
+        match self {
+            Fault::Pass => "pass".into(),
+            Fault::Delay(_) => "delay".into(),
+            Fault::Hang => "hang".into(),
+            Fault::Respond { status, .. } => format!("status_{status}"),
+            Fault::ResetBeforeForward => "reset_before".into(),
+            Fault::ForwardThenDrop => "forward_then_drop".into(),
+            Fault::ForwardThenReset => "forward_then_reset".into(),
+        }
+    }
+}
+
+/// The request a policy decides on.
+#[derive(Debug, Clone)]
+pub struct RequestInfo {
+    /// 0-based number of this request among all the proxy received.
+    pub n: u64,
+    pub method: String,
+    /// Path and query.
+    pub path: String,
+    /// `POST …/records`.
+    pub is_append: bool,
+    pub body_len: usize,
+}
+
+/// Which requests faults apply to; the others always pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Appends only (`POST …/records`): reads and tail checks pass.
+    Appends,
+    /// Every request.
+    All,
+}
+
+/// Decides the fault for a request in scope.
+pub type Policy = Arc<dyn Fn(&RequestInfo) -> Fault + Send + Sync>;
+
+/// Counts since start.
+#[derive(Debug, Clone, Default)]
+pub struct ProxyStats {
+    /// Requests received (complete heads and bodies).
+    pub requests: u64,
+    /// Of those, appends.
+    pub appends: u64,
+    /// Requests sent upstream (whatever happened to the response).
+    pub forwarded: u64,
+    /// Forward-then-drop/reset whose upstream answer was 2xx: applied, never acknowledged.
+    pub applied_unacknowledged: u64,
+    /// Faults injected by kind (everything but `pass`).
+    pub faults: BTreeMap<String, u64>,
+    /// Gauge: requests read and not yet finished (a delayed request counts until it has been
+    /// forwarded, so a test can wait for late arrivals to land).
+    pub in_flight: u64,
+}
+
+impl ProxyStats {
+    /// All faults injected.
+    pub fn total_faults(&self) -> u64 {
+        self.faults.values().sum()
+    }
+
+    /// Faults of one kind (see [`Fault::kind`]).
+    pub fn count(&self, kind: &str) -> u64 {
+        self.faults.get(kind).copied().unwrap_or(0)
+    }
+}
+
+struct Shared {
+    upstream: String,
+    scope: Scope,
+    queue: VecDeque<Fault>,
+    policy: Option<Policy>,
+    stats: ProxyStats,
+}
+
+/// A running proxy; stops when dropped.
+pub struct Proxy {
+    addr: SocketAddr,
+    shared: Arc<Mutex<Shared>>,
+    task: JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Starts a proxy to `upstream` (`http://host:port`), scope [`Scope::Appends`], policy
+    /// pass.
+    pub async fn start(upstream: &str) -> Proxy {
+        let url = reqwest::Url::parse(upstream).expect("upstream URL");
+        let host = url.host_str().expect("upstream host");
+        let port = url.port_or_known_default().expect("upstream port");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let shared = Arc::new(Mutex::new(Shared {
+            upstream: format!("{host}:{port}"),
+            scope: Scope::Appends,
+            queue: VecDeque::new(),
+            policy: None,
+            stats: ProxyStats::default(),
+        }));
+        let conn_shared = shared.clone();
+        let task = tokio::spawn(async move {
+            // Connection tasks live in the set, so aborting this task ends them too.
+            let mut conns = JoinSet::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((socket, _)) = accepted else { return };
+                        let _ = socket.set_nodelay(true);
+                        conns.spawn(serve(socket, conn_shared.clone()));
+                    }
+                    Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                }
+            }
+        });
+        Proxy { addr, shared, task }
+    }
+
+    /// `http://127.0.0.1:PORT`: the endpoint to give the sink.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Which requests faults apply to.
+    pub fn set_scope(&self, scope: Scope) {
+        self.lock().scope = scope;
+    }
+
+    /// Decides the fault of every request in scope (after the queue is used up).
+    pub fn set_policy(&self, f: impl Fn(&RequestInfo) -> Fault + Send + Sync + 'static) {
+        self.lock().policy = Some(Arc::new(f));
+    }
+
+    /// Every request in scope passes (the queue still applies).
+    pub fn pass_all(&self) {
+        self.lock().policy = None;
+    }
+
+    /// Random faults: each request in scope draws one, `faults` being `(probability, fault)`
+    /// pairs (the rest pass), from an RNG seeded with `seed`.
+    pub fn set_random(&self, seed: u64, faults: Vec<(f64, Fault)>) {
+        let total: f64 = faults.iter().map(|(p, _)| p).sum();
+        assert!(total <= 1.0, "fault probabilities add up to {total} > 1");
+        let rng = Mutex::new(fastrand::Rng::with_seed(seed));
+        self.set_policy(move |_| {
+            let mut x = rng.lock().unwrap().f64();
+            for (p, f) in &faults {
+                if x < *p {
+                    return f.clone();
+                }
+                x -= p;
+            }
+            Fault::Pass
+        });
+    }
+
+    /// Faults for the next requests in scope, one each, before the policy is asked.
+    pub fn push_faults(&self, faults: impl IntoIterator<Item = Fault>) {
+        self.lock().queue.extend(faults);
+    }
+
+    /// Counts so far.
+    pub fn stats(&self) -> ProxyStats {
+        self.lock().stats.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One request as read from the client.
+struct Request {
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Request {
+    fn header(&self, name: &str) -> Option<&str> {
+        header(&self.head, name)
+    }
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().skip(1).find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// Serves one client connection, request after request, until it closes or a fault ends it.
+async fn serve(mut client: TcpStream, shared: Arc<Mutex<Shared>>) {
+    let mut buf = Vec::new();
+    while let Some(req) = read_request(&mut client, &mut buf).await {
+        let (fault, upstream) = decide(&shared, &req);
+        let _in_flight = InFlight::enter(&shared);
+        let outcome = match fault {
+            Fault::Pass => forward(&shared, &upstream, &req).await,
+            Fault::Delay(d) => {
+                tokio::time::sleep(d).await;
+                forward(&shared, &upstream, &req).await
+            }
+            Fault::Hang => {
+                // Until the client closes (or sends garbage): its timeout fires.
+                let mut b = [0u8; 1024];
+                let _ = client.read(&mut b).await;
+                return;
+            }
+            Fault::Respond {
+                status,
+                headers,
+                body,
+            } => Some(synth_response(status, &headers, &body)),
+            Fault::ResetBeforeForward => {
+                reset(client);
+                return;
+            }
+            Fault::ForwardThenDrop | Fault::ForwardThenReset => {
+                if let Some(resp) = forward(&shared, &upstream, &req).await {
+                    if status_of(&resp).is_some_and(|s| (200..300).contains(&s)) {
+                        lock(&shared).stats.applied_unacknowledged += 1;
+                    }
+                }
+                if fault == Fault::ForwardThenReset {
+                    reset(client);
+                } else {
+                    let _ = client.shutdown().await;
+                }
+                return;
+            }
+        };
+        let Some(resp) = outcome else {
+            // Upstream unreachable: what a gateway says.
+            let _ = client
+                .write_all(&synth_response(502, &[], "proxy: upstream unreachable"))
+                .await;
+            return;
+        };
+        let (resp, close) = for_client(resp);
+        if client.write_all(&resp).await.is_err() || close {
+            let _ = client.shutdown().await;
+            return;
+        }
+    }
+}
+
+/// Counts a request in [`ProxyStats::in_flight`] while alive (also when its task is aborted).
+struct InFlight(Arc<Mutex<Shared>>);
+
+impl InFlight {
+    fn enter(shared: &Arc<Mutex<Shared>>) -> InFlight {
+        lock(shared).stats.in_flight += 1;
+        InFlight(shared.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        lock(&self.0).stats.in_flight -= 1;
+    }
+}
+
+fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+    shared.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Counts the request and picks its fault; returns it with the upstream address.
+fn decide(shared: &Mutex<Shared>, req: &Request) -> (Fault, String) {
+    let mut line = req.head.lines().next().unwrap_or("").split_whitespace();
+    let method = line.next().unwrap_or("").to_string();
+    let path = line.next().unwrap_or("").to_string();
+    let route = path.split('?').next().unwrap_or("");
+    let is_append = method == "POST" && route.ends_with("/records");
+    let mut s = lock(shared);
+    let info = RequestInfo {
+        n: s.stats.requests,
+        method,
+        path,
+        is_append,
+        body_len: req.body.len(),
+    };
+    s.stats.requests += 1;
+    if is_append {
+        s.stats.appends += 1;
+    }
+    let in_scope = s.scope == Scope::All || is_append;
+    let fault = if !in_scope {
+        Fault::Pass
+    } else if let Some(f) = s.queue.pop_front() {
+        f
+    } else if let Some(p) = s.policy.clone() {
+        // The policy runs under the lock; it is a small pure decision.
+        p(&info)
+    } else {
+        Fault::Pass
+    };
+    if fault != Fault::Pass {
+        *s.stats.faults.entry(fault.kind()).or_default() += 1;
+    }
+    (fault, s.upstream.clone())
+}
+
+/// Reads one request (head and `Content-Length` body); `buf` keeps bytes already read past it.
+async fn read_request(socket: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Request> {
+    let mut chunk = [0u8; 16 * 1024];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        let n = socket.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut req = Request {
+        head,
+        body: Vec::new(),
+    };
+    assert!(
+        req.header("transfer-encoding").is_none(),
+        "proxy: chunked request bodies are not supported"
+    );
+    let len: usize = req
+        .header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut rest = buf.split_off(head_end + 4);
+    while rest.len() < len {
+        let n = socket.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        rest.extend_from_slice(&chunk[..n]);
+    }
+    *buf = rest.split_off(len);
+    req.body = rest;
+    Some(req)
+}
+
+/// Sends the request upstream on a fresh connection and reads the whole response (to EOF);
+/// `None` when upstream could not be reached or failed mid-way.
+async fn forward(shared: &Mutex<Shared>, upstream: &str, req: &Request) -> Option<Vec<u8>> {
+    lock(shared).stats.forwarded += 1;
+    let mut up = TcpStream::connect(upstream).await.ok()?;
+    let _ = up.set_nodelay(true);
+    let mut out = String::new();
+    for (i, line) in req.head.lines().enumerate() {
+        let name = line.split(':').next().unwrap_or("").trim();
+        if i > 0
+            && (name.eq_ignore_ascii_case("connection") || name.eq_ignore_ascii_case("keep-alive"))
+        {
+            continue;
+        }
+        out.push_str(line);
+        out.push_str("\r\n");
+    }
+    out.push_str("connection: close\r\n\r\n");
+    up.write_all(out.as_bytes()).await.ok()?;
+    up.write_all(&req.body).await.ok()?;
+    let mut resp = Vec::new();
+    up.read_to_end(&mut resp).await.ok()?;
+    (!resp.is_empty()).then_some(resp)
+}
+
+fn synth_response(status: u16, headers: &[(String, String)], body: &str) -> Vec<u8> {
+    let mut out = format!("HTTP/1.1 {status} Injected\r\n");
+    for (n, v) in headers {
+        out.push_str(&format!("{n}: {v}\r\n"));
+    }
+    out.push_str(&format!("content-length: {}\r\n\r\n{body}", body.len()));
+    out.into_bytes()
+}
+
+fn response_head(resp: &[u8]) -> &str {
+    let end = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(resp.len());
+    std::str::from_utf8(&resp[..end]).unwrap_or("")
+}
+
+fn status_of(resp: &[u8]) -> Option<u16> {
+    response_head(resp).split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The upstream response as the client gets it, and whether to close after it. Upstream's
+/// `connection: close` (we asked for it) is dropped so the client connection stays alive,
+/// unless the body is delimited by the close itself (no length, not chunked).
+fn for_client(resp: Vec<u8>) -> (Vec<u8>, bool) {
+    let head = response_head(&resp);
+    let head_len = head.len();
+    if head_len == resp.len() {
+        return (resp, true);
+    }
+    let framed =
+        header(head, "content-length").is_some() || header(head, "transfer-encoding").is_some();
+    let mut out = String::new();
+    for (i, line) in head.lines().enumerate() {
+        let name = line.split(':').next().unwrap_or("").trim();
+        if i > 0 && name.eq_ignore_ascii_case("connection") {
+            continue;
+        }
+        out.push_str(line);
+        out.push_str("\r\n");
+    }
+    if !framed {
+        out.push_str("connection: close\r\n");
+    }
+    out.push_str("\r\n");
+    let mut bytes = out.into_bytes();
+    bytes.extend_from_slice(&resp[head_len + 4..]);
+    (bytes, !framed)
+}
+
+/// Closes with RST instead of FIN.
+fn reset(socket: TcpStream) {
+    let _ = socket.set_zero_linger();
+    drop(socket);
+}
