@@ -111,6 +111,11 @@ impl ServerProcess {
         }
     }
 
+    /// The child's process id (for /proc sampling), while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Everything the server logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()

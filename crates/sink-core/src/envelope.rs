@@ -110,7 +110,8 @@ impl Envelope {
                 });
             }
         }
-        serde_json::from_value(value.clone()).map_err(|e| CoreError::InvalidEnvelope {
+        // Deserialize from the borrowed value: no copy of the whole message.
+        Envelope::deserialize(value).map_err(|e| CoreError::InvalidEnvelope {
             field: "(message)".into(),
             reason: e.to_string(),
         })

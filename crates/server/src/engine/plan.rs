@@ -139,13 +139,24 @@ fn prepare(
     functions: &Functions,
     msg: &StoredMessage,
 ) -> Result<Option<(Route, AppendRecord)>, (&'static str, String)> {
+    let id = msg.id.to_string();
+    if functions.is_noop() {
+        // Nothing to run: send the stored bytes, reading only the idempotency key.
+        let route = default_route.cloned().ok_or_else(no_route(&id))?;
+        let body = String::from_utf8_lossy(&msg.payload).into_owned();
+        let key = serde_json::from_slice::<Peek>(&msg.payload)
+            .ok()
+            .and_then(|p| p.metadata)
+            .and_then(|m| m.idempotency_key)
+            .map(|k| k.into_owned());
+        return Ok(Some((route, record(sink, id, key, body))));
+    }
     let value: serde_json::Value = serde_json::from_slice(&msg.payload).map_err(|e| {
         (
             "invalid_payload",
             format!("message {}: stored payload is not JSON: {e}", msg.id),
         )
     })?;
-    let id = msg.id.to_string();
     let applied = functions
         .apply(&value, Some(&id))
         .map_err(|e| (error_code(&e), e.to_string()))?;
@@ -153,15 +164,9 @@ fn prepare(
         Applied::Filtered => return Ok(None),
         Applied::Deliver { body, route } => (body, route),
     };
-    let route = match route.or_else(|| default_route.cloned()) {
-        Some(r) => r,
-        None => {
-            return Err((
-                "route",
-                format!("message {id}: the sink has no stream and no routing function chose one"),
-            ))
-        }
-    };
+    let route = route
+        .or_else(|| default_route.cloned())
+        .ok_or_else(no_route(&id))?;
     let body = match body {
         // Untransformed: send the producer's bytes as they were stored.
         Cow::Borrowed(b) if std::ptr::eq(b, &value) => {
@@ -169,24 +174,49 @@ fn prepare(
         }
         other => other.to_string(),
     };
+    let key = value
+        .pointer("/metadata/idempotency_key")
+        .and_then(|k| k.as_str())
+        .map(str::to_string);
+    Ok(Some((route, record(sink, id, key, body))))
+}
+
+/// Only the field the headers need, read without building the whole JSON tree.
+#[derive(serde::Deserialize)]
+struct Peek<'a> {
+    #[serde(borrow)]
+    metadata: Option<PeekMeta<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct PeekMeta<'a> {
+    #[serde(borrow)]
+    idempotency_key: Option<Cow<'a, str>>,
+}
+
+fn no_route(id: &str) -> impl FnOnce() -> (&'static str, String) + '_ {
+    move || {
+        (
+            "route",
+            format!("message {id}: the sink has no stream and no routing function chose one"),
+        )
+    }
+}
+
+/// The S2 record of a message: body plus the sink / id / idempotency-key headers.
+fn record(sink: &str, id: String, key: Option<String>, body: String) -> AppendRecord {
     let mut headers = vec![
         (HEADER_SINK.to_string(), sink.to_string()),
         (HEADER_ID.to_string(), id),
     ];
-    if let Some(key) = value
-        .pointer("/metadata/idempotency_key")
-        .and_then(|k| k.as_str())
-    {
-        headers.push((HEADER_IDEMPOTENCY_KEY.to_string(), key.to_string()));
+    if let Some(key) = key {
+        headers.push((HEADER_IDEMPOTENCY_KEY.to_string(), key));
     }
-    Ok(Some((
-        route,
-        AppendRecord {
-            headers,
-            body,
-            timestamp: None,
-        },
-    )))
+    AppendRecord {
+        headers,
+        body,
+        timestamp: None,
+    }
 }
 
 /// The stored error code of a function failure: which function failed.
