@@ -32,6 +32,9 @@ fi
 npm ci --prefix tests/browser --silent --no-audit --no-fund
 node --test tests/browser/console.test.mjs
 
+echo "== load generator smoke run (fails on loss, duplicates or order violations; not on speed)"
+cargo run --locked -q -p s2sink-tests --bin s2-sink-bench -- --smoke --server-bin target/debug/s2-sink
+
 echo "== tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --all-features --locked --no-fail-fast
