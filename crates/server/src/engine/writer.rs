@@ -21,6 +21,7 @@ use s2sink_core::{ErrorClass, LastError, Route};
 use s2sink_queue::{MessageId, Queue};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::io::StreamIo;
 use super::stats::SinkStats;
@@ -377,12 +378,29 @@ async fn append_with_conflicts(
             fencing_token: None,
         };
         let started = Instant::now();
+        // One span per append: sink, stream, records, outcome (never payloads or tokens).
+        let span = tracing::info_span!(
+            "append",
+            sink = %ctx.sink,
+            stream = %ctx.route,
+            records = ids.len(),
+            outcome = tracing::field::Empty,
+        );
         let res = ctx
             .io
             .append(&ctx.route.basin, &ctx.route.stream, &input)
+            .instrument(span.clone())
             .await;
+        span.record(
+            "outcome",
+            match &res {
+                Ok(_) => "ok",
+                Err(e) => e.class().as_str(),
+            },
+        );
         match res {
             Ok(ack) => {
+                tracing::debug!(parent: &span, start = ack.start.seq_num, end = ack.end.seq_num, "appended");
                 state.expect_tail = None;
                 ctx.stats
                     .append_latency_ms
@@ -418,6 +436,7 @@ async fn append_with_conflicts(
                     state.expect_tail = None;
                 }
                 tracing::warn!(
+                    parent: &span,
                     sink = %ctx.sink, stream = %ctx.route, records = ids.len(),
                     class = e.class().as_str(), status = ?e.status(), error = %e,
                     "append failed"
