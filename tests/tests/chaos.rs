@@ -1,0 +1,217 @@
+//! Chaos: sustained load over many groups through the `s2-sink` binary while S2 (behind a
+//! fault-injecting proxy) errors, throttles, hangs, resets and applies appends without
+//! answering, and the server is SIGKILLed and restarted at random moments. At the end every
+//! accepted message is in S2 exactly once, in order per group.
+//!
+//! A few cycles by default; `S2SINK_CHAOS_CYCLES=20` (or more) for a long run. The figures
+//! are printed (`--nocapture`) so a long run can be recorded.
+//!
+//! Not injected here: appends applied *after* the client's timeout (`Fault::Delay` past
+//! `request_timeout_ms`), a known engine bug pinned by an ignored test in `faults.rs`.
+//! Tolerated and counted: the server exiting by itself with the known fatal
+//! `message … not found in sink` (see `KNOWN_FATAL`); any other self-exit fails the test.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use s2sink_tests::process::{http_client, ServerProcess};
+use s2sink_tests::proxy::{Fault, Proxy};
+use s2sink_tests::{change, eventually, read_all, verify_stream, LiteServer};
+
+const SINK: &str = "chaos";
+
+/// Known engine bug: a group fails (`Queue::fail`) a head that a reconciliation already found
+/// in S2 and acked, gets `NotFound`, and the server exits as on a storage error (code 74).
+const KNOWN_FATAL: &str = "not found in sink";
+
+fn config(endpoint: &str, basin: &str, stream: &str) -> String {
+    format!(
+        r#"[server]
+listen = "127.0.0.1:{{port}}"
+data_dir = "data"
+
+[[sinks]]
+name = "{SINK}"
+basin = "{basin}"
+stream = "{stream}"
+endpoint = "{endpoint}"
+request_timeout_ms = 500
+
+[sinks.backoff]
+base_ms = 20
+max_ms = 200
+
+[sinks.batch]
+max_records = 100
+"#
+    )
+}
+
+/// S2 misbehaving on about a quarter of appends (reads and tail checks pass).
+fn chaos_faults(proxy: &Proxy, seed: u64) {
+    proxy.set_random(
+        seed,
+        vec![
+            (0.04, Fault::s2_error(500, "other", "internal")),
+            (0.04, Fault::s2_error(503, "unavailable", "unavailable")),
+            (0.02, Fault::plain(502, "<html>bad gateway</html>")),
+            (0.02, Fault::throttled(1)),
+            (0.02, Fault::Hang),
+            (0.04, Fault::ForwardThenDrop),
+            (0.03, Fault::ForwardThenReset),
+            (0.02, Fault::ResetBeforeForward),
+        ],
+    );
+}
+
+/// Sends NDJSON batches until the server stops answering (or `batches` are sent); records
+/// ids that got a 202.
+async fn produce(url: String, accepted: Arc<Mutex<HashSet<u64>>>, seed: u64, batches: usize) {
+    let http = http_client();
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut seq = seed * 1_000_000;
+    for _ in 0..batches {
+        let body: String = (0..100)
+            .map(|_| {
+                seq += 1;
+                format!("{}\n", change(rng.u64(0..500), seq, rng.usize(0..300)))
+            })
+            .collect();
+        let resp = http
+            .post(format!("{url}/api/sinks/{SINK}/messages"))
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+            .await;
+        let Ok(resp) = resp else { return };
+        if resp.status().as_u16() != 202 {
+            return;
+        }
+        let Ok(v) = resp.json::<serde_json::Value>().await else {
+            return;
+        };
+        {
+            let mut acc = accepted.lock().unwrap();
+            for id in v["ids"].as_array().unwrap() {
+                acc.insert(id.as_u64().unwrap());
+            }
+        }
+        // Pacing: load spread over the cycle, so delivery (and faults) happen during it.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn pending(http: &reqwest::Client, url: &str) -> Option<u64> {
+    let r = http
+        .get(format!("{url}/api/sinks/{SINK}"))
+        .send()
+        .await
+        .ok()?;
+    let v: serde_json::Value = r.json().await.ok()?;
+    v["counts"]["pending"].as_u64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkills_and_s2_faults_lose_duplicate_and_reorder_nothing() {
+    let cycles: usize = std::env::var("S2SINK_CHAOS_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    let started = Instant::now();
+    let lite = LiteServer::start().await;
+    let (basin, stream) = lite.fresh_stream(SINK).await;
+    let proxy = Proxy::start(&lite.endpoint()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&proxy.endpoint(), &basin, &stream);
+    let accepted = Arc::new(Mutex::new(HashSet::new()));
+    let mut rng = fastrand::Rng::with_seed(99);
+    let mut known_fatal_exits = Vec::new();
+    let mut unexpected_exits = Vec::new();
+    for cycle in 0..cycles {
+        chaos_faults(&proxy, cycle as u64 + 1000);
+        let mut server = ServerProcess::start(dir.path(), &cfg, &[]).await;
+        let producers: Vec<_> = (0..2)
+            .map(|p| {
+                let seed = (cycle * 2 + p) as u64 + 1;
+                tokio::spawn(produce(server.url.clone(), accepted.clone(), seed, 60))
+            })
+            .collect();
+        // A random kill moment (not a wait for a condition).
+        tokio::time::sleep(Duration::from_millis(rng.u64(800..3000))).await;
+        if !server.is_running() {
+            // The server died by itself: a bug, whatever the delivery verdict.
+            let log = server.log();
+            let last_run = log.rsplit("s2-sink listening").next().unwrap_or("");
+            let tail: Vec<&str> = last_run.lines().rev().take(8).collect();
+            eprintln!("chaos: server exited by itself in cycle {cycle}; log (newest first):");
+            for l in tail {
+                eprintln!("  {l}");
+            }
+            if last_run.contains("fatal storage error") && last_run.contains(KNOWN_FATAL) {
+                known_fatal_exits.push(cycle);
+            } else {
+                unexpected_exits.push(cycle);
+            }
+        }
+        server.kill9();
+        for p in producers {
+            let _ = p.await;
+        }
+    }
+
+    // Drain with S2 healthy again.
+    proxy.pass_all();
+    let server = ServerProcess::start(dir.path(), &cfg, &[]).await;
+    let http = http_client();
+    let drained = eventually(Duration::from_secs(60), || async {
+        pending(&http, &server.url).await == Some(0) && proxy.stats().in_flight == 0
+    })
+    .await;
+    let p = proxy.stats();
+    assert!(
+        drained,
+        "backlog not drained: pending {:?}; proxy {p:?}; log:\n{}",
+        pending(&http, &server.url).await,
+        server.log()
+    );
+    let accepted = accepted.lock().unwrap().clone();
+    let records = read_all(&lite.client(), &basin, &stream).await;
+    let verdict = verify_stream(&records, SINK, &accepted);
+    eprintln!(
+        "chaos: cycles {cycles} accepted {} records {} lost {} duplicated {} order_violations {} \
+         known_fatal_exits {} unexpected_exits {} | proxy appends {} faults {} {:?} applied_unacknowledged {} | {:?}",
+        accepted.len(),
+        records.len(),
+        verdict.missing.len(),
+        verdict.duplicated.len(),
+        verdict.order_violations.len(),
+        known_fatal_exits.len(),
+        unexpected_exits.len(),
+        p.appends,
+        p.total_faults(),
+        p.faults,
+        p.applied_unacknowledged,
+        started.elapsed(),
+    );
+    assert!(
+        accepted.len() > 1000,
+        "too few messages accepted: {}",
+        accepted.len()
+    );
+    assert!(
+        p.total_faults() > 0 && p.applied_unacknowledged > 0,
+        "{p:?}"
+    );
+    assert!(
+        verdict.is_clean(),
+        "after {cycles} kills: lost {} duplicated {} reordered {}: {verdict:?}",
+        verdict.missing.len(),
+        verdict.duplicated.len(),
+        verdict.order_violations.len()
+    );
+    assert!(
+        unexpected_exits.is_empty(),
+        "the server exited by itself in cycles {unexpected_exits:?}"
+    );
+}
