@@ -166,14 +166,18 @@ fn map_back(
     };
     match hint {
         Some(Value::Object(h)) => {
+            let mut matched = 0;
             for (k, hv) in h {
                 if let Some(v) = map.get(k.as_str()) {
+                    matched += 1;
                     out.insert(k.clone(), child(k, v, Some(hv), path)?);
                 }
             }
-            for (k, v) in map {
-                if !h.contains_key(k.as_str()) {
-                    out.insert(k.to_string(), child(k, v, None, path)?);
+            if matched < map.len() {
+                for (k, v) in map {
+                    if !h.contains_key(k.as_str()) {
+                        out.insert(k.to_string(), child(k, v, None, path)?);
+                    }
                 }
             }
         }

@@ -13,7 +13,7 @@ use crate::error::{FunctionKind, Location, TransformError};
 use crate::path::PathTransform;
 use crate::route::{friendly_type, validate_route};
 use crate::sandbox::{build_engine, SandboxLimits};
-use crate::script::{FunctionSource, Script};
+use crate::script::{FunctionSource, Script, PARAMS};
 
 /// How the S2 record body is made from a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +64,8 @@ struct Inner {
     transform: Option<Transform>,
     filter: Option<Script>,
     route: Option<Script>,
+    /// Which of the four arguments any configured script reads (the rest are passed as `()`).
+    needed: [bool; 4],
 }
 
 /// Compiled transform, filter and route functions of one sink.
@@ -92,15 +94,17 @@ impl fmt::Debug for Functions {
     }
 }
 
-/// The four arguments Sequin passes, taken from the message's top-level fields.
-fn args_of(msg: &Value) -> [Dynamic; 4] {
-    let field = |k: &str| msg.get(k).map_or(Dynamic::UNIT, to_dynamic);
-    [
-        field("action"),
-        field("record"),
-        field("changes"),
-        field("metadata"),
-    ]
+/// The four arguments Sequin passes, taken from the message's top-level fields; those no
+/// script reads are not converted.
+fn args_of(msg: &Value, needed: [bool; 4]) -> [Dynamic; 4] {
+    let field = |i: usize| {
+        if needed[i] {
+            msg.get(PARAMS[i]).map_or(Dynamic::UNIT, to_dynamic)
+        } else {
+            Dynamic::UNIT
+        }
+    };
+    [field(0), field(1), field(2), field(3)]
 }
 
 impl Functions {
@@ -133,6 +137,20 @@ impl Functions {
         };
         let filter = load(FunctionKind::Filter, &config.filter)?;
         let route = load(FunctionKind::Route, &config.route)?;
+        let mut needed = [false; 4];
+        let scripts = [
+            match &transform {
+                Some(Transform::Script(s)) => Some(s),
+                _ => None,
+            },
+            filter.as_ref(),
+            route.as_ref(),
+        ];
+        for script in scripts.into_iter().flatten() {
+            for (n, u) in needed.iter_mut().zip(script.uses()) {
+                *n |= u;
+            }
+        }
         Ok(Functions {
             inner: Arc::new(Inner {
                 engine,
@@ -140,6 +158,7 @@ impl Functions {
                 transform,
                 filter,
                 route,
+                needed,
             }),
         })
     }
@@ -164,7 +183,7 @@ impl Functions {
         let needs_args = i.filter.is_some()
             || i.route.is_some()
             || matches!(i.transform, Some(Transform::Script(_)));
-        let args = if needs_args { Some(args_of(msg)) } else { None };
+        let args = needs_args.then(|| args_of(msg, i.needed));
         if let (Some(filter), Some(args)) = (&i.filter, &args) {
             if !self.run_filter(filter, args.clone(), msg_id)? {
                 return Ok(Applied::Filtered);
@@ -181,7 +200,7 @@ impl Functions {
     /// Runs only the filter: `Ok(true)` = deliver (also when no filter is configured).
     pub fn filter(&self, msg: &Value, msg_id: Option<&str>) -> Result<bool, TransformError> {
         match &self.inner.filter {
-            Some(f) => self.run_filter(f, args_of(msg), msg_id),
+            Some(f) => self.run_filter(f, args_of(msg, self.inner.needed), msg_id),
             None => Ok(true),
         }
     }
@@ -193,7 +212,9 @@ impl Functions {
         msg_id: Option<&str>,
     ) -> Result<Option<Route>, TransformError> {
         match &self.inner.route {
-            Some(r) => self.run_route(r, args_of(msg), msg_id).map(Some),
+            Some(r) => self
+                .run_route(r, args_of(msg, self.inner.needed), msg_id)
+                .map(Some),
             None => Ok(None),
         }
     }
@@ -246,7 +267,7 @@ impl Functions {
                 Ok(p.apply(msg).map_or(Cow::Owned(Value::Null), Cow::Borrowed))
             }
             Some(Transform::Script(script)) => {
-                let args = args.unwrap_or_else(|| args_of(msg));
+                let args = args.unwrap_or_else(|| args_of(msg, self.inner.needed));
                 let out = script.call(&self.inner.engine, &self.inner.limits, args, msg_id)?;
                 let hint = order_hint(&out, msg);
                 to_json(&out, hint).map(Cow::Owned).map_err(|reason| {
@@ -286,8 +307,10 @@ fn order_hint<'a>(out: &Dynamic, msg: &'a Value) -> Option<&'a Value> {
         let Some(obj) = cand.as_object() else {
             continue;
         };
-        let shared = map.keys().filter(|k| obj.contains_key(k.as_str())).count();
-        if shared == map.len() && shared == obj.len() {
+        // Look the candidate's keys up in the (sorted) result map: cheaper than hashing.
+        let shared = obj.keys().filter(|k| map.contains_key(k.as_str())).count();
+        // Most transforms return the record with a few changes: stop at a clear majority.
+        if shared * 2 > map.len() {
             return Some(cand);
         }
         if shared > 0 && best.is_none_or(|(_, n)| shared > n) {

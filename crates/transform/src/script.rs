@@ -26,6 +26,7 @@ pub(crate) struct Script {
     kind: FunctionKind,
     source_name: Arc<str>,
     ast: AST,
+    uses: [bool; 4],
 }
 
 impl Script {
@@ -78,11 +79,19 @@ impl Script {
             };
             load_err(location, msg)
         })?;
+        let uses = params_used(kind, engine, &code);
         Ok(Script {
             kind,
             source_name: name.into(),
             ast,
+            uses,
         })
+    }
+
+    /// Which of the four parameters the function reads; the caller skips converting the
+    /// others (passing `()`), which halves the cost of a typical route or filter.
+    pub(crate) fn uses(&self) -> [bool; 4] {
+        self.uses
     }
 
     /// Calls the function with the four arguments under the per-call deadline.
@@ -201,6 +210,52 @@ fn check_signature(
     Err((first, format!("missing function `{expected}` ({found})")))
 }
 
+/// For each parameter of `fn <kind>`, whether the body refers to it. Found by renaming the
+/// parameter in the source and recompiling: with strict variables any use of the old name
+/// then fails to compile. When in doubt (signature not found, odd syntax) it says "used".
+fn params_used(kind: FunctionKind, engine: &Engine, code: &str) -> [bool; 4] {
+    let all = [true; 4];
+    let Some(params) = param_spans(code, kind.fn_name()) else {
+        return all;
+    };
+    if params.len() != 4 {
+        return all;
+    }
+    let mut used = all;
+    for (i, (start, end)) in params.iter().enumerate() {
+        let renamed = format!("{}__s2sink_unused_{i}{}", &code[..*start], &code[*end..]);
+        used[i] = engine.compile(&renamed).is_err();
+    }
+    used
+}
+
+/// Byte spans of the parameter names of `fn <name>(...)`, if they are plain identifiers.
+fn param_spans(code: &str, name: &str) -> Option<Vec<(usize, usize)>> {
+    let (line, column) = find_fn(code, name)?;
+    let line_start: usize = code
+        .split_inclusive('\n')
+        .take(line - 1)
+        .map(str::len)
+        .sum();
+    let line_text = &code[line_start..];
+    let col_byte = line_text.char_indices().nth(column - 1)?.0;
+    let sig = line_start + col_byte;
+    let open = sig + code[sig..].find('(')? + 1;
+    let close = open + code[open..].find(')')?;
+    let mut spans = Vec::new();
+    let mut at = open;
+    for part in code[open..close].split(',') {
+        let lead = part.len() - part.trim_start().len();
+        let ident = part.trim();
+        if ident.is_empty() || !ident.chars().all(|c| c.is_alphanumeric() || c == '_') {
+            return None;
+        }
+        spans.push((at + lead, at + lead + ident.len()));
+        at += part.len() + 1;
+    }
+    Some(spans)
+}
+
 /// 1-based (line, column) of `fn <name>` in `code`, skipping `//` comments. Good enough to
 /// point a human at the definition; Rhai keeps no public position for script functions.
 fn find_fn(code: &str, name: &str) -> Option<(usize, usize)> {
@@ -239,5 +294,25 @@ mod tests {
         assert_eq!(find_fn(code, "helper"), Some((2, 1)));
         assert_eq!(find_fn(code, "route"), None);
         assert_eq!(find_fn("fn transformer(a) {}", "transform"), None);
+    }
+
+    #[test]
+    fn detects_unused_parameters() {
+        let engine = crate::sandbox::build_engine(&SandboxLimits::default());
+        let uses = |code: &str| params_used(FunctionKind::Route, &engine, code);
+        assert_eq!(
+            uses("fn route(action, record, changes, metadata) {\n #{basin: \"b\", stream: metadata.t} }"),
+            [false, false, false, true]
+        );
+        assert_eq!(
+            uses("fn route( a,r , c,m) { let f = |x| r.id; #{basin: a, stream: c ?? m} }"),
+            [true, true, true, true]
+        );
+        assert_eq!(
+            uses("fn route(a, r, c, m) { let r = 1; r }"),
+            [false, false, false, false]
+        );
+        // Unparseable signature: assume everything is used.
+        assert_eq!(uses("fn route(a, r, c, m /* x */) { 1 }"), [true; 4]);
     }
 }
