@@ -22,7 +22,8 @@ use crate::convert::BigU64;
 pub struct SandboxLimits {
     /// Maximum Rhai operations per call; 0 = unlimited. Default 1,000,000.
     pub max_operations: u64,
-    /// Maximum function call nesting (recursion) depth. Default 32.
+    /// Maximum function call nesting (recursion) depth. Default 32. Each level uses native
+    /// stack of the calling thread, so keep it well below Rhai's release default of 64.
     pub max_call_levels: usize,
     /// Maximum expression nesting depth at the top level, checked at load; 0 = unlimited. Default 64.
     pub max_expr_depth: usize,
