@@ -313,13 +313,10 @@ async fn applied_but_unanswered_appends_are_not_sent_twice() {
     rig.engine.shutdown(Duration::from_secs(5)).await;
 }
 
-// Known engine bug: when an ambiguous append carried runs of several groups, the writer
-// replies Err to every group, then reconciles while processing the next batch and acks
-// (deletes) the messages it found in S2. A group whose reply is handled after that calls
-// `SinkLocal::fail_message` (sink.rs) → `Queue::fail` on a message that no longer exists →
-// `QueueError::NotFound` → `on_fatal` (the server exits with code 74).
+// Regression: an ambiguous append carrying runs of many groups is reconciled (its messages
+// acked) while those groups record their failure; `Queue::fail` then finds nothing, which must
+// mean "already delivered", not a fatal storage error.
 #[actix_rt::test]
-#[ignore = "engine bug: Queue::fail of a head already acked by a reconcile is NotFound -> on_fatal (exit 74)"]
 async fn applied_but_unanswered_appends_across_many_groups_are_not_sent_twice() {
     let rig = Rig::start("ambiguous-many").await;
     let started = Instant::now();
@@ -332,12 +329,10 @@ async fn applied_but_unanswered_appends_across_many_groups_are_not_sent_twice() 
     rig.engine.shutdown(Duration::from_secs(5)).await;
 }
 
-// Known engine bug (crates/server/src/engine/writer.rs, `append_with_conflicts`): only the
-// first append after a reconciliation carries `match_seq_num` (`expect_tail` is cleared on
-// success), so an uncertain append that S2 applies after that retry succeeded lands again.
+// Regression: every append carries `match_seq_num`, so an uncertain append that S2 applies
+// after the retry succeeded fails with 412 instead of landing a second copy.
 
 #[actix_rt::test]
-#[ignore = "engine bug: an append applied after its timeout and after the post-reconcile retry duplicates (match_seq_num only on the first append after a reconcile)"]
 async fn an_append_applied_after_its_timeout_is_not_duplicated() {
     let rig = Rig::start("late1").await;
     let started = Instant::now();
@@ -358,7 +353,6 @@ async fn an_append_applied_after_its_timeout_is_not_duplicated() {
 }
 
 #[actix_rt::test]
-#[ignore = "engine bug: an append applied after its timeout and after the post-reconcile retry duplicates (match_seq_num only on the first append after a reconcile)"]
 async fn appends_that_arrive_after_the_client_timed_out_are_not_duplicated() {
     let rig = Rig::start("late").await;
     let started = Instant::now();

@@ -220,6 +220,24 @@ impl Queue {
         self.track(self.load(&s, id, "get"))
     }
 
+    /// Which of `ids` are still in the queue (not yet acked, acknowledged or discarded).
+    /// Cheap: key lookups only, no payload is read.
+    pub fn contains(&self, sink: &str, ids: &[MessageId]) -> Result<Vec<bool>> {
+        self.check()?;
+        let Some(s) = self.sink(sink) else {
+            return Ok(vec![false; ids.len()]);
+        };
+        self.track(
+            ids.iter()
+                .map(|id| {
+                    s.tree
+                        .contains_key(keys::message(*id))
+                        .map_err(s.storage("contains"))
+                })
+                .collect(),
+        )
+    }
+
     /// Removes delivered messages (ids not in the queue are ignored) and counts them as
     /// delivered; returns how many were removed. One atomic batch.
     pub fn ack(&self, sink: &str, ids: &[MessageId]) -> Result<usize> {

@@ -227,3 +227,22 @@ fn errors_say_whether_they_are_fatal() {
         .expect("sled locks its directory");
     assert!(again.is_fatal(), "{again}");
 }
+
+#[test]
+fn contains_tells_which_ids_are_still_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path()).unwrap();
+    let ids: Vec<MessageId> = rt()
+        .block_on(q.enqueue(
+            "s",
+            vec![msg(Some("g"), b"a"), msg(Some("g"), b"b"), msg(None, b"c")],
+        ))
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    q.ack("s", &ids[..1]).unwrap();
+    q.discard("s", ids[2]).unwrap();
+    assert_eq!(q.contains("s", &ids).unwrap(), vec![false, true, false]);
+    assert_eq!(q.contains("other", &ids).unwrap(), vec![false; 3]);
+}

@@ -154,6 +154,7 @@ impl SinkLocal {
                 .fail(&shared.name, msg.id, failure.error.clone(), now)
                 .and_then(|_| shared.queue.discard(&shared.name, msg.id).map(|_| ()));
             return match res {
+                Err(QueueError::NotFound { .. }) => Ok(None),
                 Ok(()) => {
                     shared.stats.discarded.fetch_add(1, Relaxed);
                     tracing::warn!(sink = %shared.name, id = %msg.id, attempts, "message discarded after max_retry_count attempts");
@@ -172,6 +173,8 @@ impl SinkLocal {
             .fail(&shared.name, msg.id, failure.error, until)
         {
             Ok(_) => Ok(Some(until)),
+            // A reconciliation found it in S2 and acked it meanwhile: the group goes on.
+            Err(QueueError::NotFound { .. }) => Ok(None),
             Err(e) => {
                 (self.on_fatal)(&e);
                 Err(())

@@ -5,8 +5,11 @@
 //! low-water mark per stream is kept at or below the start of every append whose outcome is
 //! unknown. On start, and after any append that may have applied, the writer reads the stream
 //! from the mark to the tail and acks every message of this sink it finds there before it sends
-//! anything again; the first append after such a read carries `match_seq_num`, so a late
-//! arrival of the uncertain append makes it fail (412) instead of duplicating.
+//! anything again. Every append carries `match_seq_num` = the tail the writer expects (from the
+//! last ack, the initial tail, or the reconciliation), so an uncertain append that S2 applies
+//! late fails with 412 instead of landing a second copy, and a 412 always triggers another
+//! reconciliation. This assumes the sink is the only writer of its streams; other writers only
+//! cost extra reconciliations.
 //!
 //! One append is in flight per writer at a time, so the mark is trivially correct; appends to
 //! different streams run in parallel, and runs of many groups share each append.
@@ -134,10 +137,8 @@ struct State {
     marker: Option<u64>,
     last_persist: Instant,
     needs_reconcile: bool,
-    /// Ids of this sink found in the stream by the last reconciliation.
-    seen: HashSet<u64>,
-    /// Tail seen by the last reconciliation; the next append must start there.
-    expect_tail: Option<u64>,
+    /// Where the next append must start (`match_seq_num`); `None` while unknown.
+    next_seq: Option<u64>,
 }
 
 async fn writer_loop(ctx: WriterCtx, mut rx: mpsc::Receiver<Submission>) {
@@ -145,8 +146,7 @@ async fn writer_loop(ctx: WriterCtx, mut rx: mpsc::Receiver<Submission>) {
         marker: None,
         last_persist: Instant::now(),
         needs_reconcile: false,
-        seen: HashSet::new(),
-        expect_tail: None,
+        next_seq: None,
     };
     let mut carry: Option<Submission> = None;
     loop {
@@ -197,26 +197,32 @@ async fn process(ctx: &WriterCtx, state: &mut State, batch: Vec<Submission>) {
         }
         return;
     }
-    // Drop what an earlier reconciliation found already in S2 (it was acked then).
+    // The queue is the source of truth: a message no longer in it was delivered (found by a
+    // reconciliation, or acked by an earlier append), acknowledged or discarded. Drop those
+    // from the runs, so a stale resubmission can never land a second copy.
     let mut pending = Vec::with_capacity(batch.len());
     for mut s in batch {
-        if !state.seen.is_empty() {
-            let keep: Vec<bool> = s
-                .run
-                .ids
-                .iter()
-                .map(|id| !state.seen.contains(&id.0))
-                .collect();
-            let dup = keep.iter().filter(|k| !**k).count();
-            if dup > 0 {
-                ctx.stats
-                    .deduplicated
-                    .fetch_add(dup as u64, std::sync::atomic::Ordering::Relaxed);
-                let mut it = keep.iter();
-                s.run.records.retain(|_| *it.next().unwrap());
-                let mut it = keep.iter();
-                s.run.ids.retain(|_| *it.next().unwrap());
+        let present = match ctx.queue.contains(&ctx.sink, &s.run.ids) {
+            Ok(p) => p,
+            Err(e) => {
+                (ctx.on_fatal)(&e);
+                let _ = s.reply.send(Err(Failure::local(
+                    "queue",
+                    e.to_string(),
+                    ctx.clock.now_millis(),
+                )));
+                continue;
             }
+        };
+        let gone = present.iter().filter(|p| !**p).count();
+        if gone > 0 {
+            ctx.stats
+                .deduplicated
+                .fetch_add(gone as u64, std::sync::atomic::Ordering::Relaxed);
+            let mut keep = present.iter();
+            s.run.records.retain(|_| *keep.next().unwrap());
+            let mut keep = present.iter();
+            s.run.ids.retain(|_| *keep.next().unwrap());
         }
         if s.run.ids.is_empty() {
             let _ = s.reply.send(Ok(()));
@@ -268,6 +274,7 @@ async fn prepare(ctx: &WriterCtx, state: &mut State) -> Result<(), Failure> {
                     .await
                     .map_err(|e| Failure::from_s2(&e))?;
                 persist_marker(ctx, state, tail).await?;
+                state.next_seq = Some(tail);
             }
             Err(e) => {
                 (ctx.on_fatal)(&e);
@@ -303,28 +310,29 @@ async fn persist_marker(ctx: &WriterCtx, state: &mut State, at: u64) -> Result<(
     Ok(())
 }
 
-/// Reads the stream from the mark to the tail; acks every message of this sink found there.
-async fn reconcile(ctx: &WriterCtx, state: &mut State) -> Result<(), Failure> {
+/// Reads the stream from the mark to the tail; acks every message of this sink found there
+/// and returns their ids.
+async fn reconcile(ctx: &WriterCtx, state: &mut State) -> Result<HashSet<u64>, Failure> {
     let (basin, stream) = (&ctx.route.basin, &ctx.route.stream);
     let fail = |e: S2Error| Failure::from_s2(&e);
     let tail = ctx.io.check_tail(basin, stream).await.map_err(fail)?;
     let mut pos = state.marker.unwrap_or(0);
-    state.seen.clear();
+    let mut found = HashSet::new();
     while pos < tail {
         let records = ctx.io.read(basin, stream, pos, 1000).await.map_err(fail)?;
         let Some(last) = records.last() else { break };
         pos = last.seq_num + 1;
         for r in &records {
             if let Some(id) = our_id(&ctx.sink, &r.headers) {
-                state.seen.insert(id);
+                found.insert(id);
             }
         }
     }
     ctx.stats
         .reconciles
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    if !state.seen.is_empty() {
-        let ids: Vec<MessageId> = state.seen.iter().map(|id| MessageId(*id)).collect();
+    if !found.is_empty() {
+        let ids: Vec<MessageId> = found.iter().map(|id| MessageId(*id)).collect();
         if let Err(e) = ctx.queue.ack(&ctx.sink, &ids) {
             (ctx.on_fatal)(&e);
             return Err(Failure::local(
@@ -335,8 +343,8 @@ async fn reconcile(ctx: &WriterCtx, state: &mut State) -> Result<(), Failure> {
         }
     }
     state.needs_reconcile = false;
-    state.expect_tail = Some(pos.max(tail));
-    Ok(())
+    state.next_seq = Some(pos.max(tail));
+    Ok(found)
 }
 
 /// The message id in a record's headers when the record was written by `sink`.
@@ -374,7 +382,7 @@ async fn append_with_conflicts(
     loop {
         let input = AppendInput {
             records: records.clone(),
-            match_seq_num: state.expect_tail,
+            match_seq_num: state.next_seq,
             fencing_token: None,
         };
         let started = Instant::now();
@@ -401,7 +409,7 @@ async fn append_with_conflicts(
         match res {
             Ok(ack) => {
                 tracing::debug!(parent: &span, start = ack.start.seq_num, end = ack.end.seq_num, "appended");
-                state.expect_tail = None;
+                state.next_seq = Some(ack.end.seq_num);
                 ctx.stats
                     .append_latency_ms
                     .observe(started.elapsed().as_millis() as u64);
@@ -429,11 +437,10 @@ async fn append_with_conflicts(
             }
             Err(e) => {
                 ctx.stats.count_failure(e.class(), e.status());
-                let conflict =
-                    matches!(e, S2Error::SeqNumMismatch { .. }) && input.match_seq_num.is_some();
+                let conflict = matches!(e, S2Error::SeqNumMismatch { .. });
                 if e.may_have_applied() || conflict {
                     state.needs_reconcile = true;
-                    state.expect_tail = None;
+                    state.next_seq = None;
                 }
                 tracing::warn!(
                     parent: &span,
@@ -443,12 +450,12 @@ async fn append_with_conflicts(
                 );
                 if conflict && round < MAX_CONFLICT_ROUNDS {
                     round += 1;
-                    reconcile(ctx, state).await?;
+                    let found = reconcile(ctx, state).await?;
                     // Anything the reconciliation found is delivered; send only the rest.
-                    if ids.iter().all(|id| state.seen.contains(&id.0)) {
+                    if ids.iter().all(|id| found.contains(&id.0)) {
                         return Ok(());
                     }
-                    if ids.iter().any(|id| state.seen.contains(&id.0)) {
+                    if ids.iter().any(|id| found.contains(&id.0)) {
                         // Part of the batch is in S2: let the groups resubmit what is left.
                         return Err(Failure::from_s2(&e));
                     }
