@@ -298,9 +298,12 @@ async fn main() {
     let drain_secs = start.elapsed().as_secs_f64();
     stop.store(true, Relaxed);
     sampler.await.unwrap();
-    let ps = proc_stats.lock().unwrap();
+    let (max_rss_kb, cpu_ticks) = {
+        let ps = proc_stats.lock().unwrap();
+        (ps.max_rss_kb, ps.cpu_ticks)
+    };
     let ticks_per_s = 100.0;
-    let cpu = (ps.cpu_ticks.saturating_sub(cpu0)) as f64 / ticks_per_s / drain_secs;
+    let cpu = (cpu_ticks.saturating_sub(cpu0)) as f64 / ticks_per_s / drain_secs;
 
     let records = read_all(&lite.client(), &basin, "bench").await;
     let mut seen: HashMap<u64, u32> = HashMap::new();
@@ -371,7 +374,7 @@ async fn main() {
     println!("| drained within deadline | {drained} ({drain_secs:.1} s after start) |");
     println!(
         "| server max RSS / avg CPU | {} MB / {:.0}% of a core |",
-        ps.max_rss_kb / 1024,
+        max_rss_kb / 1024,
         cpu * 100.0
     );
     println!(
