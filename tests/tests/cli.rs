@@ -1,0 +1,460 @@
+//! The `s2-sink` CLI as users run it: a subprocess talking to a running server over HTTP
+//! (`send`, `sinks`, `messages …`), its exit codes and error messages, and `serve` refusing
+//! invalid configs before it listens.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use s2sink_tests::process::{free_port, http_client, sink_binary, ServerProcess};
+use s2sink_tests::{change, eventually, ids_in, read_all, LiteServer};
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+
+const API_TOKEN: &str = "cli-api-tok-5d1e";
+const S2_TOKEN: &str = "cli-s2-tok-90aa";
+
+/// What one CLI run produced.
+#[derive(Debug)]
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn ok(&self) -> &Run {
+        assert_eq!(self.code, Some(0), "CLI failed: {self:?}");
+        self
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
+    }
+}
+
+/// Runs `s2-sink ARGS` with only `envs` of the S2SINK_* variables set, feeding `stdin`.
+async fn cli_in(
+    dir: Option<&Path>,
+    args: &[&str],
+    envs: &[(&str, &str)],
+    stdin: Option<&str>,
+) -> Run {
+    let mut cmd = tokio::process::Command::new(sink_binary());
+    cmd.args(args)
+        .env_remove("S2SINK_URL")
+        .env_remove("S2SINK_API_TOKEN")
+        .env_remove("S2SINK_SERVER__API_TOKEN")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(d) = dir {
+        cmd.current_dir(d);
+    }
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn s2-sink CLI");
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        pipe.write_all(input.as_bytes()).await.unwrap();
+        drop(pipe);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("`s2-sink {}` did not finish within 60 s", args.join(" ")))
+        .expect("wait for CLI");
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+async fn cli(args: &[&str]) -> Run {
+    cli_in(None, args, &[], None).await
+}
+
+fn config(endpoint: &str, basin: &str) -> String {
+    format!(
+        r#"[server]
+listen = "127.0.0.1:{{port}}"
+data_dir = "data"
+api_token = "{API_TOKEN}"
+
+[[sinks]]
+name = "good"
+basin = "{basin}"
+stream = "events"
+endpoint = "{endpoint}"
+access_token = "{S2_TOKEN}"
+
+[[sinks]]
+name = "stuck"
+basin = "{basin}"
+stream = "not-yet"
+endpoint = "{endpoint}"
+[sinks.backoff]
+base_ms = 60000
+max_ms = 60000
+"#
+    )
+}
+
+/// `GET path` with the token.
+async fn get(url: &str, path: &str) -> Value {
+    http_client()
+        .get(format!("{url}{path}"))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("JSON")
+}
+
+fn ids_of(v: &Value) -> Vec<u64> {
+    v["messages"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no messages in {v}"))
+        .iter()
+        .map(|m| m["id"].as_u64().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_commands_drive_a_running_server() {
+    let lite = LiteServer::start().await;
+    let (basin, _) = lite.fresh_stream("events").await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &config(&lite.endpoint(), &basin), &[]).await;
+    let url = server.url.clone();
+    let auth = ["--url", url.as_str(), "--token", API_TOKEN];
+    let with = |rest: &[&'static str]| -> Vec<String> {
+        rest.iter()
+            .map(|s| s.to_string())
+            .chain(auth.iter().map(|s| s.to_string()))
+            .collect()
+    };
+    let run = |args: Vec<String>| async move {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        cli(&refs).await
+    };
+
+    // send: an NDJSON file.
+    let file = dir.path().join("batch.ndjson");
+    let nd: String = (1..=3).map(|i| format!("{}\n", change(i, i, 10))).collect();
+    std::fs::write(&file, nd).unwrap();
+    let mut args = with(&["send", "--sink", "good"]);
+    args.push(file.display().to_string());
+    let r = run(args).await;
+    r.ok();
+    assert!(
+        r.stdout.contains("accepted 3 messages") && r.stdout.contains("good"),
+        "{r:?}"
+    );
+
+    // send: a JSON array on stdin, with a small --batch so it takes several requests.
+    let arr = Value::from((4..=8).map(|i| change(i, i, 10)).collect::<Vec<_>>()).to_string();
+    let args = with(&["send", "--sink", "good", "--batch", "2", "-"]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = cli_in(None, &refs, &[], Some(&arr)).await;
+    r.ok();
+    assert!(r.stdout.contains("accepted 5 messages"), "{r:?}");
+
+    // send and sinks with the URL and token from the environment.
+    let env = [
+        ("S2SINK_URL", url.as_str()),
+        ("S2SINK_API_TOKEN", API_TOKEN),
+    ];
+    let one = format!("{}\n", change(9, 9, 10));
+    let r = cli_in(None, &["send", "--sink", "good", "-"], &env, Some(&one)).await;
+    r.ok();
+    assert!(r.stdout.contains("accepted 1 messages"), "{r:?}");
+    let r = cli_in(None, &["sinks"], &env, None).await;
+    r.ok();
+    let sinks = r.json();
+    let names: Vec<&str> = sinks["sinks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["good", "stuck"], "{sinks}");
+    assert_eq!(sinks["sinks"][0]["access_token"], "[redacted]", "{sinks}");
+    assert!(!r.stdout.contains(S2_TOKEN), "token leaked: {}", r.stdout);
+    assert!(
+        !r.stdout.contains(API_TOKEN),
+        "API token leaked: {}",
+        r.stdout
+    );
+
+    // All nine reach S2, once each.
+    let client = lite.client();
+    let delivered = eventually(Duration::from_secs(30), || async {
+        ids_in(&read_all(&client, &basin, "events").await, "good").len() >= 9
+    })
+    .await;
+    assert!(
+        delivered,
+        "good sink did not deliver; log:\n{}",
+        server.log()
+    );
+    let got = ids_in(&read_all(&client, &basin, "events").await, "good");
+    assert_eq!(got.len(), 9, "{got:?}");
+    assert_eq!(got.iter().collect::<HashSet<_>>().len(), 9, "{got:?}");
+
+    // The stuck sink: its stream does not exist, so every message fails with 404 and then
+    // waits a minute before the next try.
+    let five = Value::from((100..105).map(|i| change(i, i, 10)).collect::<Vec<_>>()).to_string();
+    let args = with(&["send", "--sink", "stuck", "-"]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    cli_in(None, &refs, &[], Some(&five)).await.ok();
+    let list_failed = || {
+        run(with(&[
+            "messages", "list", "--sink", "stuck", "--state", "failed",
+        ]))
+    };
+    let listed = eventually(Duration::from_secs(30), || async {
+        let r = list_failed().await;
+        r.ok();
+        r.json()["messages"].as_array().map(Vec::len) == Some(5)
+    })
+    .await;
+    let r = list_failed().await;
+    r.ok();
+    let failed = r.json();
+    assert!(listed, "stuck messages not listed as failed: {failed}");
+    let ids = ids_of(&failed);
+    for m in failed["messages"].as_array().unwrap() {
+        assert_eq!(m["last_error"]["status"], 404, "{m}");
+    }
+
+    // show: the last error with S2's 404.
+    let id = |i: usize| ids[i].to_string();
+    let mut args = with(&["messages", "show", "--sink", "stuck"]);
+    args.push(id(0));
+    let r = run(args).await;
+    r.ok();
+    let shown = r.json();
+    assert_eq!(shown["id"], ids[0], "{shown}");
+    assert_eq!(shown["last_error"]["status"], 404, "{shown}");
+    assert_eq!(shown["last_error"]["code"], "stream_not_found", "{shown}");
+    assert_eq!(shown["message"]["record"]["id"], 100, "{shown}");
+
+    // redeliver: retried now instead of in a minute, so its deliver count goes up.
+    let count_of = |v: &Value, id: u64| {
+        v["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == id)
+            .map(|m| m["deliver_count"].as_u64().unwrap())
+    };
+    let before = count_of(&failed, ids[0]).unwrap();
+    let mut args = with(&["messages", "redeliver", "--sink", "stuck"]);
+    args.push(id(0));
+    run(args).await.ok();
+    let retried = eventually(Duration::from_secs(20), || async {
+        let v = get(&url, "/api/sinks/stuck/messages?state=all").await;
+        count_of(&v, ids[0]).is_some_and(|c| c > before)
+    })
+    .await;
+    assert!(retried, "redeliver did not retry message {}", ids[0]);
+
+    // discard: gone from the pending list, present in the discarded list.
+    let mut args = with(&["messages", "discard", "--sink", "stuck"]);
+    args.push(id(1));
+    run(args).await.ok();
+    let pending = ids_of(&get(&url, "/api/sinks/stuck/messages?state=all").await);
+    assert!(!pending.contains(&ids[1]), "{pending:?}");
+    let discarded = ids_of(&get(&url, "/api/sinks/stuck/discarded").await);
+    assert_eq!(discarded, [ids[1]]);
+
+    // ack: removed as delivered (it is never appended), not discarded.
+    let mut args = with(&["messages", "ack", "--sink", "stuck"]);
+    args.push(id(2));
+    run(args).await.ok();
+    let pending = ids_of(&get(&url, "/api/sinks/stuck/messages?state=all").await);
+    assert_eq!(pending, [ids[0], ids[3], ids[4]]);
+    let discarded = ids_of(&get(&url, "/api/sinks/stuck/discarded").await);
+    assert_eq!(discarded, [ids[1]]);
+
+    // redeliver-all, once the stream exists: the three left are delivered right away
+    // (not after the one-minute backoff), and only they.
+    client.ensure_stream(&basin, "not-yet", None).await.unwrap();
+    let r = run(with(&["messages", "redeliver-all", "--sink", "stuck"])).await;
+    r.ok();
+    let n = r.json()["redelivered"].as_u64();
+    assert!(matches!(n, Some(1..=3)), "{r:?}");
+    let drained = eventually(Duration::from_secs(20), || async {
+        get(&url, "/api/sinks/stuck").await["counts"]["pending"] == 0
+    })
+    .await;
+    assert!(
+        drained,
+        "redeliver-all did not drain; log:\n{}",
+        server.log()
+    );
+    let got = ids_in(&read_all(&client, &basin, "not-yet").await, "stuck");
+    assert_eq!(
+        got.iter().copied().collect::<HashSet<_>>(),
+        HashSet::from([ids[0], ids[3], ids[4]])
+    );
+    assert_eq!(got.len(), 3, "{got:?}");
+
+    // Errors: wrong token, unknown sink, unknown message, missing arguments.
+    let r = cli(&["sinks", "--url", &url, "--token", "wrong"]).await;
+    assert_ne!(r.code, Some(0), "{r:?}");
+    assert!(r.stderr.contains("HTTP 401"), "{r:?}");
+    let r = cli(&["sinks", "--url", &url]).await;
+    assert_ne!(r.code, Some(0), "{r:?}");
+    assert!(r.stderr.contains("HTTP 401"), "{r:?}");
+    let args = with(&["send", "--sink", "nope", "-"]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = cli_in(None, &refs, &[], Some(&one)).await;
+    assert_ne!(r.code, Some(0), "{r:?}");
+    assert!(
+        r.stderr.contains("HTTP 404") && r.stderr.contains("nope"),
+        "{r:?}"
+    );
+    let r = run(with(&["messages", "list", "--sink", "nope"])).await;
+    assert_ne!(r.code, Some(0), "{r:?}");
+    assert!(r.stderr.contains("HTTP 404"), "{r:?}");
+    let r = run(with(&["messages", "show", "--sink", "stuck", "999999"])).await;
+    assert_ne!(r.code, Some(0), "{r:?}");
+    assert!(r.stderr.contains("HTTP 404"), "{r:?}");
+    let r = run(with(&["messages", "show", "--sink", "stuck"])).await;
+    assert_ne!(r.code, Some(0), "{r:?}");
+    assert!(r.stderr.contains("needs a message ID"), "{r:?}");
+    let r = run(with(&["send", "-"])).await;
+    assert_ne!(r.code, Some(0), "{r:?}");
+    assert!(r.stderr.contains("--sink"), "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_usage_errors_and_unreachable_server() {
+    let r = cli(&[]).await;
+    assert_eq!(r.code, Some(2), "{r:?}");
+    assert!(r.stderr.contains("USAGE"), "{r:?}");
+    let r = cli(&["frobnicate"]).await;
+    assert_eq!(r.code, Some(2), "{r:?}");
+    assert!(
+        r.stderr.contains("unknown command") && r.stderr.contains("frobnicate"),
+        "{r:?}"
+    );
+    let r = cli(&["--help"]).await;
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert!(r.stdout.contains("USAGE"), "{r:?}");
+
+    // Nothing listens on this port.
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let r = cli(&["sinks", "--url", &url, "--token", API_TOKEN]).await;
+    assert_ne!(r.code, Some(0), "{r:?}");
+    assert!(r.stderr.contains("cannot reach"), "{r:?}");
+    let body = format!("{}\n", change(1, 1, 1));
+    let r = cli_in(
+        None,
+        &["send", "--sink", "x", "--url", &url, "-"],
+        &[],
+        Some(&body),
+    )
+    .await;
+    assert_ne!(r.code, Some(0), "{r:?}");
+    assert!(r.stderr.contains("cannot reach"), "{r:?}");
+    let r = cli_in(None, &["sinks"], &[("S2SINK_URL", url.as_str())], None).await;
+    assert_ne!(r.code, Some(0), "{r:?}");
+    assert!(
+        r.stderr.contains("cannot reach") && r.stderr.contains(&url),
+        "{r:?}"
+    );
+}
+
+const VALID_SINK: &str = r#"[[sinks]]
+name = "orders"
+basin = "orders-basin-01"
+stream = "orders"
+endpoint = "http://127.0.0.1:1"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_invalid_configs_before_listening() {
+    let cases: Vec<(&str, String, &[&str])> = vec![
+        (
+            "bad basin name",
+            VALID_SINK.replace("orders-basin-01", "Bad_Basin"),
+            &["sinks.orders.basin", "Bad_Basin"],
+        ),
+        (
+            "unknown key",
+            VALID_SINK.replace("stream = \"orders\"", "stream = \"orders\"\nstreem = 1"),
+            &["streem"],
+        ),
+        (
+            "cloud without token",
+            VALID_SINK.replace("http://127.0.0.1:1", "cloud"),
+            &["sinks.orders.access_token", "missing"],
+        ),
+        (
+            "missing function file",
+            format!("{VALID_SINK}transform = \"functions/missing.rhai\"\n"),
+            &["sinks.orders.transform", "missing.rhai"],
+        ),
+    ];
+    // The control case starts (so the failures are the configs' fault).
+    let dir = tempfile::tempdir().unwrap();
+    let ok = format!("[server]\nlisten = \"127.0.0.1:{{port}}\"\n\n{VALID_SINK}");
+    let mut server = ServerProcess::start(dir.path(), &ok, &[]).await;
+    server.kill9();
+
+    for (what, sinks, needles) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let text = format!("[server]\nlisten = \"127.0.0.1:{port}\"\n\n{sinks}");
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, text).unwrap();
+        let r = cli_in(
+            Some(dir.path()),
+            &["serve", "--config", path.to_str().unwrap()],
+            &[],
+            None,
+        )
+        .await;
+        assert_eq!(r.code, Some(2), "{what}: {r:?}");
+        for n in needles {
+            assert!(
+                r.stderr.contains(n),
+                "{what}: stderr does not name `{n}`: {r:?}"
+            );
+        }
+        assert!(!r.stderr.contains("listening"), "{what}: {r:?}");
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "{what}: something listens on {port}"
+        );
+        assert!(
+            !dir.path().join("data").exists(),
+            "{what}: data dir created"
+        );
+    }
+
+    // A missing config file is an error naming the file, not a default config.
+    let dir = tempfile::tempdir().unwrap();
+    let r = cli_in(
+        Some(dir.path()),
+        &["serve", "--config", "nope.toml"],
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(r.code, Some(2), "{r:?}");
+    assert!(r.stderr.contains("nope.toml"), "{r:?}");
+}
