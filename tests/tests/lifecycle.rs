@@ -482,7 +482,6 @@ async fn reload_fixes_a_broken_transform_without_a_restart() {
 
 /// A reload cannot add sinks; such a config must be refused like any other invalid config
 /// (`422 invalid_config`, docs/API.md), with the running config kept.
-#[ignore = "server bug: POST /api/reload with a config that adds or renames a sink answers 404 unknown_sink (engine/mod.rs Engine::reload -> self.sink(&settings.name)?), not 422 invalid_config"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_with_a_new_sink_is_refused_as_invalid_config() {
     let dir = tempfile::tempdir().unwrap();

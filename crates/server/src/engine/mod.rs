@@ -317,6 +317,17 @@ impl Engine {
     /// already queued) and wakes every pending group. Sinks cannot be added or removed, nor
     /// their S2 endpoint changed, without a restart.
     pub async fn reload(&self, sinks: Vec<SinkSettings>) -> Result<(), ServerError> {
+        let new: std::collections::BTreeSet<&str> = sinks.iter().map(|s| s.name.as_str()).collect();
+        let running: std::collections::BTreeSet<&str> =
+            self.sinks.keys().map(String::as_str).collect();
+        if new != running {
+            return Err(ServerError::Config {
+                key: "sinks".into(),
+                reason: format!(
+                    "a reload cannot add, rename or remove sinks (running: {running:?}, new config: {new:?}); restart the server for that"
+                ),
+            });
+        }
         let mut compiled = Vec::new();
         for settings in sinks {
             let shared = self.sink(&settings.name)?.clone();
