@@ -6,6 +6,11 @@ use std::process::ExitCode;
 
 use s2sink_server::{cli, config, serve};
 
+/// glibc malloc's arena locks dominated profiles under load (sled clones nodes, JSON
+/// allocates per message); mimalloc removes that contention.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const USAGE: &str = "\
 s2-sink: delivers JSON change messages to S2 streams, exactly once, in order per group.
 

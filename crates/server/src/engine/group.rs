@@ -59,6 +59,8 @@ pub async fn deliver_group(local: &SinkLocal, group: &GroupRef) -> GroupOutcome 
         let settings = shared.settings();
         let functions = shared.functions();
         let limits = &settings.batch.limits;
+        // Before reading: see `Run::read_epoch`.
+        let read_epoch = shared.stats.reconciles.load(Relaxed);
         let msgs = match shared.queue.head_run(
             &shared.name,
             group,
@@ -85,6 +87,7 @@ pub async fn deliver_group(local: &SinkLocal, group: &GroupRef) -> GroupOutcome 
             limits,
             &msgs,
             now,
+            read_epoch,
         );
         if !plan.filtered.is_empty() {
             if let Err(e) = shared.queue.ack(&shared.name, &plan.filtered) {

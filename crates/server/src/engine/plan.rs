@@ -41,6 +41,7 @@ pub fn plan_run(
     limits: &BatchLimits,
     msgs: &[StoredMessage],
     now: UnixMillis,
+    read_epoch: u64,
 ) -> Plan {
     let mut filtered = Vec::new();
     let mut run: Option<(usize, Route, Run)> = None;
@@ -108,6 +109,7 @@ pub fn plan_run(
                         records: vec![record],
                         metered: cost.metered,
                         json_bytes: json_cost,
+                        read_epoch,
                     },
                 ));
             }

@@ -5,12 +5,13 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use actix::Addr;
 use s2sink_client::{AppendInput, AppendRecord};
+use s2sink_core::LastError;
 use s2sink_core::Route;
-use s2sink_queue::{Queue, QueueError, StoredMessage};
+use s2sink_queue::{MessageId, Queue, QueueError, StoredMessage};
 use s2sink_transform::Functions;
 
 use super::group::log_failure;
@@ -30,6 +31,9 @@ pub struct SinkShared {
     functions: RwLock<Arc<Functions>>,
     supervisor: OnceLock<Addr<Supervisor>>,
     stopping: Arc<AtomicBool>,
+    /// The most recent failure (message id and error), for the sink's health view without
+    /// scanning the queue.
+    last_failure: Mutex<Option<(MessageId, LastError)>>,
 }
 
 impl SinkShared {
@@ -47,6 +51,7 @@ impl SinkShared {
             functions: RwLock::new(Arc::new(functions)),
             supervisor: OnceLock::new(),
             stopping,
+            last_failure: Mutex::new(None),
         }
     }
 
@@ -81,6 +86,14 @@ impl SinkShared {
 
     pub(crate) fn set_supervisor(&self, addr: Addr<Supervisor>) {
         let _ = self.supervisor.set(addr);
+    }
+
+    /// The most recent failed attempt of any message of this sink.
+    pub fn last_failure(&self) -> Option<(MessageId, LastError)> {
+        self.last_failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// True once shutdown began: no new runs start.
@@ -146,6 +159,10 @@ impl SinkLocal {
         let shared = &self.shared;
         let attempts = msg.state.deliver_count + 1;
         log_failure(&shared.name, msg, &failure, attempts);
+        *shared
+            .last_failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some((msg.id, failure.error.clone()));
         let now = self.clock.now_millis();
         let exhausted = settings.max_retry_count.is_some_and(|max| attempts >= max);
         if exhausted && self.dead_letter(settings, msg, &failure).await {

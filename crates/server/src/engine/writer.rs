@@ -49,6 +49,8 @@ pub struct Run {
     pub records: Vec<AppendRecord>,
     pub metered: u64,
     pub json_bytes: usize,
+    /// The sink's reconciliation count when the run was read from the queue.
+    pub read_epoch: u64,
 }
 
 /// Why a run was not delivered, as stored on the group's head.
@@ -201,7 +203,18 @@ async fn process(ctx: &WriterCtx, state: &mut State, batch: Vec<Submission>) {
     // reconciliation, or acked by an earlier append), acknowledged or discarded. Drop those
     // from the runs, so a stale resubmission can never land a second copy.
     let mut pending = Vec::with_capacity(batch.len());
+    let epoch = ctx
+        .stats
+        .reconciles
+        .load(std::sync::atomic::Ordering::Acquire);
     for mut s in batch {
+        if s.run.read_epoch >= epoch {
+            // Read after the last reconciliation, so no id can have been found in S2 since
+            // (only a manual acknowledge/discard racing with this run could have removed
+            // one; that message is then delivered anyway). Skip the lookups.
+            pending.push(s);
+            continue;
+        }
         let present = match ctx.queue.contains(&ctx.sink, &s.run.ids) {
             Ok(p) => p,
             Err(e) => {
@@ -328,9 +341,6 @@ async fn reconcile(ctx: &WriterCtx, state: &mut State) -> Result<HashSet<u64>, F
             }
         }
     }
-    ctx.stats
-        .reconciles
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     if !found.is_empty() {
         let ids: Vec<MessageId> = found.iter().map(|id| MessageId(*id)).collect();
         if let Err(e) = ctx.queue.ack(&ctx.sink, &ids) {
@@ -342,6 +352,11 @@ async fn reconcile(ctx: &WriterCtx, state: &mut State) -> Result<HashSet<u64>, F
             ));
         }
     }
+    // Counted after the acks: a run read from the queue before this point carries a lower
+    // epoch and is checked against the queue before it is sent (see `process`).
+    ctx.stats
+        .reconciles
+        .fetch_add(1, std::sync::atomic::Ordering::Release);
     state.needs_reconcile = false;
     state.next_seq = Some(pos.max(tail));
     Ok(found)

@@ -2,7 +2,7 @@
 
 use s2sink_client::Endpoint;
 use s2sink_core::UnixMillis;
-use s2sink_queue::{ListFilter, StateFilter, StoredMessage};
+use s2sink_queue::StoredMessage;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
@@ -74,19 +74,10 @@ fn endpoint_name(e: &Endpoint) -> String {
 pub fn sink_view(shared: &SinkShared, now: UnixMillis) -> Value {
     let settings = shared.settings();
     let counts = shared.queue.counts(&shared.name);
-    let newest_failed = shared
-        .queue
-        .list(
-            &shared.name,
-            &ListFilter {
-                state: StateFilter::Failed,
-                limit: 1,
-                newest_first: true,
-                ..Default::default()
-            },
-        )
-        .ok()
-        .and_then(|m| m.into_iter().next());
+    // Cheap: the engine remembers its latest failure; shown while anything is failing.
+    let last = (counts.failing > 0)
+        .then(|| shared.last_failure())
+        .flatten();
     let health = if counts.failing > 0 { "failing" } else { "ok" };
     let stats = &shared.stats;
     json!({
@@ -105,8 +96,8 @@ pub fn sink_view(shared: &SinkShared, now: UnixMillis) -> Value {
             "discarded": counts.discarded,
         },
         "health": health,
-        "last_error": newest_failed.as_ref().and_then(|m| m.state.last_error.clone()),
-        "last_error_message_id": newest_failed.map(|m| m.id.0),
+        "last_error": last.as_ref().map(|(_, e)| e.clone()),
+        "last_error_message_id": last.map(|(id, _)| id.0),
         "stats": {
             "appends": SinkStats::get(&stats.appends),
             "live_groups": SinkStats::get(&stats.live_groups),
