@@ -6,6 +6,7 @@
 //! ```text
 //! s2-sink-bench [--duration S] [--groups N] [--size BYTES] [--rate MSG_PER_S] [--producers N]
 //!               [--batch N] [--hot] [--ceiling-secs S] [--smoke] [--server-bin PATH]
+//!               [--live-groups N]
 //! ```
 //! Exit status is non-zero on any lost or duplicated message or order violation (never on speed).
 
@@ -30,6 +31,7 @@ struct Opts {
     hot: bool,
     ceiling_secs: u64,
     server_bin: Option<String>,
+    live_groups: Option<u64>,
 }
 
 impl Opts {
@@ -44,6 +46,7 @@ impl Opts {
             hot: false,
             ceiling_secs: 10,
             server_bin: None,
+            live_groups: None,
         };
         let args: Vec<String> = std::env::args().skip(1).collect();
         let mut i = 0;
@@ -84,6 +87,10 @@ impl Opts {
                 }
                 "--server-bin" => {
                     o.server_bin = Some(v());
+                    i += 1
+                }
+                "--live-groups" => {
+                    o.live_groups = Some(num(v()));
                     i += 1
                 }
                 "--hot" => o.hot = true,
@@ -192,11 +199,14 @@ async fn main() {
         .unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let config = format!(
+    let mut config = format!(
         "[server]\nlisten = \"127.0.0.1:{{port}}\"\ndata_dir = \"data\"\nmax_pending = 5000000\n\n\
          [[sinks]]\nname = \"bench\"\nbasin = \"{basin}\"\nstream = \"bench\"\nendpoint = \"{}\"\n",
         lite.endpoint()
     );
+    if let Some(n) = o.live_groups {
+        config.push_str(&format!("max_live_groups = {n}\n"));
+    }
     let server = ServerProcess::start(dir.path(), &config, &[]).await;
     let pid = server.pid().unwrap();
     let (_, cpu0) = sample(pid).unwrap_or_default();
