@@ -6,7 +6,12 @@
 //! ```text
 //! s2-sink-bench [--duration S] [--groups N] [--size BYTES] [--rate MSG_PER_S] [--producers N]
 //!               [--batch N] [--hot] [--ceiling-secs S] [--smoke] [--server-bin PATH]
-//!               [--live-groups N]
+//!               [--live-groups N] [--restart-pending N]
+//! ```
+//! `--restart-pending N` measures recovery instead: it fills the queue with N messages while
+//! delivery is throttled, SIGKILLs the server, restarts it normally and reports how long until
+//! delivery resumes and until the backlog is drained.
+//! ```text
 //! ```
 //! Exit status is non-zero on any lost or duplicated message or order violation (never on speed).
 
@@ -32,6 +37,7 @@ struct Opts {
     ceiling_secs: u64,
     server_bin: Option<String>,
     live_groups: Option<u64>,
+    restart_pending: u64,
 }
 
 impl Opts {
@@ -47,6 +53,7 @@ impl Opts {
             ceiling_secs: 10,
             server_bin: None,
             live_groups: None,
+            restart_pending: 0,
         };
         let args: Vec<String> = std::env::args().skip(1).collect();
         let mut i = 0;
@@ -91,6 +98,10 @@ impl Opts {
                 }
                 "--live-groups" => {
                     o.live_groups = Some(num(v()));
+                    i += 1
+                }
+                "--restart-pending" => {
+                    o.restart_pending = num(v());
                     i += 1
                 }
                 "--hot" => o.hot = true,
@@ -198,6 +209,9 @@ async fn main() {
         .await
         .unwrap();
 
+    if o.restart_pending > 0 {
+        return restart_with_pending(&o, &lite, &basin).await;
+    }
     let dir = tempfile::tempdir().unwrap();
     let mut config = format!(
         "[server]\nlisten = \"127.0.0.1:{{port}}\"\ndata_dir = \"data\"\nmax_pending = 5000000\n\n\
@@ -392,6 +406,110 @@ async fn main() {
     );
     if lost > 0 || duplicates > 0 || order_violations > 0 || !drained {
         eprintln!("FAILED: lost {lost}, duplicated {duplicates}, order violations {order_violations}, drained {drained}");
+        std::process::exit(1);
+    }
+}
+
+/// Fills the queue with `o.restart_pending` messages while delivery crawls, SIGKILLs the server,
+/// restarts it with normal settings and times the recovery.
+async fn restart_with_pending(o: &Opts, lite: &LiteServer, basin: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let base = format!(
+        "[server]\nlisten = \"127.0.0.1:{{port}}\"\ndata_dir = \"data\"\nmax_pending = 5000000\n\n\
+         [[sinks]]\nname = \"bench\"\nbasin = \"{basin}\"\nstream = \"bench\"\nendpoint = \"{}\"\n",
+        lite.endpoint()
+    );
+    // Throttled: one record per append, one group actor.
+    let slow =
+        format!("{base}max_live_groups = 1\n[sinks.batch]\nmax_records = 1\nlinger_ms = 100\n");
+    let mut server = ServerProcess::start(dir.path(), &slow, &[]).await;
+    let accepted = Arc::new(AtomicU64::new(0));
+    let fill_start = Instant::now();
+    let per = o.restart_pending / o.producers as u64;
+    let mut tasks = Vec::new();
+    for p in 0..o.producers {
+        let (o, accepted, url) = (o.clone(), accepted.clone(), server.url.clone());
+        tasks.push(tokio::spawn(async move {
+            let http = http_client();
+            let mut rng = fastrand::Rng::with_seed(p as u64 + 7);
+            let mut seq = (p as u64) << 40;
+            let mut sent = 0;
+            while sent < per {
+                let n = (o.batch as u64).min(per - sent);
+                let body: String = (0..n)
+                    .map(|_| {
+                        seq += 1;
+                        message(rng.u64(0..o.groups), seq, o.size) + "\n"
+                    })
+                    .collect();
+                let r = http
+                    .post(format!("{url}/api/sinks/bench/messages"))
+                    .header("content-type", "application/x-ndjson")
+                    .body(body)
+                    .send()
+                    .await
+                    .expect("ingest");
+                assert_eq!(r.status().as_u16(), 202, "ingest answered {}", r.status());
+                accepted.fetch_add(n, Relaxed);
+                sent += n;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let fill_secs = fill_start.elapsed().as_secs_f64();
+    server.kill9();
+    let client = lite.client();
+    let tail_at_kill = client.check_tail(basin, "bench").await.unwrap().seq_num;
+    let restart = Instant::now();
+    let server = ServerProcess::start(dir.path(), &base, &[]).await;
+    let healthy_secs = restart.elapsed().as_secs_f64();
+    let resumed = eventually(Duration::from_secs(120), || async {
+        client
+            .check_tail(basin, "bench")
+            .await
+            .map(|t| t.seq_num)
+            .unwrap_or(0)
+            > tail_at_kill
+    })
+    .await;
+    let resume_secs = restart.elapsed().as_secs_f64();
+    let http = http_client();
+    let drained = eventually(Duration::from_secs(600), || async {
+        let v: serde_json::Value = match http
+            .get(format!("{}/api/sinks/bench", server.url))
+            .send()
+            .await
+        {
+            Ok(r) => r.json().await.unwrap_or_default(),
+            Err(_) => return false,
+        };
+        v["counts"]["pending"] == 0
+    })
+    .await;
+    let drain_secs = restart.elapsed().as_secs_f64();
+    let records = read_all(&client, basin, "bench").await;
+    let mut seen: HashMap<u64, u32> = HashMap::new();
+    for r in &records {
+        if let Some(id) = our_id("bench", &r.headers) {
+            *seen.entry(id).or_default() += 1;
+        }
+    }
+    let accepted = accepted.load(Relaxed);
+    let duplicates: u64 = seen.values().map(|n| (*n as u64).saturating_sub(1)).sum();
+    let lost = accepted.saturating_sub(seen.len() as u64);
+    println!("| metric | value |");
+    println!("|---|---|");
+    println!("| pending at the kill | {} of {accepted} accepted ({} B, {} groups; filled in {fill_secs:.1} s) |", accepted - tail_at_kill, o.size, o.groups);
+    println!("| restart → healthy (/healthz) | {healthy_secs:.2} s |");
+    println!("| restart → first new record in S2 | **{resume_secs:.2} s** |");
+    println!("| restart → backlog drained | {drain_secs:.1} s (drained: {drained}) |");
+    println!("| lost / duplicated | {lost} / {duplicates} |");
+    if lost > 0 || duplicates > 0 || !drained || !resumed {
+        eprintln!(
+            "FAILED: lost {lost}, duplicated {duplicates}, drained {drained}, resumed {resumed}"
+        );
         std::process::exit(1);
     }
 }
