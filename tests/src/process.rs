@@ -161,3 +161,24 @@ pub fn http_client() -> reqwest::Client {
         .build()
         .expect("http client")
 }
+
+/// Pending messages of `sink` from `GET {url}/api/sinks/{sink}`; `None` when the server does
+/// not answer (e.g. while it restarts).
+pub async fn pending(http: &reqwest::Client, url: &str, sink: &str) -> Option<u64> {
+    let r = http
+        .get(format!("{url}/api/sinks/{sink}"))
+        .send()
+        .await
+        .ok()?;
+    let v: serde_json::Value = r.json().await.ok()?;
+    v["counts"]["pending"].as_u64()
+}
+
+/// Polls until `sink` has nothing pending or `deadline` passes; returns whether it drained.
+pub async fn wait_drained(url: &str, sink: &str, deadline: Duration) -> bool {
+    let http = http_client();
+    crate::eventually(deadline, || async {
+        pending(&http, url, sink).await == Some(0)
+    })
+    .await
+}

@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use s2sink_tests::process::{http_client, ServerProcess};
+use s2sink_tests::process::{http_client, pending, ServerProcess};
 use s2sink_tests::proxy::{Fault, Proxy};
 use s2sink_tests::{change, eventually, read_all, verify_stream, LiteServer};
 
@@ -96,16 +96,6 @@ async fn produce(url: String, accepted: Arc<Mutex<HashSet<u64>>>, seed: u64, bat
     }
 }
 
-async fn pending(http: &reqwest::Client, url: &str) -> Option<u64> {
-    let r = http
-        .get(format!("{url}/api/sinks/{SINK}"))
-        .send()
-        .await
-        .ok()?;
-    let v: serde_json::Value = r.json().await.ok()?;
-    v["counts"]["pending"].as_u64()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkills_and_s2_faults_lose_duplicate_and_reorder_nothing() {
     let cycles: usize = std::env::var("S2SINK_CHAOS_CYCLES")
@@ -154,14 +144,14 @@ async fn sigkills_and_s2_faults_lose_duplicate_and_reorder_nothing() {
     let server = ServerProcess::start(dir.path(), &cfg, &[]).await;
     let http = http_client();
     let drained = eventually(Duration::from_secs(60), || async {
-        pending(&http, &server.url).await == Some(0) && proxy.stats().in_flight == 0
+        pending(&http, &server.url, SINK).await == Some(0) && proxy.stats().in_flight == 0
     })
     .await;
     let p = proxy.stats();
     assert!(
         drained,
         "backlog not drained: pending {:?}; proxy {p:?}; log:\n{}",
-        pending(&http, &server.url).await,
+        pending(&http, &server.url, SINK).await,
         server.log()
     );
     let accepted = accepted.lock().unwrap().clone();

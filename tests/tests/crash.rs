@@ -6,8 +6,8 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use s2sink_tests::process::{http_client, ServerProcess};
-use s2sink_tests::{change, eventually, read_all, verify_stream, LiteServer};
+use s2sink_tests::process::{http_client, wait_drained, ServerProcess};
+use s2sink_tests::{change, read_all, verify_stream, LiteServer};
 
 fn config(endpoint: &str, basin: &str, stream: &str) -> String {
     format!(
@@ -85,19 +85,7 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
         let _ = producer.await;
     }
     let server = ServerProcess::start(dir.path(), &cfg, &[]).await;
-    let http = http_client();
-    let drained = eventually(Duration::from_secs(120), || async {
-        let v: serde_json::Value = match http
-            .get(format!("{}/api/sinks/crash", server.url))
-            .send()
-            .await
-        {
-            Ok(r) => r.json().await.unwrap_or_default(),
-            Err(_) => return false,
-        };
-        v["counts"]["pending"] == 0
-    })
-    .await;
+    let drained = wait_drained(&server.url, "crash", Duration::from_secs(120)).await;
     assert!(drained, "backlog not drained; log:\n{}", server.log());
     let accepted = accepted.lock().unwrap().clone();
     assert!(

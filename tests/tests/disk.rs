@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use s2sink_tests::process::{http_client, ServerProcess};
+use s2sink_tests::process::{http_client, wait_drained, ServerProcess};
 use s2sink_tests::{change, eventually, read_all, verify_stream, LiteServer};
 use serde_json::Value;
 
@@ -267,18 +267,7 @@ async fn disk_full_gets_no_202_and_recovers_after_space_is_freed() {
         &[],
     )
     .await;
-    let drained = eventually(Duration::from_secs(120), || async {
-        let v: Value = match http
-            .get(format!("{}/api/sinks/{SINK}", server.url))
-            .send()
-            .await
-        {
-            Ok(r) => r.json().await.unwrap_or_default(),
-            Err(_) => return false,
-        };
-        v["counts"]["pending"] == 0
-    })
-    .await;
+    let drained = wait_drained(&server.url, SINK, Duration::from_secs(120)).await;
     assert!(drained, "backlog not drained; log:\n{}", server.log());
     let records = read_all(&lite.client(), &basin, stream).await;
     eprintln!(

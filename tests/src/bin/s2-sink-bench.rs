@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use s2sink_client::{AppendInput, AppendRecord};
 use s2sink_server::engine::our_id;
-use s2sink_tests::process::{http_client, ServerProcess};
+use s2sink_tests::process::{http_client, wait_drained, ServerProcess};
 use s2sink_tests::{eventually, read_all, LiteServer};
 
 #[derive(Debug, Clone)]
@@ -306,19 +306,7 @@ async fn main() {
         t.await.unwrap();
     }
     let offered_secs = start.elapsed().as_secs_f64();
-    let http = http_client();
-    let drained = eventually(Duration::from_secs(300), || async {
-        let v: serde_json::Value = match http
-            .get(format!("{}/api/sinks/bench", server.url))
-            .send()
-            .await
-        {
-            Ok(r) => r.json().await.unwrap_or_default(),
-            Err(_) => return false,
-        };
-        v["counts"]["pending"] == 0
-    })
-    .await;
+    let drained = wait_drained(&server.url, "bench", Duration::from_secs(300)).await;
     let drain_secs = start.elapsed().as_secs_f64();
     stop.store(true, Relaxed);
     sampler.await.unwrap();
@@ -475,19 +463,7 @@ async fn restart_with_pending(o: &Opts, lite: &LiteServer, basin: &str) {
     })
     .await;
     let resume_secs = restart.elapsed().as_secs_f64();
-    let http = http_client();
-    let drained = eventually(Duration::from_secs(600), || async {
-        let v: serde_json::Value = match http
-            .get(format!("{}/api/sinks/bench", server.url))
-            .send()
-            .await
-        {
-            Ok(r) => r.json().await.unwrap_or_default(),
-            Err(_) => return false,
-        };
-        v["counts"]["pending"] == 0
-    })
-    .await;
+    let drained = wait_drained(&server.url, "bench", Duration::from_secs(600)).await;
     let drain_secs = restart.elapsed().as_secs_f64();
     let records = read_all(&client, basin, "bench").await;
     let mut seen: HashMap<u64, u32> = HashMap::new();
