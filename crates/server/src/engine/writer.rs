@@ -444,9 +444,23 @@ async fn append_with_conflicts(
                     .delivered
                     .fetch_add(ids.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 if state.last_persist.elapsed() >= MARKER_INTERVAL {
-                    // Acks above are flushed by this marker write, so the mark never passes a
-                    // message that would come back as pending after a crash.
-                    let _ = persist_marker(ctx, state, ack.end.seq_num).await;
+                    // Acks above are written before the marker and flushed with it, so the
+                    // durable mark never passes a message that would come back as pending
+                    // after a crash. The flush runs beside the next appends instead of
+                    // stalling them; a lower mark in memory meanwhile is always safe.
+                    state.marker = Some(ack.end.seq_num);
+                    state.last_persist = Instant::now();
+                    let (queue, key, on_fatal) = (
+                        ctx.queue.clone(),
+                        marker_key(&ctx.sink, &ctx.route),
+                        ctx.on_fatal.clone(),
+                    );
+                    let at = ack.end.seq_num;
+                    actix_rt::spawn(async move {
+                        if let Err(e) = queue.put_marker(&key, &at.to_be_bytes()).await {
+                            on_fatal(&e);
+                        }
+                    });
                 }
                 return Ok(());
             }
