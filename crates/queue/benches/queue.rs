@@ -1,5 +1,5 @@
 //! Load benchmarks of the durable queue (a plain binary: these are throughput runs over
-//! hundreds of thousands of messages, not micro-benchmarks). Results: `docs/bench/queue.md`.
+//! hundreds of thousands of messages, not micro-benchmarks). Results: `docs/BENCHMARKS.md`.
 //!
 //! `cargo bench -p s2sink-queue --bench queue` runs everything at full size (a few minutes);
 //! `QUEUE_BENCH_SCALE=0.1` shrinks every message count, `QUEUE_BENCH_ONLY=enqueue|ack|reopen|disk`
