@@ -5,11 +5,11 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), s2sink_server::ServerError> {
 //! use s2sink_server::engine::{Engine, EngineOptions, IngestItem, SinkSettings};
-//! use s2sink_client::{Endpoint, S2Config};
+//! use s2sink_client::S2Config;
 //! use s2sink_core::Route;
 //!
 //! let queue = s2sink_queue::Queue::open("data")?;
-//! let s2 = S2Config::new(Endpoint::direct("http://127.0.0.1:8080"));
+//! let s2 = S2Config::direct("http://127.0.0.1:8080");
 //! let sink = SinkSettings::new("orders", Some(Route::new("my-basin-01", "orders").unwrap()), s2);
 //! // Inside an actix System (e.g. `#[actix_rt::main]`):
 //! let engine = Engine::start(queue, vec![sink], EngineOptions::default())?;
