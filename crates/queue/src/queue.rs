@@ -211,6 +211,45 @@ impl Queue {
         })())
     }
 
+    /// Up to `limit` groups with pending messages, in key order, starting after `after`: lets a
+    /// caller start work on the first groups of a large backlog before it has listed them all.
+    pub fn pending_groups_page(
+        &self,
+        sink: &str,
+        after: Option<&GroupRef>,
+        limit: usize,
+    ) -> Result<Vec<GroupRef>> {
+        self.check()?;
+        let Some(s) = self.sink(sink) else {
+            return Ok(Vec::new());
+        };
+        let start = match after {
+            Some(g) => keys::after_group(&keys::group_prefix(&g.encode())),
+            None => vec![keys::GROUP],
+        };
+        self.track((|| {
+            let mut out = Vec::new();
+            let mut last: Option<IVec> = None;
+            for entry in s.tree.range(start..) {
+                let (key, _) = entry.map_err(s.storage("pending_groups"))?;
+                if key.first() != Some(&keys::GROUP) {
+                    break;
+                }
+                let (g, _) =
+                    keys::parse_group_entry(&key).ok_or_else(|| s.corrupt("group index"))?;
+                if last.as_deref().is_some_and(|l| l == g) {
+                    continue;
+                }
+                if out.len() == limit {
+                    break;
+                }
+                out.push(GroupRef::decode(g).ok_or_else(|| s.corrupt("group key"))?);
+                last = Some(IVec::from(g));
+            }
+            Ok(out)
+        })())
+    }
+
     /// One message with its state.
     pub fn get(&self, sink: &str, id: MessageId) -> Result<Option<StoredMessage>> {
         self.check()?;

@@ -246,3 +246,31 @@ fn contains_tells_which_ids_are_still_queued() {
     assert_eq!(q.contains("s", &ids).unwrap(), vec![false, true, false]);
     assert_eq!(q.contains("other", &ids).unwrap(), vec![false; 3]);
 }
+
+#[test]
+fn pending_groups_pages_cover_every_group_once_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path()).unwrap();
+    let mut msgs = Vec::new();
+    for i in 0..50 {
+        for _ in 0..3 {
+            msgs.push(msg(Some(&format!("g{i:02}")), b"x"));
+        }
+        msgs.push(msg(None, b"solo"));
+    }
+    rt().block_on(q.enqueue("s", msgs)).unwrap();
+    let all = q.pending_groups("s").unwrap();
+    assert_eq!(all.len(), 100);
+    let mut paged = Vec::new();
+    let mut after: Option<GroupRef> = None;
+    loop {
+        let page = q.pending_groups_page("s", after.as_ref(), 7).unwrap();
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 7);
+        after = page.last().cloned();
+        paged.extend(page);
+    }
+    assert_eq!(paged, all);
+}

@@ -127,17 +127,44 @@ impl Supervisor {
         self.arm_timer(ctx);
     }
 
+    /// Makes every pending group ready, a page at a time: the first groups start delivering
+    /// while later pages are still being listed (a restart with a large backlog resumes fast).
     fn all_pending(&mut self, ctx: &mut Context<Self>) {
+        ctx.notify(RecoverFrom(None));
+    }
+}
+
+/// Groups listed per step of [`Supervisor::all_pending`].
+const RECOVERY_PAGE: usize = 1000;
+
+/// Continue listing pending groups after this one.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct RecoverFrom(Option<GroupRef>);
+
+impl Handler<RecoverFrom> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: RecoverFrom, ctx: &mut Self::Context) {
         let shared = &self.local.shared;
-        match shared.queue.pending_groups(&shared.name) {
-            Ok(groups) => {
-                for g in groups {
+        match shared
+            .queue
+            .pending_groups_page(&shared.name, msg.0.as_ref(), RECOVERY_PAGE)
+        {
+            Ok(page) => {
+                let next = (page.len() == RECOVERY_PAGE)
+                    .then(|| page.last().cloned())
+                    .flatten();
+                for g in page {
                     self.make_ready(g);
+                }
+                self.pump(ctx);
+                if next.is_some() {
+                    ctx.notify(RecoverFrom(next));
                 }
             }
             Err(e) => (self.local.on_fatal)(&e),
         }
-        self.pump(ctx);
     }
 }
 
