@@ -134,8 +134,10 @@ impl Supervisor {
     }
 }
 
-/// Groups listed per step of [`Supervisor::all_pending`].
-const RECOVERY_PAGE: usize = 1000;
+/// Groups listed per step of [`Supervisor::all_pending`]. Small, so that the stream writers
+/// get their turn on the engine thread between steps (each new group actor first reads its
+/// head from disk) and a restart with a large backlog appends within moments.
+const RECOVERY_PAGE: usize = 100;
 
 /// Continue listing pending groups after this one.
 #[derive(Message)]
