@@ -261,45 +261,49 @@ impl Engine {
 
     /// Clears the backoff of one message (or of all, with `None`) and wakes the groups.
     pub async fn redeliver(&self, sink: &str, id: Option<MessageId>) -> Result<u64, ServerError> {
-        let shared = self.sink(sink)?;
-        let n = match id {
+        match id {
             Some(id) => {
-                let Some(msg) = self.queue.get(sink, id)? else {
-                    return Err(ServerError::UnknownMessage {
-                        sink: sink.into(),
-                        id: id.0,
-                    });
-                };
-                self.queue.redeliver(sink, id)?;
-                let _ = shared.supervisor().send(GroupsReady(vec![msg.group])).await;
-                1
+                self.manual(sink, id, |q| q.redeliver(sink, id).map(|_| ()))
+                    .await?;
+                Ok(1)
             }
             None => {
+                let shared = self.sink(sink)?;
                 let n = self.queue.redeliver_all(sink)?;
                 let _ = shared.supervisor().send(AllGroupsReady).await;
-                n as u64
+                Ok(n as u64)
             }
-        };
-        Ok(n)
+        }
     }
 
     /// Removes a message as delivered (manual acknowledge) and wakes its group.
     pub async fn acknowledge(&self, sink: &str, id: MessageId) -> Result<(), ServerError> {
-        let shared = self.sink(sink)?;
-        let Some(msg) = self.queue.get(sink, id)? else {
-            return Err(ServerError::UnknownMessage {
-                sink: sink.into(),
-                id: id.0,
-            });
-        };
-        self.queue.acknowledge(sink, id)?;
-        shared.stats.delivered.fetch_add(1, Relaxed);
-        let _ = shared.supervisor().send(GroupsReady(vec![msg.group])).await;
+        self.manual(sink, id, |q| q.acknowledge(sink, id).map(|_| ()))
+            .await?
+            .stats
+            .delivered
+            .fetch_add(1, Relaxed);
         Ok(())
     }
 
     /// Removes a message as undeliverable (kept in the discarded list) and wakes its group.
     pub async fn discard(&self, sink: &str, id: MessageId) -> Result<(), ServerError> {
+        self.manual(sink, id, |q| q.discard(sink, id).map(|_| ()))
+            .await?
+            .stats
+            .discarded
+            .fetch_add(1, Relaxed);
+        Ok(())
+    }
+
+    /// A manual action on one pending message: `UnknownMessage` if it is not pending, else
+    /// `act`, then its group is woken so the change takes effect now.
+    async fn manual(
+        &self,
+        sink: &str,
+        id: MessageId,
+        act: impl FnOnce(&Queue) -> Result<(), QueueError>,
+    ) -> Result<&Arc<SinkShared>, ServerError> {
         let shared = self.sink(sink)?;
         let Some(msg) = self.queue.get(sink, id)? else {
             return Err(ServerError::UnknownMessage {
@@ -307,10 +311,9 @@ impl Engine {
                 id: id.0,
             });
         };
-        self.queue.discard(sink, id)?;
-        shared.stats.discarded.fetch_add(1, Relaxed);
+        act(&self.queue)?;
         let _ = shared.supervisor().send(GroupsReady(vec![msg.group])).await;
-        Ok(())
+        Ok(shared)
     }
 
     /// Applies new settings and functions to existing sinks (new functions un-stick messages

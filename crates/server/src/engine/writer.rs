@@ -218,12 +218,7 @@ async fn process(ctx: &WriterCtx, state: &mut State, batch: Vec<Submission>) {
         let present = match ctx.queue.contains(&ctx.sink, &s.run.ids) {
             Ok(p) => p,
             Err(e) => {
-                (ctx.on_fatal)(&e);
-                let _ = s.reply.send(Err(Failure::local(
-                    "queue",
-                    e.to_string(),
-                    ctx.clock.now_millis(),
-                )));
+                let _ = s.reply.send(Err(queue_failure(ctx, &e)));
                 continue;
             }
         };
@@ -272,7 +267,6 @@ async fn process(ctx: &WriterCtx, state: &mut State, batch: Vec<Submission>) {
 
 /// Loads or initialises the low-water mark and reconciles when needed.
 async fn prepare(ctx: &WriterCtx, state: &mut State) -> Result<(), Failure> {
-    let now = ctx.clock.now_millis();
     if state.marker.is_none() {
         let key = marker_key(&ctx.sink, &ctx.route);
         match ctx.queue.get_marker(&key) {
@@ -290,8 +284,7 @@ async fn prepare(ctx: &WriterCtx, state: &mut State) -> Result<(), Failure> {
                 state.next_seq = Some(tail);
             }
             Err(e) => {
-                (ctx.on_fatal)(&e);
-                return Err(Failure::local("queue", e.to_string(), now));
+                return Err(queue_failure(ctx, &e));
             }
         }
     }
@@ -299,6 +292,12 @@ async fn prepare(ctx: &WriterCtx, state: &mut State) -> Result<(), Failure> {
         reconcile(ctx, state).await?;
     }
     Ok(())
+}
+
+/// A queue error stops the process (unknown disk state); the run fails meanwhile.
+fn queue_failure(ctx: &WriterCtx, e: &s2sink_queue::QueueError) -> Failure {
+    (ctx.on_fatal)(e);
+    Failure::local("queue", e.to_string(), ctx.clock.now_millis())
 }
 
 fn decode_marker(bytes: &[u8]) -> u64 {
@@ -311,12 +310,7 @@ fn decode_marker(bytes: &[u8]) -> u64 {
 async fn persist_marker(ctx: &WriterCtx, state: &mut State, at: u64) -> Result<(), Failure> {
     let key = marker_key(&ctx.sink, &ctx.route);
     if let Err(e) = ctx.queue.put_marker(&key, &at.to_be_bytes()).await {
-        (ctx.on_fatal)(&e);
-        return Err(Failure::local(
-            "queue",
-            e.to_string(),
-            ctx.clock.now_millis(),
-        ));
+        return Err(queue_failure(ctx, &e));
     }
     state.marker = Some(at);
     state.last_persist = Instant::now();
@@ -344,12 +338,7 @@ async fn reconcile(ctx: &WriterCtx, state: &mut State) -> Result<HashSet<u64>, F
     if !found.is_empty() {
         let ids: Vec<MessageId> = found.iter().map(|id| MessageId(*id)).collect();
         if let Err(e) = ctx.queue.ack(&ctx.sink, &ids) {
-            (ctx.on_fatal)(&e);
-            return Err(Failure::local(
-                "queue",
-                e.to_string(),
-                ctx.clock.now_millis(),
-            ));
+            return Err(queue_failure(ctx, &e));
         }
     }
     // Counted after the acks: a run read from the queue before this point carries a lower
@@ -433,12 +422,7 @@ async fn append_with_conflicts(
                     .appends
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if let Err(e) = ctx.queue.ack(&ctx.sink, &ids) {
-                    (ctx.on_fatal)(&e);
-                    return Err(Failure::local(
-                        "queue",
-                        e.to_string(),
-                        ctx.clock.now_millis(),
-                    ));
+                    return Err(queue_failure(ctx, &e));
                 }
                 ctx.stats
                     .delivered
