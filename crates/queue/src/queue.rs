@@ -60,6 +60,28 @@ enum Removal {
     Discarded,
 }
 
+/// Opens sled, waiting briefly if the directory's lock is still held: when a queue in this
+/// process was just dropped, sled's background threads may hold the database for a moment.
+/// Another process holding the lock still fails, after about 2 s.
+fn open_db(path: &Path, cache_capacity: u64) -> std::result::Result<sled::Db, sled::Error> {
+    let mut tries = 0;
+    loop {
+        match sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_capacity)
+            .open()
+        {
+            Err(sled::Error::Io(e))
+                if tries < 100 && e.to_string().contains("could not acquire lock") =>
+            {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 impl Queue {
     /// Opens (or creates) the queue in directory `path` with default options.
     pub fn open(path: impl AsRef<Path>) -> Result<Queue> {
@@ -76,11 +98,7 @@ impl Queue {
                 source,
             }
         };
-        let db = sled::Config::new()
-            .path(path.as_ref())
-            .cache_capacity(options.cache_capacity)
-            .open()
-            .map_err(storage("open"))?;
+        let db = open_db(path.as_ref(), options.cache_capacity).map_err(storage("open"))?;
         let markers = db.open_tree(MARKERS_TREE).map_err(storage("open"))?;
         let mut sinks = HashMap::new();
         for name in db.tree_names() {
