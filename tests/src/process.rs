@@ -182,3 +182,60 @@ pub async fn wait_drained(url: &str, sink: &str, deadline: Duration) -> bool {
     })
     .await
 }
+
+/// How a [`produce_changes`] producer loads a server.
+#[derive(Debug, Clone, Copy)]
+pub struct Load<'a> {
+    pub sink: &'a str,
+    pub seed: u64,
+    pub batches: usize,
+    pub batch_size: usize,
+    pub groups: u64,
+    /// Pause between batches (spreads load over a crash cycle); zero for none.
+    pub pace: Duration,
+}
+
+/// Sends NDJSON batches of [`change`](crate::change) messages until `batches` are sent or the
+/// server stops answering 202; records every id that got a 202 in `accepted`.
+pub async fn produce_changes(
+    url: String,
+    load: Load<'_>,
+    accepted: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<u64>>>,
+) {
+    let http = http_client();
+    let mut rng = fastrand::Rng::with_seed(load.seed);
+    let mut seq = load.seed * 1_000_000;
+    for _ in 0..load.batches {
+        let body: String = (0..load.batch_size)
+            .map(|_| {
+                seq += 1;
+                format!(
+                    "{}\n",
+                    crate::change(rng.u64(0..load.groups), seq, rng.usize(0..300))
+                )
+            })
+            .collect();
+        let resp = http
+            .post(format!("{url}/api/sinks/{}/messages", load.sink))
+            .header("content-type", "application/x-ndjson")
+            .body(body)
+            .send()
+            .await;
+        let Ok(resp) = resp else { return };
+        if resp.status().as_u16() != 202 {
+            return;
+        }
+        let Ok(v) = resp.json::<serde_json::Value>().await else {
+            return;
+        };
+        {
+            let mut acc = accepted.lock().unwrap();
+            for id in v["ids"].as_array().unwrap() {
+                acc.insert(id.as_u64().unwrap());
+            }
+        }
+        if !load.pace.is_zero() {
+            tokio::time::sleep(load.pace).await;
+        }
+    }
+}

@@ -11,9 +11,9 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use s2sink_tests::process::{http_client, pending, ServerProcess};
+use s2sink_tests::process::{http_client, pending, produce_changes, Load, ServerProcess};
 use s2sink_tests::proxy::{Fault, Proxy};
-use s2sink_tests::{change, eventually, read_all, verify_stream, LiteServer};
+use s2sink_tests::{eventually, read_all, verify_stream, LiteServer};
 
 const SINK: &str = "chaos";
 
@@ -59,43 +59,6 @@ fn chaos_faults(proxy: &Proxy, seed: u64) {
     );
 }
 
-/// Sends NDJSON batches until the server stops answering (or `batches` are sent); records
-/// ids that got a 202.
-async fn produce(url: String, accepted: Arc<Mutex<HashSet<u64>>>, seed: u64, batches: usize) {
-    let http = http_client();
-    let mut rng = fastrand::Rng::with_seed(seed);
-    let mut seq = seed * 1_000_000;
-    for _ in 0..batches {
-        let body: String = (0..100)
-            .map(|_| {
-                seq += 1;
-                format!("{}\n", change(rng.u64(0..500), seq, rng.usize(0..300)))
-            })
-            .collect();
-        let resp = http
-            .post(format!("{url}/api/sinks/{SINK}/messages"))
-            .header("content-type", "application/x-ndjson")
-            .body(body)
-            .send()
-            .await;
-        let Ok(resp) = resp else { return };
-        if resp.status().as_u16() != 202 {
-            return;
-        }
-        let Ok(v) = resp.json::<serde_json::Value>().await else {
-            return;
-        };
-        {
-            let mut acc = accepted.lock().unwrap();
-            for id in v["ids"].as_array().unwrap() {
-                acc.insert(id.as_u64().unwrap());
-            }
-        }
-        // Pacing: load spread over the cycle, so delivery (and faults) happen during it.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkills_and_s2_faults_lose_duplicate_and_reorder_nothing() {
     let cycles: usize = std::env::var("S2SINK_CHAOS_CYCLES")
@@ -117,7 +80,19 @@ async fn sigkills_and_s2_faults_lose_duplicate_and_reorder_nothing() {
         let producers: Vec<_> = (0..2)
             .map(|p| {
                 let seed = (cycle * 2 + p) as u64 + 1;
-                tokio::spawn(produce(server.url.clone(), accepted.clone(), seed, 60))
+                tokio::spawn(produce_changes(
+                    server.url.clone(),
+                    Load {
+                        sink: SINK,
+                        seed,
+                        batches: 60,
+                        batch_size: 100,
+                        groups: 500,
+                        // Load spread over the cycle, so delivery (and faults) happen during it.
+                        pace: Duration::from_millis(20),
+                    },
+                    accepted.clone(),
+                ))
             })
             .collect();
         // A random kill moment (not a wait for a condition).

@@ -6,8 +6,8 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use s2sink_tests::process::{http_client, wait_drained, ServerProcess};
-use s2sink_tests::{change, read_all, verify_stream, LiteServer};
+use s2sink_tests::process::{produce_changes, wait_drained, Load, ServerProcess};
+use s2sink_tests::{read_all, verify_stream, LiteServer};
 
 fn config(endpoint: &str, basin: &str, stream: &str) -> String {
     format!(
@@ -28,38 +28,6 @@ max_ms = 200
     )
 }
 
-/// Sends batches until the server stops answering; records ids that got a 202.
-async fn produce(url: String, accepted: Arc<Mutex<HashSet<u64>>>, seed: u64) {
-    let http = http_client();
-    let mut rng = fastrand::Rng::with_seed(seed);
-    let mut seq = seed * 1_000_000;
-    for _ in 0..200 {
-        let body: String = (0..200)
-            .map(|_| {
-                seq += 1;
-                format!("{}\n", change(rng.u64(0..100), seq, rng.usize(0..300)))
-            })
-            .collect();
-        let resp = http
-            .post(format!("{url}/api/sinks/crash/messages"))
-            .header("content-type", "application/x-ndjson")
-            .body(body)
-            .send()
-            .await;
-        let Ok(resp) = resp else { return };
-        if resp.status().as_u16() != 202 {
-            return;
-        }
-        let Ok(v) = resp.json::<serde_json::Value>().await else {
-            return;
-        };
-        let mut acc = accepted.lock().unwrap();
-        for id in v["ids"].as_array().unwrap() {
-            acc.insert(id.as_u64().unwrap());
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     let cycles: usize = std::env::var("S2SINK_CRASH_CYCLES")
@@ -74,10 +42,17 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     let mut rng = fastrand::Rng::with_seed(42);
     for cycle in 0..cycles {
         let mut server = ServerProcess::start(dir.path(), &cfg, &[]).await;
-        let producer = tokio::spawn(produce(
+        let producer = tokio::spawn(produce_changes(
             server.url.clone(),
+            Load {
+                sink: "crash",
+                seed: cycle as u64 + 1,
+                batches: 200,
+                batch_size: 200,
+                groups: 100,
+                pace: Duration::ZERO,
+            },
             accepted.clone(),
-            cycle as u64 + 1,
         ));
         // A random kill moment (not a wait for a condition).
         tokio::time::sleep(Duration::from_millis(rng.u64(100..600))).await;
