@@ -43,6 +43,18 @@ pub struct ServerSection {
     pub max_body_bytes: usize,
     /// How long a graceful stop waits for in-flight appends.
     pub shutdown_timeout_ms: u64,
+    /// Host names (besides the listen address, IP literals and `localhost`) that requests may
+    /// name in their `Host` header, e.g. the name of a reverse proxy. Guards DNS rebinding.
+    pub allowed_hosts: Vec<String>,
+    /// Origins (`https://admin.example`) allowed to call the API from a browser (CORS).
+    /// Empty (default): no CORS headers, and cross-site writes are refused.
+    pub cors_allowed_origins: Vec<String>,
+    /// Longest time to receive a request body (ms); slower bodies get 408.
+    pub body_timeout_ms: u64,
+    /// Ingest requests processed at once; more wait up to `ingest_queue_timeout_ms`, then 503.
+    pub max_concurrent_ingest: usize,
+    /// How long an ingest request waits for a free slot before 503 + `Retry-After`.
+    pub ingest_queue_timeout_ms: u64,
 }
 
 impl Default for ServerSection {
@@ -54,6 +66,11 @@ impl Default for ServerSection {
             max_pending: Some(1_000_000),
             max_body_bytes: 16 * 1024 * 1024,
             shutdown_timeout_ms: 10_000,
+            allowed_hosts: Vec::new(),
+            cors_allowed_origins: Vec::new(),
+            body_timeout_ms: 30_000,
+            max_concurrent_ingest: 32,
+            ingest_queue_timeout_ms: 2_000,
         }
     }
 }
@@ -66,6 +83,12 @@ impl std::fmt::Debug for ServerSection {
             .field("api_token", &self.api_token.as_ref().map(|_| "[redacted]"))
             .field("max_pending", &self.max_pending)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("shutdown_timeout_ms", &self.shutdown_timeout_ms)
+            .field("allowed_hosts", &self.allowed_hosts)
+            .field("cors_allowed_origins", &self.cors_allowed_origins)
+            .field("body_timeout_ms", &self.body_timeout_ms)
+            .field("max_concurrent_ingest", &self.max_concurrent_ingest)
+            .field("ingest_queue_timeout_ms", &self.ingest_queue_timeout_ms)
             .finish()
     }
 }
@@ -231,6 +254,7 @@ fn validate(
     if server.api_token.as_deref() == Some("") {
         return Err(cfg_err("server.api_token", "must not be empty when set"));
     }
+    validate_server_limits(&server)?;
     if file.sinks.is_empty() {
         return Err(cfg_err("sinks", "at least one [[sinks]] entry is required"));
     }
@@ -246,6 +270,54 @@ fn validate(
         sinks.push(sink_settings(s, base, env)?);
     }
     Ok(Config { server, sinks })
+}
+
+/// Limits that make no sense at zero are refused (zero would refuse every request or hang).
+fn validate_server_limits(server: &ServerSection) -> Result<(), ServerError> {
+    let positive: [(&str, u64); 6] = [
+        ("server.max_pending", server.max_pending.unwrap_or(1)),
+        ("server.max_body_bytes", server.max_body_bytes as u64),
+        ("server.body_timeout_ms", server.body_timeout_ms),
+        (
+            "server.max_concurrent_ingest",
+            server.max_concurrent_ingest as u64,
+        ),
+        (
+            "server.ingest_queue_timeout_ms",
+            server.ingest_queue_timeout_ms,
+        ),
+        ("server.shutdown_timeout_ms", server.shutdown_timeout_ms),
+    ];
+    for (key, value) in positive {
+        if value == 0 {
+            return Err(cfg_err(key, "must be greater than 0"));
+        }
+    }
+    for (i, origin) in server.cors_allowed_origins.iter().enumerate() {
+        let ok = (origin.starts_with("http://") || origin.starts_with("https://"))
+            && !origin
+                .trim_end_matches('/')
+                .contains(|c: char| c.is_whitespace())
+            && origin
+                .split("://")
+                .nth(1)
+                .is_some_and(|rest| !rest.is_empty() && !rest.trim_end_matches('/').contains('/'));
+        if !ok {
+            return Err(cfg_err(
+                format!("server.cors_allowed_origins[{i}]"),
+                format!("`{origin}` is not an origin like https://admin.example"),
+            ));
+        }
+    }
+    for (i, host) in server.allowed_hosts.iter().enumerate() {
+        if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/') {
+            return Err(cfg_err(
+                format!("server.allowed_hosts[{i}]"),
+                format!("`{host}` is not a host name like sink.internal"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn sink_settings(
@@ -570,5 +642,33 @@ endpoint = "http://127.0.0.1:8080"
         let c = load_str(&with_token, &[("S2SINK_SERVER__API_TOKEN", "sekret-api")]).unwrap();
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("sekret"), "{dbg}");
+    }
+
+    #[test]
+    fn zero_limits_are_refused_naming_the_key() {
+        for key in [
+            "max_pending",
+            "max_body_bytes",
+            "body_timeout_ms",
+            "max_concurrent_ingest",
+            "ingest_queue_timeout_ms",
+        ] {
+            let e = err(&OK.replace("[server]", &format!("[server]\n{key} = 0")));
+            assert!(
+                e.contains(&format!("server.{key}")) && e.contains("greater than 0"),
+                "{key}: {e}"
+            );
+        }
+        let e = err(&OK.replace("[server]", "[server]\ncors_allowed_origins = [\"*\"]"));
+        assert!(e.contains("cors_allowed_origins"), "{e}");
+        let ok = load_str(
+            &OK.replace(
+                "[server]",
+                "[server]\ncors_allowed_origins = [\"https://admin.example\"]\nallowed_hosts = [\"sink.internal\"]",
+            ),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(ok.server.allowed_hosts, ["sink.internal"]);
     }
 }

@@ -42,6 +42,9 @@ pub enum ServerError {
     /// A config file or environment value is invalid.
     #[error("config: `{key}`: {reason}")]
     Config { key: String, reason: String },
+    /// The HTTP listener could not be opened (address in use, no permission, ...).
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: String, reason: String },
     /// An S2 call made by the server itself failed.
     #[error("S2: {0}")]
     S2(#[from] s2sink_client::S2Error),

@@ -1,20 +1,40 @@
 //! `s2-sink serve`: config → queue → engine → HTTP server, with graceful stop and reload.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use s2sink_queue::{Queue, QueueOptions};
 
-use crate::config::{self, Config};
-use crate::engine::{Clock, Engine, EngineOptions};
+use crate::config::Config;
+use crate::engine::{Engine, EngineOptions};
 use crate::http::{self, AppState};
 use crate::ServerError;
 
-/// Runs the server until SIGTERM/SIGINT; SIGHUP reloads functions and sink settings.
+/// Opens the listening socket, or [`ServerError::Listen`] naming the address and the cause.
+pub fn bind(listen: &str) -> Result<std::net::TcpListener, ServerError> {
+    std::net::TcpListener::bind(listen).map_err(|e| ServerError::Listen {
+        addr: listen.to_string(),
+        reason: match e.kind() {
+            std::io::ErrorKind::AddrInUse => {
+                format!("{e}: another process holds this port; stop it or change server.listen")
+            }
+            _ => e.to_string(),
+        },
+    })
+}
+
+/// Runs the server until SIGTERM/SIGINT; SIGHUP reloads functions, sink settings and the
+/// `[server]` keys that apply live. The port is taken before the data dir is opened, so a port
+/// in use fails fast ([`ServerError::Listen`]) without touching the queue.
 pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), ServerError> {
     let server_cfg = config.server.clone();
+    let listener = bind(&server_cfg.listen)?;
+    let listen = listener.local_addr().map_err(|e| ServerError::Listen {
+        addr: server_cfg.listen.clone(),
+        reason: e.to_string(),
+    })?;
     let queue = Queue::open_with(
         &server_cfg.data_dir,
         QueueOptions {
@@ -38,27 +58,28 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Ser
             ..Default::default()
         },
     )?;
-    let state = web::Data::new(AppState {
-        engine: engine.clone(),
-        api_token: server_cfg.api_token.clone(),
-        max_body_bytes: server_cfg.max_body_bytes,
-        config_path: config_path.clone(),
-        clock: Clock::new(),
-    });
+    let state = web::Data::new(AppState::new(
+        engine.clone(),
+        &server_cfg,
+        listen,
+        config_path,
+    ));
+    let app_state = state.clone();
     let server = HttpServer::new(move || {
         App::new()
-            .app_data(state.clone())
+            .app_data(app_state.clone())
+            .wrap(from_fn(http::middleware))
             .configure(http::configure)
     })
     .workers(2)
     .disable_signals()
-    .bind(&server_cfg.listen)
-    .map_err(|e| ServerError::Config {
-        key: "server.listen".into(),
-        reason: format!("cannot listen on {}: {e}", server_cfg.listen),
+    .listen(listener)
+    .map_err(|e| ServerError::Listen {
+        addr: server_cfg.listen.clone(),
+        reason: e.to_string(),
     })?
     .run();
-    tracing::info!(listen = %server_cfg.listen, "s2-sink listening");
+    tracing::info!(listen = %listen, "s2-sink listening");
     let handle = server.handle();
     let timeout = Duration::from_millis(server_cfg.shutdown_timeout_ms);
     actix_rt::spawn(async move {
@@ -76,19 +97,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Ser
                 _ = term.recv() => break,
                 _ = int.recv() => break,
                 _ = hup.recv() => {
-                    match &config_path {
-                        Some(path) => {
-                            let env: HashMap<String, String> = std::env::vars().collect();
-                            let res = match config::load(path, &env) {
-                                Ok(c) => engine.reload(c.sinks).await,
-                                Err(e) => Err(e),
-                            };
-                            match res {
-                                Ok(()) => tracing::info!("config reloaded"),
-                                Err(e) => tracing::error!(error = %e, "reload failed; keeping the running config"),
-                            }
-                        }
-                        None => tracing::warn!("SIGHUP ignored: no config file"),
+                    match state.reload().await {
+                        Ok(keys) => tracing::info!(server_keys = ?keys, "config reloaded"),
+                        Err(e) => tracing::error!(error = %e, "reload failed; keeping the running config"),
                     }
                 }
             }

@@ -20,6 +20,15 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
+/// The token of an `Authorization: Bearer <token>` value; the scheme is case-insensitive
+/// (RFC 9110 §11.1).
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_matches(' '))
+}
+
 /// Rejects `/api` requests without the configured bearer token (when one is set).
 pub async fn require_token(
     req: ServiceRequest,
@@ -27,13 +36,13 @@ pub async fn require_token(
 ) -> Result<ServiceResponse<BoxBody>, Error> {
     let expected = req
         .app_data::<web::Data<AppState>>()
-        .and_then(|s| s.api_token.clone());
+        .and_then(|s| s.live().api_token.clone());
     if let Some(expected) = expected {
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            .and_then(bearer_token);
         let err = match given {
             None => Some("missing `Authorization: Bearer <token>` header"),
             Some(t) if !constant_time_eq(t.as_bytes(), expected.as_bytes()) => {
@@ -52,7 +61,16 @@ pub async fn require_token(
 
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use super::{bearer_token, constant_time_eq};
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("BEARER  abc"), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
+    }
 
     #[test]
     fn compares_whole_tokens() {

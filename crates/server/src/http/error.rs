@@ -37,6 +37,29 @@ impl ApiError {
     }
 }
 
+/// The machine code of an error the HTTP layer produces for a bare status (protocol and
+/// extractor errors, unmatched routes).
+pub fn code_for(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "bad_request",
+        401 => "unauthorized",
+        403 => "forbidden",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        408 => "request_timeout",
+        411 => "length_required",
+        413 => "payload_too_large",
+        414 => "uri_too_long",
+        415 => "unsupported_media_type",
+        421 => "host_not_allowed",
+        429 => "too_many_requests",
+        431 => "headers_too_large",
+        503 => "unavailable",
+        s if s >= 500 => "internal",
+        _ => "error",
+    }
+}
+
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -91,6 +114,9 @@ impl From<ServerError> for ApiError {
             }
             ServerError::Queue(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "storage", message)
+            }
+            ServerError::Listen { .. } => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "listen", message)
             }
             ServerError::S2(_) | ServerError::Delivery(_) => {
                 ApiError::new(StatusCode::BAD_GATEWAY, "s2", message)

@@ -4,37 +4,143 @@
 //! the request is stored. The producer's bytes of each message are stored verbatim, so numbers
 //! beyond i64/u64/f64 reach S2 exactly as sent.
 
+use std::io::Read;
+
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
-use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
+use super::params::Params;
 use super::AppState;
 use crate::engine::IngestItem;
+use crate::ServerError;
 
-/// Query parameters of the ingest route.
-#[derive(Debug, Deserialize)]
-pub struct IngestQuery {
-    /// Explicit group for every message of the request (non-CDC producers).
-    pub group: Option<String>,
+/// How the body is framed, from `Content-Type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// `application/json`: an object or an array of objects.
+    Json,
+    /// `application/x-ndjson`: one object per line.
+    Ndjson,
 }
 
-/// Reads the body up to the configured limit; 413 past it.
+/// `Content-Type` → body kind; anything but JSON or NDJSON (case-insensitive, parameters
+/// allowed) is 415. Refusing `text/plain` and forms also means a browser cannot send an ingest
+/// request cross-site without a CORS preflight.
+pub fn body_kind(content_type: Option<&str>) -> Result<BodyKind, ApiError> {
+    let unsupported = |what: String| {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "{what}; send Content-Type: application/json (an object or an array) or application/x-ndjson (one object per line)"
+            ),
+        )
+    };
+    let Some(ct) = content_type else {
+        return Err(unsupported("the request has no Content-Type".into()));
+    };
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match essence.as_str() {
+        "application/json" => Ok(BodyKind::Json),
+        "application/x-ndjson" => Ok(BodyKind::Ndjson),
+        _ => Err(unsupported(format!(
+            "Content-Type `{}` is not accepted",
+            ct.chars().take(100).collect::<String>()
+        ))),
+    }
+}
+
+/// A request body encoding (`Content-Encoding`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Identity,
+    Gzip,
+    Zstd,
+}
+
+/// `Content-Encoding` → encoding; anything but identity, gzip or zstd is 415.
+pub fn body_encoding(value: Option<&str>) -> Result<Encoding, ApiError> {
+    let Some(v) = value else {
+        return Ok(Encoding::Identity);
+    };
+    let codings: Vec<String> = v
+        .split(',')
+        .map(|c| c.trim().to_ascii_lowercase())
+        .filter(|c| !c.is_empty() && c != "identity")
+        .collect();
+    match codings.as_slice() {
+        [] => Ok(Encoding::Identity),
+        [one] if one == "gzip" || one == "x-gzip" => Ok(Encoding::Gzip),
+        [one] if one == "zstd" => Ok(Encoding::Zstd),
+        _ => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "Content-Encoding `{}` is not supported; send gzip, zstd or an unencoded body",
+                v.chars().take(100).collect::<String>()
+            ),
+        )),
+    }
+}
+
+fn too_large(n: usize, limit: usize, what: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("{what} of {n}+ bytes exceeds the limit of {limit} bytes (server.max_body_bytes)"),
+    )
+}
+
+/// Decodes a gzip or zstd body, stopping as soon as the output passes `limit` (413): a small
+/// body that inflates to gigabytes costs at most `limit` bytes of memory.
+pub fn decode_body(
+    encoding: Encoding,
+    body: web::Bytes,
+    limit: usize,
+) -> Result<web::Bytes, ApiError> {
+    let reader: Box<dyn Read> = match encoding {
+        Encoding::Identity => return Ok(body),
+        Encoding::Gzip => Box::new(flate2::read::MultiGzDecoder::new(&body[..])),
+        Encoding::Zstd => Box::new(zstd::stream::read::Decoder::new(&body[..]).map_err(|e| {
+            ApiError::bad_request(format!("Content-Encoding zstd: cannot start decoding: {e}"))
+        })?),
+    };
+    let mut out = Vec::new();
+    reader
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| {
+            ApiError::bad_request(format!(
+                "request body is not valid {}: {e}",
+                if encoding == Encoding::Gzip {
+                    "gzip"
+                } else {
+                    "zstd"
+                }
+            ))
+        })?;
+    if out.len() > limit {
+        return Err(too_large(out.len(), limit, "decoded request body"));
+    }
+    Ok(out.into())
+}
+
+/// Reads the body up to `limit` bytes (413 past it) within `timeout` (408 past it).
 async fn read_body(
     req: &HttpRequest,
     mut payload: web::Payload,
     limit: usize,
+    timeout: std::time::Duration,
 ) -> Result<web::Bytes, ApiError> {
-    let too_large = |n: usize| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("request body of {n}+ bytes exceeds the limit of {limit} bytes (server.max_body_bytes)"),
-        )
-    };
     if let Some(len) = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -42,23 +148,44 @@ async fn read_body(
         .and_then(|v| v.parse::<usize>().ok())
     {
         if len > limit {
-            return Err(too_large(len));
+            return Err(too_large(len, limit, "request body"));
         }
     }
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::bad_request(format!("reading request body: {e}")))?;
-        if body.len() + chunk.len() > limit {
-            return Err(too_large(body.len() + chunk.len()));
+    let read = async {
+        let mut body = web::BytesMut::new();
+        while let Some(chunk) = payload.next().await {
+            let chunk =
+                chunk.map_err(|e| ApiError::bad_request(format!("reading request body: {e}")))?;
+            if body.len() + chunk.len() > limit {
+                return Err(too_large(body.len() + chunk.len(), limit, "request body"));
+            }
+            body.extend_from_slice(&chunk);
         }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
+        Ok(body.freeze())
+    };
+    tokio::time::timeout(timeout, read).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the request body did not arrive within {} ms (server.body_timeout_ms)",
+                timeout.as_millis()
+            ),
+        )
+    })?
 }
 
-/// Splits a body into messages: raw JSON text of each plus its parsed value.
+/// Splits a body into messages: raw JSON text of each plus its parsed value. Errors name the
+/// message by its index in a JSON array (from 0) or by its NDJSON line number (from 1).
 pub fn parse_messages(body: &[u8], ndjson: bool) -> Result<Vec<(String, Value)>, ApiError> {
+    Ok(parse_numbered(body, ndjson)?
+        .into_iter()
+        .map(|(_, raw, value)| (raw, value))
+        .collect())
+}
+
+/// [`parse_messages`] plus each message's index / line number.
+fn parse_numbered(body: &[u8], ndjson: bool) -> Result<Vec<(usize, String, Value)>, ApiError> {
     let text = std::str::from_utf8(body).map_err(|e| {
         ApiError::bad_request(format!(
             "request body is not valid UTF-8 (invalid byte at offset {})",
@@ -69,7 +196,7 @@ pub fn parse_messages(body: &[u8], ndjson: bool) -> Result<Vec<(String, Value)>,
         text.lines()
             .enumerate()
             .filter(|(_, l)| !l.trim().is_empty())
-            .map(|(i, l)| (i, l.trim()))
+            .map(|(i, l)| (i + 1, l.trim()))
             .collect()
     } else {
         let trimmed = text.trim_start();
@@ -107,41 +234,135 @@ pub fn parse_messages(body: &[u8], ndjson: bool) -> Result<Vec<(String, Value)>,
                 ),
             ));
         }
-        out.push((raw.to_string(), value));
+        out.push((index, raw.to_string(), value));
     }
     Ok(out)
 }
 
-/// The ingest handler.
+/// Waits for one of `server.max_concurrent_ingest` slots, at most `wait`; then 503 `busy`
+/// with `Retry-After`, instead of letting requests pile up until they time out.
+async fn acquire_slot(
+    state: &AppState,
+    wait: std::time::Duration,
+) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    let busy = || {
+        ApiError {
+        retry_after: Some(1),
+        ..ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            format!(
+                "all {} ingest slots stayed busy for {} ms (server.max_concurrent_ingest); retry later",
+                state.running_max_concurrent_ingest(),
+                wait.as_millis()
+            ),
+        )
+    }
+    };
+    match tokio::time::timeout(wait, state.ingest_slots.clone().acquire_owned()).await {
+        Ok(Ok(permit)) => Ok(permit),
+        _ => Err(busy()),
+    }
+}
+
+/// Decoding, parsing, validation and the durable enqueue of one request; runs on a blocking
+/// thread so HTTP workers stay free. Returns the 202 body.
+struct Job {
+    engine: crate::engine::Engine,
+    handle: tokio::runtime::Handle,
+    sink: String,
+    group: Option<String>,
+    kind: BodyKind,
+    encoding: Encoding,
+    body: web::Bytes,
+    limit: usize,
+}
+
+fn process(job: Job) -> Result<Vec<u8>, ApiError> {
+    let Job {
+        engine,
+        handle,
+        sink,
+        group,
+        kind,
+        encoding,
+        body,
+        limit,
+    } = job;
+    let body = decode_body(encoding, body, limit)?;
+    let ndjson = kind == BodyKind::Ndjson;
+    let messages = parse_numbered(&body, ndjson)?;
+    drop(body);
+    let numbers: Vec<usize> = messages.iter().map(|(n, _, _)| *n).collect();
+    let items: Vec<IngestItem> = messages
+        .into_iter()
+        .map(|(_, raw, message)| IngestItem {
+            message,
+            raw: Some(raw),
+            group: group.clone(),
+        })
+        .collect();
+    let ids = handle
+        .block_on(engine.ingest(&sink, items))
+        .map_err(|e| match e {
+            // The engine counts items from 0; NDJSON producers count lines from 1.
+            ServerError::InvalidMessage { index, reason } if ndjson => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_message",
+                format!(
+                    "line {}: {reason}",
+                    numbers.get(index).copied().unwrap_or(index + 1)
+                ),
+            ),
+            other => other.into(),
+        })?;
+    serde_json::to_vec(&json!({
+        "accepted": ids.len(),
+        "ids": ids.iter().map(|id| id.0).collect::<Vec<_>>(),
+    }))
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+}
+
+/// The ingest handler: checks what can be checked from the head (sink, query, Content-Type,
+/// Content-Encoding), takes an ingest slot, reads the body within the timeout, then decodes,
+/// parses and enqueues on the blocking pool.
 pub async fn ingest(
     state: web::Data<AppState>,
     path: web::Path<String>,
-    query: web::Query<IngestQuery>,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let sink = path.into_inner();
     state.engine.sink(&sink)?;
-    let body = read_body(&req, payload, state.max_body_bytes).await?;
-    let ndjson = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/x-ndjson"));
-    let messages = parse_messages(&body, ndjson)?;
-    let items: Vec<IngestItem> = messages
-        .into_iter()
-        .map(|(raw, message)| IngestItem {
-            message,
-            raw: Some(raw),
-            group: query.group.clone(),
-        })
-        .collect();
-    let ids = state.engine.ingest(&sink, items).await?;
-    Ok(HttpResponse::Accepted().json(json!({
-        "accepted": ids.len(),
-        "ids": ids.iter().map(|id| id.0).collect::<Vec<_>>(),
-    })))
+    let params = Params::parse(&req, &["group"])?;
+    let group = params.str("group").map(str::to_string);
+    let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let kind = body_kind(header(header::CONTENT_TYPE))?;
+    let encoding = body_encoding(header(header::CONTENT_ENCODING))?;
+    let live = state.live();
+    let _slot = acquire_slot(&state, live.ingest_queue_timeout).await?;
+    let limit = live.max_body_bytes;
+    let body = read_body(&req, payload, limit, live.body_timeout).await?;
+    let job = Job {
+        engine: state.engine.clone(),
+        handle: tokio::runtime::Handle::current(),
+        sink,
+        group,
+        kind,
+        encoding,
+        body,
+        limit,
+    };
+    let answer = web::block(move || process(job)).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("ingest worker failed: {e}"),
+        )
+    })??;
+    Ok(HttpResponse::Accepted()
+        .content_type("application/json")
+        .body(answer))
 }
 
 #[cfg(test)]
@@ -168,12 +389,59 @@ mod tests {
             e.message
         );
         let e = parse_messages(b"{\"a\":1}\n{oops", true).unwrap_err();
-        assert!(e.message.contains("line 1"), "{}", e.message);
+        assert!(e.message.contains("line 2"), "{}", e.message);
+        let e = parse_messages(b"5\n", true).unwrap_err();
+        assert!(e.message.contains("line 1:"), "{}", e.message);
         let e = parse_messages(b"\xff\xfe", false).unwrap_err();
         assert!(e.message.contains("UTF-8"), "{}", e.message);
         let e = parse_messages(b"[", false).unwrap_err();
         assert!(e.message.contains("not valid JSON"), "{}", e.message);
         let e = parse_messages(b"", false).unwrap_err();
         assert!(e.message.contains("empty"), "{}", e.message);
+    }
+
+    #[test]
+    fn content_type_is_json_or_ndjson_case_insensitive() {
+        assert_eq!(body_kind(Some("application/json")).unwrap(), BodyKind::Json);
+        assert_eq!(
+            body_kind(Some("Application/JSON; charset=utf-8")).unwrap(),
+            BodyKind::Json
+        );
+        assert_eq!(
+            body_kind(Some("Application/X-NDJSON")).unwrap(),
+            BodyKind::Ndjson
+        );
+        for bad in [
+            Some("text/plain"),
+            Some("application/x-www-form-urlencoded"),
+            None,
+        ] {
+            assert_eq!(body_kind(bad).unwrap_err().status, 415, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn encodings_decode_within_the_limit() {
+        use std::io::Write;
+        assert_eq!(body_encoding(Some("GZIP")).unwrap(), Encoding::Gzip);
+        assert_eq!(body_encoding(Some("zstd")).unwrap(), Encoding::Zstd);
+        assert_eq!(body_encoding(Some("identity")).unwrap(), Encoding::Identity);
+        assert_eq!(body_encoding(Some("br")).unwrap_err().status, 415);
+        assert_eq!(body_encoding(Some("gzip, br")).unwrap_err().status, 415);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&vec![b' '; 1 << 20]).unwrap();
+        let gz = web::Bytes::from(gz.finish().unwrap());
+        assert_eq!(
+            decode_body(Encoding::Gzip, gz.clone(), 1 << 20)
+                .unwrap()
+                .len(),
+            1 << 20
+        );
+        let e = decode_body(Encoding::Gzip, gz, (1 << 20) - 1).unwrap_err();
+        assert_eq!(e.status, 413, "{}", e.message);
+        let zs = web::Bytes::from(zstd::encode_all(&vec![b'x'; 4096][..], 3).unwrap());
+        assert_eq!(decode_body(Encoding::Zstd, zs, 4096).unwrap().len(), 4096);
+        let e = decode_body(Encoding::Gzip, web::Bytes::from_static(b"not gzip"), 10).unwrap_err();
+        assert_eq!(e.status, 400, "{}", e.message);
     }
 }

@@ -1,40 +1,46 @@
 //! Management routes: sinks, message listing and detail, acknowledge / redeliver / discard,
 //! reload.
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use s2sink_core::GroupKey;
 use s2sink_queue::{GroupRef, ListFilter, MessageId, StateFilter};
-use serde::Deserialize;
 use serde_json::json;
 
 use super::error::ApiError;
+use super::params::Params;
 use super::views::{message_detail, message_summary, payload_json, sink_view};
 use super::AppState;
 
 type Res = Result<HttpResponse, ApiError>;
 
-/// `GET /api/sinks`
-pub async fn list_sinks(state: web::Data<AppState>) -> Res {
+/// `GET /api/sinks?limit=&after=`: sinks by name, a page at a time (`after` = the previous
+/// page's `next_after`).
+pub async fn list_sinks(state: web::Data<AppState>, req: HttpRequest) -> Res {
+    let params = Params::parse(&req, &["limit", "after"])?;
+    let limit = params.int("limit", 1, 1000, 1000)? as usize;
+    let after = params.str("after");
     let now = state.clock.now_millis();
-    let sinks: Vec<_> = state.engine.sinks().map(|s| sink_view(s, now)).collect();
-    Ok(HttpResponse::Ok().json(json!({ "sinks": sinks })))
+    let mut page: Vec<_> = state
+        .engine
+        .sinks()
+        .filter(|s| after.is_none_or(|a| s.name.as_str() > a))
+        .take(limit + 1)
+        .collect();
+    let more = page.len() > limit;
+    page.truncate(limit);
+    let next = if more {
+        page.last().map(|s| s.name.clone())
+    } else {
+        None
+    };
+    let sinks: Vec<_> = page.into_iter().map(|s| sink_view(s, now)).collect();
+    Ok(HttpResponse::Ok().json(json!({ "sinks": sinks, "next_after": next })))
 }
 
 /// `GET /api/sinks/{sink}`
 pub async fn get_sink(state: web::Data<AppState>, path: web::Path<String>) -> Res {
     let shared = state.engine.sink(&path)?;
     Ok(HttpResponse::Ok().json(sink_view(shared, state.clock.now_millis())))
-}
-
-/// Query of the message listing.
-#[derive(Debug, Deserialize)]
-pub struct ListQuery {
-    pub state: Option<String>,
-    pub group: Option<String>,
-    pub limit: Option<usize>,
-    pub after: Option<u64>,
-    /// `oldest` (default) or `newest`.
-    pub order: Option<String>,
 }
 
 fn parse_state(s: Option<&str>) -> Result<StateFilter, ApiError> {
@@ -57,10 +63,11 @@ fn parse_state(s: Option<&str>) -> Result<StateFilter, ApiError> {
 pub async fn list_messages(
     state: web::Data<AppState>,
     path: web::Path<String>,
-    query: web::Query<ListQuery>,
+    req: HttpRequest,
 ) -> Res {
     let shared = state.engine.sink(&path)?;
-    let newest_first = match query.order.as_deref().unwrap_or("oldest") {
+    let query = Params::parse(&req, &["state", "group", "limit", "after", "order"])?;
+    let newest_first = match query.str("order").unwrap_or("oldest") {
         "oldest" => false,
         "newest" => true,
         other => {
@@ -70,13 +77,12 @@ pub async fn list_messages(
         }
     };
     let filter = ListFilter {
-        state: parse_state(query.state.as_deref())?,
+        state: parse_state(query.str("state"))?,
         group: query
-            .group
-            .as_ref()
-            .map(|g| GroupRef::from(GroupKey(g.clone()))),
-        after: query.after.map(MessageId),
-        limit: query.limit.unwrap_or(50).clamp(1, 1000),
+            .str("group")
+            .map(|g| GroupRef::from(GroupKey(g.to_string()))),
+        after: query.cursor("after")?.map(MessageId),
+        limit: query.int("limit", 1, 1000, 50)? as usize,
         newest_first,
     };
     let now = state.clock.now_millis();
@@ -143,35 +149,62 @@ pub async fn redeliver_all(state: web::Data<AppState>, path: web::Path<String>) 
     Ok(HttpResponse::Ok().json(json!({ "redelivered": n })))
 }
 
-/// `GET /api/sinks/{sink}/discarded`
-pub async fn discarded(state: web::Data<AppState>, path: web::Path<String>) -> Res {
+/// Payload bytes after which a discarded page stops (at least one message is always shown), so
+/// one answer stays bounded even with 16 MiB messages.
+const DISCARDED_PAGE_BYTES: usize = 8 * 1024 * 1024;
+
+/// `GET /api/sinks/{sink}/discarded?limit=&before=`: newest first, a page at a time
+/// (`before` = the previous page's `next_before`).
+pub async fn discarded(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    req: HttpRequest,
+) -> Res {
     let shared = state.engine.sink(&path)?;
+    let params = Params::parse(&req, &["limit", "before"])?;
+    let limit = params.int("limit", 1, 100, 20)? as usize;
+    let before = params.cursor("before")?;
     let now = state.clock.now_millis();
-    let items: Vec<_> = shared
-        .queue
-        .discarded(&shared.name, 100)
-        .map_err(crate::ServerError::from)?
-        .iter()
-        .map(|d| {
-            let mut v = message_summary(&d.message, now);
-            v["state"] = json!("discarded");
-            v["discarded_at"] = json!(d.discarded_at);
-            v["message"] = payload_json(&d.message);
-            v
-        })
-        .collect();
-    Ok(HttpResponse::Ok().json(json!({ "messages": items })))
+    // The queue lists the newest n; read more only as far as the cursor needs.
+    let mut n = limit + 1;
+    let page = loop {
+        let all = shared
+            .queue
+            .discarded(&shared.name, n)
+            .map_err(crate::ServerError::from)?;
+        let exhausted = all.len() < n;
+        let page: Vec<_> = all
+            .into_iter()
+            .filter(|d| before.is_none_or(|b| d.seq < b))
+            .take(limit + 1)
+            .collect();
+        if page.len() > limit || exhausted {
+            break page;
+        }
+        n *= 2;
+    };
+    let mut items = Vec::new();
+    let mut bytes = 0usize;
+    let mut next = None;
+    for (i, d) in page.iter().enumerate() {
+        if i == limit || (i > 0 && bytes + d.message.payload.len() > DISCARDED_PAGE_BYTES) {
+            next = page.get(i.saturating_sub(1)).map(|p| p.seq);
+            break;
+        }
+        bytes += d.message.payload.len();
+        let mut v = message_summary(&d.message, now);
+        v["state"] = json!("discarded");
+        v["discarded_at"] = json!(d.discarded_at);
+        v["message"] = payload_json(&d.message);
+        items.push(v);
+    }
+    Ok(HttpResponse::Ok().json(json!({ "messages": items, "next_before": next })))
 }
 
-/// `POST /api/reload`
+/// `POST /api/reload`: sink settings and functions, plus the `[server]` keys that apply live;
+/// 422 naming the keys that need a restart (nothing applied then).
 pub async fn reload(state: web::Data<AppState>) -> Res {
-    let Some(path) = &state.config_path else {
-        return Err(ApiError::bad_request(
-            "the server was not started from a config file",
-        ));
-    };
-    let env: std::collections::HashMap<String, String> = std::env::vars().collect();
-    let config = crate::config::load(path, &env)?;
-    state.engine.reload(config.sinks).await?;
-    Ok(HttpResponse::Ok().json(json!({ "reloaded": true })))
+    let applied = state.reload().await?;
+    tracing::info!(server_keys = ?applied, "config reloaded");
+    Ok(HttpResponse::Ok().json(json!({ "reloaded": true, "server_keys_applied": applied })))
 }

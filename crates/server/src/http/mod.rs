@@ -1,14 +1,24 @@
 //! The HTTP API (actix-web): ingest, management, metrics, health and the web console.
+//!
+//! Every request passes [`guard::guard`] first: `Host` must name this server (DNS rebinding),
+//! state-changing requests from another site are refused (CSRF), CORS headers only for
+//! configured origins, and every error the server produces leaves as
+//! `{"error":{"code","message"}}`.
 
 mod auth;
 mod console;
 mod error;
+mod guard;
 mod ingest;
 mod manage;
 mod metrics;
+mod params;
 mod views;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use actix_web::middleware::from_fn;
 use actix_web::web;
@@ -17,24 +27,175 @@ pub use error::ApiError;
 pub use ingest::parse_messages;
 pub use metrics::render as render_metrics;
 
+use crate::config::ServerSection;
 use crate::engine::{Clock, Engine};
+use crate::ServerError;
+
+/// `[server]` settings that a reload applies without a restart.
+#[derive(Clone)]
+pub struct LiveSettings {
+    /// Bearer token guarding `/api`; `None` = open.
+    pub api_token: Option<String>,
+    pub max_body_bytes: usize,
+    /// Longest time to receive an ingest body.
+    pub body_timeout: Duration,
+    /// How long an ingest request waits for a free slot before 503.
+    pub ingest_queue_timeout: Duration,
+    /// Extra names accepted in `Host`.
+    pub allowed_hosts: Vec<String>,
+    /// Origins that get CORS headers and may write cross-site.
+    pub cors_allowed_origins: Vec<String>,
+}
+
+impl LiveSettings {
+    fn from_section(s: &ServerSection) -> LiveSettings {
+        LiveSettings {
+            api_token: s.api_token.clone(),
+            max_body_bytes: s.max_body_bytes,
+            body_timeout: Duration::from_millis(s.body_timeout_ms),
+            ingest_queue_timeout: Duration::from_millis(s.ingest_queue_timeout_ms),
+            allowed_hosts: s.allowed_hosts.clone(),
+            cors_allowed_origins: s
+                .cors_allowed_origins
+                .iter()
+                .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
+                .collect(),
+        }
+    }
+}
 
 /// What every handler can reach.
 pub struct AppState {
     pub engine: Engine,
-    /// Bearer token guarding `/api`; `None` = open.
-    pub api_token: Option<String>,
-    pub max_body_bytes: usize,
-    /// The config file, for `POST /api/reload`.
+    /// The address the server listens on (what `Host` may name).
+    pub listen: SocketAddr,
+    /// The config file, for `POST /api/reload` and SIGHUP.
     pub config_path: Option<PathBuf>,
     pub clock: Clock,
+    live: RwLock<Arc<LiveSettings>>,
+    /// The `[server]` section currently in force (reloads compare against it).
+    running: Mutex<ServerSection>,
+    /// Ingest requests being processed (bounded: `server.max_concurrent_ingest`).
+    ingest_slots: Arc<tokio::sync::Semaphore>,
 }
 
-/// Registers every route on an actix-web app.
+impl AppState {
+    /// State for a server listening on `listen` with `server`'s settings.
+    pub fn new(
+        engine: Engine,
+        server: &ServerSection,
+        listen: SocketAddr,
+        config_path: Option<PathBuf>,
+    ) -> AppState {
+        AppState {
+            engine,
+            listen,
+            config_path,
+            clock: Clock::new(),
+            live: RwLock::new(Arc::new(LiveSettings::from_section(server))),
+            running: Mutex::new(server.clone()),
+            ingest_slots: Arc::new(tokio::sync::Semaphore::new(server.max_concurrent_ingest)),
+        }
+    }
+
+    fn running_max_concurrent_ingest(&self) -> usize {
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .max_concurrent_ingest
+    }
+
+    /// The live settings right now.
+    pub fn live(&self) -> Arc<LiveSettings> {
+        self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Re-reads the config file: sink settings and functions, plus the `[server]` keys that can
+    /// change live (`api_token`, `max_body_bytes`, `body_timeout_ms`, `ingest_queue_timeout_ms`,
+    /// `allowed_hosts`, `cors_allowed_origins`). A change to any other `[server]` key refuses
+    /// the whole reload, naming the keys that need a restart; nothing is applied then.
+    /// Returns the `[server]` keys that changed.
+    pub async fn reload(&self) -> Result<Vec<&'static str>, ServerError> {
+        let Some(path) = &self.config_path else {
+            return Err(ServerError::InvalidRequest {
+                reason: "the server was not started from a config file".into(),
+            });
+        };
+        let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+        let config = crate::config::load(path, &env)?;
+        let new = config.server;
+        let old = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let restart: Vec<&str> = [
+            ("server.listen", old.listen != new.listen),
+            ("server.data_dir", old.data_dir != new.data_dir),
+            ("server.max_pending", old.max_pending != new.max_pending),
+            (
+                "server.max_concurrent_ingest",
+                old.max_concurrent_ingest != new.max_concurrent_ingest,
+            ),
+            (
+                "server.shutdown_timeout_ms",
+                old.shutdown_timeout_ms != new.shutdown_timeout_ms,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(k, changed)| changed.then_some(k))
+        .collect();
+        if !restart.is_empty() {
+            return Err(ServerError::Config {
+                key: restart.join(", "),
+                reason: "changed, and only a restart applies this; nothing was reloaded \
+                         (restart the server, or put the old value back and reload)"
+                    .into(),
+            });
+        }
+        self.engine.reload(config.sinks).await?;
+        let changed: Vec<&'static str> = [
+            ("server.api_token", old.api_token != new.api_token),
+            (
+                "server.max_body_bytes",
+                old.max_body_bytes != new.max_body_bytes,
+            ),
+            (
+                "server.body_timeout_ms",
+                old.body_timeout_ms != new.body_timeout_ms,
+            ),
+            (
+                "server.ingest_queue_timeout_ms",
+                old.ingest_queue_timeout_ms != new.ingest_queue_timeout_ms,
+            ),
+            (
+                "server.allowed_hosts",
+                old.allowed_hosts != new.allowed_hosts,
+            ),
+            (
+                "server.cors_allowed_origins",
+                old.cors_allowed_origins != new.cors_allowed_origins,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(k, changed)| changed.then_some(k))
+        .collect();
+        *self.live.write().unwrap_or_else(|e| e.into_inner()) =
+            Arc::new(LiveSettings::from_section(&new));
+        *self.running.lock().unwrap_or_else(|e| e.into_inner()) = new;
+        Ok(changed)
+    }
+}
+
+/// Registers every route on an actix-web app (wrap the app with [`middleware`]).
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(metrics::healthz))
+    cfg.app_data(params::query_config())
+        .app_data(params::path_config())
+        .app_data(params::json_config())
+        .route("/healthz", web::get().to(metrics::healthz))
         .route("/metrics", web::get().to(metrics::metrics))
         .route("/", web::get().to(console::index))
+        .route("/console.js", web::get().to(console::script))
         .service(
             web::scope("/api")
                 .wrap(from_fn(auth::require_token))
@@ -62,5 +223,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .default_service(web::to(|| async {
                     Err::<actix_web::HttpResponse, _>(ApiError::not_found("no such API route"))
                 })),
-        );
+        )
+        .default_service(web::to(|| async {
+            Err::<actix_web::HttpResponse, _>(ApiError::not_found("no such route"))
+        }));
 }
+
+/// The request guard (Host, cross-site writes, CORS, JSON errors); wrap the whole app with it.
+pub use guard::guard as middleware;
