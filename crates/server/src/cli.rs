@@ -14,27 +14,64 @@ pub struct Args {
 }
 
 impl Args {
-    /// Parses `--key value`, `--key=value` and positionals (`-` is positional).
-    pub fn parse(args: &[String]) -> Args {
+    /// Parses `--key value`, `--key=value` and positionals (`-` is positional, everything after
+    /// `--` too). Only the options in `known` are accepted: an unknown option, one without a
+    /// value, or one given twice is an error naming it (a typo must never be taken as data).
+    pub fn parse(args: &[String], known: &[&str]) -> Result<Args, String> {
         let mut out = Args::default();
+        let list = || {
+            if known.is_empty() {
+                "no options".to_string()
+            } else {
+                known
+                    .iter()
+                    .map(|k| format!("--{k}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        };
         let mut i = 0;
         while i < args.len() {
             let a = &args[i];
+            if a == "--" {
+                out.positional.extend(args[i + 1..].iter().cloned());
+                break;
+            }
             if let Some(k) = a.strip_prefix("--") {
-                if let Some((k, v)) = k.split_once('=') {
-                    out.opts.insert(k.to_string(), v.to_string());
-                } else if let Some(v) = args.get(i + 1) {
-                    out.opts.insert(k.to_string(), v.clone());
-                    i += 1;
-                } else {
-                    out.opts.insert(k.to_string(), String::new());
+                let (k, v) = match k.split_once('=') {
+                    Some((k, v)) => (k, Some(v.to_string())),
+                    None => (k, None),
+                };
+                if !known.contains(&k) {
+                    return Err(format!(
+                        "unknown option `--{k}` (this command takes {})",
+                        list()
+                    ));
                 }
+                let v = match v {
+                    Some(v) => v,
+                    None => match args.get(i + 1) {
+                        Some(v) if !v.starts_with("--") => {
+                            i += 1;
+                            v.clone()
+                        }
+                        _ => return Err(format!("option `--{k}` needs a value")),
+                    },
+                };
+                if out.opts.insert(k.to_string(), v).is_some() {
+                    return Err(format!("option `--{k}` is given more than once"));
+                }
+            } else if a.len() > 1 && a.starts_with('-') {
+                return Err(format!(
+                    "unknown option `{a}` (this command takes {})",
+                    list()
+                ));
             } else {
                 out.positional.push(a.clone());
             }
             i += 1;
         }
-        out
+        Ok(out)
     }
 
     /// An option's value.
@@ -267,16 +304,38 @@ async fn messages(api: &Api, args: &Args) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
     #[test]
     fn parses_options_and_positionals() {
-        let a = Args::parse(&[
-            "--sink".into(),
-            "orders".into(),
-            "-".into(),
-            "--batch=10".into(),
-        ]);
+        let a = Args::parse(
+            &args(&["--sink", "orders", "-", "--batch=10"]),
+            &["sink", "batch"],
+        )
+        .unwrap();
         assert_eq!(a.opt("sink"), Some("orders"));
         assert_eq!(a.opt("batch"), Some("10"));
         assert_eq!(a.positional, vec!["-".to_string()]);
+    }
+
+    #[test]
+    fn unknown_missing_and_repeated_options_are_errors() {
+        let known = &["sink", "group"];
+        let e = Args::parse(&args(&["--grup", "g1", "f"]), known).unwrap_err();
+        assert!(e.contains("`--grup`") && e.contains("--group"), "{e}");
+        let e = Args::parse(&args(&["--frobnicate", "f"]), known).unwrap_err();
+        assert!(e.contains("`--frobnicate`"), "{e}");
+        let e = Args::parse(&args(&["-x"]), known).unwrap_err();
+        assert!(e.contains("`-x`"), "{e}");
+        let e = Args::parse(&args(&["--sink"]), known).unwrap_err();
+        assert!(e.contains("needs a value"), "{e}");
+        let e = Args::parse(&args(&["--sink", "--group", "g"]), known).unwrap_err();
+        assert!(e.contains("`--sink` needs a value"), "{e}");
+        let e = Args::parse(&args(&["--sink=a", "--sink=b"]), known).unwrap_err();
+        assert!(e.contains("more than once"), "{e}");
+        let a = Args::parse(&args(&["--", "--not-an-option"]), known).unwrap();
+        assert_eq!(a.positional, ["--not-an-option"]);
     }
 }

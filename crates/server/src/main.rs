@@ -32,24 +32,62 @@ fn main() -> ExitCode {
         eprint!("{USAGE}");
         return ExitCode::from(2);
     };
-    let rest = cli::Args::parse(&args[1..]);
-    match cmd.as_str() {
-        "serve" => serve_cmd(rest),
-        "-h" | "--help" | "help" => {
-            print!("{USAGE}");
-            ExitCode::SUCCESS
-        }
-        "send" | "sinks" | "messages" => cli::run(&cmd, rest),
-        other => {
-            eprintln!("error: unknown command `{other}`\n\n{USAGE}");
-            ExitCode::from(2)
-        }
+    let rest = &args[1..];
+    if matches!(cmd.as_str(), "-h" | "--help" | "help")
+        || rest.iter().any(|a| a == "-h" || a == "--help")
+    {
+        print!("{USAGE}");
+        return ExitCode::SUCCESS;
     }
+    const CLIENT: [&str; 2] = ["url", "token"];
+    // (options, most positionals) per command.
+    let (known, max_positional): (Vec<&str>, usize) = match cmd.as_str() {
+        "serve" => (vec!["config", "log-format"], 0),
+        "send" => ([&["sink", "group", "batch"][..], &CLIENT].concat(), 1),
+        "sinks" => (CLIENT.to_vec(), 0),
+        "messages" => (
+            [
+                &["sink", "state", "group", "limit", "after", "order"][..],
+                &CLIENT,
+            ]
+            .concat(),
+            2,
+        ),
+        other => return usage_error(&format!("unknown command `{other}`")),
+    };
+    let parsed = match cli::Args::parse(rest, &known) {
+        Ok(a) => a,
+        Err(e) => return usage_error(&format!("{cmd}: {e}")),
+    };
+    if parsed.positional.len() > max_positional {
+        return usage_error(&format!(
+            "{cmd}: unexpected argument `{}`",
+            parsed.positional[max_positional]
+        ));
+    }
+    match cmd.as_str() {
+        "serve" => serve_cmd(parsed),
+        _ => cli::run(&cmd, parsed),
+    }
+}
+
+/// A command line that cannot be run: the message, a pointer to the usage, exit status 2.
+fn usage_error(msg: &str) -> ExitCode {
+    eprintln!("error: {msg}\n\n{USAGE}");
+    ExitCode::from(2)
 }
 
 fn serve_cmd(args: cli::Args) -> ExitCode {
     let path = PathBuf::from(args.opt("config").unwrap_or("s2-sink.toml"));
-    let json_logs = args.opt("log-format") == Some("json");
+    let json_logs = match args.opt("log-format") {
+        None | Some("human") => false,
+        Some("json") => true,
+        Some(other) => {
+            return usage_error(&format!(
+                "serve: --log-format `{other}` is not human or json"
+            ))
+        }
+    };
     init_logging(json_logs);
     let env: HashMap<String, String> = std::env::vars().collect();
     let config = match config::load(&path, &env) {
@@ -64,8 +102,21 @@ fn serve_cmd(args: cli::Args) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::from(if e.is_fatal() { 74 } else { 1 })
+            ExitCode::from(exit_code(&e))
         }
+    }
+}
+
+/// Exit status of a server that stopped on an error: 69 (EX_UNAVAILABLE) when the listen
+/// address cannot be taken (e.g. the port is in use), 74 (EX_IOERR) on a fatal storage error,
+/// 2 for config errors (found before listening), 1 otherwise.
+fn exit_code(e: &s2sink_server::ServerError) -> u8 {
+    use s2sink_server::ServerError;
+    match e {
+        ServerError::Listen { .. } => 69,
+        e if e.is_fatal() => 74,
+        ServerError::Config { .. } => 2,
+        _ => 1,
     }
 }
 
