@@ -2,8 +2,13 @@
 //! hundreds of thousands of messages, not micro-benchmarks). Results: `docs/BENCHMARKS.md`.
 //!
 //! `cargo bench -p s2sink-queue --bench queue` runs everything at full size (a few minutes);
-//! `QUEUE_BENCH_SCALE=0.1` shrinks every message count, `QUEUE_BENCH_ONLY=enqueue|ack|reopen|disk`
-//! runs one part, `QUEUE_BENCH_DIR` chooses the disk (default: the system temp dir).
+//! `QUEUE_BENCH_SCALE=0.1` shrinks every message count,
+//! `QUEUE_BENCH_ONLY=cycle|enqueue|ack|reopen|disk` runs some parts, `QUEUE_BENCH_DIR` chooses
+//! the disk (default: the system temp dir).
+//!
+//! `cycle` is the storage target: enqueue + read + ack of 1 KB messages over 10k groups with a
+//! 200k backlog, reporting the process's CPU time (user + system, every thread, sled's
+//! included, from /proc/self/stat) per message.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -37,10 +42,10 @@ fn batch(n: usize, groups: u64, seq: &mut u64) -> Vec<NewMessage> {
     (0..n)
         .map(|_| {
             *seq += 1;
-            NewMessage {
-                group: Some(GroupKey(format!("public.orders/{}", *seq % groups))),
-                payload: vec![b'x'; PAYLOAD],
-            }
+            NewMessage::new(
+                Some(GroupKey(format!("public.orders/{}", *seq % groups))),
+                vec![b'x'; PAYLOAD],
+            )
         })
         .collect()
 }
@@ -106,13 +111,10 @@ fn fill(rt: &tokio::runtime::Runtime, q: &Queue, total: usize, groups: u64) -> V
                         let msgs: Vec<NewMessage> = (0..100)
                             .map(|_| {
                                 seq += 16;
-                                NewMessage {
-                                    group: Some(GroupKey(format!(
-                                        "public.orders/{}",
-                                        seq % groups
-                                    ))),
-                                    payload: vec![b'x'; PAYLOAD],
-                                }
+                                NewMessage::new(
+                                    Some(GroupKey(format!("public.orders/{}", seq % groups))),
+                                    vec![b'x'; PAYLOAD],
+                                )
                             })
                             .collect();
                         ids.extend(
@@ -134,6 +136,72 @@ fn fill(rt: &tokio::runtime::Runtime, q: &Queue, total: usize, groups: u64) -> V
         ids.sort();
         ids
     })
+}
+
+/// CPU time (user + system) of this process so far, all threads.
+fn cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // Fields after the command name (which may hold spaces) start at the state, field 3.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
+}
+
+/// The engine's pattern on a standing backlog: producers enqueue 1 KB messages in requests
+/// of 500; a consumer walks the groups, reads each head run (as a group actor does) and acks
+/// ~1000 ids at a time (as a writer does after an append). Reports CPU µs per message.
+fn cycle(rt: &tokio::runtime::Runtime, backlog: usize, total: usize, groups: u64) {
+    let dir = tempdir();
+    let q = Queue::open(dir.path()).unwrap();
+    fill(rt, &q, backlog, groups);
+    let mut seq = 7u64;
+    let (cpu0, t0) = (cpu(), Instant::now());
+    let mut consumed = 0usize;
+    let mut enqueued = 0usize;
+    let mut cursor: Option<s2sink_queue::GroupRef> = None;
+    let mut pending_ack: Vec<MessageId> = Vec::new();
+    while consumed < total {
+        if enqueued < total {
+            let reqs: Vec<_> = (0..4)
+                .map(|_| q.enqueue(SINK, batch(500, groups, &mut seq)))
+                .collect();
+            rt.block_on(async {
+                for r in reqs {
+                    r.await.unwrap();
+                }
+            });
+            enqueued += 2000;
+        }
+        let mut took = 0;
+        while took < 2000 {
+            let page = q.pending_groups_page(SINK, cursor.as_ref(), 64).unwrap();
+            if page.is_empty() {
+                cursor = None;
+                continue;
+            }
+            for g in &page {
+                let run = q.head_run(SINK, g, 1000, 1 << 20).unwrap();
+                took += run.len();
+                pending_ack.extend(run.iter().map(|m| m.id));
+                if pending_ack.len() >= 1000 {
+                    q.ack(SINK, &pending_ack).unwrap();
+                    pending_ack.clear();
+                }
+            }
+            cursor = page.last().cloned();
+        }
+        consumed += took;
+    }
+    q.ack(SINK, &pending_ack).unwrap();
+    let (cpu_used, wall) = (cpu() - cpu0, t0.elapsed());
+    println!(
+        "cycle    backlog={backlog} groups={groups} enqueued={enqueued} read+acked={consumed}  \
+         CPU {:.1} µs/msg (user+sys, all threads; {:.2?} CPU in {:.2?} wall)",
+        cpu_used.as_secs_f64() * 1e6 / consumed.max(enqueued) as f64,
+        cpu_used,
+        wall
+    );
 }
 
 fn ack(rt: &tokio::runtime::Runtime, total: usize) {
@@ -181,6 +249,13 @@ fn reopen(rt: &tokio::runtime::Runtime, total: usize, groups: u64) {
     );
     assert_eq!(g.len() as u64, groups.min(total as u64));
     assert_eq!(counts.pending as usize, total / 1600 * 1600);
+    let start = Instant::now();
+    let first = q.head_run(SINK, &g[0], 1000, 1 << 20).unwrap();
+    println!(
+        "reopen   first head run ({} msgs, cold cache) {:.2?}",
+        first.len(),
+        start.elapsed()
+    );
 }
 
 fn disk(rt: &tokio::runtime::Runtime, cycles: usize) {
@@ -232,6 +307,9 @@ fn mib(b: u64) -> String {
 fn main() {
     // `cargo bench` passes `--bench`; nothing else is accepted.
     let rt = runtime();
+    if wanted("cycle") {
+        cycle(&rt, scale(200_000), scale(400_000), 10_000);
+    }
     if wanted("enqueue") {
         for producers in [1, 16, 64] {
             enqueue(

@@ -1,60 +1,163 @@
-//! Binary encoding of the records stored in a sink's tree.
-//!
-//! Hand-written (not JSON) because every enqueue writes one record per message and every ack
-//! reads one: the fixed header is cheap to encode and the payload is stored as is.
+//! Binary encoding of storage v2's values (see [`crate::keys`]). Hand-written, not JSON:
+//! enqueue writes a chunk header per ~60 KiB of messages and acks write small bitmaps, so the
+//! formats are fixed little headers and payloads stored as they are.
 
 use s2sink_core::{LastError, UnixMillis};
 
-use crate::{DeliveryState, GroupRef, MessageId, StoredMessage};
+use crate::{DeliveryState, GroupRef};
 
+const META_V2: u8 = 2;
+const HEAD_V1: u8 = 1;
 const RECORD_V1: u8 = 1;
-const META_V1: u8 = 1;
 const HAS_NVU: u8 = 1;
 const HAS_ATTEMPT: u8 = 2;
 const HAS_ERROR: u8 = 4;
 
-/// A message record without its id (the id is the key).
-#[derive(Debug, Clone)]
-pub struct Record {
-    pub group: GroupRef,
-    pub enqueued_at: UnixMillis,
-    pub state: DeliveryState,
-    pub payload: Vec<u8>,
-}
+/// A cursor over a byte slice that fails softly on truncation.
+pub struct Reader<'a>(pub &'a [u8]);
 
-impl Record {
-    /// Attaches the id taken from the key.
-    pub fn into_message(self, id: MessageId) -> StoredMessage {
-        StoredMessage {
-            id,
-            group: self.group,
-            payload: self.payload,
-            enqueued_at: self.enqueued_at,
-            state: self.state,
+impl<'a> Reader<'a> {
+    pub fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
         }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Some(a)
+    }
+    pub fn u8(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+    pub fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_be_bytes(self.take(4)?.try_into().ok()?))
+    }
+    pub fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_be_bytes(self.take(8)?.try_into().ok()?))
     }
 }
 
-/// Encodes a record; `group` is the already-encoded group (the caller also needs it for keys).
-pub fn encode_record(
-    group: &[u8],
+/// The sink's persistent counters and id source, rewritten in every batch that changes them.
+/// Pending and failing counts are not stored: they are rebuilt from the chunks on open.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Meta {
+    /// The next id to hand out (ids below it are never reused by this data directory).
+    pub next_id: u64,
+    /// The epoch of the queue currently open (see [`DeliveryId`](crate::DeliveryId)).
+    pub epoch: u64,
+    /// Removed as delivered, ever.
+    pub delivered: u64,
+    /// Discarded, ever; also the sequence number of the next discarded entry.
+    pub discarded: u64,
+}
+
+impl Meta {
+    /// A new sink's meta: ids start at 1.
+    pub fn new(epoch: u64) -> Meta {
+        Meta {
+            next_id: 1,
+            epoch,
+            ..Meta::default()
+        }
+    }
+
+    pub fn encode(&self) -> [u8; 33] {
+        let mut out = [0u8; 33];
+        out[0] = META_V2;
+        for (i, v) in [self.next_id, self.epoch, self.delivered, self.discarded]
+            .into_iter()
+            .enumerate()
+        {
+            out[1 + i * 8..9 + i * 8].copy_from_slice(&v.to_be_bytes());
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Meta> {
+        let mut r = Reader(bytes);
+        if r.u8()? != META_V2 {
+            return None;
+        }
+        Some(Meta {
+            next_id: r.u64()?,
+            epoch: r.u64()?,
+            delivered: r.u64()?,
+            discarded: r.u64()?,
+        })
+    }
+}
+
+/// A chunk's header: who accepted it, when, and each message's group and payload size (the
+/// payloads themselves are the body, in the same order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkHead {
+    pub epoch: u64,
+    pub enqueued_at: UnixMillis,
+    /// Per message: encoded group ([`GroupRef::encode`]) and payload length.
+    pub entries: Vec<(Vec<u8>, u32)>,
+}
+
+/// Encodes a chunk header from its messages' encoded groups and payload lengths.
+pub fn encode_head<'a>(
+    epoch: u64,
     enqueued_at: UnixMillis,
-    state: &DeliveryState,
-    payload: &[u8],
+    entries: impl ExactSizeIterator<Item = (&'a [u8], u32)>,
 ) -> Vec<u8> {
+    let mut out = Vec::with_capacity(21 + entries.len() * 40);
+    out.push(HEAD_V1);
+    out.extend_from_slice(&epoch.to_be_bytes());
+    out.extend_from_slice(&enqueued_at.to_be_bytes());
+    out.extend_from_slice(&(entries.len() as u32).to_be_bytes());
+    for (group, len) in entries {
+        out.extend_from_slice(&(group.len() as u32).to_be_bytes());
+        out.extend_from_slice(group);
+        out.extend_from_slice(&len.to_be_bytes());
+    }
+    out
+}
+
+/// Decodes a chunk header; `None` if the bytes are not one.
+pub fn decode_head(bytes: &[u8]) -> Option<ChunkHead> {
+    let mut r = Reader(bytes);
+    if r.u8()? != HEAD_V1 {
+        return None;
+    }
+    let epoch = r.u64()?;
+    let enqueued_at = r.u64()?;
+    let n = r.u32()? as usize;
+    let mut entries = Vec::with_capacity(n.min(1 << 16));
+    for _ in 0..n {
+        let glen = r.u32()? as usize;
+        let group = r.take(glen)?.to_vec();
+        entries.push((group, r.u32()?));
+    }
+    r.0.is_empty().then_some(ChunkHead {
+        epoch,
+        enqueued_at,
+        entries,
+    })
+}
+
+/// A message outside a chunk (failed or discarded): everything but its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub epoch: u64,
+    pub enqueued_at: UnixMillis,
+    pub group: GroupRef,
+    pub state: DeliveryState,
+    /// The payload's length (the payload is stored beside or after the record).
+    pub payload_len: u32,
+}
+
+/// Encodes a record, then `payload` (empty when the payload is stored under its own key).
+pub fn encode_record(r: &Record, payload: &[u8]) -> Vec<u8> {
+    let state = &r.state;
     let error = state
         .last_error
         .as_ref()
         .map(|e| serde_json::to_vec(e).expect("LastError serializes"));
+    let group = r.group.encode();
     let mut out = Vec::with_capacity(
-        1 + 1
-            + 8
-            + 4
-            + 16
-            + 4
-            + group.len()
-            + error.as_ref().map_or(0, |e| 4 + e.len())
-            + payload.len(),
+        48 + group.len() + error.as_ref().map_or(0, |e| e.len() + 4) + payload.len(),
     );
     let mut flags = 0;
     if state.not_visible_until.is_some() {
@@ -68,7 +171,8 @@ pub fn encode_record(
     }
     out.push(RECORD_V1);
     out.push(flags);
-    out.extend_from_slice(&enqueued_at.to_be_bytes());
+    out.extend_from_slice(&r.epoch.to_be_bytes());
+    out.extend_from_slice(&r.enqueued_at.to_be_bytes());
     out.extend_from_slice(&state.deliver_count.to_be_bytes());
     if let Some(t) = state.not_visible_until {
         out.extend_from_slice(&t.to_be_bytes());
@@ -77,45 +181,24 @@ pub fn encode_record(
         out.extend_from_slice(&t.to_be_bytes());
     }
     out.extend_from_slice(&(group.len() as u32).to_be_bytes());
-    out.extend_from_slice(group);
+    out.extend_from_slice(&group);
     if let Some(e) = &error {
         out.extend_from_slice(&(e.len() as u32).to_be_bytes());
         out.extend_from_slice(e);
     }
+    out.extend_from_slice(&r.payload_len.to_be_bytes());
     out.extend_from_slice(payload);
     out
 }
 
-/// A cursor over a byte slice that fails softly on truncation.
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        Some(a)
-    }
-    fn u8(&mut self) -> Option<u8> {
-        Some(self.take(1)?[0])
-    }
-    fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_be_bytes(self.take(4)?.try_into().ok()?))
-    }
-    fn u64(&mut self) -> Option<u64> {
-        Some(u64::from_be_bytes(self.take(8)?.try_into().ok()?))
-    }
-}
-
-/// Decodes a record; `None` if the bytes are not a valid record.
-pub fn decode_record(bytes: &[u8]) -> Option<Record> {
+/// Decodes a record and returns it with the bytes after it (the payload, or nothing).
+pub fn decode_record(bytes: &[u8]) -> Option<(Record, &[u8])> {
     let mut r = Reader(bytes);
     if r.u8()? != RECORD_V1 {
         return None;
     }
     let flags = r.u8()?;
+    let epoch = r.u64()?;
     let enqueued_at = r.u64()?;
     let deliver_count = r.u32()?;
     let not_visible_until = if flags & HAS_NVU != 0 {
@@ -136,115 +219,59 @@ pub fn decode_record(bytes: &[u8]) -> Option<Record> {
     } else {
         None
     };
-    Some(Record {
-        group,
-        enqueued_at,
-        state: DeliveryState {
-            deliver_count,
-            last_error,
-            not_visible_until,
-            last_attempt_at,
+    let payload_len = r.u32()?;
+    Some((
+        Record {
+            epoch,
+            enqueued_at,
+            group,
+            state: DeliveryState {
+                deliver_count,
+                last_error,
+                not_visible_until,
+                last_attempt_at,
+            },
+            payload_len,
         },
-        payload: r.0.to_vec(),
-    })
+        r.0,
+    ))
 }
 
-/// Reads only the group bytes and deliver count of a record (acks need no more).
-pub fn peek_group(bytes: &[u8]) -> Option<(&[u8], u32)> {
-    let mut r = Reader(bytes);
-    if r.u8()? != RECORD_V1 {
-        return None;
-    }
-    let flags = r.u8()?;
-    r.u64()?;
-    let deliver_count = r.u32()?;
-    if flags & HAS_NVU != 0 {
-        r.u64()?;
-    }
-    if flags & HAS_ATTEMPT != 0 {
-        r.u64()?;
-    }
-    let glen = r.u32()? as usize;
-    Some((r.take(glen)?, deliver_count))
-}
-
-/// The sink's persistent counters, rewritten in every batch that changes them so they are
-/// always consistent with the records after a crash.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Meta {
-    /// The next id to hand out (ids below it are never reused).
-    pub next_id: u64,
-    /// Messages in the queue.
-    pub pending: u64,
-    /// Of those, messages with `deliver_count > 0`.
-    pub failing: u64,
-    /// Removed as delivered, ever.
-    pub delivered: u64,
-    /// Discarded, ever; also the sequence number of the next discarded entry.
-    pub discarded: u64,
-    /// Entries in the discarded list.
-    pub discarded_len: u64,
-}
-
-impl Meta {
-    /// A new sink's meta: ids start at 1.
-    pub fn new() -> Meta {
-        Meta {
-            next_id: 1,
-            ..Meta::default()
-        }
-    }
-
-    pub fn encode(&self) -> [u8; 49] {
-        let mut out = [0u8; 49];
-        out[0] = META_V1;
-        for (i, v) in [
-            self.next_id,
-            self.pending,
-            self.failing,
-            self.delivered,
-            self.discarded,
-            self.discarded_len,
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            out[1 + i * 8..9 + i * 8].copy_from_slice(&v.to_be_bytes());
-        }
-        out
-    }
-
-    pub fn decode(bytes: &[u8]) -> Option<Meta> {
-        let mut r = Reader(bytes);
-        if r.u8()? != META_V1 {
-            return None;
-        }
-        Some(Meta {
-            next_id: r.u64()?,
-            pending: r.u64()?,
-            failing: r.u64()?,
-            delivered: r.u64()?,
-            discarded: r.u64()?,
-            discarded_len: r.u64()?,
-        })
-    }
-}
-
-/// Encodes a discarded entry: when, which id, then the record.
-pub fn encode_discarded(at: UnixMillis, id: MessageId, record: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16 + record.len());
+/// Encodes a discarded entry: when, which id, then the record with its payload.
+pub fn encode_discarded(at: UnixMillis, id: u64, record: &Record, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + 64 + payload.len());
     out.extend_from_slice(&at.to_be_bytes());
-    out.extend_from_slice(&id.0.to_be_bytes());
-    out.extend_from_slice(record);
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(&encode_record(record, payload));
     out
 }
 
-/// Decodes a discarded entry into (when, id, record).
-pub fn decode_discarded(bytes: &[u8]) -> Option<(UnixMillis, MessageId, Record)> {
+/// Decodes a discarded entry into (when, id, record, payload).
+pub fn decode_discarded(bytes: &[u8]) -> Option<(UnixMillis, u64, Record, &[u8])> {
     let mut r = Reader(bytes);
     let at = r.u64()?;
-    let id = MessageId(r.u64()?);
-    Some((at, id, decode_record(r.0)?))
+    let id = r.u64()?;
+    let (record, payload) = decode_record(r.0)?;
+    Some((at, id, record, payload))
+}
+
+/// Encodes a done bitmap.
+pub fn encode_bitmap(bits: &[u64]) -> Vec<u8> {
+    bits.iter().flat_map(|w| w.to_be_bytes()).collect()
+}
+
+/// Decodes a done bitmap of a chunk with `count` messages.
+pub fn decode_bitmap(bytes: &[u8], count: usize) -> Option<Vec<u64>> {
+    let words = count.div_ceil(64);
+    if bytes.len() != words * 8 {
+        return None;
+    }
+    Some(
+        bytes
+            .chunks(8)
+            .map(|c| u64::from_be_bytes(c.try_into().unwrap()))
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -253,47 +280,47 @@ mod tests {
     use s2sink_core::{ErrorClass, GroupKey};
 
     #[test]
-    fn record_round_trips_with_and_without_state() {
+    fn values_round_trip() {
         let g = GroupRef::from(GroupKey("public.t/1".into()));
-        let plain = DeliveryState::default();
-        let bytes = encode_record(&g.encode(), 5, &plain, b"{}");
-        let r = decode_record(&bytes).unwrap();
-        assert_eq!(
-            (
-                r.group.clone(),
-                r.enqueued_at,
-                r.state.clone(),
-                r.payload.clone()
-            ),
-            (g.clone(), 5, plain, b"{}".to_vec())
+        let head = encode_head(
+            7,
+            9,
+            [(&g.encode()[..], 3u32), (&b"s\0\0\0\0\0\0\0\x05"[..], 0)].into_iter(),
         );
-        let failed = DeliveryState {
-            deliver_count: 3,
-            last_error: Some(LastError {
-                class: ErrorClass::NeedsAttention,
-                status: Some(404),
-                code: Some("stream_not_found".into()),
-                message: "nope".into(),
-                body: None,
-                at_ms: 9,
-            }),
-            not_visible_until: Some(100),
-            last_attempt_at: Some(9),
+        let h = decode_head(&head).unwrap();
+        assert_eq!((h.epoch, h.enqueued_at, h.entries.len()), (7, 9, 2));
+        assert_eq!(h.entries[0], (g.encode(), 3));
+        assert!(decode_head(&head[..head.len() - 1]).is_none());
+        let rec = Record {
+            epoch: 3,
+            enqueued_at: 5,
+            group: g.clone(),
+            state: DeliveryState {
+                deliver_count: 3,
+                last_error: Some(LastError {
+                    class: ErrorClass::NeedsAttention,
+                    status: Some(404),
+                    code: Some("stream_not_found".into()),
+                    message: "nope".into(),
+                    body: None,
+                    at_ms: 9,
+                }),
+                not_visible_until: Some(100),
+                last_attempt_at: Some(9),
+            },
+            payload_len: 3,
         };
-        let bytes = encode_record(&g.encode(), 5, &failed, b"xyz");
-        let r = decode_record(&bytes).unwrap();
-        assert_eq!(r.state, failed);
-        assert_eq!(r.payload, b"xyz");
-        assert_eq!(peek_group(&bytes), Some((&g.encode()[..], 3)));
-        assert!(decode_record(&bytes[..10]).is_none());
+        let bytes = encode_record(&rec, b"");
+        assert_eq!(decode_record(&bytes), Some((rec.clone(), &b""[..])));
+        let d = encode_discarded(11, 4, &rec, b"xyz");
+        assert_eq!(decode_discarded(&d), Some((11, 4, rec, &b"xyz"[..])));
         let m = Meta {
             next_id: 9,
-            pending: 1,
-            failing: 2,
+            epoch: 1,
             delivered: 3,
             discarded: 4,
-            discarded_len: 5,
         };
         assert_eq!(Meta::decode(&m.encode()), Some(m));
+        assert_eq!(decode_bitmap(&encode_bitmap(&[5, 1]), 70), Some(vec![5, 1]));
     }
 }

@@ -49,7 +49,8 @@ pub enum FlushError {
 
 impl Flusher {
     /// Starts the thread flushing `db`.
-    pub fn start(db: sled::Db) -> std::io::Result<Flusher> {
+    /// `delay` is waited before each flush, to gather more writers into it.
+    pub fn start(db: sled::Db, delay: std::time::Duration) -> std::io::Result<Flusher> {
         let (done, _) = watch::channel(Done {
             generation: 0,
             error: None,
@@ -65,7 +66,7 @@ impl Flusher {
         let worker = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("s2sink-queue-flush".into())
-            .spawn(move || run(worker, db))?;
+            .spawn(move || run(worker, db, delay))?;
         Ok(Flusher {
             shared,
             thread: Some(thread),
@@ -104,9 +105,9 @@ impl Flusher {
     }
 }
 
-fn run(shared: Arc<Shared>, db: sled::Db) {
+fn run(shared: Arc<Shared>, db: sled::Db, delay: std::time::Duration) {
     loop {
-        let generation = {
+        {
             let mut r = shared.requests.lock().unwrap_or_else(|p| p.into_inner());
             while r.waiting == 0 && !r.shutdown {
                 r = shared.wake.wait(r).unwrap_or_else(|p| p.into_inner());
@@ -114,6 +115,13 @@ fn run(shared: Arc<Shared>, db: sled::Db) {
             if r.waiting == 0 {
                 return;
             }
+        }
+        if !delay.is_zero() {
+            // Let more writers join this flush (and, in tests, widen the apply→flush window).
+            std::thread::sleep(delay);
+        }
+        let generation = {
+            let mut r = shared.requests.lock().unwrap_or_else(|p| p.into_inner());
             r.waiting = 0;
             r.next += 1;
             r.next - 1

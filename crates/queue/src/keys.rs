@@ -1,78 +1,69 @@
-//! Key layout of a sink's sled tree. Integers are big-endian so ranges iterate in id order.
+//! Key layout of a sink's sled tree (storage v2). Integers are big-endian so ranges iterate in
+//! id order. Values that can be large are split into parts of at most [`PART`] bytes under
+//! `prefix id part(2)` keys (see [`crate::parts`]).
 //!
 //! | key | value |
 //! |---|---|
-//! | `#` | the sink's [`Meta`](crate::codec::Meta) (next id and counters) |
-//! | `d` id-seq(8) | a discarded message |
-//! | `g` len(4) group id(8) | empty: the group index, one entry per queued message |
-//! | `m` id(8) | the message record (group, state, payload) |
-
-use crate::MessageId;
+//! | `#` | the sink's [`Meta`](crate::codec::Meta): next id, epoch, delivered/discarded totals |
+//! | `h` first-id(8) part(2) | a chunk's header: epoch, time, and per message its group and size |
+//! | `c` first-id(8) part(2) | a chunk's body: the payloads of its messages, concatenated |
+//! | `a` first-id(8) | a chunk's done bitmap (bit i = message first+i delivered, discarded or moved) |
+//! | `s` id(8) part(2) | a failed message's state: group, epoch, time, deliver count, last error |
+//! | `f` id(8) part(2) | a failed message's payload |
+//! | `d` seq(8) part(2) | a discarded message, newest has the highest seq |
 
 /// The key of the sink's meta record.
 pub const META: &[u8] = b"#";
-/// Prefix of discarded entries.
+/// Chunk headers.
+pub const HEAD: u8 = b'h';
+/// Chunk bodies.
+pub const BODY: u8 = b'c';
+/// Chunk done bitmaps.
+pub const DONE: u8 = b'a';
+/// Failed messages' state.
+pub const STATE: u8 = b's';
+/// Failed messages' payloads.
+pub const FAILED: u8 = b'f';
+/// Discarded entries.
 pub const DISCARDED: u8 = b'd';
-/// Prefix of the group index.
-pub const GROUP: u8 = b'g';
-/// Prefix of message records.
-pub const MESSAGE: u8 = b'm';
 
-/// The key of message `id`.
-pub fn message(id: MessageId) -> [u8; 9] {
+/// Largest stored value. sled 0.34 writes a node larger than a quarter of its segment to a
+/// separate blob file that its flush does not fsync; the queue's segment is 8 MiB and a leaf
+/// holds at most 17 entries, so values of at most 60 KiB keep every node in the fsynced log.
+pub const PART: usize = 60 * 1024;
+
+/// sled segment size of a v2 database (see [`PART`]).
+pub const SEGMENT_SIZE: usize = 8 * 1024 * 1024;
+
+/// `prefix` + the 8-byte id: the key of a bitmap, or the base of a parted value.
+pub fn base(prefix: u8, id: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
-    k[0] = MESSAGE;
-    k[1..].copy_from_slice(&id.0.to_be_bytes());
+    k[0] = prefix;
+    k[1..].copy_from_slice(&id.to_be_bytes());
     k
 }
 
-/// The id of a message key, if it is one.
-pub fn message_id(key: &[u8]) -> Option<MessageId> {
-    match key {
-        [MESSAGE, rest @ ..] => Some(MessageId(u64::from_be_bytes(rest.try_into().ok()?))),
-        _ => None,
+/// The key of part `part` of the value stored under `base`.
+pub fn part(base: &[u8; 9], part: u16) -> [u8; 11] {
+    let mut k = [0u8; 11];
+    k[..9].copy_from_slice(base);
+    k[9..].copy_from_slice(&part.to_be_bytes());
+    k
+}
+
+/// Splits a parted key into (prefix, id, part).
+pub fn parse_part(key: &[u8]) -> Option<(u8, u64, u16)> {
+    if key.len() != 11 {
+        return None;
     }
+    let id = u64::from_be_bytes(key[1..9].try_into().ok()?);
+    let part = u16::from_be_bytes(key[9..11].try_into().ok()?);
+    Some((key[0], id, part))
 }
 
-/// The prefix shared by every index entry of one group (length-prefixed, so no group's prefix
-/// is a prefix of another's).
-pub fn group_prefix(group: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(1 + 4 + group.len() + 8);
-    k.push(GROUP);
-    k.extend_from_slice(&(group.len() as u32).to_be_bytes());
-    k.extend_from_slice(group);
-    k
-}
-
-/// The index entry of message `id` in `group`.
-pub fn group_entry(group: &[u8], id: MessageId) -> Vec<u8> {
-    let mut k = group_prefix(group);
-    k.extend_from_slice(&id.0.to_be_bytes());
-    k
-}
-
-/// Splits an index entry into (group bytes, id).
-pub fn parse_group_entry(key: &[u8]) -> Option<(&[u8], MessageId)> {
-    let rest = key.strip_prefix(&[GROUP])?;
-    let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
-    let group = rest.get(4..4 + len)?;
-    let id = rest.get(4 + len..)?;
-    Some((group, MessageId(u64::from_be_bytes(id.try_into().ok()?))))
-}
-
-/// A key above every index entry of the group with this prefix and below the next group's.
-pub fn after_group(prefix: &[u8]) -> Vec<u8> {
-    let mut k = prefix.to_vec();
-    k.extend_from_slice(&[0xFF; 9]);
-    k
-}
-
-/// The key of discarded entry number `seq`.
-pub fn discarded(seq: u64) -> [u8; 9] {
-    let mut k = [0u8; 9];
-    k[0] = DISCARDED;
-    k[1..].copy_from_slice(&seq.to_be_bytes());
-    k
+/// The id of a 9-byte `prefix id` key.
+pub fn parse_base(key: &[u8]) -> Option<u64> {
+    (key.len() == 9).then(|| u64::from_be_bytes(key[1..9].try_into().unwrap()))
 }
 
 #[cfg(test)]
@@ -80,16 +71,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn group_entries_round_trip_and_sort_by_id() {
-        let a = group_entry(b"ka", MessageId(2));
-        let b = group_entry(b"ka", MessageId(256));
+    fn parted_keys_sort_by_id_then_part_and_round_trip() {
+        let a = part(&base(BODY, 255), 1);
+        let b = part(&base(BODY, 256), 0);
         assert!(a < b);
-        assert_eq!(parse_group_entry(&b), Some((&b"ka"[..], MessageId(256))));
-        // A longer group sharing a textual prefix is not inside the shorter group's range.
-        let longer = group_entry(b"kab", MessageId(1));
-        assert!(!longer.starts_with(&group_prefix(b"ka")));
-        assert!(after_group(&group_prefix(b"ka")) > b);
-        assert_eq!(message_id(&message(MessageId(7))), Some(MessageId(7)));
-        assert!(message(MessageId(255)) < message(MessageId(256)));
+        assert_eq!(parse_part(&a), Some((BODY, 255, 1)));
+        assert_eq!(parse_base(&base(DONE, 7)), Some(7));
     }
 }

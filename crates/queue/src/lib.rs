@@ -48,17 +48,22 @@
 //! # }
 //! ```
 
+mod chunk;
 mod codec;
 mod error;
 mod flusher;
+mod index;
 mod keys;
+mod parts;
 mod queue;
 mod sink;
 mod types;
+mod upgrade;
+mod v1;
 
 pub use error::QueueError;
 pub use queue::Queue;
 pub use types::{
-    Counts, DeliveryState, DiscardedMessage, Enqueued, GroupRef, ListFilter, MessageId, NewMessage,
-    QueueOptions, StateFilter, StoredMessage,
+    Counts, DeliveryId, DeliveryState, DiscardedMessage, Enqueued, GroupRef, ListFilter, MessageId,
+    NewMessage, QueueOptions, StateFilter, StoredMessage,
 };

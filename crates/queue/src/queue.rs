@@ -1,40 +1,36 @@
 //! [`Queue`]: the durable store, its sinks and every state change.
 
-use std::collections::{HashMap, HashSet};
-use std::ops::Bound;
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use s2sink_core::{now_millis, LastError, UnixMillis};
-use sled::{Batch, IVec};
 
-use crate::codec::{self, Meta};
 use crate::flusher::{FlushError, Flusher};
-use crate::keys;
-use crate::sink::{Sink, TREE_PREFIX};
+use crate::sink::{Removal, Sink, TREE_PREFIX};
 use crate::{
-    Counts, DeliveryState, DiscardedMessage, Enqueued, GroupRef, ListFilter, MessageId, NewMessage,
-    QueueError, QueueOptions, StoredMessage,
+    upgrade, Counts, DeliveryId, DeliveryState, DiscardedMessage, Enqueued, GroupRef, ListFilter,
+    MessageId, NewMessage, QueueError, QueueOptions, StoredMessage,
 };
 
 const MARKERS_TREE: &[u8] = b"markers";
 
 type Result<T> = std::result::Result<T, QueueError>;
-type KvIter = Box<dyn Iterator<Item = sled::Result<(IVec, IVec)>>>;
 
 /// The durable per-group queue: one sled database per data directory, several sinks in it.
 ///
-/// Cheap to clone (an `Arc` inside), `Send + Sync`. Only [`enqueue`](Queue::enqueue),
-/// [`flush`](Queue::flush) and [`put_marker`](Queue::put_marker) wait for the disk and are
-/// `async`; every other method only touches sled's in-memory pages and returns in
-/// microseconds, so async callers may call them directly from a runtime thread.
+/// Cheap to clone (an `Arc` inside), `Send + Sync`. Every method but the `async` ones works on
+/// the in-memory index (plus one sled batch for changes, or one chunk read on a cache miss)
+/// and returns in microseconds.
 ///
-/// Durability: enqueues and markers are flushed before they return. Acks, failures and the
-/// manual operations are atomic but not flushed on their own (the next flush, or sled's own
-/// background flush within 500 ms, persists them); after a crash such a change may be lost
-/// as a whole, which re-delivers a message that S2 reconciliation then recognises. Call
-/// [`flush`](Queue::flush) to make them durable now.
+/// Durability: [`enqueue`](Queue::enqueue) returns once the messages are on disk, and only
+/// then are they visible to [`head_run`](Queue::head_run) (publish after flush, in id order).
+/// The manual operations ([`acknowledge`](Queue::acknowledge), [`discard`](Queue::discard),
+/// [`redeliver`](Queue::redeliver)) and markers are flushed before they return. Acks and
+/// failures are atomic but not flushed on their own (the next flush, or sled's background
+/// flush within 500 ms, persists them); after a crash such a change may be lost as a whole,
+/// which re-delivers a message that S2 reconciliation then recognises by its [`DeliveryId`].
 ///
 /// Once a storage error happened every later call fails with [`QueueError::Stopped`]: nothing
 /// continues on an unknown disk state.
@@ -50,36 +46,23 @@ struct Inner {
     markers: sled::Tree,
     db: sled::Db,
     options: QueueOptions,
+    epoch: u64,
     stopped: AtomicBool,
 }
 
-/// Why a message leaves the queue.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Removal {
-    Delivered,
-    Discarded,
-}
-
-/// Opens sled, waiting briefly if the directory's lock is still held: when a queue in this
-/// process was just dropped, sled's background threads may hold the database for a moment.
-/// Another process holding the lock still fails, after about 2 s.
-fn open_db(path: &Path, cache_capacity: u64) -> std::result::Result<sled::Db, sled::Error> {
-    let mut tries = 0;
-    loop {
-        match sled::Config::new()
-            .path(path)
-            .cache_capacity(cache_capacity)
-            .open()
-        {
-            Err(sled::Error::Io(e))
-                if tries < 100 && e.to_string().contains("could not acquire lock") =>
-            {
-                tries += 1;
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            other => return other,
-        }
-    }
+/// A random, non-zero epoch for this open of the queue (see [`DeliveryId`]). std's
+/// `RandomState` is seeded from the OS; time and pid are mixed in for good measure.
+fn new_epoch() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    h.finish().max(1)
 }
 
 impl Queue {
@@ -88,8 +71,9 @@ impl Queue {
         Queue::open_with(path, QueueOptions::default())
     }
 
-    /// Opens (or creates) the queue in directory `path`. Recovery is sled's: the last flushed
-    /// state, each batch all or nothing; the per-sink counters are read, not recomputed.
+    /// Opens (or creates) the queue in directory `path`: converts a v1 data directory first
+    /// (see [`crate::upgrade`]), rebuilds every sink's in-memory index from one pass over its
+    /// chunk headers, and takes a new epoch.
     pub fn open_with(path: impl AsRef<Path>, options: QueueOptions) -> Result<Queue> {
         let storage = |op| {
             move |source| QueueError::Storage {
@@ -98,17 +82,20 @@ impl Queue {
                 source,
             }
         };
-        let db = open_db(path.as_ref(), options.cache_capacity).map_err(storage("open"))?;
+        let db = upgrade::open(path.as_ref(), options.cache_capacity)?;
         let markers = db.open_tree(MARKERS_TREE).map_err(storage("open"))?;
+        let epoch = new_epoch();
         let mut sinks = HashMap::new();
         for name in db.tree_names() {
             if let Some(sink) = name.strip_prefix(TREE_PREFIX) {
                 let sink = String::from_utf8_lossy(sink).into_owned();
-                let opened = Sink::open(&db, &sink)?;
+                let opened = Sink::open(&db, &sink, epoch, options.payload_cache_bytes)?;
                 sinks.insert(sink, Arc::new(opened));
             }
         }
-        let flusher = Flusher::start(db.clone()).map_err(QueueError::Thread)?;
+        db.flush().map_err(storage("open"))?;
+        let flusher =
+            Flusher::start(db.clone(), options.commit_delay).map_err(QueueError::Thread)?;
         Ok(Queue {
             inner: Arc::new(Inner {
                 flusher,
@@ -116,9 +103,15 @@ impl Queue {
                 markers,
                 db,
                 options,
+                epoch,
                 stopped: AtomicBool::new(false),
             }),
         })
+    }
+
+    /// The epoch of this open of the queue: new messages' [`DeliveryId`]s carry it.
+    pub fn epoch(&self) -> u64 {
+        self.inner.epoch
     }
 
     /// Names of the sinks that have stored anything.
@@ -128,44 +121,20 @@ impl Queue {
         v
     }
 
-    /// Stores `msgs` for `sink` and returns their ids and groups once they are on disk.
+    /// Stores `msgs` for `sink` and returns their ids and groups once they are on disk; only
+    /// then do their groups see them.
     ///
-    /// The whole batch is one atomic sled batch; concurrent calls share one flush (group
-    /// commit), so durable throughput grows with the number of producers.
+    /// The whole request is one atomic sled batch of chunks (≤ 60 KiB of payload each);
+    /// concurrent calls share one flush (group commit).
     pub async fn enqueue(&self, sink: &str, msgs: Vec<NewMessage>) -> Result<Vec<Enqueued>> {
         self.check()?;
         if msgs.is_empty() {
             return Ok(Vec::new());
         }
-        let out = self.track(self.apply_enqueue(sink, msgs))?;
-        self.wait_flush("enqueue", Some(sink)).await?;
-        Ok(out)
-    }
-
-    fn apply_enqueue(&self, sink: &str, msgs: Vec<NewMessage>) -> Result<Vec<Enqueued>> {
         let s = self.sink_or_create(sink)?;
-        let now = now_millis();
-        let state = DeliveryState::default();
-        let mut guard = s.lock();
-        let mut meta = *guard;
-        let mut batch = Batch::default();
-        let mut out = Vec::with_capacity(msgs.len());
-        for msg in msgs {
-            let id = MessageId(meta.next_id);
-            meta.next_id += 1;
-            let group = GroupRef::of(msg.group, id);
-            let g = group.encode();
-            batch.insert(
-                &keys::message(id),
-                codec::encode_record(&g, now, &state, &msg.payload),
-            );
-            batch.insert(keys::group_entry(&g, id), &[][..]);
-            out.push(Enqueued { id, group });
-        }
-        meta.pending += out.len() as u64;
-        batch.insert(keys::META, &meta.encode()[..]);
-        s.tree.apply_batch(batch).map_err(s.storage("enqueue"))?;
-        s.commit(&mut guard, meta);
+        let (out, first) = self.track(s.enqueue(msgs, now_millis()))?;
+        self.wait_flush("enqueue", Some(sink)).await?;
+        s.publish(first);
         Ok(out)
     }
 
@@ -179,142 +148,95 @@ impl Queue {
         max_messages: usize,
         max_bytes: usize,
     ) -> Result<Vec<StoredMessage>> {
-        self.check()?;
-        let Some(s) = self.sink(sink) else {
-            return Ok(Vec::new());
-        };
-        self.track((|| {
-            let mut out: Vec<StoredMessage> = Vec::new();
-            let mut bytes = 0usize;
-            for entry in s.tree.scan_prefix(keys::group_prefix(&group.encode())) {
-                let (key, _) = entry.map_err(s.storage("head_run"))?;
-                let (_, id) =
-                    keys::parse_group_entry(&key).ok_or_else(|| s.corrupt("group index"))?;
-                let Some(msg) = self.load(&s, id, "head_run")? else {
-                    continue; // removed since the index was read
-                };
-                if !out.is_empty()
-                    && (out.len() >= max_messages || bytes + msg.payload.len() > max_bytes)
-                {
-                    break;
-                }
-                bytes += msg.payload.len();
-                out.push(msg);
-            }
-            Ok(out)
-        })())
+        self.with_sink(sink, Vec::new(), |s| {
+            s.head_run(group, max_messages, max_bytes)
+        })
     }
 
-    /// Every group of `sink` that has messages, in stored-key order. One pass over the group
-    /// index (keys only, no payloads), keeping the first entry of each group.
+    /// Every group of `sink` that has messages (keyed groups in key order, then ungrouped
+    /// messages in id order).
     pub fn pending_groups(&self, sink: &str) -> Result<Vec<GroupRef>> {
-        self.check()?;
-        let Some(s) = self.sink(sink) else {
-            return Ok(Vec::new());
-        };
-        self.track((|| {
-            let mut out = Vec::new();
-            let mut last: Option<IVec> = None;
-            for entry in s.tree.scan_prefix([keys::GROUP]) {
-                let (key, _) = entry.map_err(s.storage("pending_groups"))?;
-                let (g, _) =
-                    keys::parse_group_entry(&key).ok_or_else(|| s.corrupt("group index"))?;
-                if last.as_deref().is_some_and(|l| l == g) {
-                    continue;
-                }
-                out.push(GroupRef::decode(g).ok_or_else(|| s.corrupt("group key"))?);
-                last = Some(IVec::from(g));
-            }
-            Ok(out)
-        })())
+        self.pending_groups_page(sink, None, usize::MAX)
     }
 
-    /// Up to `limit` groups with pending messages, in key order, starting after `after`: lets a
-    /// caller start work on the first groups of a large backlog before it has listed them all.
+    /// Up to `limit` groups with pending messages, in the order of
+    /// [`pending_groups`](Queue::pending_groups), starting after `after`.
     pub fn pending_groups_page(
         &self,
         sink: &str,
         after: Option<&GroupRef>,
         limit: usize,
     ) -> Result<Vec<GroupRef>> {
-        self.check()?;
-        let Some(s) = self.sink(sink) else {
-            return Ok(Vec::new());
-        };
-        let start = match after {
-            Some(g) => keys::after_group(&keys::group_prefix(&g.encode())),
-            None => vec![keys::GROUP],
-        };
-        self.track((|| {
-            let mut out = Vec::new();
-            let mut last: Option<IVec> = None;
-            for entry in s.tree.range(start..) {
-                let (key, _) = entry.map_err(s.storage("pending_groups"))?;
-                if key.first() != Some(&keys::GROUP) {
-                    break;
-                }
-                let (g, _) =
-                    keys::parse_group_entry(&key).ok_or_else(|| s.corrupt("group index"))?;
-                if last.as_deref().is_some_and(|l| l == g) {
-                    continue;
-                }
-                if out.len() == limit {
-                    break;
-                }
-                out.push(GroupRef::decode(g).ok_or_else(|| s.corrupt("group key"))?);
-                last = Some(IVec::from(g));
-            }
-            Ok(out)
-        })())
+        self.with_sink(
+            sink,
+            Vec::new(),
+            |s| Ok(s.pending_groups_page(after, limit)),
+        )
     }
 
     /// One message with its state.
     pub fn get(&self, sink: &str, id: MessageId) -> Result<Option<StoredMessage>> {
-        self.check()?;
-        let Some(s) = self.sink(sink) else {
-            return Ok(None);
-        };
-        self.track(self.load(&s, id, "get"))
+        self.with_sink(sink, None, |s| s.get(id))
     }
 
     /// Which of `ids` are still in the queue (not yet acked, acknowledged or discarded).
-    /// Cheap: key lookups only, no payload is read.
+    /// In memory only.
     pub fn contains(&self, sink: &str, ids: &[MessageId]) -> Result<Vec<bool>> {
-        self.check()?;
-        let Some(s) = self.sink(sink) else {
-            return Ok(vec![false; ids.len()]);
-        };
-        self.track(
-            ids.iter()
-                .map(|id| {
-                    s.tree
-                        .contains_key(keys::message(*id))
-                        .map_err(s.storage("contains"))
-                })
-                .collect(),
-        )
+        self.with_sink(sink, vec![false; ids.len()], |s| Ok(s.contains(ids)))
     }
 
     /// Removes delivered messages (ids not in the queue are ignored) and counts them as
-    /// delivered; returns how many were removed. One atomic batch.
+    /// delivered; returns how many were removed. One atomic batch: per chunk touched, its
+    /// bitmap, or its removal with its last message.
     pub fn ack(&self, sink: &str, ids: &[MessageId]) -> Result<usize> {
-        self.remove(sink, ids, Removal::Delivered, "ack")
+        self.with_sink(sink, 0, |s| {
+            s.remove(ids, Removal::Delivered, now_millis(), usize::MAX, "ack")
+                .map(|r| r.len())
+        })
     }
 
-    /// Manual acknowledge: removes the message as if delivered (unblocking its group).
-    /// Returns false if it is not in the queue.
-    pub fn acknowledge(&self, sink: &str, id: MessageId) -> Result<bool> {
-        Ok(self.remove(sink, &[id], Removal::Delivered, "acknowledge")? == 1)
+    /// Removes as delivered the messages found in a stream by reconciliation: only those whose
+    /// [`DeliveryId`] matches exactly (same epoch), so a record written under an older or
+    /// another queue's epoch never acknowledges a new message. Returns the ids removed.
+    pub fn ack_delivered(&self, sink: &str, found: &[DeliveryId]) -> Result<Vec<MessageId>> {
+        self.with_sink(sink, Vec::new(), |s| {
+            s.remove_delivered(found, now_millis())
+        })
+    }
+
+    /// Manual acknowledge: removes the message as if delivered (unblocking its group), on disk
+    /// before it returns. Returns false if it is not in the queue.
+    pub async fn acknowledge(&self, sink: &str, id: MessageId) -> Result<bool> {
+        let done = self.with_sink(sink, 0, |s| {
+            s.remove(
+                &[id],
+                Removal::Delivered,
+                now_millis(),
+                usize::MAX,
+                "acknowledge",
+            )
+            .map(|r| r.len())
+        })?;
+        self.wait_flush("acknowledge", Some(sink)).await?;
+        Ok(done == 1)
     }
 
     /// Removes the message as undeliverable and keeps a copy (with its last error) in the
-    /// sink's bounded discarded list. Returns false if it is not in the queue.
-    pub fn discard(&self, sink: &str, id: MessageId) -> Result<bool> {
-        Ok(self.remove(sink, &[id], Removal::Discarded, "discard")? == 1)
+    /// sink's bounded discarded list, on disk before it returns. Returns false if it is not in
+    /// the queue.
+    pub async fn discard(&self, sink: &str, id: MessageId) -> Result<bool> {
+        let cap = self.inner.options.discarded_cap;
+        let done = self.with_sink(sink, 0, |s| {
+            s.remove(&[id], Removal::Discarded, now_millis(), cap, "discard")
+                .map(|r| r.len())
+        })?;
+        self.wait_flush("discard", Some(sink)).await?;
+        Ok(done == 1)
     }
 
     /// Records a failed attempt: `deliver_count + 1`, the error, the backoff end, and the
-    /// attempt time (`error.at_ms`). Returns the new state.
+    /// attempt time (`error.at_ms`). On its first failure the message moves out of its chunk
+    /// into its own keys, so it never pins the chunk. Returns the new state.
     pub fn fail(
         &self,
         sink: &str,
@@ -324,181 +246,68 @@ impl Queue {
     ) -> Result<DeliveryState> {
         self.check()?;
         let s = self.sink(sink).ok_or_else(|| not_found(sink, id))?;
-        self.track((|| {
-            let mut guard = s.lock();
-            let mut meta = *guard;
-            let mut msg = self
-                .load(&s, id, "fail")?
-                .ok_or_else(|| not_found(sink, id))?;
-            if msg.state.deliver_count == 0 {
-                meta.failing += 1;
-            }
-            msg.state.deliver_count = msg.state.deliver_count.saturating_add(1);
-            msg.state.last_attempt_at = Some(error.at_ms);
-            msg.state.last_error = Some(error);
-            msg.state.not_visible_until = Some(not_visible_until);
-            let mut batch = Batch::default();
-            batch.insert(&keys::message(id), encode(&msg));
-            batch.insert(keys::META, &meta.encode()[..]);
-            s.tree.apply_batch(batch).map_err(s.storage("fail"))?;
-            s.commit(&mut guard, meta);
-            Ok(msg.state)
-        })())
+        self.track(s.fail(id, error, not_visible_until))?
+            .ok_or_else(|| not_found(sink, id))
     }
 
-    /// Clears the message's backoff so it is retried now (keeps `deliver_count`). Returns
-    /// false if it is not in the queue.
-    pub fn redeliver(&self, sink: &str, id: MessageId) -> Result<bool> {
-        self.check()?;
-        let Some(s) = self.sink(sink) else {
-            return Ok(false);
-        };
-        self.track((|| {
-            let _guard = s.lock();
-            let Some(mut msg) = self.load(&s, id, "redeliver")? else {
-                return Ok(false);
-            };
-            if msg.state.not_visible_until.take().is_some() {
-                s.tree
-                    .insert(keys::message(id), encode(&msg))
-                    .map_err(s.storage("redeliver"))?;
-            }
-            Ok(true)
-        })())
+    /// Clears the message's backoff so it is retried now (keeps `deliver_count`), on disk
+    /// before it returns. Returns false if it is not in the queue.
+    pub async fn redeliver(&self, sink: &str, id: MessageId) -> Result<bool> {
+        let n = self.with_sink(sink, 0, |s| s.redeliver(Some(&[id])))?;
+        self.wait_flush("redeliver", Some(sink)).await?;
+        Ok(n == 1)
     }
 
     /// Clears the backoff of every message of the sink; returns how many were backing off.
-    /// Scans the sink (a manual, rare operation); one atomic batch.
-    pub fn redeliver_all(&self, sink: &str) -> Result<usize> {
-        self.check()?;
-        let Some(s) = self.sink(sink) else {
-            return Ok(0);
-        };
-        self.track((|| {
-            let _guard = s.lock();
-            let mut batch = Batch::default();
-            let mut n = 0;
-            for entry in s.tree.scan_prefix([keys::MESSAGE]) {
-                let (key, value) = entry.map_err(s.storage("redeliver_all"))?;
-                let id = keys::message_id(&key).ok_or_else(|| s.corrupt("message key"))?;
-                let mut msg = decode(&s, id, &value)?;
-                if msg.state.not_visible_until.take().is_some() {
-                    batch.insert(key, encode(&msg));
-                    n += 1;
-                }
-            }
-            if n > 0 {
-                s.tree
-                    .apply_batch(batch)
-                    .map_err(s.storage("redeliver_all"))?;
-            }
-            Ok(n)
-        })())
+    pub async fn redeliver_all(&self, sink: &str) -> Result<usize> {
+        let n = self.with_sink(sink, 0, |s| s.redeliver(None))?;
+        self.wait_flush("redeliver", Some(sink)).await?;
+        Ok(n)
     }
 
     /// The newest `limit` discarded messages, newest first.
     pub fn discarded(&self, sink: &str, limit: usize) -> Result<Vec<DiscardedMessage>> {
-        self.check()?;
-        let Some(s) = self.sink(sink) else {
-            return Ok(Vec::new());
-        };
-        self.track(
-            s.tree
-                .scan_prefix([keys::DISCARDED])
-                .rev()
-                .take(limit)
-                .map(|entry| {
-                    let (_, value) = entry.map_err(s.storage("discarded"))?;
-                    let (at, id, record) = codec::decode_discarded(&value)
-                        .ok_or_else(|| s.corrupt("discarded entry"))?;
-                    Ok(DiscardedMessage {
-                        message: record.into_message(id),
-                        discarded_at: at,
-                    })
-                })
-                .collect(),
-        )
+        self.discarded_page(sink, None, limit)
     }
 
-    /// A page of the sink's messages matching `filter`, read range by range and stopping at
-    /// `filter.limit` (the queue is never loaded whole). `BackingOff` is judged at the
-    /// current time.
+    /// A page of discarded messages, newest first, with `seq` below `before` (the `seq` of
+    /// the last entry of the previous page).
+    pub fn discarded_page(
+        &self,
+        sink: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<DiscardedMessage>> {
+        self.with_sink(sink, Vec::new(), |s| s.discarded_page(before, limit))
+    }
+
+    /// A page of the sink's messages matching `filter`, from the in-memory index (payloads
+    /// from the cache or their chunk). `BackingOff` is judged at the current time.
     pub fn list(&self, sink: &str, filter: &ListFilter) -> Result<Vec<StoredMessage>> {
-        self.check()?;
-        let Some(s) = self.sink(sink) else {
-            return Ok(Vec::new());
-        };
         if filter.limit == 0 {
             return Ok(Vec::new());
         }
-        let now = now_millis();
-        self.track((|| {
-            let mut out = Vec::new();
-            let mut keep = |msg: StoredMessage| {
-                if filter.state.matches(&msg.state, now) {
-                    out.push(msg);
-                }
-                out.len() >= filter.limit
-            };
-            match &filter.group {
-                Some(group) => {
-                    let prefix = keys::group_prefix(&group.encode());
-                    let g = group.encode();
-                    let cursor = |id: MessageId| keys::group_entry(&g, id);
-                    let iter = range(
-                        &s.tree,
-                        prefix.clone(),
-                        keys::after_group(&prefix),
-                        filter,
-                        cursor,
-                    );
-                    for entry in iter {
-                        let (key, _) = entry.map_err(s.storage("list"))?;
-                        let (_, id) = keys::parse_group_entry(&key)
-                            .ok_or_else(|| s.corrupt("group index"))?;
-                        if let Some(msg) = self.load(&s, id, "list")? {
-                            if keep(msg) {
-                                break;
-                            }
-                        }
-                    }
-                }
-                None => {
-                    let cursor = |id: MessageId| keys::message(id).to_vec();
-                    let iter = range(
-                        &s.tree,
-                        vec![keys::MESSAGE],
-                        vec![keys::MESSAGE + 1],
-                        filter,
-                        cursor,
-                    );
-                    for entry in iter {
-                        let (key, value) = entry.map_err(s.storage("list"))?;
-                        let id = keys::message_id(&key).ok_or_else(|| s.corrupt("message key"))?;
-                        if keep(decode(&s, id, &value)?) {
-                            break;
-                        }
-                    }
-                }
-            }
-            Ok(out)
-        })())
+        self.with_sink(sink, Vec::new(), |s| s.list(filter, now_millis()))
     }
 
-    /// The sink's counters (no scan: they are kept in memory and in every batch).
+    /// The id the sink's next message will get (ids below it were handed out, durable or not).
+    pub fn next_id(&self, sink: &str) -> MessageId {
+        MessageId(self.sink(sink).map_or(1, |s| s.lock().meta.next_id))
+    }
+
+    /// The sink's counters (in memory, no scan).
     pub fn counts(&self, sink: &str) -> Counts {
-        match self.sink(sink) {
-            Some(s) => {
-                let m = *s.lock();
-                Counts {
-                    pending: m.pending,
-                    failing: m.failing,
-                    delivered: m.delivered,
-                    discarded: m.discarded,
-                }
-            }
-            None => Counts::default(),
-        }
+        self.sink(sink).map(|s| s.counts()).unwrap_or_default()
+    }
+
+    /// When the oldest message still queued for `sink` was accepted (the sink's lag).
+    pub fn oldest_pending_at(&self, sink: &str) -> Option<UnixMillis> {
+        self.sink(sink).and_then(|s| s.oldest_pending_at())
+    }
+
+    /// Bytes of payload the cache holds across sinks.
+    pub fn cached_bytes(&self) -> usize {
+        self.read_sinks().values().map(|s| s.cached_bytes()).sum()
     }
 
     /// Messages queued across all sinks, for the ingest back-pressure limit.
@@ -567,101 +376,13 @@ impl Queue {
         )
     }
 
-    fn remove(
-        &self,
-        sink: &str,
-        ids: &[MessageId],
-        kind: Removal,
-        op: &'static str,
-    ) -> Result<usize> {
+    /// Runs `f` on the sink (or returns `absent` when it never stored anything), stopping the
+    /// queue on a fatal error.
+    fn with_sink<T>(&self, sink: &str, absent: T, f: impl FnOnce(&Sink) -> Result<T>) -> Result<T> {
         self.check()?;
-        let Some(s) = self.sink(sink) else {
-            return Ok(0);
-        };
-        self.track((|| {
-            let now = now_millis();
-            let mut guard = s.lock();
-            let mut meta = *guard;
-            let mut batch = Batch::default();
-            let mut seen = HashSet::with_capacity(ids.len());
-            let first_new_discard = meta.discarded;
-            let mut removed = 0;
-            for &id in ids {
-                if !seen.insert(id) {
-                    continue;
-                }
-                let key = keys::message(id);
-                let Some(bytes) = s.tree.get(key).map_err(s.storage(op))? else {
-                    continue;
-                };
-                let (group, deliver_count) =
-                    codec::peek_group(&bytes).ok_or_else(|| s.corrupt(format!("message {id}")))?;
-                batch.remove(&key);
-                batch.remove(keys::group_entry(group, id));
-                meta.pending = meta.pending.saturating_sub(1);
-                if deliver_count > 0 {
-                    meta.failing = meta.failing.saturating_sub(1);
-                }
-                match kind {
-                    Removal::Delivered => meta.delivered += 1,
-                    Removal::Discarded => {
-                        batch.insert(
-                            &keys::discarded(meta.discarded),
-                            codec::encode_discarded(now, id, &bytes),
-                        );
-                        meta.discarded += 1;
-                        meta.discarded_len += 1;
-                    }
-                }
-                removed += 1;
-            }
-            if removed == 0 {
-                return Ok(0);
-            }
-            if kind == Removal::Discarded {
-                self.trim_discarded(&s, &mut meta, &mut batch, first_new_discard)?;
-            }
-            batch.insert(keys::META, &meta.encode()[..]);
-            s.tree.apply_batch(batch).map_err(s.storage(op))?;
-            s.commit(&mut guard, meta);
-            Ok(removed)
-        })())
-    }
-
-    /// Drops the oldest discarded entries beyond the cap: stored ones first, then (if the cap
-    /// is smaller than this batch) the oldest of the ones this batch adds.
-    fn trim_discarded(
-        &self,
-        s: &Sink,
-        meta: &mut Meta,
-        batch: &mut Batch,
-        first_new: u64,
-    ) -> Result<()> {
-        let cap = self.inner.options.discarded_cap as u64;
-        let mut excess = meta.discarded_len.saturating_sub(cap);
-        for entry in s.tree.scan_prefix([keys::DISCARDED]) {
-            if excess == 0 {
-                break;
-            }
-            let (key, _) = entry.map_err(s.storage("discard"))?;
-            batch.remove(key);
-            excess -= 1;
-            meta.discarded_len -= 1;
-        }
-        let mut seq = first_new;
-        while excess > 0 && seq < meta.discarded {
-            batch.remove(&keys::discarded(seq));
-            seq += 1;
-            excess -= 1;
-            meta.discarded_len -= 1;
-        }
-        Ok(())
-    }
-
-    fn load(&self, s: &Sink, id: MessageId, op: &'static str) -> Result<Option<StoredMessage>> {
-        match s.tree.get(keys::message(id)).map_err(s.storage(op))? {
-            Some(bytes) => Ok(Some(decode(s, id, &bytes)?)),
-            None => Ok(None),
+        match self.sink(sink) {
+            Some(s) => self.track(f(&s)),
+            None => Ok(absent),
         }
     }
 
@@ -677,7 +398,13 @@ impl Queue {
         if let Some(s) = sinks.get(name) {
             return Ok(Arc::clone(s));
         }
-        let s = Arc::new(Sink::open(&self.inner.db, name)?);
+        let s = Sink::open(
+            &self.inner.db,
+            name,
+            self.inner.epoch,
+            self.inner.options.payload_cache_bytes,
+        )?;
+        let s = Arc::new(s);
         sinks.insert(name.to_string(), Arc::clone(&s));
         Ok(s)
     }
@@ -722,43 +449,5 @@ fn not_found(sink: &str, id: MessageId) -> QueueError {
     QueueError::NotFound {
         sink: sink.to_string(),
         id,
-    }
-}
-
-fn encode(msg: &StoredMessage) -> Vec<u8> {
-    codec::encode_record(
-        &msg.group.encode(),
-        msg.enqueued_at,
-        &msg.state,
-        &msg.payload,
-    )
-}
-
-fn decode(s: &Sink, id: MessageId, bytes: &[u8]) -> Result<StoredMessage> {
-    codec::decode_record(bytes)
-        .map(|r| r.into_message(id))
-        .ok_or_else(|| s.corrupt(format!("message {id}")))
-}
-
-/// The key range `[lo, hi)` narrowed by the filter's cursor and walked in its direction.
-fn range(
-    tree: &sled::Tree,
-    lo: Vec<u8>,
-    hi: Vec<u8>,
-    filter: &ListFilter,
-    cursor: impl Fn(MessageId) -> Vec<u8>,
-) -> KvIter {
-    if filter.newest_first {
-        let hi = filter.after.map_or(hi, &cursor);
-        Box::new(
-            tree.range::<Vec<u8>, _>((Bound::Included(lo), Bound::Excluded(hi)))
-                .rev(),
-        )
-    } else {
-        let lo = match filter.after {
-            Some(a) => Bound::Excluded(cursor(a)),
-            None => Bound::Included(lo),
-        };
-        Box::new(tree.range::<Vec<u8>, _>((lo, Bound::Excluded(hi))))
     }
 }

@@ -1,66 +1,169 @@
-//! One sink's tree and its in-memory copy of the meta record.
+//! One sink: its sled tree and its in-memory [`Index`], changed together under one lock so
+//! that every state change is one atomic sled batch mirrored exactly in memory.
 
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use crate::codec::Meta;
+use bytes::Bytes;
+use s2sink_core::{LastError, UnixMillis};
+use sled::Batch;
+
+use crate::chunk;
+use crate::codec::{self, Meta, Record};
+use crate::index::{Chunk, Failed, Index, Msg, Place};
 use crate::keys;
-use crate::QueueError;
+use crate::parts::{self, ScanError};
+use crate::{
+    Counts, DeliveryId, DeliveryState, DiscardedMessage, Enqueued, GroupRef, ListFilter, MessageId,
+    NewMessage, QueueError, StateFilter, StoredMessage,
+};
 
 /// Prefix of the sled tree names that hold sinks.
 pub const TREE_PREFIX: &[u8] = b"sink/";
 
-/// A sink's storage. Writers hold `meta` while they build and apply their batch, so batches of
-/// one sink are applied in the order their meta was computed and the persisted counters and id
-/// high-water mark never go backwards.
+type Result<T> = std::result::Result<T, QueueError>;
+
+/// Why a message leaves the queue.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    Delivered,
+    Discarded,
+}
+
+/// What the sink's lock protects.
+pub struct State {
+    pub meta: Meta,
+    pub index: Index,
+}
+
+/// A sink's storage.
 pub struct Sink {
     pub name: String,
     pub tree: sled::Tree,
-    meta: Mutex<Meta>,
-    /// Mirror of `meta.pending` for lock-free totals across sinks.
+    state: Mutex<State>,
+    /// Mirror of the pending count for lock-free totals across sinks.
     pending: AtomicU64,
 }
 
 impl Sink {
-    /// Opens (or creates) the tree of sink `name` and reads its meta.
-    pub fn open(db: &sled::Db, name: &str) -> Result<Sink, QueueError> {
-        let storage = |source| QueueError::Storage {
-            op: "open sink",
-            sink: Some(name.to_string()),
-            source,
-        };
+    /// Opens (or creates) the tree of sink `name`, rebuilds its index from one pass over the
+    /// chunk headers and failed records, and stamps the new epoch into its meta.
+    pub fn open(db: &sled::Db, name: &str, epoch: u64, cache_bytes: usize) -> Result<Sink> {
         let mut tree_name = TREE_PREFIX.to_vec();
         tree_name.extend_from_slice(name.as_bytes());
-        let tree = db.open_tree(tree_name).map_err(storage)?;
-        let meta = match tree.get(keys::META).map_err(storage)? {
-            Some(bytes) => Meta::decode(&bytes).ok_or_else(|| QueueError::Corrupt {
-                sink: name.to_string(),
-                what: "meta record".into(),
-            })?,
-            None => Meta::new(),
-        };
-        Ok(Sink {
+        let tree = db
+            .open_tree(tree_name)
+            .map_err(|source| QueueError::Storage {
+                op: "open sink",
+                sink: Some(name.to_string()),
+                source,
+            })?;
+        let sink = Sink {
             name: name.to_string(),
             tree,
-            pending: AtomicU64::new(meta.pending),
-            meta: Mutex::new(meta),
-        })
+            state: Mutex::new(State {
+                meta: Meta::new(epoch),
+                index: Index::new(cache_bytes),
+            }),
+            pending: AtomicU64::new(0),
+        };
+        let state = sink.rebuild(epoch, cache_bytes)?;
+        sink.tree
+            .insert(keys::META, &state.meta.encode()[..])
+            .map_err(sink.storage("open sink"))?;
+        sink.pending
+            .store(state.index.msgs.len() as u64, Ordering::Relaxed);
+        *sink.lock() = state;
+        Ok(sink)
     }
 
-    /// Locks the meta for a write.
-    pub fn lock(&self) -> MutexGuard<'_, Meta> {
-        self.meta.lock().unwrap_or_else(|p| p.into_inner())
+    fn rebuild(&self, epoch: u64, cache_bytes: usize) -> Result<State> {
+        let op = "open sink";
+        let meta = match self.tree.get(keys::META).map_err(self.storage(op))? {
+            Some(bytes) => Meta {
+                epoch,
+                ..Meta::decode(&bytes).ok_or_else(|| self.corrupt("meta record"))?
+            },
+            None => Meta::new(epoch),
+        };
+        let mut index = Index::new(cache_bytes);
+        let mut bitmaps: HashMap<u64, Vec<u8>> = HashMap::new();
+        for kv in self.tree.scan_prefix([keys::DONE]) {
+            let (k, v) = kv.map_err(self.storage(op))?;
+            let first = keys::parse_base(&k).ok_or_else(|| self.corrupt("bitmap key"))?;
+            bitmaps.insert(first, v.to_vec());
+        }
+        for item in parts::scan(&self.tree, keys::HEAD) {
+            let (first, head_parts, bytes) = item.map_err(|e| self.scan_error(e, "chunk"))?;
+            let head =
+                codec::decode_head(&bytes).ok_or_else(|| self.corrupt(format!("chunk {first}")))?;
+            let count = head.entries.len();
+            let done = match bitmaps.remove(&first) {
+                Some(b) => codec::decode_bitmap(&b, count)
+                    .ok_or_else(|| self.corrupt(format!("bitmap of chunk {first}")))?,
+                None => vec![0; count.div_ceil(64)],
+            };
+            let body_len: u64 = head.entries.iter().map(|(_, l)| *l as u64).sum();
+            let mut chunk = Chunk {
+                epoch: head.epoch,
+                enqueued_at: head.enqueued_at,
+                count: count as u32,
+                live: count as u32,
+                done,
+                head_parts,
+                body_parts: parts::count(body_len as usize),
+            };
+            let mut off = 0u32;
+            for (i, (group, len)) in head.entries.iter().enumerate() {
+                if chunk.is_done(i) {
+                    chunk.live -= 1;
+                } else {
+                    let g = GroupRef::decode(group)
+                        .ok_or_else(|| self.corrupt(format!("group in chunk {first}")))?;
+                    index.insert(first + i as u64, &g, off, *len, false);
+                }
+                off += len;
+            }
+            index.chunks.insert(first, chunk);
+        }
+        for item in parts::scan(&self.tree, keys::STATE) {
+            let (id, state_parts, bytes) = item.map_err(|e| self.scan_error(e, "failed state"))?;
+            let (record, _) = codec::decode_record(&bytes)
+                .ok_or_else(|| self.corrupt(format!("failed message {id}")))?;
+            index.insert(id, &record.group, 0, record.payload_len, false);
+            index.msgs.get_mut(&id).expect("just inserted").failed = true;
+            index.failed.insert(
+                id,
+                Failed {
+                    record,
+                    state_parts,
+                },
+            );
+        }
+        for (seq, parts) in parts::ids(&self.tree, keys::DISCARDED).map_err(self.storage(op))? {
+            index.discarded.push_back((seq, parts));
+        }
+        let ids: Vec<u64> = index.msgs.keys().copied().collect();
+        for id in ids {
+            index.publish_one(id);
+        }
+        Ok(State { meta, index })
     }
 
-    /// Publishes a meta that was just persisted.
-    pub fn commit(&self, guard: &mut MutexGuard<'_, Meta>, meta: Meta) {
-        **guard = meta;
-        self.pending.store(meta.pending, Ordering::Relaxed);
+    /// Locks the sink's state.
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Messages in the queue.
     pub fn pending(&self) -> u64 {
         self.pending.load(Ordering::Relaxed)
+    }
+
+    fn sync_pending(&self, st: &State) {
+        self.pending
+            .store(st.index.msgs.len() as u64, Ordering::Relaxed);
     }
 
     /// A wrapper for sled errors of this sink.
@@ -78,5 +181,634 @@ impl Sink {
             sink: self.name.clone(),
             what: what.into(),
         }
+    }
+
+    fn scan_error(&self, e: ScanError, what: &str) -> QueueError {
+        match e {
+            ScanError::Storage(source) => QueueError::Storage {
+                op: "open sink",
+                sink: Some(self.name.clone()),
+                source,
+            },
+            ScanError::Corrupt => self.corrupt(format!("{what} key")),
+        }
+    }
+
+    fn apply(&self, batch: Batch, op: &'static str) -> Result<()> {
+        self.tree.apply_batch(batch).map_err(self.storage(op))
+    }
+
+    // ---- enqueue and publish ----
+
+    /// Stores `msgs` as chunks in one batch (not yet visible to delivery). Returns their ids
+    /// and the first id, to pass to [`Sink::publish`] once the batch is durable.
+    pub fn enqueue(&self, msgs: Vec<NewMessage>, now: UnixMillis) -> Result<(Vec<Enqueued>, u64)> {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let first_id = st.meta.next_id;
+        let epoch = st.meta.epoch;
+        let mut batch = Batch::default();
+        let mut out = Vec::with_capacity(msgs.len());
+        let mut groups: Vec<(GroupRef, Vec<u8>)> = Vec::with_capacity(msgs.len());
+        for (i, m) in msgs.iter().enumerate() {
+            let group = GroupRef::of(m.group.clone(), MessageId(first_id + i as u64));
+            let enc = group.encode();
+            groups.push((group, enc));
+        }
+        let mut start = 0;
+        while start < msgs.len() {
+            let end = chunk::end(|i| msgs[i].payload.len(), start, msgs.len());
+            let first = first_id + start as u64;
+            let entries: Vec<(&[u8], &[u8])> = (start..end)
+                .map(|i| (&groups[i].1[..], &msgs[i].payload[..]))
+                .collect();
+            let (head_parts, body_parts) = chunk::put(&mut batch, first, epoch, now, &entries);
+            let count = end - start;
+            st.index.chunks.insert(
+                first,
+                Chunk {
+                    epoch,
+                    enqueued_at: now,
+                    count: count as u32,
+                    live: count as u32,
+                    done: vec![0; count.div_ceil(64)],
+                    head_parts,
+                    body_parts,
+                },
+            );
+            start = end;
+        }
+        let end_id = first_id + msgs.len() as u64;
+        let mut meta = st.meta;
+        meta.next_id = end_id;
+        batch.insert(keys::META, &meta.encode()[..]);
+        self.apply(batch, "enqueue")?;
+        st.meta = meta;
+        let mut off = 0u32;
+        for (i, (m, (group, _))) in msgs.into_iter().zip(groups).enumerate() {
+            let id = first_id + i as u64;
+            if st.index.chunks.contains_key(&id) {
+                off = 0; // a new chunk starts here
+            }
+            let len = m.payload.len() as u32;
+            st.index.insert(id, &group, off, len, false);
+            st.index.cache.offer(id, m.payload);
+            off += len;
+            out.push(Enqueued {
+                id: MessageId(id),
+                group,
+            });
+        }
+        st.index.unpublished.push_back((first_id, end_id));
+        self.sync_pending(st);
+        Ok((out, first_id))
+    }
+
+    /// Makes the enqueue starting at `first` (and every earlier one) visible to delivery.
+    /// Called once its batch is durable; earlier batches are then durable too.
+    pub fn publish(&self, first: u64) {
+        self.lock().index.publish_through(first);
+    }
+
+    // ---- reads ----
+
+    /// The payload of a stored message: from the cache, else one read of its chunk (which
+    /// also caches the chunk's other pending payloads while the budget allows).
+    fn payload(&self, st: &mut State, id: u64, m: Msg) -> Result<Bytes> {
+        if let Some(p) = st.index.cache.get(id) {
+            return Ok(p);
+        }
+        if m.failed {
+            let bytes = parts::get(
+                &self.tree,
+                &keys::base(keys::FAILED, id),
+                parts::count(m.len as usize),
+            )
+            .map_err(self.storage("read"))?
+            .ok_or_else(|| self.corrupt(format!("payload of failed message {id}")))?;
+            let p = Bytes::from(bytes);
+            st.index.cache.offer(id, p.clone());
+            return Ok(p);
+        }
+        let (first, chunk) = st
+            .index
+            .chunk_of(id)
+            .ok_or_else(|| self.corrupt(format!("chunk of message {id}")))?;
+        let body = parts::get(&self.tree, &keys::base(keys::BODY, first), chunk.body_parts)
+            .map_err(self.storage("read"))?
+            .ok_or_else(|| self.corrupt(format!("body of chunk {first}")))?;
+        let body = Bytes::from(body);
+        let slice = |m: &Msg| -> Result<Bytes> {
+            let (off, end) = (m.off as usize, m.off as usize + m.len as usize);
+            if end > body.len() {
+                return Err(self.corrupt(format!("body of chunk {first}")));
+            }
+            Ok(body.slice(off..end))
+        };
+        let wanted = slice(&m)?;
+        let count = chunk.count as u64;
+        let others: Vec<(u64, Msg)> = st
+            .index
+            .msgs
+            .range(first..first + count)
+            .filter(|(i, m)| **i != id && !m.failed && !st.index.cache.contains(**i))
+            .map(|(i, m)| (*i, *m))
+            .collect();
+        st.index.cache.offer(id, Bytes::copy_from_slice(&wanted));
+        for (i, m) in others {
+            if !st.index.cache.has_room(m.len as usize) {
+                break;
+            }
+            let p = slice(&m)?;
+            st.index.cache.offer(i, Bytes::copy_from_slice(&p));
+        }
+        Ok(wanted)
+    }
+
+    fn stored(&self, st: &mut State, id: u64) -> Result<Option<StoredMessage>> {
+        let Some(&m) = st.index.msgs.get(&id) else {
+            return Ok(None);
+        };
+        if !m.published {
+            return Ok(None);
+        }
+        let payload = self.payload(st, id, m)?;
+        let (epoch, enqueued_at) = st.index.origin(id, &m);
+        let state = match st.index.failed.get(&id) {
+            Some(f) => f.record.state.clone(),
+            None => DeliveryState::default(),
+        };
+        Ok(Some(StoredMessage {
+            id: MessageId(id),
+            epoch,
+            group: st.index.group_of(id, &m),
+            payload,
+            enqueued_at,
+            state,
+        }))
+    }
+
+    /// See [`Queue::get`](crate::Queue::get).
+    pub fn get(&self, id: MessageId) -> Result<Option<StoredMessage>> {
+        let mut st = self.lock();
+        self.stored(&mut st, id.0)
+    }
+
+    /// The published ids of a group, in order.
+    fn group_ids(st: &State, group: &GroupRef) -> Vec<u64> {
+        match group.solo() {
+            Some(id) => st
+                .index
+                .solos
+                .contains(&id.0)
+                .then_some(id.0)
+                .into_iter()
+                .collect(),
+            None => match st.index.groups.lookup(group) {
+                Some(slot) => st.index.groups.ids(slot).iter().copied().collect(),
+                None => Vec::new(),
+            },
+        }
+    }
+
+    /// See [`Queue::head_run`](crate::Queue::head_run).
+    pub fn head_run(
+        &self,
+        group: &GroupRef,
+        max_messages: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredMessage>> {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let mut ids = Vec::new();
+        let mut bytes = 0usize;
+        let slot = match group.solo() {
+            Some(_) => None,
+            None => match st.index.groups.lookup(group) {
+                Some(s) => Some(s),
+                None => return Ok(Vec::new()),
+            },
+        };
+        let candidates: Box<dyn Iterator<Item = u64> + '_> = match (slot, group.solo()) {
+            (Some(s), _) => Box::new(st.index.groups.ids(s).iter().copied()),
+            (None, Some(id)) => Box::new(st.index.solos.get(&id.0).copied().into_iter()),
+            (None, None) => Box::new(std::iter::empty()),
+        };
+        for id in candidates {
+            let len = st.index.msgs[&id].len as usize;
+            if !ids.is_empty() && (ids.len() >= max_messages || bytes + len > max_bytes) {
+                break;
+            }
+            bytes += len;
+            ids.push(id);
+        }
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(m) = self.stored(st, id)? {
+                out.push(m);
+            }
+        }
+        Ok(out)
+    }
+
+    /// See [`Queue::pending_groups_page`](crate::Queue::pending_groups_page).
+    pub fn pending_groups_page(&self, after: Option<&GroupRef>, limit: usize) -> Vec<GroupRef> {
+        let st = self.lock();
+        let mut out: Vec<GroupRef> = match after.and_then(|a| a.solo()) {
+            Some(_) => Vec::new(),
+            None => st
+                .index
+                .groups
+                .keyed_after(after)
+                .take(limit)
+                .cloned()
+                .collect(),
+        };
+        if out.len() < limit {
+            let from = after.and_then(|a| a.solo()).map_or(0, |id| id.0 + 1);
+            out.extend(
+                st.index
+                    .solos
+                    .range(from..)
+                    .take(limit - out.len())
+                    .map(|&id| GroupRef::of(None, MessageId(id))),
+            );
+        }
+        out
+    }
+
+    /// See [`Queue::contains`](crate::Queue::contains).
+    pub fn contains(&self, ids: &[MessageId]) -> Vec<bool> {
+        let st = self.lock();
+        ids.iter()
+            .map(|id| st.index.msgs.get(&id.0).is_some_and(|m| m.published))
+            .collect()
+    }
+
+    /// See [`Queue::counts`](crate::Queue::counts).
+    pub fn counts(&self) -> Counts {
+        let st = self.lock();
+        Counts {
+            pending: st.index.msgs.len() as u64,
+            failing: st.index.failing(),
+            delivered: st.meta.delivered,
+            discarded: st.meta.discarded,
+        }
+    }
+
+    /// When the oldest message still in the queue was accepted.
+    pub fn oldest_pending_at(&self) -> Option<UnixMillis> {
+        let st = self.lock();
+        let (&id, m) = st.index.msgs.iter().next()?;
+        Some(st.index.origin(id, m).1)
+    }
+
+    /// Bytes of payload held in the cache.
+    pub fn cached_bytes(&self) -> usize {
+        self.lock().index.cache.bytes()
+    }
+
+    /// See [`Queue::list`](crate::Queue::list).
+    pub fn list(&self, filter: &ListFilter, now: UnixMillis) -> Result<Vec<StoredMessage>> {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let default_state = DeliveryState::default();
+        let matches = |st: &State, id: u64| {
+            let state = st
+                .index
+                .failed
+                .get(&id)
+                .map_or(&default_state, |f| &f.record.state);
+            filter.state.matches(state, now)
+        };
+        let after = filter.after.map(|a| a.0);
+        let in_range = |id: u64| match after {
+            None => true,
+            Some(a) if filter.newest_first => id < a,
+            Some(a) => id > a,
+        };
+        let mut picked = Vec::new();
+        {
+            let ordered: Vec<u64>;
+            let iter: Box<dyn Iterator<Item = u64>> = match &filter.group {
+                Some(g) => {
+                    ordered = Self::group_ids(st, g);
+                    if filter.newest_first {
+                        Box::new(ordered.iter().rev().copied())
+                    } else {
+                        Box::new(ordered.iter().copied())
+                    }
+                }
+                None if matches!(filter.state, StateFilter::Failed | StateFilter::BackingOff) => {
+                    let keys = st.index.failed.keys().copied();
+                    if filter.newest_first {
+                        Box::new(keys.rev())
+                    } else {
+                        Box::new(keys)
+                    }
+                }
+                None => {
+                    let keys = st
+                        .index
+                        .msgs
+                        .iter()
+                        .filter(|(_, m)| m.published)
+                        .map(|(id, _)| *id);
+                    if filter.newest_first {
+                        Box::new(keys.rev())
+                    } else {
+                        Box::new(keys)
+                    }
+                }
+            };
+            for id in iter {
+                if picked.len() >= filter.limit {
+                    break;
+                }
+                if in_range(id) && matches(st, id) {
+                    picked.push(id);
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(picked.len());
+        for id in picked {
+            if let Some(m) = self.stored(st, id)? {
+                out.push(m);
+            }
+        }
+        Ok(out)
+    }
+
+    /// See [`Queue::discarded_page`](crate::Queue::discarded_page).
+    pub fn discarded_page(
+        &self,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<DiscardedMessage>> {
+        let entries: Vec<(u64, u16)> = {
+            let st = self.lock();
+            st.index
+                .discarded
+                .iter()
+                .rev()
+                .filter(|(seq, _)| before.is_none_or(|b| *seq < b))
+                .take(limit)
+                .copied()
+                .collect()
+        };
+        let mut out = Vec::with_capacity(entries.len());
+        for (seq, n) in entries {
+            // Trimmed meanwhile by a concurrent discard: skip it.
+            let Some(bytes) = parts::get(&self.tree, &keys::base(keys::DISCARDED, seq), n)
+                .map_err(self.storage("discarded"))?
+            else {
+                continue;
+            };
+            let (at, id, record, payload) = codec::decode_discarded(&bytes)
+                .ok_or_else(|| self.corrupt(format!("discarded entry {seq}")))?;
+            out.push(DiscardedMessage {
+                message: StoredMessage {
+                    id: MessageId(id),
+                    epoch: record.epoch,
+                    group: record.group,
+                    payload: Bytes::copy_from_slice(payload),
+                    enqueued_at: record.enqueued_at,
+                    state: record.state,
+                },
+                discarded_at: at,
+                seq,
+            });
+        }
+        Ok(out)
+    }
+
+    // ---- changes ----
+
+    /// Writes the done bitmap of each touched chunk, or removes a chunk whose messages are all
+    /// done, in `batch`.
+    fn settle_chunks(st: &mut State, batch: &mut Batch, touched: &BTreeSet<u64>) {
+        for &first in touched {
+            let Some(c) = st.index.chunks.get(&first) else {
+                continue;
+            };
+            if c.live == 0 {
+                parts::remove(batch, &keys::base(keys::HEAD, first), c.head_parts);
+                parts::remove(batch, &keys::base(keys::BODY, first), c.body_parts);
+                batch.remove(&keys::base(keys::DONE, first));
+                st.index.chunks.remove(&first);
+            } else {
+                batch.insert(
+                    &keys::base(keys::DONE, first),
+                    codec::encode_bitmap(&c.done),
+                );
+            }
+        }
+    }
+
+    /// The record of a stored message, for moving it out of its chunk.
+    fn record_of(st: &State, id: u64, m: &Msg) -> Record {
+        match st.index.failed.get(&id) {
+            Some(f) => f.record.clone(),
+            None => {
+                let (epoch, enqueued_at) = st.index.origin(id, m);
+                Record {
+                    epoch,
+                    enqueued_at,
+                    group: st.index.group_of(id, m),
+                    state: DeliveryState::default(),
+                    payload_len: m.len,
+                }
+            }
+        }
+    }
+
+    /// Removes messages (ids not in the queue are ignored) in one batch; returns the removed ids.
+    pub fn remove(
+        &self,
+        ids: &[MessageId],
+        kind: Removal,
+        now: UnixMillis,
+        discarded_cap: usize,
+        op: &'static str,
+    ) -> Result<Vec<MessageId>> {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let mut batch = Batch::default();
+        let mut meta = st.meta;
+        let mut touched = BTreeSet::new();
+        let mut seen = HashSet::with_capacity(ids.len());
+        let mut removed = Vec::with_capacity(ids.len());
+        for &id in ids {
+            if !seen.insert(id) {
+                continue;
+            }
+            let Some(&m) = st.index.msgs.get(&id.0).filter(|m| m.published) else {
+                continue;
+            };
+            if kind == Removal::Discarded {
+                let payload = self.payload(st, id.0, m)?;
+                let record = Self::record_of(st, id.0, &m);
+                let entry = codec::encode_discarded(now, id.0, &record, &payload);
+                let seq = meta.discarded;
+                let n = parts::put(&mut batch, &keys::base(keys::DISCARDED, seq), &entry, 0);
+                st.index.discarded.push_back((seq, n));
+                meta.discarded += 1;
+            } else {
+                meta.delivered += 1;
+            }
+            match st.index.remove(id.0) {
+                Some((_, Place::Chunk { first })) => {
+                    touched.insert(first);
+                }
+                Some((m, Place::Failed(f))) => {
+                    parts::remove(&mut batch, &keys::base(keys::STATE, id.0), f.state_parts);
+                    parts::remove(
+                        &mut batch,
+                        &keys::base(keys::FAILED, id.0),
+                        parts::count(m.len as usize),
+                    );
+                }
+                None => {}
+            }
+            removed.push(id);
+        }
+        if removed.is_empty() {
+            return Ok(removed);
+        }
+        Self::settle_chunks(st, &mut batch, &touched);
+        while st.index.discarded.len() > discarded_cap {
+            let (seq, n) = st.index.discarded.pop_front().expect("non-empty");
+            parts::remove(&mut batch, &keys::base(keys::DISCARDED, seq), n);
+        }
+        batch.insert(keys::META, &meta.encode()[..]);
+        self.apply(batch, op)?;
+        st.meta = meta;
+        self.sync_pending(st);
+        Ok(removed)
+    }
+
+    /// Removes as delivered the messages whose full delivery id matches (same epoch).
+    pub fn remove_delivered(
+        &self,
+        found: &[DeliveryId],
+        now: UnixMillis,
+    ) -> Result<Vec<MessageId>> {
+        let matching: Vec<MessageId> = {
+            let st = self.lock();
+            found
+                .iter()
+                .filter(|d| {
+                    st.index
+                        .msgs
+                        .get(&d.id.0)
+                        .is_some_and(|m| m.published && st.index.origin(d.id.0, m).0 == d.epoch)
+                })
+                .map(|d| d.id)
+                .collect()
+        };
+        // Between the two locks only this sink's own removals can run; `remove` skips ids
+        // that are gone, and a message never changes epoch.
+        self.remove(&matching, Removal::Delivered, now, usize::MAX, "ack")
+    }
+
+    /// Records a failed attempt; moves the message out of its chunk on its first failure.
+    pub fn fail(
+        &self,
+        id: MessageId,
+        error: LastError,
+        not_visible_until: UnixMillis,
+    ) -> Result<Option<DeliveryState>> {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let Some(&m) = st.index.msgs.get(&id.0).filter(|m| m.published) else {
+            return Ok(None);
+        };
+        let mut batch = Batch::default();
+        let mut record = Self::record_of(st, id.0, &m);
+        let state = &mut record.state;
+        state.deliver_count = state.deliver_count.saturating_add(1);
+        state.last_attempt_at = Some(error.at_ms);
+        state.last_error = Some(error);
+        state.not_visible_until = Some(not_visible_until);
+        let new_state = record.state.clone();
+        if m.failed {
+            let f = st.index.failed.get_mut(&id.0).expect("failed message");
+            let n = parts::put(
+                &mut batch,
+                &keys::base(keys::STATE, id.0),
+                &codec::encode_record(&record, b""),
+                f.state_parts,
+            );
+            self.apply(batch, "fail")?;
+            f.state_parts = n;
+            f.record = record;
+        } else {
+            let payload = self.payload(st, id.0, m)?;
+            let state_parts = chunk::put_failed(&mut batch, id.0, &record, &payload);
+            let first = st
+                .index
+                .move_out(
+                    id.0,
+                    Failed {
+                        record,
+                        state_parts,
+                    },
+                )
+                .ok_or_else(|| self.corrupt(format!("chunk of message {id}")))?;
+            Self::settle_chunks(st, &mut batch, &BTreeSet::from([first]));
+            self.apply(batch, "fail")?;
+        }
+        Ok(Some(new_state))
+    }
+
+    /// Clears the backoff of the given messages (all failed ones with `None`); returns how
+    /// many were in the queue (`ids`) or backing off (`None`).
+    pub fn redeliver(&self, ids: Option<&[MessageId]>) -> Result<usize> {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let targets: Vec<u64> = match ids {
+            Some(ids) => ids.iter().map(|i| i.0).collect(),
+            None => st
+                .index
+                .failed
+                .iter()
+                .filter(|(_, f)| f.record.state.not_visible_until.is_some())
+                .map(|(id, _)| *id)
+                .collect(),
+        };
+        let mut batch = Batch::default();
+        let mut changed = Vec::new();
+        let mut present = 0;
+        for id in targets {
+            if !st.index.msgs.get(&id).is_some_and(|m| m.published) {
+                continue;
+            }
+            present += 1;
+            let Some(f) = st.index.failed.get(&id) else {
+                continue;
+            };
+            if f.record.state.not_visible_until.is_none() {
+                continue;
+            }
+            let mut record = f.record.clone();
+            record.state.not_visible_until = None;
+            let n = parts::put(
+                &mut batch,
+                &keys::base(keys::STATE, id),
+                &codec::encode_record(&record, b""),
+                f.state_parts,
+            );
+            changed.push((id, record, n));
+        }
+        if !changed.is_empty() {
+            self.apply(batch, "redeliver")?;
+        }
+        let n_changed = changed.len();
+        for (id, record, n) in changed {
+            let f = st.index.failed.get_mut(&id).expect("failed");
+            f.record = record;
+            f.state_parts = n;
+        }
+        Ok(if ids.is_some() { present } else { n_changed })
     }
 }

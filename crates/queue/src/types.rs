@@ -1,17 +1,67 @@
 //! The queue's public value types: ids, group handles, stored messages and their state.
 
 use std::fmt;
+use std::time::Duration;
 
+use bytes::Bytes;
 use s2sink_core::{GroupKey, LastError, UnixMillis};
 
-/// A message's id: unique within its sink, strictly increasing in acceptance order and never
-/// reused, even across restarts. It is what S2 record headers carry for exactly-once.
+/// A message's id within its sink's queue: strictly increasing in acceptance order, the handle
+/// the API and console use. Unique within one data directory's history; S2 record headers carry
+/// the [`DeliveryId`] instead, which stays unique even when an older copy of the data directory
+/// is restored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MessageId(pub u64);
 
 impl fmt::Display for MessageId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)
+    }
+}
+
+/// The id written into a message's S2 record header (`s2sink-id`): the queue's [`MessageId`]
+/// plus the epoch of the queue that accepted it. A queue takes a fresh random epoch every time
+/// it is opened, so a restored (older) data directory or a second instance never issues a
+/// delivery id that is already in the stream, and reconciliation matches the full id.
+///
+/// Text form: `<epoch as 16 hex digits>-<id>`; epoch 0 is reserved for messages accepted by
+/// the v1 queue (before epochs existed), whose header was the plain decimal id, and prints so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeliveryId {
+    /// The accepting queue's epoch (0 = accepted by a v1 queue).
+    pub epoch: u64,
+    /// The message's id in its sink.
+    pub id: MessageId,
+}
+
+impl DeliveryId {
+    /// Reads the header form back; `None` if `s` is not one.
+    pub fn parse(s: &str) -> Option<DeliveryId> {
+        match s.split_once('-') {
+            Some((epoch, id)) if epoch.len() == 16 => {
+                let epoch = u64::from_str_radix(epoch, 16).ok()?;
+                let id = id.parse().ok()?;
+                (epoch != 0).then_some(DeliveryId {
+                    epoch,
+                    id: MessageId(id),
+                })
+            }
+            Some(_) => None,
+            None => Some(DeliveryId {
+                epoch: 0,
+                id: MessageId(s.parse().ok()?),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for DeliveryId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.epoch == 0 {
+            write!(f, "{}", self.id)
+        } else {
+            write!(f, "{:016x}-{}", self.epoch, self.id)
+        }
     }
 }
 
@@ -111,8 +161,18 @@ impl fmt::Display for GroupRef {
 pub struct NewMessage {
     /// Its group; `None` delivers it on its own, unordered.
     pub group: Option<GroupKey>,
-    /// The bytes to deliver (the producer's JSON).
-    pub payload: Vec<u8>,
+    /// The bytes to deliver (the producer's JSON); shared, not copied, into the cache.
+    pub payload: Bytes,
+}
+
+impl NewMessage {
+    /// A message of `group` (or ungrouped) with these bytes.
+    pub fn new(group: Option<GroupKey>, payload: impl Into<Bytes>) -> NewMessage {
+        NewMessage {
+            group,
+            payload: payload.into(),
+        }
+    }
 }
 
 /// What [`Queue::enqueue`](crate::Queue::enqueue) returns per message, once it is durable.
@@ -139,10 +199,22 @@ pub struct DeliveryState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredMessage {
     pub id: MessageId,
+    /// The epoch of the queue that accepted it (see [`DeliveryId`]).
+    pub epoch: u64,
     pub group: GroupRef,
-    pub payload: Vec<u8>,
+    pub payload: Bytes,
     pub enqueued_at: UnixMillis,
     pub state: DeliveryState,
+}
+
+impl StoredMessage {
+    /// The id its S2 record carries.
+    pub fn delivery_id(&self) -> DeliveryId {
+        DeliveryId {
+            epoch: self.epoch,
+            id: self.id,
+        }
+    }
 }
 
 /// A discarded message kept for inspection, with its last error in `message.state`.
@@ -150,6 +222,8 @@ pub struct StoredMessage {
 pub struct DiscardedMessage {
     pub message: StoredMessage,
     pub discarded_at: UnixMillis,
+    /// Position in the sink's discarded list (grows with every discard): the paging cursor.
+    pub seq: u64,
 }
 
 /// Which messages a listing returns.
@@ -222,15 +296,25 @@ pub struct Counts {
 pub struct QueueOptions {
     /// How many discarded messages each sink keeps (oldest dropped first).
     pub discarded_cap: usize,
-    /// sled's page cache size in bytes (memory stays bounded by it).
+    /// sled's page cache size in bytes. Delivery reads payloads from the queue's own cache,
+    /// so sled's cache mostly serves misses and listings.
     pub cache_capacity: u64,
+    /// Bytes of pending payloads kept in memory so delivery never reads sled on the hot path.
+    /// Past it, new payloads are read back from their chunk when their group gets to them
+    /// (one read per chunk). Memory stays bounded by this whatever the backlog.
+    pub payload_cache_bytes: usize,
+    /// Extra wait before each group-commit flush, to gather more writers into one fsync.
+    /// Zero by default; tests use it to widen the window between apply and flush.
+    pub commit_delay: Duration,
 }
 
 impl Default for QueueOptions {
     fn default() -> Self {
         QueueOptions {
             discarded_cap: 1000,
-            cache_capacity: 256 * 1024 * 1024,
+            cache_capacity: 64 * 1024 * 1024,
+            payload_cache_bytes: 64 * 1024 * 1024,
+            commit_delay: Duration::ZERO,
         }
     }
 }

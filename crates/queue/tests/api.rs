@@ -5,10 +5,7 @@ use s2sink_core::GroupKey;
 use s2sink_queue::{GroupRef, ListFilter, MessageId, NewMessage, Queue, QueueError};
 
 fn msg(group: Option<&str>, payload: &[u8]) -> NewMessage {
-    NewMessage {
-        group: group.map(|g| GroupKey(g.into())),
-        payload: payload.to_vec(),
-    }
+    NewMessage::new(group.map(|g| GroupKey(g.into())), payload.to_vec())
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -175,12 +172,12 @@ fn list_by_group_key_and_unknown_sinks_are_empty() {
         .list("s", &f)
         .unwrap()
         .into_iter()
-        .map(|m| m.payload)
+        .map(|m| m.payload.to_vec())
         .collect();
     assert_eq!(got, vec![b"1".to_vec(), b"3".to_vec()]);
     assert!(q.list("nope", &f).unwrap().is_empty());
     assert_eq!(q.get("nope", MessageId(1)).unwrap(), None);
-    assert!(!q.discard("nope", MessageId(1)).unwrap());
+    assert!(!rt().block_on(q.discard("nope", MessageId(1))).unwrap());
     assert_eq!(q.counts("nope"), Default::default());
 }
 
@@ -242,7 +239,7 @@ fn contains_tells_which_ids_are_still_queued() {
         .map(|e| e.id)
         .collect();
     q.ack("s", &ids[..1]).unwrap();
-    q.discard("s", ids[2]).unwrap();
+    rt().block_on(q.discard("s", ids[2])).unwrap();
     assert_eq!(q.contains("s", &ids).unwrap(), vec![false, true, false]);
     assert_eq!(q.contains("other", &ids).unwrap(), vec![false; 3]);
 }

@@ -6,7 +6,12 @@
 //! - groups are not reordered: no message is present while a later message of its group
 //!   (reported durable) is gone, since acks only ever take a group's head run;
 //! - no id is reported twice, and no id is reused after a restart;
-//! - payload, group index, counters and the message records agree.
+//! - payload, group index, counters and the message records agree;
+//! - every message the child *saw* through `head_run` (what the engine would send to S2) is
+//!   still there unless an ack of it was attempted: messages are published only after flush;
+//! - a delivery id (epoch + id, what S2 headers carry) never names two different messages, even
+//!   when a kill lands between apply and flush and the counter is handed out again
+//!   ([`delivery_ids_never_repeat_across_kills_between_apply_and_flush`] widens that window).
 //!
 //! `S2SINK_CRASH_CYCLES` (default 50) sets the number of kill cycles, `S2SINK_CRASH_SEED`
 //! the random seed (printed on every run).
@@ -17,9 +22,14 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use s2sink_core::{ErrorClass, GroupKey, LastError};
-use s2sink_queue::{ListFilter, MessageId, NewMessage, Queue, QueueError};
+use std::collections::HashMap;
+use std::time::Duration;
+
+use s2sink_queue::{ListFilter, MessageId, NewMessage, Queue, QueueError, QueueOptions};
 
 const CHILD_ENV: &str = "S2SINK_QUEUE_CRASH_CHILD";
+/// Set in the child: the queue's commit delay in ms (widens the apply→flush window).
+const DELAY_ENV: &str = "S2SINK_QUEUE_CRASH_DELAY_MS";
 const SINK: &str = "crash";
 const GROUPS: u32 = 64;
 const PRODUCERS: usize = 4;
@@ -30,7 +40,18 @@ fn crash_child() {
     let Ok(dir) = std::env::var(CHILD_ENV) else {
         return;
     };
-    let queue = Queue::open(&dir).expect("child opens the queue");
+    let delay = std::env::var(DELAY_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let queue = Queue::open_with(
+        &dir,
+        QueueOptions {
+            commit_delay: Duration::from_millis(delay),
+            ..QueueOptions::default()
+        },
+    )
+    .expect("child opens the queue");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .build()
@@ -62,10 +83,8 @@ async fn produce(queue: Queue, seed: u64) {
                 let group =
                     (rng.u32(0..10) > 0).then(|| GroupKey(format!("g{}", rng.u32(0..GROUPS))));
                 let name = group.as_ref().map_or("-".to_string(), |g| g.0.clone());
-                NewMessage {
-                    group,
-                    payload: format!("{name}|{}", "x".repeat(rng.usize(0..200))).into_bytes(),
-                }
+                let payload = format!("{name}|{}|{}", rng.u64(..), "x".repeat(rng.usize(0..200)));
+                NewMessage::new(group, payload.into_bytes())
             })
             .collect();
         let done = queue.enqueue(SINK, msgs).await.expect("enqueue");
@@ -74,6 +93,8 @@ async fn produce(queue: Queue, seed: u64) {
             let g = e.group.key().map_or("-", |k| k.as_str());
             lines.push_str(&format!("@E {} {g}\n", e.id));
         }
+        // Ids applied so far, by any producer, flushed or not.
+        lines.push_str(&format!("@I {}\n", queue.next_id(SINK).0));
         report(&lines);
         // Deliver the head runs of the groups just written (most of the time), fail some.
         for e in &done {
@@ -86,6 +107,14 @@ async fn produce(queue: Queue, seed: u64) {
             if run.is_empty() {
                 continue;
             }
+            let seen: String = run
+                .iter()
+                .map(|m| {
+                    let text = String::from_utf8_lossy(&m.payload).into_owned();
+                    format!("@S {} {} {text}\n", m.delivery_id(), m.id)
+                })
+                .collect();
+            report(&seen);
             if rng.u32(0..8) == 0 {
                 let error = LastError {
                     class: ErrorClass::Retryable,
@@ -119,6 +148,12 @@ struct Claims {
     acked: HashSet<u64>,
     /// No id reported from now on may be at or below this.
     floor: u64,
+    /// Delivery ids seen through head_run, with their message's payload.
+    seen: HashMap<String, String>,
+    /// Ids seen through head_run (published).
+    published: BTreeSet<u64>,
+    /// The highest `next_id` the current child reported (ids applied up to it).
+    applied_to: u64,
 }
 
 impl Claims {
@@ -138,6 +173,20 @@ impl Claims {
             }
             (Some("@A"), Some(id)) => {
                 self.acked.insert(id);
+            }
+            (Some("@I"), Some(next)) => {
+                self.applied_to = self.applied_to.max(next);
+            }
+            _ if line.starts_with("@S ") => {
+                let mut p = line.split_whitespace().skip(1);
+                let (did, id, text) = (p.next().unwrap(), p.next().unwrap(), p.next().unwrap());
+                if let Some(before) = self.seen.insert(did.to_string(), text.to_string()) {
+                    assert_eq!(
+                        before, text,
+                        "delivery id {did} names two different messages"
+                    );
+                }
+                self.published.insert(id.parse().unwrap());
             }
             _ => {}
         }
@@ -160,7 +209,7 @@ fn verify(dir: &Path, claims: &Claims) -> u64 {
     assert_eq!(present.len(), all.len(), "an id appears twice");
     for m in &all {
         let name = m.group.key().map_or("-", |k| k.as_str());
-        let text = String::from_utf8(m.payload.clone()).unwrap();
+        let text = String::from_utf8(m.payload.to_vec()).unwrap();
         assert_eq!(
             text.split('|').next(),
             Some(name),
@@ -177,6 +226,13 @@ fn verify(dir: &Path, claims: &Claims) -> u64 {
         .filter(|(id, _)| !claims.acked.contains(id))
     {
         assert!(present.contains(id), "durable message {id} lost");
+    }
+    // Publish after flush: what delivery could see is durable.
+    for id in claims.published.difference(&present) {
+        assert!(
+            claims.acked.contains(id),
+            "message {id} was visible to delivery but is gone after the kill"
+        );
     }
     // Order: a present message must not have a later message of its group already gone.
     let mut first_present: BTreeMap<&str, u64> = BTreeMap::new();
@@ -222,6 +278,28 @@ fn survives_sigkill_at_random_moments() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(50);
+    kill_loop(cycles, 0);
+}
+
+/// With a 30 ms commit delay most kills land while some enqueue is applied but not flushed:
+/// its ids are handed out again after the restart (the test checks that this happened), yet
+/// no delivery id ever names two messages, because every open takes a new epoch.
+#[test]
+fn delivery_ids_never_repeat_across_kills_between_apply_and_flush() {
+    if std::env::var(CHILD_ENV).is_ok() {
+        return;
+    }
+    let reissued = kill_loop(30, 30);
+    assert!(
+        reissued > 0,
+        "no kill landed between apply and flush: the test proved nothing"
+    );
+}
+
+/// Runs `cycles` kill/restart cycles; returns in how many cycles ids that the killed child had
+/// applied (but not flushed) were handed out again.
+fn kill_loop(cycles: usize, delay_ms: u64) -> usize {
+    let mut reissued = 0;
     let seed: u64 = std::env::var("S2SINK_CRASH_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -237,9 +315,17 @@ fn survives_sigkill_at_random_moments() {
             .floor
             .max(max_present)
             .max(claims.durable.keys().last().copied().unwrap_or(0));
+        if claims.applied_to > 0 {
+            let next = Queue::open(dir.path()).unwrap().next_id(SINK).0;
+            if next < claims.applied_to {
+                reissued += 1;
+            }
+        }
+        claims.applied_to = 0;
         let mut child = Command::new(&exe)
             .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
             .env(CHILD_ENV, dir.path())
+            .env(DELAY_ENV, delay_ms.to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -273,4 +359,5 @@ fn survives_sigkill_at_random_moments() {
         claims.durable.len() > cycles,
         "the child reported too little to test anything"
     );
+    reissued
 }

@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use proptest::prelude::*;
 use s2sink_core::{now_millis, ErrorClass, GroupKey, LastError};
 use s2sink_queue::{
-    Counts, DeliveryState, GroupRef, ListFilter, MessageId, NewMessage, Queue, QueueOptions,
-    StateFilter,
+    Counts, DeliveryId, DeliveryState, GroupRef, ListFilter, MessageId, NewMessage, Queue,
+    QueueOptions, StateFilter,
 };
 
 const SINKS: [&str; 2] = ["a", "b/c"];
@@ -23,6 +23,12 @@ enum Op {
     Ack {
         sink: usize,
         picks: Vec<usize>,
+    },
+    /// Reconciliation found these (with the right epoch, or a wrong one).
+    AckFound {
+        sink: usize,
+        picks: Vec<usize>,
+        wrong_epoch: bool,
     },
     Fail {
         sink: usize,
@@ -54,6 +60,8 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(sink, msgs)| Op::Enqueue { sink, msgs }),
         2 => (sink.clone(), prop::collection::vec(0usize..100, 0..4))
             .prop_map(|(sink, picks)| Op::Ack { sink, picks }),
+        1 => (sink.clone(), prop::collection::vec(0usize..100, 0..4), any::<bool>())
+            .prop_map(|(sink, picks, wrong_epoch)| Op::AckFound { sink, picks, wrong_epoch }),
         2 => (sink.clone(), 0usize..100, any::<bool>())
             .prop_map(|(sink, pick, future)| Op::Fail { sink, pick, future }),
         1 => (sink.clone(), 0usize..100).prop_map(|(sink, pick)| Op::Redeliver { sink, pick }),
@@ -69,6 +77,18 @@ struct Msg {
     group: GroupRef,
     payload: Vec<u8>,
     state: DeliveryState,
+    /// The epoch of the queue that accepted it (changes with every reopen).
+    epoch: u64,
+}
+
+/// Payload sizes: mostly tiny; 18 and 19 stand for values that fill a chunk on their own or
+/// need several sled parts, so chunk boundaries and parted values are exercised too.
+fn payload_len(code: u8) -> usize {
+    match code {
+        18 => 40_000,
+        19 => 130_000,
+        n => n as usize,
+    }
 }
 
 #[derive(Default)]
@@ -153,8 +173,9 @@ fn check(q: &Queue, model: &[SinkModel]) -> Result<(), TestCaseError> {
                     s.id.0,
                     Msg {
                         group: s.group.clone(),
-                        payload: s.payload.clone(),
+                        payload: s.payload.to_vec(),
                         state: s.state.clone(),
+                        epoch: s.epoch,
                     },
                 )
             })
@@ -260,8 +281,9 @@ fn check(q: &Queue, model: &[SinkModel]) -> Result<(), TestCaseError> {
                     s.id.0,
                     Msg {
                         group: s.group,
-                        payload: s.payload,
+                        payload: s.payload.to_vec(),
                         state: s.state,
+                        epoch: s.epoch,
                     },
                 )
             })
@@ -286,9 +308,11 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Enqueue { sink, msgs } => {
                 let new: Vec<NewMessage> = msgs
                     .iter()
-                    .map(|(g, len)| NewMessage {
-                        group: g.map(|g| GroupKey(format!("g{g}"))),
-                        payload: vec![step as u8; *len as usize],
+                    .map(|(g, len)| {
+                        NewMessage::new(
+                            g.map(|g| GroupKey(format!("g{g}"))),
+                            vec![step as u8; payload_len(*len)],
+                        )
                     })
                     .collect();
                 let out = rt.block_on(q.enqueue(SINKS[sink], new.clone())).unwrap();
@@ -310,8 +334,9 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         e.id.0,
                         Msg {
                             group: e.group.clone(),
-                            payload: n.payload,
+                            payload: n.payload.to_vec(),
                             state: DeliveryState::default(),
+                            epoch: q.epoch(),
                         },
                     );
                 }
@@ -326,6 +351,35 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     .into_iter()
                     .filter(|id| m.remove(**id, false))
                     .count();
+                prop_assert_eq!(removed, want);
+            }
+            Op::AckFound {
+                sink,
+                picks,
+                wrong_epoch,
+            } => {
+                let m = &mut model[sink];
+                let found: Vec<DeliveryId> = picks
+                    .iter()
+                    .map(|p| {
+                        let id = m.pick(*p);
+                        let epoch = m.msgs.get(&id.0).map_or(7, |v| v.epoch);
+                        DeliveryId {
+                            epoch: if wrong_epoch { epoch ^ 1 } else { epoch },
+                            id,
+                        }
+                    })
+                    .collect();
+                let mut removed = q.ack_delivered(SINKS[sink], &found).unwrap();
+                removed.sort();
+                let mut want: Vec<MessageId> = found
+                    .iter()
+                    .map(|d| d.id)
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .filter(|id| !wrong_epoch && m.remove(*id, false))
+                    .collect();
+                want.sort();
                 prop_assert_eq!(removed, want);
             }
             Op::Fail { sink, pick, future } => {
@@ -351,7 +405,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Redeliver { sink, pick } => {
                 let m = &mut model[sink];
                 let id = m.pick(pick);
-                let got = q.redeliver(SINKS[sink], id).unwrap();
+                let got = rt.block_on(q.redeliver(SINKS[sink], id)).unwrap();
                 let want = match m.msgs.get_mut(&id.0) {
                     Some(msg) => {
                         msg.state.not_visible_until = None;
@@ -369,23 +423,25 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         want += 1;
                     }
                 }
-                prop_assert_eq!(q.redeliver_all(SINKS[sink]).unwrap(), want);
+                prop_assert_eq!(rt.block_on(q.redeliver_all(SINKS[sink])).unwrap(), want);
             }
             Op::Acknowledge { sink, pick } => {
                 let m = &mut model[sink];
                 let id = m.pick(pick);
-                let got = q.acknowledge(SINKS[sink], id).unwrap();
+                let got = rt.block_on(q.acknowledge(SINKS[sink], id)).unwrap();
                 prop_assert_eq!(got, m.remove(id, false));
             }
             Op::Discard { sink, pick } => {
                 let m = &mut model[sink];
                 let id = m.pick(pick);
-                let got = q.discard(SINKS[sink], id).unwrap();
+                let got = rt.block_on(q.discard(SINKS[sink], id)).unwrap();
                 prop_assert_eq!(got, m.remove(id, true));
             }
             Op::Reopen => {
+                let before = q.epoch();
                 drop(q);
                 q = open(dir.path());
+                prop_assert_ne!(q.epoch(), before, "every open takes a new epoch");
             }
         }
         check(&q, &model)?;

@@ -49,7 +49,9 @@ pub use settings::{BatchSettings, SinkSettings};
 pub use sink::{SinkLocal, SinkShared};
 pub use stats::{Histogram, SinkStats};
 pub use supervisor::{AllGroupsReady, GroupsReady, LiveGroups, Supervisor};
-pub use writer::{our_id, Failure, HEADER_ID, HEADER_IDEMPOTENCY_KEY, HEADER_SINK};
+pub use writer::{
+    our_delivery_id, our_id, Failure, HEADER_ID, HEADER_IDEMPOTENCY_KEY, HEADER_SINK,
+};
 
 use crate::ServerError;
 
@@ -237,7 +239,7 @@ impl Engine {
                     })?
                 }
             };
-            msgs.push(NewMessage { group, payload });
+            msgs.push(NewMessage::new(group, payload));
         }
         if msgs.is_empty() {
             return Ok(Vec::new());
@@ -263,13 +265,15 @@ impl Engine {
     pub async fn redeliver(&self, sink: &str, id: Option<MessageId>) -> Result<u64, ServerError> {
         match id {
             Some(id) => {
-                self.manual(sink, id, |q| q.redeliver(sink, id).map(|_| ()))
-                    .await?;
+                self.manual(sink, id, |q| async move {
+                    q.redeliver(sink, id).await.map(|_| ())
+                })
+                .await?;
                 Ok(1)
             }
             None => {
                 let shared = self.sink(sink)?;
-                let n = self.queue.redeliver_all(sink)?;
+                let n = self.queue.redeliver_all(sink).await?;
                 let _ = shared.supervisor().send(AllGroupsReady).await;
                 Ok(n as u64)
             }
@@ -278,32 +282,40 @@ impl Engine {
 
     /// Removes a message as delivered (manual acknowledge) and wakes its group.
     pub async fn acknowledge(&self, sink: &str, id: MessageId) -> Result<(), ServerError> {
-        self.manual(sink, id, |q| q.acknowledge(sink, id).map(|_| ()))
-            .await?
-            .stats
-            .delivered
-            .fetch_add(1, Relaxed);
+        self.manual(sink, id, |q| async move {
+            q.acknowledge(sink, id).await.map(|_| ())
+        })
+        .await?
+        .stats
+        .delivered
+        .fetch_add(1, Relaxed);
         Ok(())
     }
 
     /// Removes a message as undeliverable (kept in the discarded list) and wakes its group.
     pub async fn discard(&self, sink: &str, id: MessageId) -> Result<(), ServerError> {
-        self.manual(sink, id, |q| q.discard(sink, id).map(|_| ()))
-            .await?
-            .stats
-            .discarded
-            .fetch_add(1, Relaxed);
+        self.manual(sink, id, |q| async move {
+            q.discard(sink, id).await.map(|_| ())
+        })
+        .await?
+        .stats
+        .discarded
+        .fetch_add(1, Relaxed);
         Ok(())
     }
 
     /// A manual action on one pending message: `UnknownMessage` if it is not pending, else
-    /// `act`, then its group is woken so the change takes effect now.
-    async fn manual(
-        &self,
+    /// `act` (which is on disk when it returns), then its group is woken so the change takes
+    /// effect now.
+    async fn manual<'q, F>(
+        &'q self,
         sink: &str,
         id: MessageId,
-        act: impl FnOnce(&Queue) -> Result<(), QueueError>,
-    ) -> Result<&Arc<SinkShared>, ServerError> {
+        act: impl FnOnce(&'q Queue) -> F,
+    ) -> Result<&'q Arc<SinkShared>, ServerError>
+    where
+        F: std::future::Future<Output = Result<(), QueueError>>,
+    {
         let shared = self.sink(sink)?;
         let Some(msg) = self.queue.get(sink, id)? else {
             return Err(ServerError::UnknownMessage {
@@ -311,7 +323,7 @@ impl Engine {
                 id: id.0,
             });
         };
-        act(&self.queue)?;
+        act(&self.queue).await?;
         let _ = shared.supervisor().send(GroupsReady(vec![msg.group])).await;
         Ok(shared)
     }

@@ -105,7 +105,7 @@ pub fn plan_run(
                     index,
                     route,
                     Run {
-                        ids: vec![msg.id],
+                        ids: vec![msg.delivery_id()],
                         records: vec![record],
                         metered: cost.metered,
                         json_bytes: json_cost,
@@ -120,7 +120,7 @@ pub fn plan_run(
                 if *run_route != route || !fits {
                     break;
                 }
-                r.ids.push(msg.id);
+                r.ids.push(msg.delivery_id());
                 r.records.push(record);
                 r.metered += cost.metered;
                 r.json_bytes += json_cost;
@@ -151,7 +151,7 @@ fn prepare(
             .and_then(|p| p.metadata)
             .and_then(|m| m.idempotency_key)
             .map(|k| k.into_owned());
-        return Ok(Some((route, record(sink, id, key, body))));
+        return Ok(Some((route, record(sink, msg, key, body))));
     }
     let value: serde_json::Value = serde_json::from_slice(&msg.payload).map_err(|e| {
         (
@@ -180,7 +180,7 @@ fn prepare(
         .pointer("/metadata/idempotency_key")
         .and_then(|k| k.as_str())
         .map(str::to_string);
-    Ok(Some((route, record(sink, id, key, body))))
+    Ok(Some((route, record(sink, msg, key, body))))
 }
 
 /// Only the field the headers need, read without building the whole JSON tree.
@@ -205,11 +205,11 @@ fn no_route(id: &str) -> impl FnOnce() -> (&'static str, String) + '_ {
     }
 }
 
-/// The S2 record of a message: body plus the sink / id / idempotency-key headers.
-fn record(sink: &str, id: String, key: Option<String>, body: String) -> AppendRecord {
+/// The S2 record of a message: body plus the sink / delivery id / idempotency-key headers.
+fn record(sink: &str, msg: &StoredMessage, key: Option<String>, body: String) -> AppendRecord {
     let mut headers = vec![
         (HEADER_SINK.to_string(), sink.to_string()),
-        (HEADER_ID.to_string(), id),
+        (HEADER_ID.to_string(), msg.delivery_id().to_string()),
     ];
     if let Some(key) = key {
         headers.push((HEADER_IDEMPOTENCY_KEY.to_string(), key));

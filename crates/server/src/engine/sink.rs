@@ -166,10 +166,13 @@ impl SinkLocal {
         let now = self.clock.now_millis();
         let exhausted = settings.max_retry_count.is_some_and(|max| attempts >= max);
         if exhausted && self.dead_letter(settings, msg, &failure).await {
-            let res = shared
+            let res = match shared
                 .queue
                 .fail(&shared.name, msg.id, failure.error.clone(), now)
-                .and_then(|_| shared.queue.discard(&shared.name, msg.id).map(|_| ()));
+            {
+                Ok(_) => shared.queue.discard(&shared.name, msg.id).await.map(|_| ()),
+                Err(e) => Err(e),
+            };
             return match res {
                 Err(QueueError::NotFound { .. }) => Ok(None),
                 Ok(()) => {
@@ -211,7 +214,7 @@ impl SinkLocal {
         let e = &f.error;
         let mut headers = vec![
             (HEADER_SINK.to_string(), self.shared.name.clone()),
-            (HEADER_ID.to_string(), msg.id.to_string()),
+            (HEADER_ID.to_string(), msg.delivery_id().to_string()),
             (
                 "s2sink-error-class".to_string(),
                 e.class.as_str().to_string(),

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use s2sink_client::{AppendInput, AppendRecord, BatchLimits, S2Error, BATCH_JSON_OVERHEAD};
 use s2sink_core::{ErrorClass, LastError, Route};
-use s2sink_queue::{MessageId, Queue};
+use s2sink_queue::{DeliveryId, MessageId, Queue};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -32,7 +32,8 @@ use super::Clock;
 
 /// Record header naming the sink that wrote the record.
 pub const HEADER_SINK: &str = "s2sink-sink";
-/// Record header carrying the message id (decimal).
+/// Record header carrying the message's [`DeliveryId`] (`<epoch hex>-<id>`, or the plain
+/// decimal id for messages accepted before epochs existed).
 pub const HEADER_ID: &str = "s2sink-id";
 /// Record header carrying the envelope's `metadata.idempotency_key`, when present.
 pub const HEADER_IDEMPOTENCY_KEY: &str = "s2sink-idempotency-key";
@@ -45,7 +46,7 @@ const MAX_CONFLICT_ROUNDS: usize = 3;
 /// Consecutive messages of one group, to be appended together and in order.
 #[derive(Debug)]
 pub struct Run {
-    pub ids: Vec<MessageId>,
+    pub ids: Vec<DeliveryId>,
     pub records: Vec<AppendRecord>,
     pub metered: u64,
     pub json_bytes: usize,
@@ -215,7 +216,8 @@ async fn process(ctx: &WriterCtx, state: &mut State, batch: Vec<Submission>) {
             pending.push(s);
             continue;
         }
-        let present = match ctx.queue.contains(&ctx.sink, &s.run.ids) {
+        let ids: Vec<MessageId> = s.run.ids.iter().map(|d| d.id).collect();
+        let present = match ctx.queue.contains(&ctx.sink, &ids) {
             Ok(p) => p,
             Err(e) => {
                 let _ = s.reply.send(Err(queue_failure(ctx, &e)));
@@ -318,8 +320,8 @@ async fn persist_marker(ctx: &WriterCtx, state: &mut State, at: u64) -> Result<(
 }
 
 /// Reads the stream from the mark to the tail; acks every message of this sink found there
-/// and returns their ids.
-async fn reconcile(ctx: &WriterCtx, state: &mut State) -> Result<HashSet<u64>, Failure> {
+/// (matching the full delivery id, epoch included) and returns the delivery ids found.
+async fn reconcile(ctx: &WriterCtx, state: &mut State) -> Result<HashSet<DeliveryId>, Failure> {
     let (basin, stream) = (&ctx.route.basin, &ctx.route.stream);
     let fail = |e: S2Error| Failure::from_s2(&e);
     let tail = ctx.io.check_tail(basin, stream).await.map_err(fail)?;
@@ -330,14 +332,14 @@ async fn reconcile(ctx: &WriterCtx, state: &mut State) -> Result<HashSet<u64>, F
         let Some(last) = records.last() else { break };
         pos = last.seq_num + 1;
         for r in &records {
-            if let Some(id) = our_id(&ctx.sink, &r.headers) {
+            if let Some(id) = our_delivery_id(&ctx.sink, &r.headers) {
                 found.insert(id);
             }
         }
     }
     if !found.is_empty() {
-        let ids: Vec<MessageId> = found.iter().map(|id| MessageId(*id)).collect();
-        if let Err(e) = ctx.queue.ack(&ctx.sink, &ids) {
+        let ids: Vec<DeliveryId> = found.iter().copied().collect();
+        if let Err(e) = ctx.queue.ack_delivered(&ctx.sink, &ids) {
             return Err(queue_failure(ctx, &e));
         }
     }
@@ -351,15 +353,15 @@ async fn reconcile(ctx: &WriterCtx, state: &mut State) -> Result<HashSet<u64>, F
     Ok(found)
 }
 
-/// The message id in a record's headers when the record was written by `sink`.
-pub fn our_id(sink: &str, headers: &[(String, String)]) -> Option<u64> {
+/// The delivery id in a record's headers when the record was written by `sink`.
+pub fn our_delivery_id(sink: &str, headers: &[(String, String)]) -> Option<DeliveryId> {
     let mut is_ours = false;
     let mut id = None;
     for (k, v) in headers {
         if k == HEADER_SINK {
             is_ours = v == sink;
         } else if k == HEADER_ID {
-            id = v.parse().ok();
+            id = DeliveryId::parse(v);
         }
     }
     if is_ours {
@@ -367,6 +369,12 @@ pub fn our_id(sink: &str, headers: &[(String, String)]) -> Option<u64> {
     } else {
         None
     }
+}
+
+/// The queue message id (without epoch) in a record's headers when the record was written by
+/// `sink`: what the ingest API returned for it. Unique within one data directory's history.
+pub fn our_id(sink: &str, headers: &[(String, String)]) -> Option<u64> {
+    our_delivery_id(sink, headers).map(|d| d.id.0)
 }
 
 async fn append_with_conflicts(
@@ -378,10 +386,11 @@ async fn append_with_conflicts(
         .iter()
         .flat_map(|s| s.run.records.iter().cloned())
         .collect();
-    let ids: Vec<MessageId> = subs
+    let dids: Vec<DeliveryId> = subs
         .iter()
         .flat_map(|s| s.run.ids.iter().copied())
         .collect();
+    let ids: Vec<MessageId> = dids.iter().map(|d| d.id).collect();
     let mut round = 0;
     loop {
         let input = AppendInput {
@@ -465,10 +474,10 @@ async fn append_with_conflicts(
                     round += 1;
                     let found = reconcile(ctx, state).await?;
                     // Anything the reconciliation found is delivered; send only the rest.
-                    if ids.iter().all(|id| found.contains(&id.0)) {
+                    if dids.iter().all(|id| found.contains(id)) {
                         return Ok(());
                     }
-                    if ids.iter().any(|id| found.contains(&id.0)) {
+                    if dids.iter().any(|id| found.contains(id)) {
                         // Part of the batch is in S2: let the groups resubmit what is left.
                         return Err(Failure::from_s2(&e));
                     }

@@ -1,0 +1,370 @@
+//! The in-memory index of one sink: every stored message's group and place, the ordered ids
+//! of each group, the chunks and their done bitmaps, failed messages' state, and a bounded
+//! payload cache. Rebuilt from sled on open; delivery reads only this on its hot path.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+use bytes::Bytes;
+use s2sink_core::UnixMillis;
+
+use crate::codec::Record;
+use crate::GroupRef;
+
+/// `Msg::group` of an ungrouped message (its own group).
+pub const SOLO: u32 = u32::MAX;
+
+/// One stored message.
+#[derive(Debug, Clone, Copy)]
+pub struct Msg {
+    /// Slot in [`Groups`], or [`SOLO`].
+    pub group: u32,
+    /// Offset and length of the payload in its chunk's body.
+    pub off: u32,
+    pub len: u32,
+    /// Visible to delivery: its batch is durable (see `Index::publish`).
+    pub published: bool,
+    /// Moved out of its chunk into its own keys (see [`Failed`]).
+    pub failed: bool,
+}
+
+/// A chunk: the messages `first .. first + count` of one enqueue.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    pub epoch: u64,
+    pub enqueued_at: UnixMillis,
+    pub count: u32,
+    /// Messages not yet done (delivered, discarded or moved).
+    pub live: u32,
+    pub done: Vec<u64>,
+    pub head_parts: u16,
+    pub body_parts: u16,
+}
+
+impl Chunk {
+    pub fn is_done(&self, i: usize) -> bool {
+        self.done[i / 64] & (1 << (i % 64)) != 0
+    }
+
+    /// Marks message `i` done; false if it already was.
+    pub fn mark(&mut self, i: usize) -> bool {
+        if self.is_done(i) {
+            return false;
+        }
+        self.done[i / 64] |= 1 << (i % 64);
+        self.live -= 1;
+        true
+    }
+}
+
+/// A message moved out of its chunk on its first failure.
+#[derive(Debug, Clone)]
+pub struct Failed {
+    pub record: Record,
+    /// Parts of its `s` value.
+    pub state_parts: u16,
+}
+
+/// Group keys interned to slots, each with its published ids in order.
+#[derive(Default)]
+pub struct Groups {
+    by_key: BTreeMap<GroupRef, u32>,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+}
+
+#[derive(Default)]
+struct Slot {
+    key: Option<GroupRef>,
+    /// Published ids, ascending.
+    ids: VecDeque<u64>,
+    /// Stored messages referring to this slot (published or not).
+    refs: u32,
+}
+
+impl Groups {
+    /// The slot of `key`, created if needed; counts one more message referring to it.
+    pub fn add_ref(&mut self, key: &GroupRef) -> u32 {
+        if key.solo().is_some() {
+            return SOLO;
+        }
+        let slot = match self.by_key.get(key) {
+            Some(&s) => s,
+            None => {
+                let s = match self.free.pop() {
+                    Some(s) => s,
+                    None => {
+                        self.slots.push(Slot::default());
+                        (self.slots.len() - 1) as u32
+                    }
+                };
+                self.slots[s as usize].key = Some(key.clone());
+                self.by_key.insert(key.clone(), s);
+                s
+            }
+        };
+        self.slots[slot as usize].refs += 1;
+        slot
+    }
+
+    /// One message of `slot` is gone; frees the slot with its last message.
+    fn drop_ref(&mut self, slot: u32) {
+        let s = &mut self.slots[slot as usize];
+        s.refs -= 1;
+        if s.refs == 0 {
+            if let Some(key) = s.key.take() {
+                self.by_key.remove(&key);
+            }
+            s.ids.clear();
+            self.free.push(slot);
+        }
+    }
+
+    pub fn lookup(&self, key: &GroupRef) -> Option<u32> {
+        self.by_key.get(key).copied()
+    }
+
+    pub fn key(&self, slot: u32) -> &GroupRef {
+        self.slots[slot as usize].key.as_ref().expect("live slot")
+    }
+
+    pub fn ids(&self, slot: u32) -> &VecDeque<u64> {
+        &self.slots[slot as usize].ids
+    }
+
+    fn push(&mut self, slot: u32, id: u64) {
+        let ids = &mut self.slots[slot as usize].ids;
+        debug_assert!(ids.back().is_none_or(|&b| b < id), "published in id order");
+        ids.push_back(id);
+    }
+
+    fn remove_id(&mut self, slot: u32, id: u64) {
+        let ids = &mut self.slots[slot as usize].ids;
+        if ids.front() == Some(&id) {
+            ids.pop_front();
+        } else if let Ok(pos) = ids.binary_search(&id) {
+            ids.remove(pos);
+        }
+    }
+
+    /// Keyed groups with published messages, in key order, after `after`.
+    pub fn keyed_after<'a>(
+        &'a self,
+        after: Option<&GroupRef>,
+    ) -> impl Iterator<Item = &'a GroupRef> + 'a {
+        use std::ops::Bound::*;
+        let lo = match after {
+            Some(a) => Excluded(a.clone()),
+            None => Unbounded,
+        };
+        self.by_key
+            .range((lo, Unbounded))
+            .filter(|(_, &s)| !self.slots[s as usize].ids.is_empty())
+            .map(|(k, _)| k)
+    }
+}
+
+/// Payloads of pending messages kept in memory, bounded in bytes (admission only: a payload
+/// that does not fit is read from its chunk when needed).
+pub struct Cache {
+    map: HashMap<u64, Bytes>,
+    bytes: usize,
+    cap: usize,
+}
+
+impl Cache {
+    pub fn new(cap: usize) -> Cache {
+        Cache {
+            map: HashMap::new(),
+            bytes: 0,
+            cap,
+        }
+    }
+
+    pub fn get(&self, id: u64) -> Option<Bytes> {
+        self.map.get(&id).cloned()
+    }
+
+    /// Keeps `payload` if it fits.
+    pub fn offer(&mut self, id: u64, payload: Bytes) {
+        if self.bytes + payload.len() <= self.cap && !self.map.contains_key(&id) {
+            self.bytes += payload.len();
+            self.map.insert(id, payload);
+        }
+    }
+
+    pub fn has_room(&self, len: usize) -> bool {
+        self.bytes + len <= self.cap
+    }
+
+    pub fn contains(&self, id: u64) -> bool {
+        self.map.contains_key(&id)
+    }
+
+    pub fn remove(&mut self, id: u64) {
+        if let Some(p) = self.map.remove(&id) {
+            self.bytes -= p.len();
+        }
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+/// Where a removed message was.
+pub enum Place {
+    /// In chunk `first` (now marked done there).
+    Chunk { first: u64 },
+    /// In its own keys.
+    Failed(Failed),
+}
+
+/// The whole in-memory state of a sink.
+pub struct Index {
+    pub msgs: BTreeMap<u64, Msg>,
+    pub chunks: BTreeMap<u64, Chunk>,
+    pub failed: BTreeMap<u64, Failed>,
+    pub groups: Groups,
+    /// Published ungrouped ids.
+    pub solos: BTreeSet<u64>,
+    pub cache: Cache,
+    /// Discarded entries kept on disk, oldest first: (seq, parts).
+    pub discarded: VecDeque<(u64, u16)>,
+    /// Stored but not yet published id ranges `[first, end)`, in id order.
+    pub unpublished: VecDeque<(u64, u64)>,
+}
+
+impl Index {
+    pub fn new(cache_bytes: usize) -> Index {
+        Index {
+            msgs: BTreeMap::new(),
+            chunks: BTreeMap::new(),
+            failed: BTreeMap::new(),
+            groups: Groups::default(),
+            solos: BTreeSet::new(),
+            cache: Cache::new(cache_bytes),
+            discarded: VecDeque::new(),
+            unpublished: VecDeque::new(),
+        }
+    }
+
+    /// Adds a stored message (not yet visible unless `published`).
+    pub fn insert(&mut self, id: u64, group: &GroupRef, off: u32, len: u32, published: bool) {
+        let slot = self.groups.add_ref(group);
+        self.msgs.insert(
+            id,
+            Msg {
+                group: slot,
+                off,
+                len,
+                published: false,
+                failed: false,
+            },
+        );
+        if published {
+            self.publish_one(id);
+        }
+    }
+
+    /// Makes message `id` visible to its group (ids must be published in ascending order).
+    pub fn publish_one(&mut self, id: u64) {
+        let Some(m) = self.msgs.get_mut(&id) else {
+            return;
+        };
+        if m.published {
+            return;
+        }
+        m.published = true;
+        if m.group == SOLO {
+            self.solos.insert(id);
+        } else {
+            let slot = m.group;
+            self.groups.push(slot, id);
+        }
+    }
+
+    /// Publishes every unpublished range up to and including the one starting at `first`.
+    pub fn publish_through(&mut self, first: u64) {
+        while let Some(&(lo, hi)) = self.unpublished.front() {
+            if lo > first {
+                break;
+            }
+            self.unpublished.pop_front();
+            for id in lo..hi {
+                self.publish_one(id);
+            }
+        }
+    }
+
+    /// The chunk holding message `id` (which must not be failed).
+    pub fn chunk_of(&self, id: u64) -> Option<(u64, &Chunk)> {
+        self.chunks
+            .range(..=id)
+            .next_back()
+            .map(|(f, c)| (*f, c))
+            .filter(|(f, c)| id < f + c.count as u64)
+    }
+
+    /// The group of a stored message.
+    pub fn group_of(&self, id: u64, m: &Msg) -> GroupRef {
+        if m.group == SOLO {
+            GroupRef::of(None, crate::MessageId(id))
+        } else {
+            self.groups.key(m.group).clone()
+        }
+    }
+
+    /// Epoch and acceptance time of a stored message.
+    pub fn origin(&self, id: u64, m: &Msg) -> (u64, UnixMillis) {
+        if m.failed {
+            let r = &self.failed[&id].record;
+            (r.epoch, r.enqueued_at)
+        } else {
+            let (_, c) = self.chunk_of(id).expect("a live message is in a chunk");
+            (c.epoch, c.enqueued_at)
+        }
+    }
+
+    /// Takes message `id` out of the index. The caller writes the matching sled changes:
+    /// for `Place::Chunk` the chunk's bitmap (or its removal when `live == 0`).
+    pub fn remove(&mut self, id: u64) -> Option<(Msg, Place)> {
+        let m = self.msgs.remove(&id)?;
+        if m.published {
+            if m.group == SOLO {
+                self.solos.remove(&id);
+            } else {
+                self.groups.remove_id(m.group, id);
+            }
+        }
+        if m.group != SOLO {
+            self.groups.drop_ref(m.group);
+        }
+        self.cache.remove(id);
+        let place = if m.failed {
+            Place::Failed(self.failed.remove(&id).expect("failed message has state"))
+        } else {
+            let (first, _) = self.chunk_of(id).expect("a live message is in a chunk");
+            let chunk = self.chunks.get_mut(&first).expect("chunk");
+            chunk.mark((id - first) as usize);
+            Place::Chunk { first }
+        };
+        Some((m, place))
+    }
+
+    /// Marks message `id` moved out of its chunk into its own keys; returns the chunk's first id.
+    pub fn move_out(&mut self, id: u64, failed: Failed) -> Option<u64> {
+        let (first, _) = self.chunk_of(id)?;
+        self.chunks
+            .get_mut(&first)
+            .expect("chunk")
+            .mark((id - first) as usize);
+        self.msgs.get_mut(&id).expect("message").failed = true;
+        self.failed.insert(id, failed);
+        Some(first)
+    }
+
+    /// Published messages that failed at least once.
+    pub fn failing(&self) -> u64 {
+        self.failed.len() as u64
+    }
+}
