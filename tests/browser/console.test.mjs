@@ -22,6 +22,8 @@ import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
+// scripts/test.sh runs this file only; the cross-site (CSRF) browser test runs with it.
+import "./csrf.test.mjs";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const ROOT = path.resolve(HERE, "../..");
@@ -280,6 +282,10 @@ max_ms = 1000
     p.setDefaultTimeout(UI_TIMEOUT);
     const pageErrors = [];
     p.on("pageerror", (e) => pageErrors.push(e.message));
+    // The console runs under a strict Content-Security-Policy: any violation is an error.
+    p.on("console", (m) => {
+      if (/Content.Security.Policy/i.test(m.text())) pageErrors.push("CSP: " + m.text());
+    });
     p.pageErrors = pageErrors;
     // The console confirms in-page; a native dialog would also be accepted.
     p.on("dialog", (d) => d.accept());
@@ -441,6 +447,6 @@ max_ms = 1000
     await expectText("sink-pending", /^0$/, "the console to show pending 0");
     await selectState("good", "all");
     await tid("messages-empty").waitFor({ state: "visible" });
-    assert.deepEqual(page.pageErrors, [], "no JavaScript errors in the page");
+    assert.deepEqual(page.pageErrors, [], "no JavaScript errors or CSP violations in the page");
   });
 }
