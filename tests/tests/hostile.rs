@@ -92,6 +92,40 @@ impl Client {
         )
     }
 
+    /// POSTs `{}` to `path` with exactly `headers` (the token unless one is given).
+    async fn send(&self, path: &str, headers: &[(&str, &str)]) -> (StatusCode, Value) {
+        let mut r = self.http.post(format!("{}{path}", self.url)).body("{}");
+        if !headers.iter().any(|(k, _)| *k == "authorization") {
+            r = r.bearer_auth(TOKEN);
+        }
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        let resp = r.send().await.expect("server answers");
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn send_get(&self, path: &str) -> (StatusCode, Value) {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("server answers");
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
     async fn post(&self, sink: &str, body: impl Into<Vec<u8>>) -> (StatusCode, Value) {
         self.post_raw(sink, "application/json", body.into(), Some(TOKEN))
             .await
@@ -212,6 +246,70 @@ async fn hostile_input_table() {
         "wrong API token",
     );
 
+    // Issue 17: what a browser page or a sloppy client can send (details in http_hardening.rs).
+    assert_err(
+        "text/plain body",
+        c.post_raw("main", "text/plain", b"{\"probe\":1}".to_vec(), Some(TOKEN))
+            .await,
+        415,
+        "text/plain",
+    );
+    assert_err(
+        "Content-Encoding: br",
+        c.send(
+            "/api/sinks/main/messages",
+            &[
+                ("content-type", "application/json"),
+                ("content-encoding", "br"),
+            ],
+        )
+        .await,
+        415,
+        "br",
+    );
+    assert_err(
+        "cross-site Origin",
+        c.send(
+            "/api/sinks/main/messages",
+            &[
+                ("content-type", "application/json"),
+                ("origin", "http://evil.example"),
+            ],
+        )
+        .await,
+        403,
+        "evil.example",
+    );
+    assert_err(
+        "rebound Host",
+        c.send(
+            "/api/sinks/main/messages",
+            &[
+                ("content-type", "application/json"),
+                ("host", "evil.example"),
+            ],
+        )
+        .await,
+        421,
+        "evil.example",
+    );
+    assert_err(
+        "?limit=-1",
+        c.send_get("/api/sinks/main/messages?limit=-1").await,
+        400,
+        "limit",
+    );
+    let (s, v) = c
+        .send(
+            "/api/sinks/main/messages",
+            &[
+                ("content-type", "application/json"),
+                ("authorization", &format!("bearer {TOKEN}")),
+            ],
+        )
+        .await;
+    assert_eq!(s, 202, "lower-case bearer: {v}");
+
     // Numbers beyond i64/u64 are kept exactly as sent.
     let big = r#"{"record":{"id":1,"n":123456789012345678901234567890,"m":-99999999999999999999},"metadata":{"table_schema":"public","table_name":"big","record_pks":["1"]}}"#;
     let (s, v) = c.post("main", big).await;
@@ -298,7 +396,7 @@ async fn hostile_input_table() {
     for id in &early_ids {
         assert!(main_ids.contains(id), "early message {id} lost");
     }
-    assert_eq!(main_ids.len(), 50 + 1 + 1 + 100_000);
+    assert_eq!(main_ids.len(), 50 + 1 + 1 + 1 + 100_000);
     let exact = records.iter().any(|r| {
         r.body.contains("123456789012345678901234567890")
             && r.body.contains("-99999999999999999999")
