@@ -1,0 +1,150 @@
+//! CPU time and memory of the three processes that share the machine during a run: the
+//! server, s2-lite and this load generator, read from `/proc`.
+
+use std::path::Path;
+use std::time::Instant;
+
+/// Clock ticks per second of `/proc/<pid>/stat` times (`getconf CLK_TCK`, 100 on Linux/x86).
+fn ticks_per_s() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// Fields after the `(comm)` of a `/proc/<pid>/stat` line.
+fn stat_fields(pid: &str) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .map(str::to_string)
+            .collect(),
+    )
+}
+
+/// User + system CPU seconds of a process (all its threads, live and exited).
+pub fn cpu_secs(pid: u32) -> Option<f64> {
+    cpu_of(&pid.to_string())
+}
+
+/// User + system CPU seconds of this process.
+pub fn self_cpu_secs() -> f64 {
+    cpu_of("self").unwrap_or(0.0)
+}
+
+fn cpu_of(pid: &str) -> Option<f64> {
+    let f = stat_fields(pid)?;
+    // After the comm: state(0) ppid(1) … utime(11) stime(12).
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / ticks_per_s())
+}
+
+/// A `kB` field of `/proc/<pid>/status` (`VmRSS`, `VmHWM` = peak RSS), in MB.
+pub fn status_mb(pid: u32, field: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+/// The pid of a child of this process running `exe` (how s2-lite, started by the harness
+/// without exposing its pid, is found).
+pub fn child_running(exe: &Path) -> Option<u32> {
+    let me = std::process::id().to_string();
+    let exe = std::fs::canonicalize(exe).ok()?;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        if stat_fields(pid).and_then(|f| f.get(1).cloned()) != Some(me.clone()) {
+            continue;
+        }
+        if std::fs::read_link(format!("/proc/{pid}/exe"))
+            .ok()
+            .as_deref()
+            == Some(exe.as_path())
+        {
+            return pid.parse().ok();
+        }
+    }
+    None
+}
+
+/// CPU seconds of the three processes at one instant.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuSnapshot {
+    at: Instant,
+    server: f64,
+    lite: f64,
+    generator: f64,
+}
+
+impl CpuSnapshot {
+    /// Reads the counters now (a missing process counts as 0).
+    pub fn take(server: Option<u32>, lite: Option<u32>) -> CpuSnapshot {
+        CpuSnapshot {
+            at: Instant::now(),
+            server: server.and_then(cpu_secs).unwrap_or(0.0),
+            lite: lite.and_then(cpu_secs).unwrap_or(0.0),
+            generator: self_cpu_secs(),
+        }
+    }
+
+    /// CPU used between `earlier` and this snapshot.
+    pub fn since(&self, earlier: &CpuSnapshot) -> CpuDelta {
+        CpuDelta {
+            wall_s: self.at.duration_since(earlier.at).as_secs_f64(),
+            server_s: (self.server - earlier.server).max(0.0),
+            lite_s: (self.lite - earlier.lite).max(0.0),
+            generator_s: (self.generator - earlier.generator).max(0.0),
+        }
+    }
+}
+
+/// CPU seconds each process used over a window of `wall_s` seconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuDelta {
+    pub wall_s: f64,
+    pub server_s: f64,
+    pub lite_s: f64,
+    pub generator_s: f64,
+}
+
+impl CpuDelta {
+    /// Microseconds of CPU per message for `secs` of CPU and `n` messages.
+    pub fn us_per(secs: f64, n: u64) -> f64 {
+        if n == 0 {
+            0.0
+        } else {
+            secs * 1e6 / n as f64
+        }
+    }
+
+    /// "server 93% / s2-lite 40% / generator 20% of a core" over the window.
+    pub fn percents(&self) -> String {
+        let pct = |s: f64| 100.0 * s / self.wall_s.max(1e-9);
+        format!(
+            "server {:.0}% / s2-lite {:.0}% / generator {:.0}% of a core",
+            pct(self.server_s),
+            pct(self.lite_s),
+            pct(self.generator_s)
+        )
+    }
+}

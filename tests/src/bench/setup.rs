@@ -1,0 +1,171 @@
+//! Starting what a run needs: s2-lite (and finding its pid), the same-run ceiling, the server
+//! binary and its configuration.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use s2sink_client::testing::lite_binary;
+use s2sink_tests::process::{pending, ServerProcess};
+use s2sink_tests::LiteServer;
+
+use super::ceiling::{self, Ceiling};
+use super::cli::Opts;
+use super::procstat;
+use super::report::Report;
+
+/// The sink every mode delivers through.
+pub const SINK: &str = "bench";
+/// The stream it delivers to.
+pub const STREAM: &str = "bench";
+
+/// s2-lite, a basin, and the ceilings measured on it.
+pub struct Env {
+    pub lite: LiteServer,
+    pub basin: String,
+    pub lite_pid: Option<u32>,
+    /// 1 and 2 appends in flight; `None` with `--ceiling-secs 0`.
+    pub ceiling_1: Option<Ceiling>,
+    pub ceiling_2: Option<Ceiling>,
+}
+
+impl Env {
+    /// The 2-in-flight ceiling in records/s (0 when skipped).
+    pub fn ceiling_per_s(&self) -> f64 {
+        self.ceiling_2.map_or(0.0, |c| c.records_per_s)
+    }
+
+    /// Table rows and JSON fields of the ceilings, and `ratio` of `delivered_per_s` to the
+    /// 2-in-flight ceiling.
+    pub fn report_ceiling(&self, rep: &mut Report, delivered_per_s: f64) {
+        for (name, c) in [("1", &self.ceiling_1), ("2", &self.ceiling_2)] {
+            if let Some(c) = c {
+                rep.row(
+                    format!("s2-lite ceiling, {name} in flight (same run, sink-shaped records)"),
+                    c.describe(),
+                );
+            }
+        }
+        let ceiling = self.ceiling_per_s();
+        if ceiling > 0.0 {
+            rep.row(
+                "delivered / ceiling (2 in flight)",
+                format!("**{:.1}%**", 100.0 * delivered_per_s / ceiling),
+            );
+            rep.set("ratio", delivered_per_s / ceiling);
+            rep.set("ceiling_per_s", ceiling);
+        }
+        if let Some(c) = self.ceiling_1 {
+            rep.set("ceiling_1_per_s", c.records_per_s);
+        }
+        if let Some(c) = self.ceiling_2 {
+            rep.set(
+                "ceiling_2_mode",
+                "two concurrent append loops on one stream, no match_seq_num",
+            );
+            rep.set(
+                "ceiling_s2lite_cpu_us_per_record",
+                super::procstat::CpuDelta::us_per(c.cpu.lite_s, c.records),
+            );
+        }
+    }
+}
+
+/// Points `S2SINK_BIN` at the server binary to run: `--server-bin`, else `$S2SINK_BIN`, else
+/// target/release/s2-sink, else target/debug/s2-sink.
+pub fn choose_server_bin(o: &Opts) -> Result<PathBuf, String> {
+    let target = concat!(env!("CARGO_MANIFEST_DIR"), "/../target");
+    let bin = match (&o.server_bin, std::env::var_os("S2SINK_BIN")) {
+        (Some(b), _) => b.clone(),
+        (None, Some(b)) => PathBuf::from(b),
+        (None, None) => ["release", "debug"]
+            .iter()
+            .map(|p| PathBuf::from(format!("{target}/{p}/s2-sink")))
+            .find(|p| p.is_file())
+            .ok_or("no s2-sink binary: build it (cargo build --release -p s2sink-server --bin s2-sink) or pass --server-bin")?,
+    };
+    let abs =
+        std::fs::canonicalize(&bin).map_err(|e| format!("server binary {}: {e}", bin.display()))?;
+    std::env::set_var("S2SINK_BIN", &abs);
+    Ok(abs)
+}
+
+/// Starts s2-lite, creates a basin and measures the ceilings (before the server starts, so
+/// nothing else competes for the cores).
+pub async fn start(o: &Opts) -> Result<Env, String> {
+    let lite = LiteServer::start().await;
+    let lite_pid = procstat::child_running(&lite_binary());
+    if lite_pid.is_none() {
+        eprintln!("warning: s2-lite's pid not found; its CPU is reported as 0");
+    }
+    let basin = lite.fresh_basin().await;
+    let (mut ceiling_1, mut ceiling_2) = (None, None);
+    if o.ceiling_secs > 0.0 {
+        let batch = ceiling::sink_shaped_batch(SINK, o.size, o.effective_groups());
+        let client = lite.client();
+        for (n, slot) in [(1, &mut ceiling_1), (2, &mut ceiling_2)] {
+            let stream = format!("ceiling-{n}");
+            let c = ceiling::measure(
+                &client,
+                &basin,
+                &stream,
+                &batch,
+                n,
+                o.ceiling_secs,
+                (None, lite_pid),
+            )
+            .await?;
+            eprintln!("ceiling, {n} in flight: {}", c.describe());
+            *slot = Some(c);
+        }
+    }
+    lite.client()
+        .ensure_stream(&basin, STREAM, None)
+        .await
+        .map_err(|e| format!("create stream {STREAM}: {e}"))?;
+    Ok(Env {
+        lite,
+        basin,
+        lite_pid,
+        ceiling_1,
+        ceiling_2,
+    })
+}
+
+/// The server config: one sink `bench` to `STREAM`, plus `extra` lines in the sink's table.
+pub fn server_config(o: &Opts, env: &Env, extra: &str) -> String {
+    let mut c = format!(
+        "[server]\nlisten = \"127.0.0.1:{{port}}\"\ndata_dir = \"data\"\nmax_pending = 5000000\n\n\
+         [[sinks]]\nname = \"{SINK}\"\nbasin = \"{}\"\nstream = \"{STREAM}\"\nendpoint = \"{}\"\n",
+        env.basin,
+        env.lite.endpoint()
+    );
+    if let Some(n) = o.live_groups {
+        c.push_str(&format!("max_live_groups = {n}\n"));
+    }
+    for line in &o.sink_options {
+        c.push_str(line);
+        c.push('\n');
+    }
+    c.push_str(extra);
+    c
+}
+
+/// Starts the server with `config` in `dir`.
+pub async fn start_server(dir: &std::path::Path, config: &str) -> ServerProcess {
+    ServerProcess::start(dir, config, &[]).await
+}
+
+/// Polls the sink's pending count every 100 ms until it is 0 or `timeout` passes.
+pub async fn wait_drained(url: &str, timeout: Duration) -> bool {
+    let http = s2sink_tests::process::http_client();
+    let end = tokio::time::Instant::now() + timeout;
+    loop {
+        if pending(&http, url, SINK).await == Some(0) {
+            return true;
+        }
+        if tokio::time::Instant::now() >= end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
