@@ -198,7 +198,8 @@ impl S2Error {
         }
     }
 
-    /// The server's requested wait (`Retry-After` seconds or `retry-after-ms`, the larger).
+    /// The server's requested wait (`Retry-After` as seconds or an HTTP-date, or `retry-after-ms`;
+    /// the larger). A date already past is `Some(Duration::ZERO)`.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             S2Error::Api { retry_after, .. } | S2Error::Http { retry_after, .. } => *retry_after,
@@ -231,16 +232,35 @@ pub(crate) fn truncate_body(body: &str) -> String {
     format!("{}…[truncated, {} bytes total]", &body[..end], body.len())
 }
 
-/// Parses `Retry-After` (delta seconds) and `retry-after-ms`, returning the larger.
+/// Parses `Retry-After` and `retry-after-ms`, returning the larger.
+///
+/// `Retry-After` is either delta-seconds or an HTTP-date (RFC 9110 §10.2.3; IMF-fixdate and the
+/// obsolete RFC 850 / asctime forms); a date is turned into the wait from now, and a date in
+/// the past means no wait (`Duration::ZERO`). An unparseable value is ignored.
 pub(crate) fn parse_retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    parse_retry_after_at(headers, std::time::SystemTime::now())
+}
+
+/// [`parse_retry_after`] with the current time given (for tests).
+fn parse_retry_after_at(
+    headers: &reqwest::header::HeaderMap,
+    now: std::time::SystemTime,
+) -> Option<Duration> {
     let get = |name: &str| {
         headers
             .get(name)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(str::trim)
     };
-    let secs = get("retry-after").map(Duration::from_secs);
-    let ms = get("retry-after-ms").map(Duration::from_millis);
+    let secs = get("retry-after").and_then(|v| match v.parse::<u64>() {
+        Ok(secs) => Some(Duration::from_secs(secs)),
+        Err(_) => httpdate::parse_http_date(v)
+            .ok()
+            .map(|at| at.duration_since(now).unwrap_or(Duration::ZERO)),
+    });
+    let ms = get("retry-after-ms")
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_millis);
     secs.max(ms)
 }
 
@@ -379,11 +399,54 @@ mod tests {
         assert_eq!(parse_retry_after(&h), Some(Duration::from_millis(2500)));
         h.insert("retry-after-ms", HeaderValue::from_static("100"));
         assert_eq!(parse_retry_after(&h), Some(Duration::from_secs(2)));
+        // A date in the past: no wait, so the larger is `retry-after-ms`.
         h.insert(
             "retry-after",
             HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
         );
         assert_eq!(parse_retry_after(&h), Some(Duration::from_millis(100)));
+        // Garbage is ignored.
+        h.insert("retry-after", HeaderValue::from_static("soon"));
+        assert_eq!(parse_retry_after(&h), Some(Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn retry_after_as_an_http_date_is_the_wait_until_then() {
+        // Sun, 06 Nov 1994 08:49:37 GMT
+        let date = std::time::UNIX_EPOCH + Duration::from_secs(784_111_777);
+        let mut h = HeaderMap::new();
+        h.insert(
+            "retry-after",
+            HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT"),
+        );
+        let at = |h: &HeaderMap, before: Duration| parse_retry_after_at(h, date - before);
+        assert_eq!(
+            at(&h, Duration::from_secs(30)),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(at(&h, Duration::ZERO), Some(Duration::ZERO));
+        // In the past: no wait (not "no header").
+        assert_eq!(
+            parse_retry_after_at(&h, date + Duration::from_secs(5)),
+            Some(Duration::ZERO)
+        );
+        // The obsolete forms HTTP-date also allows.
+        for old in ["Sunday, 06-Nov-94 08:49:37 GMT", "Sun Nov  6 08:49:37 1994"] {
+            h.insert("retry-after", HeaderValue::from_static(old));
+            assert_eq!(
+                at(&h, Duration::from_secs(7)),
+                Some(Duration::from_secs(7)),
+                "{old}"
+            );
+        }
+        // Against the real clock: a date a minute ahead asks for about a minute.
+        let ahead = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(60));
+        h.insert("retry-after", HeaderValue::from_str(&ahead).unwrap());
+        let wait = parse_retry_after(&h).unwrap();
+        assert!(
+            wait > Duration::from_secs(55) && wait <= Duration::from_secs(60),
+            "{wait:?}"
+        );
     }
 
     #[test]

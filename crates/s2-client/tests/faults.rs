@@ -110,6 +110,31 @@ async fn rate_limited_429_is_retryable_with_retry_after() {
 }
 
 #[tokio::test]
+async fn retry_after_as_an_http_date_is_honoured() {
+    // A date ~2 minutes ahead (IMF-fixdate, as S2 or a gateway may send it).
+    let ahead = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(120));
+    let (err, _s) = append_via(
+        FakeReply::json(503, r#"{"code":"server_draining","message":"bye"}"#)
+            .with_header("Retry-After", &ahead),
+    )
+    .await;
+    assert_eq!(err.class(), ErrorClass::Retryable);
+    let wait = err.retry_after().expect("Retry-After date ignored");
+    assert!(
+        wait > Duration::from_secs(110) && wait <= Duration::from_secs(120),
+        "{ahead} -> {wait:?}"
+    );
+
+    // A date in the past: retry now.
+    let (err, _s) = append_via(
+        FakeReply::json(503, r#"{"code":"server_draining","message":"bye"}"#)
+            .with_header("Retry-After", "Sun, 06 Nov 1994 08:49:37 GMT"),
+    )
+    .await;
+    assert_eq!(err.retry_after(), Some(Duration::ZERO));
+}
+
+#[tokio::test]
 async fn internal_500_outcome_unknown() {
     let body = r#"{"code":"storage","message":"disk on fire"}"#;
     let (err, _s) = append_via(FakeReply::json(500, body)).await;
