@@ -172,6 +172,19 @@ async fn every_route_status_and_error_shape() {
         .post("/api/sinks/good/messages", json_ct, "{\"a\":".into())
         .await;
     assert_eq!(s, 400, "{v}");
+    // An empty `?group=` would make the messages ungrouped (order lost): refused, naming it.
+    for query in ["?group=", "?group"] {
+        let (s, h, v) = api
+            .post(
+                &format!("/api/sinks/good/messages{query}"),
+                json_ct,
+                change(8, 9, 5).to_string(),
+            )
+            .await;
+        assert_eq!(s, 400, "{query}: {v}");
+        assert_eq!(h["content-type"], "application/json", "{query}");
+        assert_error(&v, "bad_request", "`group`");
+    }
     let (_, after) = api.get("/api/sinks/good").await;
     let total = |v: &Value| {
         v["counts"]["pending"].as_u64().unwrap() + v["counts"]["delivered"].as_u64().unwrap()

@@ -336,6 +336,13 @@ pub async fn ingest(
     state.engine.sink(&sink)?;
     let params = Params::parse(&req, &["group"])?;
     let group = params.str("group").map(str::to_string);
+    // An empty `group=` would silently make the messages ungrouped (their order lost).
+    if group.as_deref() == Some("") {
+        return Err(ApiError::bad_request(
+            "query parameter `group` is empty: give a group name, or leave `group` out to \
+             group messages by their own metadata",
+        ));
+    }
     let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
     let kind = body_kind(header(header::CONTENT_TYPE))?;
     let encoding = body_encoding(header(header::CONTENT_ENCODING))?;
