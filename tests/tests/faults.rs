@@ -348,7 +348,21 @@ async fn an_append_applied_after_its_timeout_is_not_duplicated() {
     let expected = HashMap::from([(ids[0].0, "public.t/1".to_string())]);
     rig.drain_and_verify(&expected, Duration::from_secs(20))
         .await;
-    rig.report("late_arrival_one", started);
+    let p = rig.report("late_arrival_one", started);
+    // Without these the test passes when the fault never fires (nothing to be duplicated).
+    assert_eq!(
+        p.count("delay"),
+        1,
+        "the delayed append was not injected: {p:?}"
+    );
+    // The delayed append and the resend both reached S2 (drain_and_verify waited for the late
+    // one), and the timeout made the sink read the stream back before resending.
+    assert!(p.appends >= 2, "the message was never resent: {p:?}");
+    let reconciles = rig.sink().stats.reconciles.load(Relaxed);
+    assert!(
+        reconciles >= 1,
+        "no reconciliation after the timeout: {p:?}"
+    );
     rig.engine.shutdown(Duration::from_secs(5)).await;
 }
 
