@@ -69,6 +69,9 @@ impl StreamIo for FailingStream {
     }
 }
 
+/// Far beyond any schedule tested here (the longest needs ≈75 s of virtual time).
+const POLL_DEADLINE: Duration = Duration::from_secs(600);
+
 fn gaps(attempts: &[Instant]) -> Vec<u64> {
     attempts
         .windows(2)
@@ -115,10 +118,20 @@ fn run_paused(retry_after_on: Option<(usize, Duration)>, attempts_wanted: usize)
             .ingest("s", vec![IngestItem::new(serde_json::json!({"a": 1}))])
             .await
             .unwrap();
-        while stub.attempts.borrow().len() < attempts_wanted {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        // Paused time: the runtime jumps to the next timer, so a regression that stops
+        // retrying reaches this (virtual) deadline at once and fails instead of hanging.
+        let reached = tokio::time::timeout(POLL_DEADLINE, async {
+            while stub.attempts.borrow().len() < attempts_wanted {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
         let g = gaps(&stub.attempts.borrow());
+        assert!(
+            reached.is_ok(),
+            "{} of {attempts_wanted} attempts within {POLL_DEADLINE:?} (paused time); gaps {g:?}",
+            stub.attempts.borrow().len()
+        );
         g
     })
 }
