@@ -149,18 +149,44 @@ pub fn group_of_body(body: &str) -> String {
     format!("public.t/{}", v["record"]["id"])
 }
 
-/// Checks a stream's records of `sink` against the ids the producer got a 2xx for: every
-/// accepted id present once, no id twice, ids increasing within each group (groups taken from
-/// the bodies, so messages whose 2xx was lost in a crash are checked for order too).
+/// The producer's sequence number of a delivered [`change`] message (`record.seq`).
+pub fn seq_of_body(body: &str) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    v["record"]["seq"].as_u64()
+}
+
+/// Checks a stream's records of `sink` against the ids the producer got a 2xx for, when the
+/// producer saw an answer to every request: every accepted id present once, no id twice, ids
+/// increasing within each group, and no id that was never accepted (`unexpected`).
 pub fn verify_stream(
     records: &[SequencedRecord],
     sink: &str,
     accepted: &std::collections::HashSet<u64>,
 ) -> Verdict {
+    verify_stream_lost_acks(records, sink, accepted, &Default::default())
+}
+
+/// [`verify_stream`] for producers that may have lost answers (the server was killed while a
+/// request was in flight): `unanswered_seqs` holds the [`change`] sequence numbers
+/// ([`seq_of_body`]) of every message sent in a request that got no answer. Such a message may
+/// be in the stream although its id was never seen; any other id not in `accepted` is
+/// `unexpected`. Groups come from the bodies, so messages whose 2xx was lost are checked for
+/// order too.
+pub fn verify_stream_lost_acks(
+    records: &[SequencedRecord],
+    sink: &str,
+    accepted: &std::collections::HashSet<u64>,
+    unanswered_seqs: &std::collections::HashSet<u64>,
+) -> Verdict {
     let mut expected: HashMap<u64, String> = HashMap::new();
     let mut delivered = Vec::new();
+    let mut unexpected = Vec::new();
     for r in records {
         if let Some(id) = our_id(sink, &r.headers) {
+            let maybe_lost_ack = seq_of_body(&r.body).is_some_and(|s| unanswered_seqs.contains(&s));
+            if !accepted.contains(&id) && !maybe_lost_ack {
+                unexpected.push(id);
+            }
             expected.insert(id, group_of_body(&r.body));
             delivered.push(id);
         }
@@ -172,5 +198,65 @@ pub fn verify_stream(
         .copied()
         .collect();
     v.missing.sort();
+    unexpected.sort();
+    unexpected.dedup();
+    v.unexpected = unexpected;
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use s2sink_server::engine::{HEADER_ID, HEADER_SINK};
+    use std::collections::HashSet;
+
+    fn record(sink: &str, id: u64, pk: u64, seq: u64) -> SequencedRecord {
+        SequencedRecord {
+            seq_num: id,
+            timestamp: 0,
+            headers: vec![
+                (HEADER_SINK.to_string(), sink.to_string()),
+                (HEADER_ID.to_string(), format!("{:016x}-{id}", 1)),
+            ],
+            body: change(pk, seq, 0).to_string(),
+        }
+    }
+
+    #[test]
+    fn verify_stream_reports_ids_never_accepted() {
+        let records = vec![
+            record("s", 1, 7, 11),
+            record("s", 2, 7, 12),
+            record("s", 3, 8, 13),
+        ];
+        let accepted: HashSet<u64> = [1, 2, 3].into();
+        assert!(verify_stream(&records, "s", &accepted).is_clean());
+
+        // Id 3 never got a 202 and its request was answered: invented.
+        let accepted: HashSet<u64> = [1, 2].into();
+        let v = verify_stream(&records, "s", &accepted);
+        assert_eq!(v.unexpected, vec![3], "{v:?}");
+        assert!(!v.is_clean());
+
+        // Its request got no answer (server killed): it may be there.
+        let v = verify_stream_lost_acks(&records, "s", &accepted, &[13].into());
+        assert!(v.is_clean(), "{v:?}");
+        let v = verify_stream_lost_acks(&records, "s", &accepted, &[12].into());
+        assert_eq!(v.unexpected, vec![3], "{v:?}");
+
+        // Missing, duplicated and reordered are still reported.
+        let dup = vec![
+            record("s", 2, 7, 12),
+            record("s", 1, 7, 11),
+            record("s", 2, 7, 12),
+        ];
+        let v = verify_stream(&dup, "s", &[1, 2, 3].into());
+        assert_eq!(v.missing, vec![3]);
+        assert_eq!(v.duplicated, vec![2]);
+        assert_eq!(
+            v.order_violations,
+            vec![("public.t/7".to_string(), 2, 1)],
+            "{v:?}"
+        );
+    }
 }

@@ -202,10 +202,25 @@ pub async fn produce_changes(
     load: Load<'_>,
     accepted: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<u64>>>,
 ) {
+    produce_changes_noting_unanswered(url, load, accepted, Default::default()).await
+}
+
+/// [`produce_changes`] that also records in `unanswered` the `seq` of every message sent in a
+/// request that got no answer (connection lost, e.g. the server was killed): the server may
+/// have stored those messages without the producer learning their ids (see
+/// [`verify_stream_lost_acks`](crate::verify_stream_lost_acks)). An error answer stores
+/// nothing (ingest is all or nothing), so its messages are not recorded.
+pub async fn produce_changes_noting_unanswered(
+    url: String,
+    load: Load<'_>,
+    accepted: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<u64>>>,
+    unanswered: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<u64>>>,
+) {
     let http = http_client();
     let mut rng = fastrand::Rng::with_seed(load.seed);
     let mut seq = load.seed * 1_000_000;
     for _ in 0..load.batches {
+        let first = seq + 1;
         let body: String = (0..load.batch_size)
             .map(|_| {
                 seq += 1;
@@ -215,17 +230,23 @@ pub async fn produce_changes(
                 )
             })
             .collect();
+        let lost = || unanswered.lock().unwrap().extend(first..=seq);
         let resp = http
             .post(format!("{url}/api/sinks/{}/messages", load.sink))
             .header("content-type", "application/x-ndjson")
             .body(body)
             .send()
             .await;
-        let Ok(resp) = resp else { return };
+        let Ok(resp) = resp else {
+            lost();
+            return;
+        };
         if resp.status().as_u16() != 202 {
             return;
         }
         let Ok(v) = resp.json::<serde_json::Value>().await else {
+            // A 202 whose body was cut off: stored, ids unknown.
+            lost();
             return;
         };
         {

@@ -11,9 +11,11 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use s2sink_tests::process::{http_client, pending, produce_changes, Load, ServerProcess};
+use s2sink_tests::process::{
+    http_client, pending, produce_changes_noting_unanswered, Load, ServerProcess,
+};
 use s2sink_tests::proxy::{Fault, Proxy};
-use s2sink_tests::{eventually, read_all, verify_stream, LiteServer};
+use s2sink_tests::{eventually, read_all, verify_stream_lost_acks, LiteServer};
 
 const SINK: &str = "chaos";
 
@@ -72,6 +74,8 @@ async fn sigkills_and_s2_faults_lose_duplicate_and_reorder_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(&proxy.endpoint(), &basin, &stream);
     let accepted = Arc::new(Mutex::new(HashSet::new()));
+    // Messages of requests cut off by a kill: stored or not, their ids are unknown.
+    let unanswered = Arc::new(Mutex::new(HashSet::new()));
     let mut rng = fastrand::Rng::with_seed(99);
     let mut unexpected_exits = Vec::new();
     for cycle in 0..cycles {
@@ -80,7 +84,7 @@ async fn sigkills_and_s2_faults_lose_duplicate_and_reorder_nothing() {
         let producers: Vec<_> = (0..2)
             .map(|p| {
                 let seed = (cycle * 2 + p) as u64 + 1;
-                tokio::spawn(produce_changes(
+                tokio::spawn(produce_changes_noting_unanswered(
                     server.url.clone(),
                     Load {
                         sink: SINK,
@@ -92,6 +96,7 @@ async fn sigkills_and_s2_faults_lose_duplicate_and_reorder_nothing() {
                         pace: Duration::from_millis(20),
                     },
                     accepted.clone(),
+                    unanswered.clone(),
                 ))
             })
             .collect();
@@ -131,15 +136,17 @@ async fn sigkills_and_s2_faults_lose_duplicate_and_reorder_nothing() {
     );
     let accepted = accepted.lock().unwrap().clone();
     let records = read_all(&lite.client(), &basin, &stream).await;
-    let verdict = verify_stream(&records, SINK, &accepted);
+    let unanswered = unanswered.lock().unwrap().clone();
+    let verdict = verify_stream_lost_acks(&records, SINK, &accepted, &unanswered);
     eprintln!(
         "chaos: cycles {cycles} accepted {} records {} lost {} duplicated {} order_violations {} \
-         unexpected_exits {} | proxy appends {} faults {} {:?} applied_unacknowledged {} | {:?}",
+         unexpected {} unexpected_exits {} | proxy appends {} faults {} {:?} applied_unacknowledged {} | {:?}",
         accepted.len(),
         records.len(),
         verdict.missing.len(),
         verdict.duplicated.len(),
         verdict.order_violations.len(),
+        verdict.unexpected.len(),
         unexpected_exits.len(),
         p.appends,
         p.total_faults(),
@@ -173,10 +180,11 @@ async fn sigkills_and_s2_faults_lose_duplicate_and_reorder_nothing() {
     }
     assert!(
         verdict.is_clean(),
-        "after {cycles} kills: lost {} duplicated {} reordered {}: {verdict:?}",
+        "after {cycles} kills: lost {} duplicated {} reordered {} unexpected {}: {verdict:?}",
         verdict.missing.len(),
         verdict.duplicated.len(),
-        verdict.order_violations.len()
+        verdict.order_violations.len(),
+        verdict.unexpected.len()
     );
     assert!(
         unexpected_exits.is_empty(),
