@@ -23,6 +23,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
+use s2sink_client::testing::{head_end, header_value as header, read_http_request, HttpRequest};
+
 /// What the proxy does with one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
@@ -258,29 +260,13 @@ impl Drop for Proxy {
     }
 }
 
-/// One request as read from the client.
-struct Request {
-    head: String,
-    body: Vec<u8>,
-}
-
-impl Request {
-    fn header(&self, name: &str) -> Option<&str> {
-        header(&self.head, name)
-    }
-}
-
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines().skip(1).find_map(|l| {
-        let (n, v) = l.split_once(':')?;
-        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-    })
-}
+/// One request as read from the client (parsed by the same code as the fake S2 server's).
+type Request = HttpRequest;
 
 /// Serves one client connection, request after request, until it closes or a fault ends it.
 async fn serve(mut client: TcpStream, shared: Arc<Mutex<Shared>>) {
     let mut buf = Vec::new();
-    while let Some(req) = read_request(&mut client, &mut buf).await {
+    while let Some(req) = read_http_request(&mut client, &mut buf).await {
         let (fault, upstream) = decide(&shared, &req);
         let _in_flight = InFlight::enter(&shared);
         let outcome = match fault {
@@ -355,9 +341,8 @@ fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
 
 /// Counts the request and picks its fault; returns it with the upstream address.
 fn decide(shared: &Mutex<Shared>, req: &Request) -> (Fault, String) {
-    let mut line = req.head.lines().next().unwrap_or("").split_whitespace();
-    let method = line.next().unwrap_or("").to_string();
-    let path = line.next().unwrap_or("").to_string();
+    let method = req.method().to_string();
+    let path = req.target().to_string();
     let route = path.split('?').next().unwrap_or("");
     let is_append = method == "POST" && route.ends_with("/records");
     let mut s = lock(shared);
@@ -387,45 +372,6 @@ fn decide(shared: &Mutex<Shared>, req: &Request) -> (Fault, String) {
         *s.stats.faults.entry(fault.kind()).or_default() += 1;
     }
     (fault, s.upstream.clone())
-}
-
-/// Reads one request (head and `Content-Length` body); `buf` keeps bytes already read past it.
-async fn read_request(socket: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Request> {
-    let mut chunk = [0u8; 16 * 1024];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
-        }
-        let n = socket.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let mut req = Request {
-        head,
-        body: Vec::new(),
-    };
-    assert!(
-        req.header("transfer-encoding").is_none(),
-        "proxy: chunked request bodies are not supported"
-    );
-    let len: usize = req
-        .header("content-length")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let mut rest = buf.split_off(head_end + 4);
-    while rest.len() < len {
-        let n = socket.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        rest.extend_from_slice(&chunk[..n]);
-    }
-    *buf = rest.split_off(len);
-    req.body = rest;
-    Some(req)
 }
 
 /// Sends the request upstream on a fresh connection and reads the whole response (to EOF);
@@ -463,10 +409,7 @@ fn synth_response(status: u16, headers: &[(String, String)], body: &str) -> Vec<
 }
 
 fn response_head(resp: &[u8]) -> &str {
-    let end = resp
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or(resp.len());
+    let end = head_end(resp).unwrap_or(resp.len());
     std::str::from_utf8(&resp[..end]).unwrap_or("")
 }
 

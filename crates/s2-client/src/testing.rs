@@ -241,27 +241,7 @@ impl FakeReply {
 }
 
 /// A request as the fake server received it.
-#[derive(Debug, Clone)]
-pub struct CapturedRequest {
-    /// Request line and headers, as sent.
-    pub head: String,
-    pub body: Vec<u8>,
-}
-
-impl CapturedRequest {
-    /// `METHOD /path` of the request line.
-    pub fn request_line(&self) -> &str {
-        self.head.lines().next().unwrap_or_default()
-    }
-
-    /// The value of header `name` (case-insensitive), if present.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.head.lines().skip(1).find_map(|line| {
-            let (n, v) = line.split_once(':')?;
-            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-        })
-    }
-}
+pub type CapturedRequest = HttpRequest;
 
 /// A tiny HTTP/1.1 server on 127.0.0.1 answering every request with one canned reply.
 pub struct FakeServer {
@@ -325,7 +305,7 @@ async fn serve(
     reply: FakeReply,
     captured: Arc<Mutex<Vec<CapturedRequest>>>,
 ) {
-    let Some(request) = read_request(&mut socket).await else {
+    let Some(request) = read_http_request(&mut socket, &mut Vec::new()).await else {
         return;
     };
     captured.lock().expect("requests lock").push(request);
@@ -356,11 +336,70 @@ async fn serve(
     }
 }
 
-async fn read_request(socket: &mut TcpStream) -> Option<CapturedRequest> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+// ---------------------------------------------------------------------------------------
+// HTTP/1.1 request parsing, shared by the fake server and the fault proxy of the end-to-end
+// tests (`tests/src/proxy.rs`).
+
+/// One HTTP/1.1 request: head (request line and headers, as sent) and body.
+#[derive(Debug, Clone)]
+pub struct HttpRequest {
+    /// Request line and headers, as sent, without the blank line that ends them.
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl HttpRequest {
+    /// `METHOD /path HTTP/1.1`, the request line.
+    pub fn request_line(&self) -> &str {
+        self.head.lines().next().unwrap_or_default()
+    }
+
+    /// The method of the request line (`""` if missing).
+    pub fn method(&self) -> &str {
+        self.request_line().split_whitespace().next().unwrap_or("")
+    }
+
+    /// Path and query of the request line (`""` if missing).
+    pub fn target(&self) -> &str {
+        self.request_line().split_whitespace().nth(1).unwrap_or("")
+    }
+
+    /// The value of header `name` (case-insensitive, trimmed), if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        header_value(&self.head, name)
+    }
+}
+
+/// The value of header `name` (case-insensitive, trimmed) in an HTTP head (request or status
+/// line first, then `name: value` lines).
+pub fn header_value<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().skip(1).find_map(|line| {
+        let (n, v) = line.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// Where the head of an HTTP message in `bytes` ends (the index of its `\r\n\r\n`).
+pub fn head_end(bytes: &[u8]) -> Option<usize> {
+    bytes.windows(4).position(|w| w == b"\r\n\r\n")
+}
+
+/// Reads one request (head and `Content-Length` body) from `socket`. `buf` holds bytes already
+/// read from this connection and keeps those read past the request (the next request on a
+/// kept-alive connection); pass the same `buf` for every request of a connection.
+///
+/// `None` when the connection ends (or fails) before a whole request arrived.
+///
+/// # Panics
+/// On a chunked request body (`Transfer-Encoding`), which neither the S2 client nor the sink
+/// sends; failing loudly beats misreading the stream.
+pub async fn read_http_request<S>(socket: &mut S, buf: &mut Vec<u8>) -> Option<HttpRequest>
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    let mut chunk = [0u8; 16 * 1024];
+    let end = loop {
+        if let Some(i) = head_end(buf) {
             break i;
         }
         let n = socket.read(&mut chunk).await.ok()?;
@@ -369,23 +408,60 @@ async fn read_request(socket: &mut TcpStream) -> Option<CapturedRequest> {
         }
         buf.extend_from_slice(&chunk[..n]);
     };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let mut request = CapturedRequest {
-        head,
-        body: Vec::new(),
-    };
-    let len: usize = request
-        .header("content-length")
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    assert!(
+        header_value(&head, "transfer-encoding").is_none(),
+        "test HTTP server: chunked request bodies are not supported"
+    );
+    let len: usize = header_value(&head, "content-length")
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    let mut body = buf.split_off(head_end + 4);
-    while body.len() < len {
+    let mut rest = buf.split_off(end + 4);
+    while rest.len() < len {
         let n = socket.read(&mut chunk).await.ok()?;
         if n == 0 {
             return None;
         }
-        body.extend_from_slice(&chunk[..n]);
+        rest.extend_from_slice(&chunk[..n]);
     }
-    request.body = body;
-    Some(request)
+    *buf = rest.split_off(len);
+    Some(HttpRequest { head, body: rest })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn reads_pipelined_requests_split_anywhere() {
+        let wire = b"POST /v1/streams/s/records HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhelloGET /v1/streams/s/records/tail HTTP/1.1\r\ncontent-length:0\r\n\r\n";
+        // Every split point of the bytes into two reads gives the same two requests.
+        for cut in 0..wire.len() {
+            let mut reader = tokio_test_reader(&wire[..cut], &wire[cut..]);
+            let mut buf = Vec::new();
+            let a = read_http_request(&mut reader, &mut buf).await.unwrap();
+            assert_eq!(a.method(), "POST");
+            assert_eq!(a.target(), "/v1/streams/s/records");
+            assert_eq!(a.header("HOST"), Some("x"));
+            assert_eq!(a.body, b"hello", "cut {cut}");
+            let b = read_http_request(&mut reader, &mut buf).await.unwrap();
+            assert_eq!(b.request_line(), "GET /v1/streams/s/records/tail HTTP/1.1");
+            assert_eq!(b.header("Content-Length"), Some("0"));
+            assert!(b.body.is_empty());
+            assert!(read_http_request(&mut reader, &mut buf).await.is_none());
+        }
+        // A body cut short by the peer is no request.
+        let mut reader = tokio_test_reader(b"POST / HTTP/1.1\r\ncontent-length: 9\r\n\r\nabc", b"");
+        assert!(read_http_request(&mut reader, &mut Vec::new())
+            .await
+            .is_none());
+    }
+
+    /// A reader yielding `a` then `b` then EOF.
+    fn tokio_test_reader(a: &[u8], b: &[u8]) -> impl tokio::io::AsyncRead + Unpin {
+        tokio::io::AsyncReadExt::chain(
+            std::io::Cursor::new(a.to_vec()),
+            std::io::Cursor::new(b.to_vec()),
+        )
+    }
 }
