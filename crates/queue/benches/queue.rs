@@ -14,7 +14,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use s2sink_core::GroupKey;
-use s2sink_queue::{MessageId, NewMessage, Queue};
+use s2sink_queue::{MessageId, NewMessage, Queue, QueueOptions};
+
+/// The allocator the `s2-sink` binary uses, so the figures are the server's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const SINK: &str = "bench";
 const PAYLOAD: usize = 1024;
@@ -50,6 +54,18 @@ fn batch(n: usize, groups: u64, seq: &mut u64) -> Vec<NewMessage> {
         .collect()
 }
 
+/// The queue options of every part: defaults, or `QUEUE_BENCH_CACHE_MB` of payload cache.
+fn open(path: &Path) -> Queue {
+    let mut o = QueueOptions::default();
+    if let Some(mb) = std::env::var("QUEUE_BENCH_CACHE_MB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        o.payload_cache_bytes = mb << 20;
+    }
+    Queue::open_with(path, o).unwrap()
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -65,7 +81,7 @@ fn rate(n: usize, d: Duration) -> String {
 /// `producers` tasks each enqueue batches of `batch_size` until `total` messages are durable.
 fn enqueue(rt: &tokio::runtime::Runtime, producers: usize, batch_size: usize, total: usize) {
     let dir = tempdir();
-    let q = Queue::open(dir.path()).unwrap();
+    let q = open(dir.path());
     let per = total / producers / batch_size;
     let flushes = q.flush_count();
     let start = Instant::now();
@@ -153,7 +169,7 @@ fn cpu() -> Duration {
 /// ~1000 ids at a time (as a writer does after an append). Reports CPU µs per message.
 fn cycle(rt: &tokio::runtime::Runtime, backlog: usize, total: usize, groups: u64) {
     let dir = tempdir();
-    let q = Queue::open(dir.path()).unwrap();
+    let q = open(dir.path());
     fill(rt, &q, backlog, groups);
     let mut seq = 7u64;
     let (cpu0, t0) = (cpu(), Instant::now());
@@ -207,7 +223,7 @@ fn cycle(rt: &tokio::runtime::Runtime, backlog: usize, total: usize, groups: u64
 fn ack(rt: &tokio::runtime::Runtime, total: usize) {
     for per_call in [1usize, 100] {
         let dir = tempdir();
-        let q = Queue::open(dir.path()).unwrap();
+        let q = open(dir.path());
         let n = if per_call == 1 { total / 4 } else { total };
         let ids = fill(rt, &q, n, 10_000);
         let start = Instant::now();
@@ -228,7 +244,7 @@ fn reopen(rt: &tokio::runtime::Runtime, total: usize, groups: u64) {
     let dir = tempdir();
     let start = Instant::now();
     {
-        let q = Queue::open(dir.path()).unwrap();
+        let q = open(dir.path());
         fill(rt, &q, total, groups);
     }
     println!(
@@ -237,7 +253,7 @@ fn reopen(rt: &tokio::runtime::Runtime, total: usize, groups: u64) {
         mib(dir_size(dir.path()))
     );
     let start = Instant::now();
-    let q = Queue::open(dir.path()).unwrap();
+    let q = open(dir.path());
     let opened = start.elapsed();
     let g = q.pending_groups(SINK).unwrap();
     let listed = start.elapsed();
@@ -260,7 +276,7 @@ fn reopen(rt: &tokio::runtime::Runtime, total: usize, groups: u64) {
 
 fn disk(rt: &tokio::runtime::Runtime, cycles: usize) {
     let dir = tempdir();
-    let q = Queue::open(dir.path()).unwrap();
+    let q = open(dir.path());
     let start = Instant::now();
     let mut seq = 0;
     let report_every = (cycles / 10).max(100);

@@ -22,14 +22,14 @@ pub fn end(len: impl Fn(usize) -> usize, start: usize, n: usize) -> usize {
 }
 
 /// Adds chunk `first` (header and body) to `batch`; `entries` are (encoded group, payload)
-/// in id order. Returns the header's and body's part counts.
+/// in id order. Returns the header's and body's part counts and the body.
 pub fn put(
     batch: &mut Batch,
     first: u64,
     epoch: u64,
     enqueued_at: u64,
     entries: &[(&[u8], &[u8])],
-) -> (u16, u16) {
+) -> (u16, u16, bytes::Bytes) {
     let head = codec::encode_head(
         epoch,
         enqueued_at,
@@ -42,6 +42,7 @@ pub fn put(
     (
         parts::put(batch, &keys::base(keys::HEAD, first), &head, 0),
         parts::put(batch, &keys::base(keys::BODY, first), &body, 0),
+        bytes::Bytes::from(body),
     )
 }
 

@@ -163,8 +163,9 @@ impl Groups {
     }
 }
 
-/// Payloads of pending messages kept in memory, bounded in bytes (admission only: a payload
-/// that does not fit is read from its chunk when needed).
+/// Chunk bodies kept in memory so delivery serves payloads as slices of them, bounded in
+/// bytes (admission only: a body that does not fit is read from sled when its messages are
+/// needed). A body leaves the cache with its chunk, when its last message is done.
 pub struct Cache {
     map: HashMap<u64, Bytes>,
     bytes: usize,
@@ -180,28 +181,22 @@ impl Cache {
         }
     }
 
-    pub fn get(&self, id: u64) -> Option<Bytes> {
-        self.map.get(&id).cloned()
+    /// The cached body of chunk `first`.
+    pub fn get(&self, first: u64) -> Option<&Bytes> {
+        self.map.get(&first)
     }
 
-    /// Keeps `payload` if it fits.
-    pub fn offer(&mut self, id: u64, payload: Bytes) {
-        if self.bytes + payload.len() <= self.cap && !self.map.contains_key(&id) {
-            self.bytes += payload.len();
-            self.map.insert(id, payload);
+    /// Keeps the body of chunk `first` if it fits.
+    pub fn offer(&mut self, first: u64, body: Bytes) {
+        if self.bytes + body.len() <= self.cap && !self.map.contains_key(&first) {
+            self.bytes += body.len();
+            self.map.insert(first, body);
         }
     }
 
-    pub fn has_room(&self, len: usize) -> bool {
-        self.bytes + len <= self.cap
-    }
-
-    pub fn contains(&self, id: u64) -> bool {
-        self.map.contains_key(&id)
-    }
-
-    pub fn remove(&mut self, id: u64) {
-        if let Some(p) = self.map.remove(&id) {
+    /// Drops the body of chunk `first` (its chunk is gone).
+    pub fn remove(&mut self, first: u64) {
+        if let Some(p) = self.map.remove(&first) {
             self.bytes -= p.len();
         }
     }
@@ -339,7 +334,6 @@ impl Index {
         if m.group != SOLO {
             self.groups.drop_ref(m.group);
         }
-        self.cache.remove(id);
         let place = if m.failed {
             Place::Failed(self.failed.remove(&id).expect("failed message has state"))
         } else {

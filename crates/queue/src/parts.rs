@@ -1,6 +1,7 @@
 //! Values split into parts of at most [`PART`](crate::keys::PART) bytes, so that no sled node
 //! ever becomes a blob file (see [`keys::PART`](crate::keys::PART)).
 
+use bytes::Bytes;
 use sled::{Batch, Tree};
 
 use crate::keys::{self, PART};
@@ -33,14 +34,15 @@ pub fn remove(batch: &mut Batch, base: &[u8; 9], parts: u16) {
     }
 }
 
-/// Reads the value under `base` (`None` if absent): one get per part.
-pub fn get(tree: &Tree, base: &[u8; 9], parts: u16) -> sled::Result<Option<Vec<u8>>> {
+/// Reads the value under `base` (`None` if absent): one get per part; a one-part value is
+/// shared with sled's page, not copied.
+pub fn get(tree: &Tree, base: &[u8; 9], parts: u16) -> sled::Result<Option<Bytes>> {
     let first = match tree.get(keys::part(base, 0))? {
         Some(v) => v,
         None => return Ok(None),
     };
     if parts <= 1 {
-        return Ok(Some(first.to_vec()));
+        return Ok(Some(Bytes::from_owner(first)));
     }
     let mut out = Vec::with_capacity(parts as usize * PART);
     out.extend_from_slice(&first);
@@ -50,7 +52,7 @@ pub fn get(tree: &Tree, base: &[u8; 9], parts: u16) -> sled::Result<Option<Vec<u
             None => break,
         }
     }
-    Ok(Some(out))
+    Ok(Some(Bytes::from(out)))
 }
 
 /// Walks every parted value with `prefix`, in id order, joining its parts: `(id, parts, value)`.

@@ -215,6 +215,7 @@ impl Sink {
             let enc = group.encode();
             groups.push((group, enc));
         }
+        let mut bodies = Vec::new();
         let mut start = 0;
         while start < msgs.len() {
             let end = chunk::end(|i| msgs[i].payload.len(), start, msgs.len());
@@ -222,7 +223,9 @@ impl Sink {
             let entries: Vec<(&[u8], &[u8])> = (start..end)
                 .map(|i| (&groups[i].1[..], &msgs[i].payload[..]))
                 .collect();
-            let (head_parts, body_parts) = chunk::put(&mut batch, first, epoch, now, &entries);
+            let (head_parts, body_parts, body) =
+                chunk::put(&mut batch, first, epoch, now, &entries);
+            bodies.push((first, body));
             let count = end - start;
             st.index.chunks.insert(
                 first,
@@ -252,12 +255,14 @@ impl Sink {
             }
             let len = m.payload.len() as u32;
             st.index.insert(id, &group, off, len, false);
-            st.index.cache.offer(id, m.payload);
             off += len;
             out.push(Enqueued {
                 id: MessageId(id),
                 group,
             });
+        }
+        for (first, body) in bodies {
+            st.index.cache.offer(first, body);
         }
         st.index.unpublished.push_back((first_id, end_id));
         self.sync_pending(st);
@@ -272,57 +277,37 @@ impl Sink {
 
     // ---- reads ----
 
-    /// The payload of a stored message: from the cache, else one read of its chunk (which
-    /// also caches the chunk's other pending payloads while the budget allows).
+    /// The payload of a stored message: a slice of its chunk's body (cached, else read once
+    /// and cached while the budget allows), or a failed message's own key.
     fn payload(&self, st: &mut State, id: u64, m: Msg) -> Result<Bytes> {
-        if let Some(p) = st.index.cache.get(id) {
-            return Ok(p);
-        }
         if m.failed {
-            let bytes = parts::get(
+            return parts::get(
                 &self.tree,
                 &keys::base(keys::FAILED, id),
                 parts::count(m.len as usize),
             )
             .map_err(self.storage("read"))?
-            .ok_or_else(|| self.corrupt(format!("payload of failed message {id}")))?;
-            let p = Bytes::from(bytes);
-            st.index.cache.offer(id, p.clone());
-            return Ok(p);
+            .ok_or_else(|| self.corrupt(format!("payload of failed message {id}")));
         }
         let (first, chunk) = st
             .index
             .chunk_of(id)
             .ok_or_else(|| self.corrupt(format!("chunk of message {id}")))?;
-        let body = parts::get(&self.tree, &keys::base(keys::BODY, first), chunk.body_parts)
-            .map_err(self.storage("read"))?
-            .ok_or_else(|| self.corrupt(format!("body of chunk {first}")))?;
-        let body = Bytes::from(body);
-        let slice = |m: &Msg| -> Result<Bytes> {
-            let (off, end) = (m.off as usize, m.off as usize + m.len as usize);
-            if end > body.len() {
-                return Err(self.corrupt(format!("body of chunk {first}")));
+        let body = match st.index.cache.get(first) {
+            Some(b) => b.clone(),
+            None => {
+                let body = parts::get(&self.tree, &keys::base(keys::BODY, first), chunk.body_parts)
+                    .map_err(self.storage("read"))?
+                    .ok_or_else(|| self.corrupt(format!("body of chunk {first}")))?;
+                st.index.cache.offer(first, body.clone());
+                body
             }
-            Ok(body.slice(off..end))
         };
-        let wanted = slice(&m)?;
-        let count = chunk.count as u64;
-        let others: Vec<(u64, Msg)> = st
-            .index
-            .msgs
-            .range(first..first + count)
-            .filter(|(i, m)| **i != id && !m.failed && !st.index.cache.contains(**i))
-            .map(|(i, m)| (*i, *m))
-            .collect();
-        st.index.cache.offer(id, Bytes::copy_from_slice(&wanted));
-        for (i, m) in others {
-            if !st.index.cache.has_room(m.len as usize) {
-                break;
-            }
-            let p = slice(&m)?;
-            st.index.cache.offer(i, Bytes::copy_from_slice(&p));
+        let (off, end) = (m.off as usize, m.off as usize + m.len as usize);
+        if end > body.len() {
+            return Err(self.corrupt(format!("body of chunk {first}")));
         }
-        Ok(wanted)
+        Ok(body.slice(off..end))
     }
 
     fn stored(&self, st: &mut State, id: u64) -> Result<Option<StoredMessage>> {
@@ -564,7 +549,7 @@ impl Sink {
             else {
                 continue;
             };
-            let (at, id, record, payload) = codec::decode_discarded(&bytes)
+            let (at, id, record, payload) = codec::decode_discarded(&bytes[..])
                 .ok_or_else(|| self.corrupt(format!("discarded entry {seq}")))?;
             out.push(DiscardedMessage {
                 message: StoredMessage {
@@ -596,6 +581,7 @@ impl Sink {
                 parts::remove(batch, &keys::base(keys::BODY, first), c.body_parts);
                 batch.remove(&keys::base(keys::DONE, first));
                 st.index.chunks.remove(&first);
+                st.index.cache.remove(first);
             } else {
                 batch.insert(
                     &keys::base(keys::DONE, first),
