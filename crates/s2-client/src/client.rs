@@ -197,6 +197,18 @@ impl S2Client {
         Ok(self.send(&context, req, None).await?.status == 201)
     }
 
+    /// Deletes `stream` (S2 answers 202 and deletes asynchronously).
+    pub async fn delete_stream(&self, basin: &str, stream: &str) -> Result<(), S2Error> {
+        let context = format!("delete stream `{stream}` in basin `{basin}`");
+        let target = self
+            .inner
+            .config
+            .endpoint
+            .basin_target(basin, &format!("/streams/{}", encode_path_segment(stream)));
+        let req = self.basin_request(Method::DELETE, &target);
+        self.send(&context, req, None).await.map(drop)
+    }
+
     /// Names of the streams in `basin` starting with `prefix` (all pages), sorted as S2 lists.
     pub async fn list_streams(&self, basin: &str, prefix: &str) -> Result<Vec<String>, S2Error> {
         let context = format!("list streams in basin `{basin}`");

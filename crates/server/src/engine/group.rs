@@ -107,13 +107,10 @@ pub async fn deliver_group(local: &SinkLocal, group: &GroupRef) -> GroupOutcome 
                     .count_failure(failure.error.class, failure.error.status);
                 (&msgs[index], failure)
             }
-            Next::Send { index, route, run } => {
-                let writer = local.writer(&route, &settings);
-                match writer.submit(run).await {
-                    Ok(()) => continue,
-                    Err(failure) => (&msgs[index], failure),
-                }
-            }
+            Next::Send { index, route, run } => match local.submit(&route, &settings, run).await {
+                Ok(()) => continue,
+                Err(failure) => (&msgs[index], failure),
+            },
         };
         match local.fail_message(&settings, failed, failure).await {
             Ok(Some(until)) => return GroupOutcome::BackingOffUntil(until),

@@ -148,6 +148,7 @@ impl Engine {
                 Some(io) => io.clone(),
                 None => Rc::new(S2Client::new(settings.s2.clone())?),
             };
+            let fixed_io = options.io.is_some();
             let shared = Arc::new(SinkShared::new(
                 settings,
                 functions,
@@ -157,6 +158,7 @@ impl Engine {
             locals.push(Rc::new(SinkLocal::new(
                 shared.clone(),
                 io,
+                fixed_io,
                 clock,
                 on_fatal.clone(),
             )));
@@ -328,9 +330,10 @@ impl Engine {
         Ok(shared)
     }
 
-    /// Applies new settings and functions to existing sinks (new functions un-stick messages
-    /// already queued) and wakes every pending group. Sinks cannot be added or removed, nor
-    /// their S2 endpoint changed, without a restart.
+    /// Applies new settings, functions and S2 client (endpoint, access token) to existing
+    /// sinks — new functions un-stick messages already queued, a rotated token takes effect at
+    /// once — and wakes every pending group. Sinks cannot be added or removed without a
+    /// restart.
     pub async fn reload(&self, sinks: Vec<SinkSettings>) -> Result<(), ServerError> {
         let new: std::collections::BTreeSet<&str> = sinks.iter().map(|s| s.name.as_str()).collect();
         let running: std::collections::BTreeSet<&str> =
@@ -359,10 +362,11 @@ impl Engine {
                     source: Box::new(source),
                 }
             })?;
-            compiled.push((shared, settings, functions));
+            let client = S2Client::new(settings.s2.clone())?;
+            compiled.push((shared, settings, functions, client));
         }
-        for (shared, settings, functions) in compiled {
-            shared.replace(settings, functions);
+        for (shared, settings, functions, client) in compiled {
+            shared.replace(settings, functions, client);
             let _ = shared.supervisor().send(AllGroupsReady).await;
         }
         Ok(())

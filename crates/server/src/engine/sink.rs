@@ -4,13 +4,13 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use actix::Addr;
-use s2sink_client::{AppendInput, AppendRecord};
-use s2sink_core::LastError;
+use s2sink_client::{AppendInput, AppendRecord, S2Client};
 use s2sink_core::Route;
+use s2sink_core::{ErrorClass, LastError};
 use s2sink_queue::{MessageId, Queue, QueueError, StoredMessage};
 use s2sink_transform::Functions;
 
@@ -19,7 +19,10 @@ use super::io::StreamIo;
 use super::settings::SinkSettings;
 use super::stats::SinkStats;
 use super::supervisor::Supervisor;
-use super::writer::{spawn_writer, Failure, WriterCtx, WriterHandle, HEADER_ID, HEADER_SINK};
+use super::writer::{
+    spawn_writer, Failure, Run, RunResult, WriterCtx, WriterGone, WriterHandle, HEADER_ID,
+    HEADER_SINK,
+};
 use super::Clock;
 
 /// The part of a sink that ingest handlers and the management API use from any thread.
@@ -34,6 +37,11 @@ pub struct SinkShared {
     /// The most recent failure (message id and error), for the sink's health view without
     /// scanning the queue.
     last_failure: Mutex<Option<(MessageId, LastError)>>,
+    /// Bumped by every reload: writers of an older generation are replaced, with the new S2
+    /// client (endpoint, token) and batch limits.
+    generation: AtomicU64,
+    /// The S2 client built by the last reload, for the engine thread to pick up.
+    reloaded_client: Mutex<Option<S2Client>>,
 }
 
 impl SinkShared {
@@ -52,6 +60,8 @@ impl SinkShared {
             supervisor: OnceLock::new(),
             stopping,
             last_failure: Mutex::new(None),
+            generation: AtomicU64::new(0),
+            reloaded_client: Mutex::new(None),
         }
     }
 
@@ -71,10 +81,16 @@ impl SinkShared {
             .clone()
     }
 
-    /// Replaces settings and functions; later runs use them.
-    pub(crate) fn replace(&self, settings: SinkSettings, functions: Functions) {
+    /// Replaces settings, functions and the S2 client; later runs use them, and stream
+    /// writers are replaced at their next run (so a rotated token takes effect on reload).
+    pub(crate) fn replace(&self, settings: SinkSettings, functions: Functions, client: S2Client) {
         *self.settings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(settings);
         *self.functions.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(functions);
+        *self
+            .reloaded_client
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(client);
+        self.generation.fetch_add(1, Relaxed);
     }
 
     /// The sink's supervisor.
@@ -105,7 +121,9 @@ impl SinkShared {
 /// The engine-thread part of a sink.
 pub struct SinkLocal {
     pub shared: Arc<SinkShared>,
-    pub io: Rc<dyn StreamIo>,
+    /// The S2 connection; replaced on reload unless `fixed_io` (tests plug in their own).
+    io: RefCell<Rc<dyn StreamIo>>,
+    fixed_io: bool,
     pub clock: Clock,
     pub on_fatal: Rc<dyn Fn(&QueueError)>,
     writers: RefCell<HashMap<Route, WriterHandle>>,
@@ -115,37 +133,82 @@ impl SinkLocal {
     pub(crate) fn new(
         shared: Arc<SinkShared>,
         io: Rc<dyn StreamIo>,
+        fixed_io: bool,
         clock: Clock,
         on_fatal: Rc<dyn Fn(&QueueError)>,
     ) -> SinkLocal {
         SinkLocal {
             shared,
-            io,
+            io: RefCell::new(io),
+            fixed_io,
             clock,
             on_fatal,
             writers: RefCell::new(HashMap::new()),
         }
     }
 
-    /// The writer of a stream, started on first use.
+    /// The S2 connection delivery uses now (picks up a reloaded client).
+    pub fn io(&self) -> Rc<dyn StreamIo> {
+        if !self.fixed_io {
+            let new = self
+                .shared
+                .reloaded_client
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            if let Some(client) = new {
+                *self.io.borrow_mut() = Rc::new(client);
+            }
+        }
+        self.io.borrow().clone()
+    }
+
+    /// The writer of a stream: started on first use, and again when the previous one ended
+    /// (idle) or belongs to settings replaced by a reload.
     pub fn writer(&self, route: &Route, settings: &SinkSettings) -> WriterHandle {
+        let generation = self.shared.generation.load(Relaxed);
+        let mut writers = self.writers.borrow_mut();
+        if let Some(w) = writers.get(route) {
+            if !w.is_closed() && w.generation == generation {
+                return w.clone();
+            }
+        }
+        // Forget ended writers of other streams too: the map stays as small as the tasks.
+        writers.retain(|_, w| !w.is_closed());
+        let w = spawn_writer(WriterCtx {
+            sink: self.shared.name.clone(),
+            route: route.clone(),
+            io: self.io(),
+            queue: self.shared.queue.clone(),
+            stats: self.shared.stats.clone(),
+            limits: settings.batch.limits,
+            linger: settings.batch.linger,
+            clock: self.clock,
+            on_fatal: self.on_fatal.clone(),
+            generation,
+        });
+        writers.insert(route.clone(), w.clone());
+        w
+    }
+
+    /// Live stream writers (a gauge, and for tests of idle writers ending).
+    pub fn live_writers(&self) -> usize {
         self.writers
-            .borrow_mut()
-            .entry(route.clone())
-            .or_insert_with(|| {
-                spawn_writer(WriterCtx {
-                    sink: self.shared.name.clone(),
-                    route: route.clone(),
-                    io: self.io.clone(),
-                    queue: self.shared.queue.clone(),
-                    stats: self.shared.stats.clone(),
-                    limits: settings.batch.limits,
-                    linger: settings.batch.linger,
-                    clock: self.clock,
-                    on_fatal: self.on_fatal.clone(),
-                })
-            })
-            .clone()
+            .borrow()
+            .values()
+            .filter(|w| !w.is_closed())
+            .count()
+    }
+
+    /// Sends a run to its stream's writer, starting a new writer if the one it had ended.
+    pub async fn submit(&self, route: &Route, settings: &SinkSettings, run: Run) -> RunResult {
+        let mut run = run;
+        loop {
+            match self.writer(route, settings).submit(run).await {
+                Ok(result) => return result,
+                Err(WriterGone(back)) => run = back,
+            }
+        }
     }
 
     /// Records a failed attempt on `msg`: backoff (returns when it ends), or discard after
@@ -164,7 +227,10 @@ impl SinkLocal {
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Some((msg.id, failure.error.clone()));
         let now = self.clock.now_millis();
-        let exhausted = settings.max_retry_count.is_some_and(|max| attempts >= max);
+        // A message whose append may have landed is never discarded: the writer reconciles
+        // after such a failure, so this class remains only while the stream cannot be read.
+        let exhausted = settings.max_retry_count.is_some_and(|max| attempts >= max)
+            && failure.error.class != ErrorClass::OutcomeUnknown;
         if exhausted && self.dead_letter(settings, msg, &failure).await {
             let res = match shared
                 .queue
@@ -236,7 +302,7 @@ impl SinkLocal {
             match_seq_num: None,
             fencing_token: None,
         };
-        match self.io.append(&basin, dlq, &input).await {
+        match self.io().append(&basin, dlq, &input).await {
             Ok(_) => true,
             Err(err) => {
                 tracing::warn!(sink = %self.shared.name, id = %msg.id, error = %err, "dead-letter append failed; message keeps backing off");

@@ -23,6 +23,11 @@ pub struct SinkStats {
     pub deduplicated: AtomicU64,
     /// Gauge: group actors alive now.
     pub live_groups: AtomicU64,
+    /// Streams found reset (tail below the stored position: deleted and recreated, or an
+    /// in-memory S2 restarted); delivery resumed from the new tail.
+    pub stream_resets: AtomicU64,
+    /// What the last stream reset was, for the sink's health view.
+    pub last_reset: std::sync::Mutex<Option<String>>,
     /// Records per acknowledged append.
     pub batch_size: Histogram,
     /// Append round-trip latency in milliseconds.
