@@ -139,7 +139,15 @@ async fn disk_full_gets_no_202_and_recovers_after_space_is_freed() {
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("mnt");
     let Some(fs) = Tmpfs::mount(&mnt, "8m") else {
-        eprintln!("SKIPPED disk_full test: cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN)");
+        // A skip passes; where the test must run (CI as root), make it fail instead.
+        assert!(
+            std::env::var_os("S2SINK_REQUIRE_TMPFS").is_none(),
+            "cannot mount a tmpfs and S2SINK_REQUIRE_TMPFS is set"
+        );
+        eprintln!(
+            "SKIPPED disk_full test: cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN); \
+             set S2SINK_REQUIRE_TMPFS=1 to make this a failure"
+        );
         return;
     };
     let data_dir = mnt.join("data");
