@@ -10,6 +10,7 @@ use s2sink_server::engine::{our_id, SinkSettings};
 
 pub use s2sink_client::testing::{unique_name, LiteServer};
 
+pub mod client;
 pub mod process;
 pub mod proxy;
 

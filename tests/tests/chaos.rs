@@ -11,6 +11,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use s2sink_tests::client::{SinkConfig, TestConfig};
 use s2sink_tests::process::{
     http_client, pending, produce_changes_noting_unanswered, Load, ServerProcess,
 };
@@ -20,26 +21,14 @@ use s2sink_tests::{eventually, read_all, verify_stream_lost_acks, LiteServer};
 const SINK: &str = "chaos";
 
 fn config(endpoint: &str, basin: &str, stream: &str) -> String {
-    format!(
-        r#"[server]
-listen = "127.0.0.1:{{port}}"
-data_dir = "data"
-
-[[sinks]]
-name = "{SINK}"
-basin = "{basin}"
-stream = "{stream}"
-endpoint = "{endpoint}"
-request_timeout_ms = 500
-
-[sinks.backoff]
-base_ms = 20
-max_ms = 200
-
-[sinks.batch]
-max_records = 100
-"#
-    )
+    TestConfig::new()
+        .sink(
+            SinkConfig::new(SINK, endpoint, basin, stream)
+                .set("request_timeout_ms", "500")
+                .backoff(20, 200)
+                .table("batch", &[("max_records", "100")]),
+        )
+        .render()
 }
 
 /// S2 misbehaving on about a quarter of appends (reads and tail checks pass).

@@ -6,26 +6,14 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use s2sink_tests::client::{SinkConfig, TestConfig};
 use s2sink_tests::process::{produce_changes_noting_unanswered, wait_drained, Load, ServerProcess};
 use s2sink_tests::{read_all, verify_stream_lost_acks, LiteServer};
 
 fn config(endpoint: &str, basin: &str, stream: &str) -> String {
-    format!(
-        r#"[server]
-listen = "127.0.0.1:{{port}}"
-data_dir = "data"
-
-[[sinks]]
-name = "crash"
-basin = "{basin}"
-stream = "{stream}"
-endpoint = "{endpoint}"
-
-[sinks.backoff]
-base_ms = 20
-max_ms = 200
-"#
-    )
+    TestConfig::new()
+        .sink(SinkConfig::new("crash", endpoint, basin, stream).backoff(20, 200))
+        .render()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

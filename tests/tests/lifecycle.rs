@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use reqwest::Method;
+use s2sink_tests::client::{Api, SinkConfig, TestConfig};
 use s2sink_tests::process::{http_client, ServerProcess};
 use s2sink_tests::{change, eventually, ids_in, read_all, verify, verify_stream, LiteServer};
 use serde_json::Value;
@@ -54,20 +56,26 @@ async fn produce(
     }
 }
 
+/// The API of the server at `url`, with the token.
+fn api(url: &str) -> Api {
+    Api {
+        http: http_client(),
+        url: url.to_string(),
+        token: Some(API_TOKEN.to_string()),
+    }
+}
+
+/// `GET path`; `None` when the server does not answer (e.g. while it restarts).
 async fn get(url: &str, path: &str) -> Option<Value> {
-    http_client()
-        .get(format!("{url}{path}"))
-        .bearer_auth(API_TOKEN)
-        .send()
+    let a = api(url)
+        .try_request_as(Method::GET, path, Some(API_TOKEN), None)
         .await
-        .ok()?
-        .json()
-        .await
-        .ok()
+        .ok()?;
+    Some(a.body)
 }
 
 async fn pending(url: &str, sink: &str) -> Option<u64> {
-    get(url, &format!("/api/sinks/{sink}")).await?["counts"]["pending"].as_u64()
+    api(url).pending(sink).await
 }
 
 /// SIGTERM; returns the exit code and how long the stop took. A watchdog SIGKILLs the
@@ -99,32 +107,12 @@ fn terminate_within(server: &mut ServerProcess, limit: Duration) -> (Option<i32>
 }
 
 fn stop_config(endpoint: &str, basin: &str) -> String {
-    format!(
-        r#"[server]
-listen = "127.0.0.1:{{port}}"
-data_dir = "data"
-api_token = "{API_TOKEN}"
-shutdown_timeout_ms = 5000
-
-[[sinks]]
-name = "healthy"
-basin = "{basin}"
-stream = "events"
-endpoint = "{endpoint}"
-[sinks.backoff]
-base_ms = 20
-max_ms = 200
-
-[[sinks]]
-name = "blocked"
-basin = "{basin}"
-stream = "later"
-endpoint = "{endpoint}"
-[sinks.backoff]
-base_ms = 50
-max_ms = 300
-"#
-    )
+    TestConfig::new()
+        .api_token(API_TOKEN)
+        .server("shutdown_timeout_ms", "5000")
+        .sink(SinkConfig::new("healthy", endpoint, basin, "events").backoff(20, 200))
+        .sink(SinkConfig::new("blocked", endpoint, basin, "later").backoff(50, 300))
+        .render()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -227,23 +215,14 @@ const BROKEN: &str = r#"fn transform(action, record, changes, metadata) { throw 
 const V2: &str = r#"fn transform(action, record, changes, metadata) { #{ id: record.id, seq: record.seq, v: 2 } }"#;
 
 fn reload_config(endpoint: &str, basin: &str, transform: &str) -> String {
-    format!(
-        r#"[server]
-listen = "127.0.0.1:{{port}}"
-data_dir = "data"
-api_token = "{API_TOKEN}"
-
-[[sinks]]
-name = "fx"
-basin = "{basin}"
-stream = "events"
-endpoint = "{endpoint}"
-transform = '''{transform}'''
-[sinks.backoff]
-base_ms = 50
-max_ms = 300
-"#
-    )
+    TestConfig::new()
+        .api_token(API_TOKEN)
+        .sink(
+            SinkConfig::new("fx", endpoint, basin, "events")
+                .set("transform", &format!("'''{transform}'''"))
+                .backoff(50, 300),
+        )
+        .render()
 }
 
 /// Rewrites the server's config file (as an operator would).
