@@ -176,12 +176,32 @@ impl Api {
         token: Option<&str>,
         body: Option<(&str, String)>,
     ) -> Result<Answer, reqwest::Error> {
+        let (headers, body) = match body {
+            Some((ct, b)) => (vec![("content-type", ct)], Some(b.into_bytes())),
+            None => (vec![], None),
+        };
+        self.send(method, path, token, &headers, body).await
+    }
+
+    /// The most general request: `token` as bearer (if any), then exactly `headers`, and a
+    /// raw body. `Err` when the server does not answer.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Result<Answer, reqwest::Error> {
         let mut r = self.http.request(method, format!("{}{path}", self.url));
         if let Some(t) = token {
             r = r.bearer_auth(t);
         }
-        if let Some((ct, b)) = body {
-            r = r.header("content-type", ct).body(b);
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        if let Some(b) = body {
+            r = r.body(b);
         }
         let resp = r.send().await?;
         let status = resp.status();

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use s2sink_client::testing::{FakeReply, FakeServer};
-use s2sink_tests::process::{http_client, ServerProcess};
+use s2sink_tests::client::{self, toml_str, SinkConfig, TestConfig};
+use s2sink_tests::process::ServerProcess;
 use s2sink_tests::{change, eventually, ids_in, read_all, LiteServer};
 use serde_json::{json, Value};
 
@@ -14,38 +15,25 @@ const API_TOKEN: &str = "api-tok-3f9a1c";
 const S2_TOKEN: &str = "s2-tok-77b2e0";
 
 fn config(endpoint: &str, basin: &str) -> String {
-    format!(
-        r#"[server]
-listen = "127.0.0.1:{{port}}"
-data_dir = "data"
-max_pending = 30
-max_body_bytes = 1048576
-
-[[sinks]]
-name = "good"
-basin = "{basin}"
-stream = "events"
-endpoint = "{endpoint}"
-access_token = "{S2_TOKEN}"
-
-[[sinks]]
-name = "stuck"
-basin = "{basin}"
-stream = "does-not-exist"
-endpoint = "{endpoint}"
-[sinks.backoff]
-base_ms = 50
-max_ms = 200
-"#
-    )
+    TestConfig::new()
+        .server("max_pending", "30")
+        .server("max_body_bytes", "1048576")
+        .sink(
+            SinkConfig::new("good", endpoint, basin, "events")
+                .set("access_token", &toml_str(S2_TOKEN)),
+        )
+        .sink(SinkConfig::new("stuck", endpoint, basin, "does-not-exist").backoff(50, 200))
+        .render()
 }
 
-struct Api {
-    http: reqwest::Client,
-    url: String,
-}
+/// The shared client, its answers as the tuples this file's assertions read.
+struct Api(client::Api);
 
 impl Api {
+    fn new(server: &ServerProcess) -> Api {
+        Api(client::Api::new(server, Some(API_TOKEN)))
+    }
+
     async fn req(
         &self,
         method: reqwest::Method,
@@ -53,26 +41,13 @@ impl Api {
         token: Option<&str>,
         body: Option<(&str, String)>,
     ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
-        let mut r = self.http.request(method, format!("{}{path}", self.url));
-        if let Some(t) = token {
-            r = r.bearer_auth(t);
-        }
-        if let Some((ct, b)) = body {
-            r = r.header("content-type", ct).body(b);
-        }
-        let resp = r.send().await.expect("request");
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let text = resp.text().await.unwrap();
-        let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        (status, headers, v)
+        let a = self.0.request_as(method, path, token, body).await;
+        (a.status, a.headers, a.body)
     }
 
     async fn get(&self, path: &str) -> (StatusCode, Value) {
-        let (s, _, v) = self
-            .req(reqwest::Method::GET, path, Some(API_TOKEN), None)
-            .await;
-        (s, v)
+        let a = self.0.get(path).await;
+        (a.status, a.body)
     }
 
     async fn post(
@@ -81,13 +56,8 @@ impl Api {
         ct: &str,
         body: String,
     ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
-        self.req(
-            reqwest::Method::POST,
-            path,
-            Some(API_TOKEN),
-            Some((ct, body)),
-        )
-        .await
+        let a = self.0.post(path, ct, body).await;
+        (a.status, a.headers, a.body)
     }
 }
 
@@ -112,10 +82,7 @@ async fn every_route_status_and_error_shape() {
         &[("S2SINK_SERVER__API_TOKEN", API_TOKEN)],
     )
     .await;
-    let api = Api {
-        http: http_client(),
-        url: server.url.clone(),
-    };
+    let api = Api::new(&server);
     let json_ct = "application/json";
 
     // Open routes.
@@ -370,22 +337,13 @@ async fn tokens_stay_out_of_logs_when_s2_rejects_the_token() {
     ))
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = format!(
-        r#"[server]
-listen = "127.0.0.1:{{port}}"
-data_dir = "data"
-[[sinks]]
-name = "auth"
-basin = "some-basin-01"
-stream = "events"
-endpoint = "{}"
-access_token_env = "MY_S2_TOKEN"
-[sinks.backoff]
-base_ms = 20
-max_ms = 100
-"#,
-        fake.endpoint()
-    );
+    let cfg = TestConfig::new()
+        .sink(
+            SinkConfig::new("auth", &fake.endpoint(), "some-basin-01", "events")
+                .set("access_token_env", &toml_str("MY_S2_TOKEN"))
+                .backoff(20, 100),
+        )
+        .render();
     let server = ServerProcess::start(
         dir.path(),
         &cfg,
@@ -395,10 +353,7 @@ max_ms = 100
         ],
     )
     .await;
-    let api = Api {
-        http: http_client(),
-        url: server.url.clone(),
-    };
+    let api = Api::new(&server);
     let (s, _, _) = api
         .post(
             "/api/sinks/auth/messages",

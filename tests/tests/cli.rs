@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+use s2sink_tests::client::{toml_str, Api, SinkConfig, TestConfig};
 use s2sink_tests::process::{free_port, http_client, sink_binary, ServerProcess};
 use s2sink_tests::{change, eventually, ids_in, read_all, LiteServer};
 use serde_json::Value;
@@ -83,42 +84,26 @@ async fn cli(args: &[&str]) -> Run {
 }
 
 fn config(endpoint: &str, basin: &str) -> String {
-    format!(
-        r#"[server]
-listen = "127.0.0.1:{{port}}"
-data_dir = "data"
-api_token = "{API_TOKEN}"
-
-[[sinks]]
-name = "good"
-basin = "{basin}"
-stream = "events"
-endpoint = "{endpoint}"
-access_token = "{S2_TOKEN}"
-
-[[sinks]]
-name = "stuck"
-basin = "{basin}"
-stream = "not-yet"
-endpoint = "{endpoint}"
-[sinks.backoff]
-base_ms = 60000
-max_ms = 60000
-"#
-    )
+    TestConfig::new()
+        .api_token(API_TOKEN)
+        .sink(
+            SinkConfig::new("good", endpoint, basin, "events")
+                .set("access_token", &toml_str(S2_TOKEN)),
+        )
+        .sink(SinkConfig::new("stuck", endpoint, basin, "not-yet").backoff(60_000, 60_000))
+        .render()
 }
 
-/// `GET path` with the token.
+/// `GET path` with the token; the body as JSON.
 async fn get(url: &str, path: &str) -> Value {
-    http_client()
-        .get(format!("{url}{path}"))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .expect("GET")
-        .json()
-        .await
-        .expect("JSON")
+    let api = Api {
+        http: http_client(),
+        url: url.to_string(),
+        token: Some(API_TOKEN.to_string()),
+    };
+    let a = api.get(path).await;
+    assert!(!a.body.is_string(), "GET {path}: not JSON: {}", a.body);
+    a.body
 }
 
 fn ids_of(v: &Value) -> Vec<u64> {

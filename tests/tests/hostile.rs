@@ -3,69 +3,47 @@
 
 use std::time::Duration;
 
-use reqwest::StatusCode;
-use s2sink_tests::process::{http_client, ServerProcess};
+use reqwest::{Method, StatusCode};
+use s2sink_tests::client::{self, SinkConfig, TestConfig};
+use s2sink_tests::process::ServerProcess;
 use s2sink_tests::{change, eventually, ids_in, read_all, LiteServer};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "hostile-api-token";
 
 fn config(endpoint: &str, basin: &str) -> String {
-    let backoff = "[sinks.backoff]\nbase_ms = 50\nmax_ms = 200\n";
-    format!(
-        r#"[server]
-listen = "127.0.0.1:{{port}}"
-data_dir = "data"
-api_token = "{TOKEN}"
-
-[[sinks]]
-name = "main"
-basin = "{basin}"
-stream = "events"
-endpoint = "{endpoint}"
-{backoff}
-[[sinks]]
-name = "inflate"
-basin = "{basin}"
-stream = "events"
-endpoint = "{endpoint}"
-transform = '''fn transform(action, record, changes, metadata) {{
+    let sink = |name: &str| SinkConfig::new(name, endpoint, basin, "events");
+    let inflate = r#"'''fn transform(action, record, changes, metadata) {
     let s = "x";
-    while s.len() < 1100000 {{ s += s; }}
-    #{{ big: s }}
-}}'''
-{backoff}
-[[sinks]]
-name = "router"
-endpoint = "{endpoint}"
-routing = '''fn route(action, record, changes, metadata) {{
+    while s.len() < 1100000 { s += s; }
+    #{ big: s }
+}'''"#;
+    let routing = format!(
+        r#"'''fn route(action, record, changes, metadata) {{
     if record.kind == "bad_basin" {{ return #{{ basin: "Bad_Basin", stream: "events" }}; }}
     if record.kind == "empty_stream" {{ return #{{ basin: "{basin}", stream: "" }}; }}
     if record.kind == "extra" {{ return #{{ basin: "{basin}", stream: "events", color: "red" }}; }}
     #{{ basin: "{basin}", stream: "events" }}
-}}'''
-{backoff}
-[[sinks]]
-name = "spin"
-basin = "{basin}"
-stream = "events"
-endpoint = "{endpoint}"
-transform = "fn transform(action, record, changes, metadata) {{ loop {{ }} }}"
-{backoff}
-[[sinks]]
-name = "grow"
-basin = "{basin}"
-stream = "events"
-endpoint = "{endpoint}"
-transform = '''fn transform(action, record, changes, metadata) {{ let s = "xy"; loop {{ s += s; }} }}'''
-{backoff}"#
-    )
+}}'''"#
+    );
+    let spin = r#""fn transform(action, record, changes, metadata) { loop { } }""#;
+    let grow = r#"'''fn transform(action, record, changes, metadata) { let s = "xy"; loop { s += s; } }'''"#;
+    TestConfig::new()
+        .api_token(TOKEN)
+        .sink(sink("main").backoff(50, 200))
+        .sink(sink("inflate").set("transform", inflate).backoff(50, 200))
+        .sink(
+            SinkConfig::routed("router", endpoint)
+                .set("routing", &routing)
+                .backoff(50, 200),
+        )
+        .sink(sink("spin").set("transform", spin).backoff(50, 200))
+        .sink(sink("grow").set("transform", grow).backoff(50, 200))
+        .render()
 }
 
-struct Client {
-    http: reqwest::Client,
-    url: String,
-}
+/// The shared client, its answers as `(status, body)`.
+struct Client(client::Api);
 
 impl Client {
     async fn post_raw(
@@ -75,55 +53,25 @@ impl Client {
         body: Vec<u8>,
         token: Option<&str>,
     ) -> (StatusCode, Value) {
-        let mut r = self
-            .http
-            .post(format!("{}/api/sinks/{sink}/messages", self.url))
-            .header("content-type", ct)
-            .body(body);
-        if let Some(t) = token {
-            r = r.bearer_auth(t);
-        }
-        let resp = r.send().await.expect("server answers");
-        let status = resp.status();
-        let text = resp.text().await.unwrap_or_default();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        let path = format!("/api/sinks/{sink}/messages");
+        let headers = [("content-type", ct)];
+        pair(
+            self.0
+                .send(Method::POST, &path, token, &headers, Some(body))
+                .await,
         )
     }
 
     /// POSTs `{}` to `path` with exactly `headers` (the token unless one is given).
     async fn send(&self, path: &str, headers: &[(&str, &str)]) -> (StatusCode, Value) {
-        let mut r = self.http.post(format!("{}{path}", self.url)).body("{}");
-        if !headers.iter().any(|(k, _)| *k == "authorization") {
-            r = r.bearer_auth(TOKEN);
-        }
-        for (k, v) in headers {
-            r = r.header(*k, *v);
-        }
-        let resp = r.send().await.expect("server answers");
-        let status = resp.status();
-        let text = resp.text().await.unwrap_or_default();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        let token = (!headers.iter().any(|(k, _)| *k == "authorization")).then_some(TOKEN);
+        let body = Some(b"{}".to_vec());
+        pair(self.0.send(Method::POST, path, token, headers, body).await)
     }
 
     async fn send_get(&self, path: &str) -> (StatusCode, Value) {
-        let resp = self
-            .http
-            .get(format!("{}{path}", self.url))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .expect("server answers");
-        let status = resp.status();
-        let text = resp.text().await.unwrap_or_default();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        let a = self.0.get(path).await;
+        (a.status, a.body)
     }
 
     async fn post(&self, sink: &str, body: impl Into<Vec<u8>>) -> (StatusCode, Value) {
@@ -132,15 +80,7 @@ impl Client {
     }
 
     async fn get(&self, path: &str) -> Value {
-        self.http
-            .get(format!("{}{path}", self.url))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .expect("server answers")
-            .json()
-            .await
-            .unwrap_or_default()
+        self.0.get(path).await.body
     }
 
     /// The last error of the first failed message of a sink, once there is one.
@@ -153,6 +93,11 @@ impl Client {
         assert!(ok, "sink {sink}: no failure recorded");
         self.get(&path).await["messages"][0]["last_error"].clone()
     }
+}
+
+fn pair(answer: Result<client::Answer, reqwest::Error>) -> (StatusCode, Value) {
+    let a = answer.expect("server answers");
+    (a.status, a.body)
 }
 
 fn assert_err(case: &str, got: (StatusCode, Value), status: u16, needle: &str) {
@@ -175,10 +120,7 @@ async fn hostile_input_table() {
     s2.ensure_stream(&basin, "events", None).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut server = ServerProcess::start(dir.path(), &config(&lite.endpoint(), &basin), &[]).await;
-    let c = Client {
-        http: http_client(),
-        url: server.url.clone(),
-    };
+    let c = Client(client::Api::new(&server, Some(TOKEN)));
 
     // Accepted before the abuse; must still arrive.
     let early: Vec<Value> = (0..50).map(|i| change(i, i, 20)).collect();
@@ -408,11 +350,11 @@ async fn hostile_input_table() {
         "only the valid route is delivered"
     );
     assert_eq!(c.get("/api/sinks/router").await["counts"]["failing"], 3);
-    let h = c
-        .http
-        .get(format!("{}/healthz", c.url))
-        .send()
-        .await
-        .unwrap();
+    let h =
+        c.0.http
+            .get(format!("{}/healthz", c.0.url))
+            .send()
+            .await
+            .unwrap();
     assert_eq!(h.status(), 200);
 }
