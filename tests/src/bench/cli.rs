@@ -43,7 +43,7 @@ pub struct Cli {
     pub rate: Option<u64>,
 
     /// Concurrent HTTP producers (closed loop) or connection lanes that send the scheduled
-    /// batches (open loop). Each sends one request at a time. [default: 8 closed loop, 4 open
+    /// batches (open loop). Each sends one request at a time. [default: 8 closed loop, 16 open
     /// loop; --smoke: 2]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub producers: Option<u64>,
@@ -177,7 +177,7 @@ impl From<Cli> for Opts {
             producers: c.producers.unwrap_or(if s {
                 2
             } else if open {
-                4
+                16
             } else {
                 8
             }) as usize,
