@@ -17,6 +17,7 @@ pub fn toml_str(s: &str) -> String {
 /// with `data_dir = "data"`, then the sinks in order.
 #[derive(Debug, Clone)]
 pub struct TestConfig {
+    data_dir: String,
     server: Vec<String>,
     sinks: Vec<SinkConfig>,
 }
@@ -30,12 +31,16 @@ impl Default for TestConfig {
 impl TestConfig {
     pub fn new() -> TestConfig {
         TestConfig {
-            server: vec![
-                r#"listen = "127.0.0.1:{port}""#.to_string(),
-                r#"data_dir = "data""#.to_string(),
-            ],
+            data_dir: "data".to_string(),
+            server: Vec::new(),
             sinks: Vec::new(),
         }
+    }
+
+    /// `server.data_dir` (default `data`, relative to the server's working directory).
+    pub fn data_dir(mut self, dir: &str) -> TestConfig {
+        self.data_dir = dir.to_string();
+        self
     }
 
     /// `server.api_token`.
@@ -56,7 +61,14 @@ impl TestConfig {
 
     /// The TOML text (`{port}` is left for [`ServerProcess::start`] to fill in).
     pub fn render(&self) -> String {
-        let mut out = format!("[server]\n{}\n", self.server.join("\n"));
+        let mut out = format!(
+            "[server]\nlisten = \"127.0.0.1:{{port}}\"\ndata_dir = {}\n",
+            toml_str(&self.data_dir)
+        );
+        for line in &self.server {
+            out.push_str(line);
+            out.push('\n');
+        }
         for s in &self.sinks {
             out.push_str(&format!("\n[[sinks]]\n{}\n", s.keys.join("\n")));
             for (table, keys) in &s.tables {
@@ -267,6 +279,7 @@ mod tests {
     fn renders_the_layout_the_server_reads() {
         let text = TestConfig::new()
             .api_token("t\"ok")
+            .data_dir("/tmp/d")
             .server("max_pending", "30")
             .sink(
                 SinkConfig::new("a", "http://127.0.0.1:1", "b", "events")
@@ -279,7 +292,7 @@ mod tests {
             text,
             r#"[server]
 listen = "127.0.0.1:{port}"
-data_dir = "data"
+data_dir = "/tmp/d"
 api_token = "t\"ok"
 max_pending = 30
 

@@ -129,13 +129,14 @@ async fn sigkills_and_s2_faults_lose_duplicate_and_reorder_nothing() {
     let verdict = verify_stream_lost_acks(&records, SINK, &accepted, &unanswered);
     eprintln!(
         "chaos: cycles {cycles} accepted {} records {} lost {} duplicated {} order_violations {} \
-         unexpected {} unexpected_exits {} | proxy appends {} faults {} {:?} applied_unacknowledged {} | {:?}",
+         unexpected {} (unanswered in kills {}) unexpected_exits {} | proxy appends {} faults {} {:?} applied_unacknowledged {} | {:?}",
         accepted.len(),
         records.len(),
         verdict.missing.len(),
         verdict.duplicated.len(),
         verdict.order_violations.len(),
         verdict.unexpected.len(),
+        unanswered.len(),
         unexpected_exits.len(),
         p.appends,
         p.total_faults(),

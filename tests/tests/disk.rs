@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use s2sink_tests::client::{SinkConfig, TestConfig};
 use s2sink_tests::process::{http_client, wait_drained, ServerProcess};
 use s2sink_tests::{change, eventually, read_all, verify_stream_lost_acks, LiteServer};
 use serde_json::Value;
@@ -73,23 +74,10 @@ impl Drop for Tmpfs {
 }
 
 fn config(endpoint: &str, data_dir: &Path, basin: &str, stream: &str) -> String {
-    format!(
-        r#"[server]
-listen = "127.0.0.1:{{port}}"
-data_dir = "{}"
-
-[[sinks]]
-name = "{SINK}"
-basin = "{basin}"
-stream = "{stream}"
-endpoint = "{endpoint}"
-
-[sinks.backoff]
-base_ms = 20
-max_ms = 200
-"#,
-        data_dir.display()
-    )
+    TestConfig::new()
+        .data_dir(&data_dir.display().to_string())
+        .sink(SinkConfig::new(SINK, endpoint, basin, stream).backoff(20, 200))
+        .render()
 }
 
 /// A log line without its colour escapes.

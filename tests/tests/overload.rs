@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use s2sink_tests::client::{SinkConfig, TestConfig};
 use s2sink_tests::process::{http_client, ServerProcess};
 use s2sink_tests::proxy::{Fault, Proxy};
 use s2sink_tests::{change, eventually, read_all, verify_stream, LiteServer};
@@ -24,27 +25,14 @@ const RSS_LIMIT_KB: u64 = 400 * 1024;
 /// Appends of at most 10 records, each delayed 100 ms by the proxy: the S2 side takes about
 /// 100 messages a second.
 fn config(endpoint: &str, basin: &str, stream: &str) -> String {
-    format!(
-        r#"[server]
-listen = "127.0.0.1:{{port}}"
-data_dir = "data"
-max_pending = {MAX_PENDING}
-
-[[sinks]]
-name = "{SINK}"
-basin = "{basin}"
-stream = "{stream}"
-endpoint = "{endpoint}"
-
-[sinks.batch]
-max_records = 10
-linger_ms = 50
-
-[sinks.backoff]
-base_ms = 20
-max_ms = 200
-"#
-    )
+    TestConfig::new()
+        .server("max_pending", &MAX_PENDING.to_string())
+        .sink(
+            SinkConfig::new(SINK, endpoint, basin, stream)
+                .table("batch", &[("max_records", "10"), ("linger_ms", "50")])
+                .backoff(20, 200),
+        )
+        .render()
 }
 
 /// What the producers saw.
