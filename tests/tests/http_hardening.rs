@@ -795,19 +795,34 @@ async fn reload_applies_server_keys_or_names_the_ones_needing_a_restart() {
 // ---------------------------------------------------------------------------------------
 // 7. CLI flags.
 
+/// Runs `s2-sink ARGS` in `dir`; a run that does not end within 20 s (e.g. a `serve` that
+/// should have refused its config) is killed and reported as exit `None`.
 fn run_cli(args: &[&str], dir: &Path) -> (Option<i32>, String) {
-    let out = Command::new(sink_binary())
+    let stderr_path = dir.join(format!("cli-{}.stderr", fastrand::u64(..)));
+    let mut child = Command::new(sink_binary())
         .args(args)
         .current_dir(dir)
         .env_remove("S2SINK_URL")
         .env_remove("S2SINK_API_TOKEN")
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
         .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    (code, stderr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
