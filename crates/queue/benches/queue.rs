@@ -211,6 +211,16 @@ fn cycle(rt: &tokio::runtime::Runtime, backlog: usize, total: usize, groups: u64
     }
     q.ack(SINK, &pending_ack).unwrap();
     let (cpu_used, wall) = (cpu() - cpu0, t0.elapsed());
+    let hwm = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("VmHWM"))
+        .map(|l| l.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() / 1024)
+        .unwrap();
+    println!(
+        "cycle    peak RSS {hwm} MB (payload cache {} MB of chunk bodies at the end)",
+        q.cached_bytes() >> 20
+    );
     println!(
         "cycle    backlog={backlog} groups={groups} enqueued={enqueued} read+acked={consumed}  \
          CPU {:.1} µs/msg (user+sys, all threads; {:.2?} CPU in {:.2?} wall)",
@@ -258,10 +268,23 @@ fn reopen(rt: &tokio::runtime::Runtime, total: usize, groups: u64) {
     let g = q.pending_groups(SINK).unwrap();
     let listed = start.elapsed();
     let counts = q.counts(SINK);
+    let t = q.open_times();
     println!(
-        "reopen   open {opened:.2?}, + pending_groups ({} groups) = {listed:.2?}; pending={}",
+        "reopen   open {opened:.2?} (sled recovery {:.2?}, index rebuild {:.2?}), + pending_groups ({} groups) = {listed:.2?}; pending={}",
+        t.recovery,
+        t.rebuild,
         g.len(),
         counts.pending
+    );
+    drop(q);
+    let start = Instant::now();
+    let q = open(dir.path());
+    let t = q.open_times();
+    println!(
+        "reopen   second open (nothing written since) {:.2?} (sled recovery {:.2?}, index rebuild {:.2?})",
+        start.elapsed(),
+        t.recovery,
+        t.rebuild
     );
     assert_eq!(g.len() as u64, groups.min(total as u64));
     assert_eq!(counts.pending as usize, total / 1600 * 1600);

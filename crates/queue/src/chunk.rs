@@ -21,28 +21,48 @@ pub fn end(len: impl Fn(usize) -> usize, start: usize, n: usize) -> usize {
     end
 }
 
-/// Adds chunk `first` (header and body) to `batch`; `entries` are (encoded group, payload)
-/// in id order. Returns the header's and body's part counts and the body.
+/// A chunk body built before the queue's lock is taken: the bytes for the cache and the
+/// sled values of its parts (built here, so the lock only moves them into the batch).
+pub struct Body {
+    pub bytes: bytes::Bytes,
+    parts: Vec<sled::IVec>,
+}
+
+/// Concatenates the payloads of one chunk.
+pub fn body<'a>(payloads: impl Iterator<Item = &'a [u8]>) -> Body {
+    let mut out = Vec::new();
+    for p in payloads {
+        out.extend_from_slice(p);
+    }
+    let parts = if out.is_empty() {
+        vec![sled::IVec::from(&[][..])]
+    } else {
+        out.chunks(PART).map(sled::IVec::from).collect()
+    };
+    Body {
+        bytes: bytes::Bytes::from(out),
+        parts,
+    }
+}
+
+/// Adds chunk `first` (header and body) to `batch`; `entries` are (encoded group, payload
+/// length) in id order. Returns the header's and body's part counts.
 pub fn put(
     batch: &mut Batch,
     first: u64,
     epoch: u64,
     enqueued_at: u64,
-    entries: &[(&[u8], &[u8])],
-) -> (u16, u16, bytes::Bytes) {
-    let head = codec::encode_head(
-        epoch,
-        enqueued_at,
-        entries.iter().map(|(g, p)| (*g, p.len() as u32)),
-    );
-    let mut body = Vec::with_capacity(entries.iter().map(|(_, p)| p.len()).sum());
-    for (_, p) in entries {
-        body.extend_from_slice(p);
+    entries: &[(&[u8], u32)],
+    body: &Body,
+) -> (u16, u16) {
+    let head = codec::encode_head(epoch, enqueued_at, entries.iter().copied());
+    let base = keys::base(keys::BODY, first);
+    for (i, part) in body.parts.iter().enumerate() {
+        batch.insert(&keys::part(&base, i as u16), part.clone());
     }
     (
         parts::put(batch, &keys::base(keys::HEAD, first), &head, 0),
-        parts::put(batch, &keys::base(keys::BODY, first), &body, 0),
-        bytes::Bytes::from(body),
+        body.parts.len() as u16,
     )
 }
 

@@ -62,7 +62,7 @@ mod upgrade;
 mod v1;
 
 pub use error::QueueError;
-pub use queue::Queue;
+pub use queue::{OpenTimes, Queue};
 pub use types::{
     Counts, DeliveryId, DeliveryState, DiscardedMessage, Enqueued, GroupRef, ListFilter, MessageId,
     NewMessage, QueueOptions, StateFilter, StoredMessage,

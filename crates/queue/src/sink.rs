@@ -203,6 +203,16 @@ impl Sink {
     /// Stores `msgs` as chunks in one batch (not yet visible to delivery). Returns their ids
     /// and the first id, to pass to [`Sink::publish`] once the batch is durable.
     pub fn enqueue(&self, msgs: Vec<NewMessage>, now: UnixMillis) -> Result<(Vec<Enqueued>, u64)> {
+        // Chunk boundaries and bodies depend only on sizes: built before taking the lock, so
+        // delivery (which reads under the same lock) waits only for ids, headers and the apply.
+        let mut spans = Vec::new();
+        let mut start = 0;
+        while start < msgs.len() {
+            let end = chunk::end(|i| msgs[i].payload.len(), start, msgs.len());
+            let body = chunk::body(msgs[start..end].iter().map(|m| &m.payload[..]));
+            spans.push((start, end, body));
+            start = end;
+        }
         let mut guard = self.lock();
         let st = &mut *guard;
         let first_id = st.meta.next_id;
@@ -215,17 +225,15 @@ impl Sink {
             let enc = group.encode();
             groups.push((group, enc));
         }
-        let mut bodies = Vec::new();
-        let mut start = 0;
-        while start < msgs.len() {
-            let end = chunk::end(|i| msgs[i].payload.len(), start, msgs.len());
+        let mut bodies = Vec::with_capacity(spans.len());
+        for (start, end, body) in spans {
             let first = first_id + start as u64;
-            let entries: Vec<(&[u8], &[u8])> = (start..end)
-                .map(|i| (&groups[i].1[..], &msgs[i].payload[..]))
+            let entries: Vec<(&[u8], u32)> = (start..end)
+                .map(|i| (&groups[i].1[..], msgs[i].payload.len() as u32))
                 .collect();
-            let (head_parts, body_parts, body) =
-                chunk::put(&mut batch, first, epoch, now, &entries);
-            bodies.push((first, body));
+            let (head_parts, body_parts) =
+                chunk::put(&mut batch, first, epoch, now, &entries, &body);
+            bodies.push((first, body.bytes));
             let count = end - start;
             st.index.chunks.insert(
                 first,
@@ -239,7 +247,6 @@ impl Sink {
                     body_parts,
                 },
             );
-            start = end;
         }
         let end_id = first_id + msgs.len() as u64;
         let mut meta = st.meta;
@@ -277,8 +284,8 @@ impl Sink {
 
     // ---- reads ----
 
-    /// The payload of a stored message: a slice of its chunk's body (cached, else read once
-    /// and cached while the budget allows), or a failed message's own key.
+    /// The payload of a stored message: from its chunk's body (cached, else read once and
+    /// cached while the budget allows), or a failed message's own key.
     fn payload(&self, st: &mut State, id: u64, m: Msg) -> Result<Bytes> {
         if m.failed {
             return parts::get(
@@ -296,8 +303,10 @@ impl Sink {
         let body = match st.index.cache.get(first) {
             Some(b) => b.clone(),
             None => {
+                // Copied out of sled's page so the cache never pins more than it counts.
                 let body = parts::get(&self.tree, &keys::base(keys::BODY, first), chunk.body_parts)
                     .map_err(self.storage("read"))?
+                    .map(|b| Bytes::copy_from_slice(&b))
                     .ok_or_else(|| self.corrupt(format!("body of chunk {first}")))?;
                 st.index.cache.offer(first, body.clone());
                 body
@@ -307,7 +316,9 @@ impl Sink {
         if end > body.len() {
             return Err(self.corrupt(format!("body of chunk {first}")));
         }
-        Ok(body.slice(off..end))
+        // A copy, not a slice: a message held by delivery (a group's run, a writer's batch)
+        // must not pin its whole chunk body beyond the cache's budget.
+        Ok(Bytes::copy_from_slice(&body[off..end]))
     }
 
     fn stored(&self, st: &mut State, id: u64) -> Result<Option<StoredMessage>> {

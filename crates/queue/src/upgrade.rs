@@ -177,9 +177,10 @@ fn convert_sink(sink: &str, from: &sled::Tree, to: &sled::Tree) -> Result<()> {
             let end = (start + 1..end)
                 .find(|&i| run[i].0 != run[i - 1].0 + 1)
                 .unwrap_or(end);
-            let entries: Vec<(&[u8], &[u8])> = (start..end)
-                .map(|i| (&groups[i][..], &run[i].1.payload[..]))
+            let entries: Vec<(&[u8], u32)> = (start..end)
+                .map(|i| (&groups[i][..], run[i].1.payload.len() as u32))
                 .collect();
+            let body = chunk::body((start..end).map(|i| &run[i].1.payload[..]));
             let mut batch = Batch::default();
             chunk::put(
                 &mut batch,
@@ -187,6 +188,7 @@ fn convert_sink(sink: &str, from: &sled::Tree, to: &sled::Tree) -> Result<()> {
                 0,
                 run[start].1.enqueued_at,
                 &entries,
+                &body,
             );
             to.apply_batch(batch).map_err(st)?;
             start = end;

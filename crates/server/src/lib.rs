@@ -2,12 +2,19 @@
 //!
 //! Glue only: delivery policy lives in `s2sink-core`, the S2 protocol in `s2sink-client`,
 //! durability in `s2sink-queue` and user functions in `s2sink-transform`.
+//!
+//! Embedding the engine alone: depend on this crate with `default-features = false`; only
+//! [`engine`] and [`ServerError`] remain (no actix-web, config loader or CLI).
 
+#[cfg(feature = "server")]
 pub mod cli;
+#[cfg(feature = "server")]
 pub mod config;
 pub mod engine;
 mod error;
+#[cfg(feature = "server")]
 pub mod http;
+#[cfg(feature = "server")]
 pub mod serve;
 
 pub use error::ServerError;

@@ -13,8 +13,6 @@ use s2sink_queue::{GroupRef, StoredMessage};
 
 use super::plan::{plan_run, Next};
 use super::sink::SinkLocal;
-use super::supervisor::{GroupDone, Supervisor};
-use super::writer::Failure;
 
 /// How a group actor ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,13 +23,23 @@ pub enum GroupOutcome {
     BackingOffUntil(UnixMillis),
     /// The engine is stopping (or the queue failed).
     Stopped,
+    /// The actor panicked (a bug); the supervisor restarts the group after a pause.
+    Panicked,
+}
+
+/// A group actor finished (sent to whoever started it: the supervisor).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct GroupDone {
+    pub group: GroupRef,
+    pub outcome: GroupOutcome,
 }
 
 /// The actor delivering one group.
 pub struct GroupActor {
     pub local: Rc<SinkLocal>,
     pub group: GroupRef,
-    pub supervisor: Addr<Supervisor>,
+    pub done: Recipient<GroupDone>,
 }
 
 impl Actor for GroupActor {
@@ -40,10 +48,19 @@ impl Actor for GroupActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         let local = self.local.clone();
         let group = self.group.clone();
-        let supervisor = self.supervisor.clone();
+        let done = self.done.clone();
         let work = async move {
-            let outcome = deliver_group(&local, &group).await;
-            let _ = supervisor.send(GroupDone { group, outcome }).await;
+            // A panic (a bug) ends this actor, not the engine thread: the supervisor is told
+            // and starts the group again after a pause.
+            let run = std::panic::AssertUnwindSafe(deliver_group(&local, &group));
+            let outcome = match futures_util::FutureExt::catch_unwind(run).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    tracing::error!(sink = %local.shared.name, %group, "group actor panicked; restarting the group in 1 s");
+                    GroupOutcome::Panicked
+                }
+            };
+            let _ = done.send(GroupDone { group, outcome }).await;
         };
         ctx.spawn(work.into_actor(self).map(|_, _, ctx| ctx.stop()));
     }
@@ -80,15 +97,8 @@ pub async fn deliver_group(local: &SinkLocal, group: &GroupRef) -> GroupOutcome 
         if let Some(t) = head.state.not_visible_until.filter(|t| *t > now) {
             return GroupOutcome::BackingOffUntil(t);
         }
-        let plan = plan_run(
-            &shared.name,
-            settings.route.as_ref(),
-            &functions,
-            limits,
-            &msgs,
-            now,
-            read_epoch,
-        );
+        let (plan, msgs) =
+            plan_off_thread(local, &settings, functions, msgs, now, read_epoch).await;
         if !plan.filtered.is_empty() {
             if let Err(e) = shared.queue.ack(&shared.name, &plan.filtered) {
                 (local.on_fatal)(&e);
@@ -120,11 +130,46 @@ pub async fn deliver_group(local: &SinkLocal, group: &GroupRef) -> GroupOutcome 
     }
 }
 
-/// Log line for a failed message, without payload (it may hold personal data).
-pub(crate) fn log_failure(sink: &str, msg: &StoredMessage, f: &Failure, attempts: u32) {
-    tracing::warn!(
-        sink, id = %msg.id, attempts, class = f.error.class.as_str(),
-        status = ?f.error.status, code = ?f.error.code, error = %f.error.message,
-        "delivery failed"
-    );
+/// Plans the next run. With functions configured (up to 1 s of Rhai each) the planning runs on
+/// the blocking pool, at most one per core at a time, so a slow or runaway function delays
+/// only its own group, never the actor thread; without functions it is cheap and runs here.
+async fn plan_off_thread(
+    local: &SinkLocal,
+    settings: &std::sync::Arc<super::SinkSettings>,
+    functions: std::sync::Arc<s2sink_transform::Functions>,
+    msgs: Vec<StoredMessage>,
+    now: UnixMillis,
+    read_epoch: u64,
+) -> (super::plan::Plan, Vec<StoredMessage>) {
+    let name = local.shared.name.clone();
+    if functions.is_noop() {
+        let plan = plan_run(
+            &name,
+            settings.route.as_ref(),
+            &functions,
+            &settings.batch.limits,
+            &msgs,
+            now,
+            read_epoch,
+        );
+        return (plan, msgs);
+    }
+    let _slot = local.function_slots.acquire().await;
+    let settings = settings.clone();
+    let work = move || {
+        let plan = plan_run(
+            &name,
+            settings.route.as_ref(),
+            &functions,
+            &settings.batch.limits,
+            &msgs,
+            now,
+            read_epoch,
+        );
+        (plan, msgs)
+    };
+    match tokio::task::spawn_blocking(work).await {
+        Ok(done) => done,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
 }

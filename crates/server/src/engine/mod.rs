@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::Actor;
+use actix::{Actor, Addr};
 use s2sink_client::S2Client;
 use s2sink_core::{Envelope, GroupKey};
 use s2sink_queue::{MessageId, NewMessage, Queue, QueueError};
@@ -43,7 +43,7 @@ use s2sink_transform::Functions;
 use serde_json::Value;
 
 pub use clock::Clock;
-pub use group::{deliver_group, GroupOutcome};
+pub use group::{deliver_group, GroupDone, GroupOutcome};
 pub use io::{BoxFuture, StreamIo};
 pub use settings::{BatchSettings, SinkSettings};
 pub use sink::{SinkLocal, SinkShared};
@@ -97,6 +97,8 @@ pub struct EngineOptions {
 #[derive(Clone)]
 pub struct Engine {
     sinks: Arc<BTreeMap<String, Arc<SinkShared>>>,
+    /// Each sink's supervisor (same keys as `sinks`).
+    supervisors: Arc<BTreeMap<String, Addr<Supervisor>>>,
     queue: Queue,
     max_pending: Option<u64>,
     stopping: Arc<AtomicBool>,
@@ -123,6 +125,8 @@ impl Engine {
             .unwrap_or_else(|| Rc::new(exit_on_fatal) as Rc<dyn Fn(&QueueError)>);
         let mut map = BTreeMap::new();
         let mut locals = Vec::new();
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let function_slots = Arc::new(tokio::sync::Semaphore::new(cores));
         for settings in sinks {
             let name = settings.name.clone();
             if map.contains_key(&name) {
@@ -161,15 +165,20 @@ impl Engine {
                 fixed_io,
                 clock,
                 on_fatal.clone(),
+                function_slots.clone(),
             )));
             map.insert(name, shared);
         }
-        for local in locals {
-            let addr = Supervisor::new(local.clone()).start();
-            local.shared.set_supervisor(addr);
-        }
+        let supervisors = locals
+            .into_iter()
+            .map(|local| {
+                let name = local.shared.name.clone();
+                (name, Supervisor::new(local).start())
+            })
+            .collect();
         Ok(Engine {
             sinks: Arc::new(map),
+            supervisors: Arc::new(supervisors),
             queue,
             max_pending: options.max_pending,
             stopping,
@@ -188,6 +197,11 @@ impl Engine {
             .ok_or_else(|| ServerError::UnknownSink {
                 sink: name.to_string(),
             })
+    }
+
+    /// The supervisor of a sink that exists.
+    fn supervisor(&self, sink: &str) -> &Addr<Supervisor> {
+        &self.supervisors[sink]
     }
 
     /// True once shutdown began.
@@ -259,7 +273,7 @@ impl Engine {
             .collect();
         let ids = enqueued.into_iter().map(|e| e.id).collect();
         // Bounded mailbox: a slow engine slows ingest instead of growing memory.
-        let _ = shared.supervisor().send(GroupsReady(groups)).await;
+        let _ = self.supervisor(sink).send(GroupsReady(groups)).await;
         Ok(ids)
     }
 
@@ -276,7 +290,7 @@ impl Engine {
             None => {
                 let shared = self.sink(sink)?;
                 let n = self.queue.redeliver_all(sink).await?;
-                let _ = shared.supervisor().send(AllGroupsReady).await;
+                let _ = self.supervisor(&shared.name).send(AllGroupsReady).await;
                 Ok(n as u64)
             }
         }
@@ -326,7 +340,10 @@ impl Engine {
             });
         };
         act(&self.queue).await?;
-        let _ = shared.supervisor().send(GroupsReady(vec![msg.group])).await;
+        let _ = self
+            .supervisor(sink)
+            .send(GroupsReady(vec![msg.group]))
+            .await;
         Ok(shared)
     }
 
@@ -367,7 +384,7 @@ impl Engine {
         }
         for (shared, settings, functions, client) in compiled {
             shared.replace(settings, functions, client);
-            let _ = shared.supervisor().send(AllGroupsReady).await;
+            let _ = self.supervisor(&shared.name).send(AllGroupsReady).await;
         }
         Ok(())
     }
@@ -377,9 +394,9 @@ impl Engine {
     pub async fn shutdown(&self, timeout: Duration) {
         self.stopping.store(true, Relaxed);
         let deadline = tokio::time::Instant::now() + timeout;
-        for shared in self.sinks.values() {
+        for supervisor in self.supervisors.values() {
             loop {
-                let live = shared.supervisor().send(LiveGroups).await.unwrap_or(0);
+                let live = supervisor.send(LiveGroups).await.unwrap_or(0);
                 if live == 0 || tokio::time::Instant::now() >= deadline {
                     break;
                 }

@@ -5,20 +5,17 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
-use actix::Addr;
 use s2sink_client::{AppendInput, AppendRecord, S2Client};
 use s2sink_core::Route;
 use s2sink_core::{ErrorClass, LastError};
 use s2sink_queue::{MessageId, Queue, QueueError, StoredMessage};
 use s2sink_transform::Functions;
 
-use super::group::log_failure;
 use super::io::StreamIo;
 use super::settings::SinkSettings;
 use super::stats::SinkStats;
-use super::supervisor::Supervisor;
 use super::writer::{
     spawn_writer, Failure, Run, RunResult, WriterCtx, WriterGone, WriterHandle, HEADER_ID,
     HEADER_SINK,
@@ -32,7 +29,6 @@ pub struct SinkShared {
     pub stats: Arc<SinkStats>,
     settings: RwLock<Arc<SinkSettings>>,
     functions: RwLock<Arc<Functions>>,
-    supervisor: OnceLock<Addr<Supervisor>>,
     stopping: Arc<AtomicBool>,
     /// The most recent failure (message id and error), for the sink's health view without
     /// scanning the queue.
@@ -57,7 +53,6 @@ impl SinkShared {
             stats: Arc::new(SinkStats::new()),
             settings: RwLock::new(Arc::new(settings)),
             functions: RwLock::new(Arc::new(functions)),
-            supervisor: OnceLock::new(),
             stopping,
             last_failure: Mutex::new(None),
             generation: AtomicU64::new(0),
@@ -93,17 +88,6 @@ impl SinkShared {
         self.generation.fetch_add(1, Relaxed);
     }
 
-    /// The sink's supervisor.
-    pub fn supervisor(&self) -> &Addr<Supervisor> {
-        self.supervisor
-            .get()
-            .expect("supervisor started with the sink")
-    }
-
-    pub(crate) fn set_supervisor(&self, addr: Addr<Supervisor>) {
-        let _ = self.supervisor.set(addr);
-    }
-
     /// The most recent failed attempt of any message of this sink.
     pub fn last_failure(&self) -> Option<(MessageId, LastError)> {
         self.last_failure
@@ -126,6 +110,8 @@ pub struct SinkLocal {
     fixed_io: bool,
     pub clock: Clock,
     pub on_fatal: Rc<dyn Fn(&QueueError)>,
+    /// Concurrent function evaluations on the blocking pool (shared by every sink).
+    pub function_slots: Arc<tokio::sync::Semaphore>,
     writers: RefCell<HashMap<Route, WriterHandle>>,
 }
 
@@ -136,6 +122,7 @@ impl SinkLocal {
         fixed_io: bool,
         clock: Clock,
         on_fatal: Rc<dyn Fn(&QueueError)>,
+        function_slots: Arc<tokio::sync::Semaphore>,
     ) -> SinkLocal {
         SinkLocal {
             shared,
@@ -143,6 +130,7 @@ impl SinkLocal {
             fixed_io,
             clock,
             on_fatal,
+            function_slots,
             writers: RefCell::new(HashMap::new()),
         }
     }
@@ -310,4 +298,13 @@ impl SinkLocal {
             }
         }
     }
+}
+
+/// Log line for a failed message, without payload (it may hold personal data).
+fn log_failure(sink: &str, msg: &StoredMessage, f: &Failure, attempts: u32) {
+    tracing::warn!(
+        sink, id = %msg.id, attempts, class = f.error.class.as_str(),
+        status = ?f.error.status, code = ?f.error.code, error = %f.error.message,
+        "delivery failed"
+    );
 }

@@ -11,7 +11,7 @@ use actix::prelude::*;
 use s2sink_core::UnixMillis;
 use s2sink_queue::GroupRef;
 
-use super::group::{GroupActor, GroupOutcome};
+use super::group::{GroupActor, GroupDone, GroupOutcome};
 use super::sink::SinkLocal;
 
 /// New messages arrived for these groups (or their backoff was cleared).
@@ -23,14 +23,6 @@ pub struct GroupsReady(pub Vec<GroupRef>);
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct AllGroupsReady;
-
-/// A group actor finished.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct GroupDone {
-    pub group: GroupRef,
-    pub outcome: GroupOutcome,
-}
 
 /// Number of live group actors (for shutdown).
 #[derive(Message)]
@@ -80,7 +72,7 @@ impl Supervisor {
             GroupActor {
                 local: self.local.clone(),
                 group,
-                supervisor: ctx.address(),
+                done: ctx.address().recipient(),
             }
             .start();
         }
@@ -209,6 +201,10 @@ impl Handler<GroupDone> for Supervisor {
             // A redeliver may have cleared the backoff while the actor was finishing.
             GroupOutcome::BackingOffUntil(_) if rearm => self.make_ready(msg.group),
             GroupOutcome::BackingOffUntil(at) => self.schedule(at, msg.group, ctx),
+            GroupOutcome::Panicked => {
+                let at = self.local.clock.now_millis() + 1_000;
+                self.schedule(at, msg.group, ctx)
+            }
             GroupOutcome::Empty | GroupOutcome::Stopped => {}
         }
         self.pump(ctx);
