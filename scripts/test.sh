@@ -14,6 +14,13 @@ cargo fmt --all -- --check
 echo "== cargo clippy (-D warnings)"
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 
+echo "== the engine embeds without the HTTP server (feature \`server\` off: no actix-web, no config)"
+cargo check --locked -p s2sink-server --no-default-features --lib
+if cargo tree --locked -p s2sink-server --no-default-features -e normal --prefix none | grep -Eq '^(actix-web|config|tracing-subscriber) '; then
+  echo "s2sink-server without default features still depends on actix-web / config / tracing-subscriber" >&2
+  exit 1
+fi
+
 echo "== build the s2-sink binary (process-level tests run it)"
 cargo build --locked -p s2sink-server --bin s2-sink
 export S2SINK_BIN="$PWD/target/debug/s2-sink"
