@@ -60,30 +60,50 @@ impl Meta {
         }
     }
 
-    pub fn encode(&self) -> [u8; 33] {
-        let mut out = [0u8; 33];
-        out[0] = META_V2;
-        for (i, v) in [self.next_id, self.epoch, self.delivered, self.discarded]
-            .into_iter()
-            .enumerate()
-        {
-            out[1 + i * 8..9 + i * 8].copy_from_slice(&v.to_be_bytes());
-        }
-        out
+    /// The id part (`#`): written by enqueues.
+    pub fn encode_ids(&self) -> [u8; 17] {
+        encode_pair(self.next_id, self.epoch)
     }
 
-    pub fn decode(bytes: &[u8]) -> Option<Meta> {
-        let mut r = Reader(bytes);
-        if r.u8()? != META_V2 {
-            return None;
-        }
+    /// The totals part (`$`): written by removals. Kept apart from the ids so that an enqueue
+    /// and an ack applied concurrently never overwrite each other's figures.
+    pub fn encode_totals(&self) -> [u8; 17] {
+        encode_pair(self.delivered, self.discarded)
+    }
+
+    /// Reads both parts (either may be missing in a new sink).
+    pub fn decode(ids: Option<&[u8]>, totals: Option<&[u8]>) -> Option<Meta> {
+        let (next_id, epoch) = match ids {
+            Some(b) => decode_pair(b)?,
+            None => (1, 0),
+        };
+        let (delivered, discarded) = match totals {
+            Some(b) => decode_pair(b)?,
+            None => (0, 0),
+        };
         Some(Meta {
-            next_id: r.u64()?,
-            epoch: r.u64()?,
-            delivered: r.u64()?,
-            discarded: r.u64()?,
+            next_id,
+            epoch,
+            delivered,
+            discarded,
         })
     }
+}
+
+fn encode_pair(a: u64, b: u64) -> [u8; 17] {
+    let mut out = [0u8; 17];
+    out[0] = META_V2;
+    out[1..9].copy_from_slice(&a.to_be_bytes());
+    out[9..17].copy_from_slice(&b.to_be_bytes());
+    out
+}
+
+fn decode_pair(bytes: &[u8]) -> Option<(u64, u64)> {
+    let mut r = Reader(bytes);
+    if r.u8()? != META_V2 || bytes.len() != 17 {
+        return None;
+    }
+    Some((r.u64()?, r.u64()?))
 }
 
 /// A chunk's header: who accepted it, when, and each message's group and payload size (the
@@ -320,7 +340,10 @@ mod tests {
             delivered: 3,
             discarded: 4,
         };
-        assert_eq!(Meta::decode(&m.encode()), Some(m));
+        assert_eq!(
+            Meta::decode(Some(&m.encode_ids()), Some(&m.encode_totals())),
+            Some(m)
+        );
         assert_eq!(decode_bitmap(&encode_bitmap(&[5, 1]), 70), Some(vec![5, 1]));
     }
 }

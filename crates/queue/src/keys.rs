@@ -4,7 +4,8 @@
 //!
 //! | key | value |
 //! |---|---|
-//! | `#` | the sink's [`Meta`](crate::codec::Meta): next id, epoch, delivered/discarded totals |
+//! | `#` | the sink's next id and epoch ([`Meta`](crate::codec::Meta), written by enqueues) |
+//! | `$` | the sink's delivered / discarded totals (written by removals) |
 //! | `h` first-id(8) part(2) | a chunk's header: epoch, time, and per message its group and size |
 //! | `c` first-id(8) part(2) | a chunk's body: the payloads of its messages, concatenated |
 //! | `a` first-id(8) | a chunk's done bitmap (bit i = message first+i delivered, discarded or moved) |
@@ -12,8 +13,10 @@
 //! | `f` id(8) part(2) | a failed message's payload |
 //! | `d` seq(8) part(2) | a discarded message, newest has the highest seq |
 
-/// The key of the sink's meta record.
+/// The key of the sink's next id and epoch.
 pub const META: &[u8] = b"#";
+/// The key of the sink's delivered / discarded totals.
+pub const TOTALS: &[u8] = b"$";
 /// Chunk headers.
 pub const HEAD: u8 = b'h';
 /// Chunk bodies.

@@ -42,6 +42,9 @@ pub struct Sink {
     pub name: String,
     pub tree: sled::Tree,
     state: Mutex<State>,
+    /// Held by an enqueue from reserving its ids until its index entries are in: batches are
+    /// applied in id order.
+    enqueue_order: Mutex<()>,
     /// Mirror of the pending count for lock-free totals across sinks.
     pending: AtomicU64,
 }
@@ -66,11 +69,12 @@ impl Sink {
                 meta: Meta::new(epoch),
                 index: Index::new(cache_bytes),
             }),
+            enqueue_order: Mutex::new(()),
             pending: AtomicU64::new(0),
         };
         let state = sink.rebuild(epoch, cache_bytes)?;
         sink.tree
-            .insert(keys::META, &state.meta.encode()[..])
+            .insert(keys::META, &state.meta.encode_ids()[..])
             .map_err(sink.storage("open sink"))?;
         sink.pending
             .store(state.index.msgs.len() as u64, Ordering::Relaxed);
@@ -80,12 +84,12 @@ impl Sink {
 
     fn rebuild(&self, epoch: u64, cache_bytes: usize) -> Result<State> {
         let op = "open sink";
-        let meta = match self.tree.get(keys::META).map_err(self.storage(op))? {
-            Some(bytes) => Meta {
-                epoch,
-                ..Meta::decode(&bytes).ok_or_else(|| self.corrupt("meta record"))?
-            },
-            None => Meta::new(epoch),
+        let ids = self.tree.get(keys::META).map_err(self.storage(op))?;
+        let totals = self.tree.get(keys::TOTALS).map_err(self.storage(op))?;
+        let meta = Meta {
+            epoch,
+            ..Meta::decode(ids.as_deref(), totals.as_deref())
+                .ok_or_else(|| self.corrupt("meta record"))?
         };
         let mut index = Index::new(cache_bytes);
         let mut bitmaps: HashMap<u64, Vec<u8>> = HashMap::new();
@@ -213,19 +217,26 @@ impl Sink {
             spans.push((start, end, body));
             start = end;
         }
-        let mut guard = self.lock();
-        let st = &mut *guard;
-        let first_id = st.meta.next_id;
-        let epoch = st.meta.epoch;
+        // Enqueues apply one at a time, in id order (publishing relies on it), but hold the
+        // index lock only to reserve ids and to record what they stored: never during sled's
+        // apply, so delivery and acks are not stuck behind a large ingest.
+        let _order = self.enqueue_order.lock().unwrap_or_else(|p| p.into_inner());
+        let n = msgs.len() as u64;
+        let (first_id, epoch) = {
+            let mut st = self.lock();
+            let first = st.meta.next_id;
+            st.meta.next_id += n;
+            (first, st.meta.epoch)
+        };
+        let end_id = first_id + n;
         let mut batch = Batch::default();
-        let mut out = Vec::with_capacity(msgs.len());
         let mut groups: Vec<(GroupRef, Vec<u8>)> = Vec::with_capacity(msgs.len());
         for (i, m) in msgs.iter().enumerate() {
             let group = GroupRef::of(m.group.clone(), MessageId(first_id + i as u64));
             let enc = group.encode();
             groups.push((group, enc));
         }
-        let mut bodies = Vec::with_capacity(spans.len());
+        let mut chunks = Vec::with_capacity(spans.len());
         for (start, end, body) in spans {
             let first = first_id + start as u64;
             let entries: Vec<(&[u8], u32)> = (start..end)
@@ -233,27 +244,32 @@ impl Sink {
                 .collect();
             let (head_parts, body_parts) =
                 chunk::put(&mut batch, first, epoch, now, &entries, &body);
-            bodies.push((first, body.bytes));
             let count = end - start;
-            st.index.chunks.insert(
-                first,
-                Chunk {
-                    epoch,
-                    enqueued_at: now,
-                    count: count as u32,
-                    live: count as u32,
-                    done: vec![0; count.div_ceil(64)],
-                    head_parts,
-                    body_parts,
-                },
-            );
+            let info = Chunk {
+                epoch,
+                enqueued_at: now,
+                count: count as u32,
+                live: count as u32,
+                done: vec![0; count.div_ceil(64)],
+                head_parts,
+                body_parts,
+            };
+            chunks.push((first, info, body.bytes));
         }
-        let end_id = first_id + msgs.len() as u64;
-        let mut meta = st.meta;
-        meta.next_id = end_id;
-        batch.insert(keys::META, &meta.encode()[..]);
+        let ids_meta = Meta {
+            next_id: end_id,
+            epoch,
+            ..Meta::default()
+        };
+        batch.insert(keys::META, &ids_meta.encode_ids()[..]);
         self.apply(batch, "enqueue")?;
-        st.meta = meta;
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let mut out = Vec::with_capacity(msgs.len());
+        for (first, info, body) in chunks {
+            st.index.chunks.insert(first, info);
+            st.index.cache.offer(first, body);
+        }
         let mut off = 0u32;
         for (i, (m, (group, _))) in msgs.into_iter().zip(groups).enumerate() {
             let id = first_id + i as u64;
@@ -267,9 +283,6 @@ impl Sink {
                 id: MessageId(id),
                 group,
             });
-        }
-        for (first, body) in bodies {
-            st.index.cache.offer(first, body);
         }
         st.index.unpublished.push_back((first_id, end_id));
         self.sync_pending(st);
@@ -677,7 +690,7 @@ impl Sink {
             let (seq, n) = st.index.discarded.pop_front().expect("non-empty");
             parts::remove(&mut batch, &keys::base(keys::DISCARDED, seq), n);
         }
-        batch.insert(keys::META, &meta.encode()[..]);
+        batch.insert(keys::TOTALS, &meta.encode_totals()[..]);
         self.apply(batch, op)?;
         st.meta = meta;
         self.sync_pending(st);

@@ -255,6 +255,8 @@ fn convert_sink(sink: &str, from: &sled::Tree, to: &sled::Tree) -> Result<()> {
         delivered,
         discarded,
     };
-    to.insert(keys::META, &meta.encode()[..]).map_err(st)?;
+    to.insert(keys::META, &meta.encode_ids()[..]).map_err(st)?;
+    to.insert(keys::TOTALS, &meta.encode_totals()[..])
+        .map_err(st)?;
     Ok(())
 }
