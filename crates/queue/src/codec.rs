@@ -211,15 +211,9 @@ pub fn encode_record(r: &Record, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Decodes a record and returns it with the bytes after it (the payload, or nothing).
-pub fn decode_record(bytes: &[u8]) -> Option<(Record, &[u8])> {
-    let mut r = Reader(bytes);
-    if r.u8()? != RECORD_V1 {
-        return None;
-    }
-    let flags = r.u8()?;
-    let epoch = r.u64()?;
-    let enqueued_at = r.u64()?;
+/// Reads what v1 and v2 records share after the acceptance time: deliver count, optional
+/// backoff end and attempt time (by `flags`), group, optional last error.
+pub fn read_state(r: &mut Reader<'_>, flags: u8) -> Option<(DeliveryState, GroupRef)> {
     let deliver_count = r.u32()?;
     let not_visible_until = if flags & HAS_NVU != 0 {
         Some(r.u64()?)
@@ -239,18 +233,34 @@ pub fn decode_record(bytes: &[u8]) -> Option<(Record, &[u8])> {
     } else {
         None
     };
+    Some((
+        DeliveryState {
+            deliver_count,
+            last_error,
+            not_visible_until,
+            last_attempt_at,
+        },
+        group,
+    ))
+}
+
+/// Decodes a record and returns it with the bytes after it (the payload, or nothing).
+pub fn decode_record(bytes: &[u8]) -> Option<(Record, &[u8])> {
+    let mut r = Reader(bytes);
+    if r.u8()? != RECORD_V1 {
+        return None;
+    }
+    let flags = r.u8()?;
+    let epoch = r.u64()?;
+    let enqueued_at = r.u64()?;
+    let (state, group) = read_state(&mut r, flags)?;
     let payload_len = r.u32()?;
     Some((
         Record {
             epoch,
             enqueued_at,
             group,
-            state: DeliveryState {
-                deliver_count,
-                last_error,
-                not_visible_until,
-                last_attempt_at,
-            },
+            state,
             payload_len,
         },
         r.0,

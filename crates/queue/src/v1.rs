@@ -4,16 +4,13 @@
 //! v1 layout of a sink's tree: `#` meta, `m` id(8) → record, `g` len(4) group id(8) → index
 //! entry, `d` seq(8) → discarded entry.
 
-use s2sink_core::{LastError, UnixMillis};
+use s2sink_core::UnixMillis;
 
-use crate::codec::Reader;
+use crate::codec::{read_state, Reader};
 use crate::{DeliveryState, GroupRef};
 
 const RECORD_V1: u8 = 1;
 const META_V1: u8 = 1;
-const HAS_NVU: u8 = 1;
-const HAS_ATTEMPT: u8 = 2;
-const HAS_ERROR: u8 = 4;
 
 /// Prefix of v1 message records.
 pub const MESSAGE: u8 = b'm';
@@ -37,34 +34,11 @@ pub fn decode_record(bytes: &[u8]) -> Option<Record> {
     }
     let flags = r.u8()?;
     let enqueued_at = r.u64()?;
-    let deliver_count = r.u32()?;
-    let not_visible_until = if flags & HAS_NVU != 0 {
-        Some(r.u64()?)
-    } else {
-        None
-    };
-    let last_attempt_at = if flags & HAS_ATTEMPT != 0 {
-        Some(r.u64()?)
-    } else {
-        None
-    };
-    let glen = r.u32()? as usize;
-    let group = GroupRef::decode(r.take(glen)?)?;
-    let last_error: Option<LastError> = if flags & HAS_ERROR != 0 {
-        let elen = r.u32()? as usize;
-        Some(serde_json::from_slice(r.take(elen)?).ok()?)
-    } else {
-        None
-    };
+    let (state, group) = read_state(&mut r, flags)?;
     Some(Record {
         group,
         enqueued_at,
-        state: DeliveryState {
-            deliver_count,
-            last_error,
-            not_visible_until,
-            last_attempt_at,
-        },
+        state,
         payload: r.0.to_vec(),
     })
 }

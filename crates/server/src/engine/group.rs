@@ -141,21 +141,8 @@ async fn plan_off_thread(
     now: UnixMillis,
     read_epoch: u64,
 ) -> (super::plan::Plan, Vec<StoredMessage>) {
-    let name = local.shared.name.clone();
-    if functions.is_noop() {
-        let plan = plan_run(
-            &name,
-            settings.route.as_ref(),
-            &functions,
-            &settings.batch.limits,
-            &msgs,
-            now,
-            read_epoch,
-        );
-        return (plan, msgs);
-    }
-    let _slot = local.function_slots.acquire().await;
-    let settings = settings.clone();
+    let (name, settings) = (local.shared.name.clone(), settings.clone());
+    let noop = functions.is_noop();
     let work = move || {
         let plan = plan_run(
             &name,
@@ -168,6 +155,10 @@ async fn plan_off_thread(
         );
         (plan, msgs)
     };
+    if noop {
+        return work();
+    }
+    let _slot = local.function_slots.acquire().await;
     match tokio::task::spawn_blocking(work).await {
         Ok(done) => done,
         Err(e) => std::panic::resume_unwind(e.into_panic()),
