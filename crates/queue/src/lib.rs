@@ -1,7 +1,10 @@
 //! The durable per-group message queue of s2-sink, on sled.
 //!
 //! - **Accepted ⇒ durable**: [`Queue::enqueue`] returns only after the sled batch holding the
-//!   messages is flushed; concurrent enqueues share one flush (group commit).
+//!   messages is flushed; concurrent enqueues share one flush (group commit). Only then do
+//!   their groups see them (publish after flush, in id order).
+//! - **Ids that never repeat in S2**: records carry a [`DeliveryId`] (a random per-open epoch
+//!   and the id), so a restored data directory never makes a new message look delivered.
 //! - **Per-group FIFO**: messages of one [`GroupRef`] come back from [`Queue::head_run`] in
 //!   acceptance order; an ungrouped message is its own group.
 //! - **Failure bookkeeping**: [`Queue::fail`] keeps `deliver_count`, the last error and the
@@ -22,10 +25,10 @@
 //! let group = Some(GroupKey("public.orders/7".into()));
 //! let accepted = queue
 //!     .enqueue("orders", vec![
-//!         NewMessage { group: group.clone(), payload: br#"{"n":1}"#.to_vec() },
-//!         NewMessage { group, payload: br#"{"n":2}"#.to_vec() },
+//!         NewMessage::new(group.clone(), br#"{"n":1}"#.to_vec()),
+//!         NewMessage::new(group, br#"{"n":2}"#.to_vec()),
 //!     ])
-//!     .await?; // on disk now
+//!     .await?; // on disk now, and only now visible to its group
 //! let g = &accepted[0].group;
 //! assert_eq!(g.key().unwrap().as_str(), "public.orders/7");
 //!
