@@ -437,6 +437,66 @@ async fn ingest_past_the_concurrency_limit_gets_503_with_retry_after() {
     }
 }
 
+/// 2 (connections): 2,500 ingest requests sent at the same moment on their own connections
+/// each get a real answer — `202`, or `503 busy` with `Retry-After` when no ingest slot frees
+/// up in time — never a `408` from requests that sat unread, never a dropped connection; and
+/// exactly the accepted messages are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thousands_of_concurrent_ingest_connections_get_answers_not_timeouts() {
+    const CONNECTIONS: usize = 2_500;
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &config(""), &[]).await;
+    let api = Api::new(&server);
+    let port = server.port;
+    let go = std::sync::Arc::new(tokio::sync::Barrier::new(CONNECTIONS));
+    let mut tasks = Vec::new();
+    for i in 0..CONNECTIONS {
+        let go = go.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .map_err(|e| format!("connect {i}: {e}"))?;
+            let body = msg(i as u64);
+            let req = format!(
+                "POST /api/sinks/main/messages HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            go.wait().await;
+            s.write_all(req.as_bytes())
+                .await
+                .map_err(|e| format!("write {i}: {e}"))?;
+            let mut answer = Vec::new();
+            tokio::time::timeout(Duration::from_secs(60), s.read_to_end(&mut answer))
+                .await
+                .map_err(|_| format!("request {i}: no answer in 60 s"))?
+                .map_err(|e| format!("read {i}: {e}"))?;
+            Ok::<String, String>(String::from_utf8_lossy(&answer).into_owned())
+        }));
+    }
+    let (mut accepted, mut busy) = (0u64, 0u64);
+    for t in tasks {
+        let text = t.await.unwrap().unwrap_or_else(|e| panic!("{e}"));
+        let (head, body) = text.split_once("\r\n\r\n").expect("a full answer");
+        let status = head.get(9..12).unwrap_or("");
+        let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"));
+        match status {
+            "202" => accepted += v["accepted"].as_u64().expect("accepted"),
+            "503" => {
+                assert_eq!(v["error"]["code"], "busy", "{text}");
+                assert!(
+                    head.to_ascii_lowercase().contains("retry-after: "),
+                    "{head}"
+                );
+                busy += 1;
+            }
+            _ => panic!("want 202 or 503 busy, got: {text}"),
+        }
+    }
+    println!("{accepted} accepted, {busy} answered 503 busy");
+    assert_eq!(accepted + busy, CONNECTIONS as u64);
+    assert_eq!(api.pending("main").await, accepted);
+}
+
 // ---------------------------------------------------------------------------------------
 // 3. One JSON error shape. 4. Strict parsing. 5. Auth scheme and body timeout.
 
@@ -483,9 +543,21 @@ async fn every_error_is_json_and_parsing_is_strict() {
     api.get("/no/such/page")
         .await
         .error(404, "not_found", "no such route");
-    api.send(Method::DELETE, "/api/sinks", &[], None)
+    api.send(Method::DELETE, "/api/no/such", &[], None)
         .await
         .error(404, "not_found", "no such API route");
+    // A known path with a method it does not take: 405 naming the methods it takes.
+    let a = api.send(Method::DELETE, "/api/sinks", &[], None).await;
+    a.error(405, "method_not_allowed", "DELETE");
+    assert_eq!(a.headers["allow"], "GET");
+    let a = api
+        .send(Method::PUT, "/api/sinks/main/messages", &[], None)
+        .await;
+    a.error(405, "method_not_allowed", "GET, POST");
+    assert_eq!(a.headers["allow"], "GET, POST");
+    api.send(Method::POST, "/healthz", &[], None)
+        .await
+        .error(405, "method_not_allowed", "GET");
     // Query errors on ingest too.
     api.send(
         Method::POST,
@@ -703,6 +775,98 @@ async fn every_error_is_json_and_parsing_is_strict() {
         2 + 1 + 2 + 2,
         "only the accepted requests are stored"
     );
+}
+
+/// Sends `raw` on a new connection and reads the answer until the server closes it.
+async fn raw_exchange(port: u16, raw: &[u8]) -> String {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    // The server may answer and close before it read everything (431): not an error here.
+    let _ = s.write_all(raw).await;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(15), async {
+        // Until close, or a reset after the answer arrived.
+        while let Ok(n @ 1..) = s.read(&mut buf).await {
+            answer.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    assert!(read.is_ok(), "the server did not close within 15 s: {text}");
+    text
+}
+
+/// The JSON error body of a raw HTTP/1.1 answer, checked for status, code and a length that
+/// matches the body.
+fn raw_error(text: &str, status: u16, code: &str) -> Value {
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end: {text:?}"));
+    assert!(
+        head.starts_with(&format!("HTTP/1.1 {status} ")),
+        "want {status}: {text:?}"
+    );
+    let head_lc = head.to_ascii_lowercase();
+    assert!(head_lc.contains("content-type: application/json"), "{head}");
+    assert!(
+        head_lc.contains(&format!("content-length: {}", body.len())),
+        "{head}"
+    );
+    let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
+    assert_eq!(v["error"]["code"], code, "{v}");
+    assert!(v["error"]["message"]
+        .as_str()
+        .is_some_and(|m| !m.is_empty()));
+    v
+}
+
+/// 3 (protocol layer): the errors actix's HTTP/1 codec answers before any application code
+/// runs — a malformed request line, a header section over its limit, a head that never
+/// completes — carry the same JSON error body as every other error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_errors_have_the_json_error_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &config(""), &[]).await;
+    let port = server.port;
+
+    let bad_line = raw_exchange(port, b"THIS IS NOT HTTP\r\n\r\n").await;
+    raw_error(&bad_line, 400, "bad_request");
+    let bad_header = raw_exchange(
+        port,
+        format!("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nbad header line\r\n\r\n")
+            .as_bytes(),
+    )
+    .await;
+    raw_error(&bad_header, 400, "bad_request");
+
+    let huge = format!(
+        "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(200 * 1024)
+    );
+    raw_error(
+        &raw_exchange(port, huge.as_bytes()).await,
+        431,
+        "headers_too_large",
+    );
+
+    // A head that stops half way: 408 after the 5 s head timeout, not a silent close.
+    let partial = format!("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n");
+    raw_error(
+        &raw_exchange(port, partial.as_bytes()).await,
+        408,
+        "request_timeout",
+    );
+
+    // Good requests on the same server are untouched.
+    let ok = raw_exchange(
+        port,
+        format!("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await;
+    assert!(ok.starts_with("HTTP/1.1 200 "), "{ok}");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -3,13 +3,18 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use actix_http::{HttpService, Protocol};
+use actix_server::ServerBuilder;
+use actix_service::{fn_service, map_config, ServiceFactoryExt};
+use actix_web::dev::AppConfig;
 use actix_web::middleware::from_fn;
-use actix_web::{web, App, HttpServer};
+use actix_web::{web, App};
 use s2sink_queue::{Queue, QueueOptions};
+use tokio::net::TcpStream;
 
 use crate::config::Config;
 use crate::engine::{Engine, EngineOptions};
-use crate::http::{self, AppState};
+use crate::http::{self, AppState, JsonCodecErrors};
 use crate::ServerError;
 
 /// Opens the listening socket, or [`ServerError::Listen`] naming the address and the cause.
@@ -23,6 +28,55 @@ pub fn bind(listen: &str) -> Result<std::net::TcpListener, ServerError> {
             _ => e.to_string(),
         },
     })
+}
+
+/// How long a client has to send a request's line and headers (actix answers 408 after it).
+const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The HTTP server on `listener`: actix-web's app on actix-http's HTTP/1 service, built by hand
+/// (rather than with `HttpServer`) so that each connection is wrapped in [`JsonCodecErrors`]
+/// and the errors actix's codec sends by itself carry the JSON error body too.
+fn http_server(
+    state: web::Data<AppState>,
+    listener: std::net::TcpListener,
+    listen: std::net::SocketAddr,
+) -> std::io::Result<ServerBuilder> {
+    let builder = ServerBuilder::default();
+    let shutdown = builder.graceful_shutdown_signal();
+    builder
+        .workers(2)
+        .disable_signals()
+        .listen("s2-sink-http", listener, move || {
+            let state = state.clone();
+            let shutdown = shutdown.clone();
+            let app = App::new()
+                .app_data(state)
+                .wrap(from_fn(http::middleware))
+                .configure(http::configure);
+            let http = HttpService::build()
+                .client_request_timeout(REQUEST_HEAD_TIMEOUT)
+                .client_disconnect_timeout(Duration::from_secs(1))
+                .graceful_shutdown_signal(move || {
+                    let shutdown = shutdown.clone();
+                    async move { shutdown.notified().await }
+                })
+                .local_addr(listen)
+                .finish(map_config(
+                    actix_service::IntoServiceFactory::into_factory(app)
+                        .map_err(|e: actix_web::Error| e.error_response()),
+                    |_| AppConfig::default(),
+                ));
+            fn_service(|io: TcpStream| async move {
+                let _ = io.set_nodelay(true);
+                let peer = io.peer_addr().ok();
+                Ok::<_, actix_http::error::DispatchError>((
+                    JsonCodecErrors::new(io),
+                    Protocol::Http1,
+                    peer,
+                ))
+            })
+            .and_then(http)
+        })
 }
 
 /// Runs the server until SIGTERM/SIGINT; SIGHUP reloads functions, sink settings and the
@@ -64,21 +118,12 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Ser
         listen,
         config_path,
     ));
-    let app_state = state.clone();
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(app_state.clone())
-            .wrap(from_fn(http::middleware))
-            .configure(http::configure)
-    })
-    .workers(2)
-    .disable_signals()
-    .listen(listener)
-    .map_err(|e| ServerError::Listen {
-        addr: server_cfg.listen.clone(),
-        reason: e.to_string(),
-    })?
-    .run();
+    let server = http_server(state.clone(), listener, listen)
+        .map_err(|e| ServerError::Listen {
+            addr: server_cfg.listen.clone(),
+            reason: e.to_string(),
+        })?
+        .run();
     tracing::info!(listen = %listen, "s2-sink listening");
     let handle = server.handle();
     let timeout = Duration::from_millis(server_cfg.shutdown_timeout_ms);

@@ -13,6 +13,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub retry_after: Option<u64>,
+    /// The methods a path takes, sent as `Allow` with a 405.
+    pub allow: Option<String>,
 }
 
 impl ApiError {
@@ -23,6 +25,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            allow: None,
         }
     }
 
@@ -81,6 +84,9 @@ impl ResponseError for ApiError {
         let mut resp = HttpResponse::build(self.status);
         if let Some(secs) = self.retry_after {
             resp.insert_header((header::RETRY_AFTER, secs.to_string()));
+        }
+        if let Some(allow) = &self.allow {
+            resp.insert_header((header::ALLOW, allow.clone()));
         }
         resp.json(json!({"error": {"code": self.code, "message": self.message}}))
     }

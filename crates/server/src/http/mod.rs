@@ -6,6 +6,7 @@
 //! `{"error":{"code","message"}}`.
 
 mod auth;
+mod codec_errors;
 mod console;
 mod error;
 mod guard;
@@ -23,6 +24,7 @@ use std::time::Duration;
 use actix_web::middleware::from_fn;
 use actix_web::web;
 
+pub use codec_errors::JsonCodecErrors;
 pub use error::ApiError;
 pub use ingest::parse_messages;
 pub use metrics::render as render_metrics;
@@ -187,39 +189,63 @@ impl AppState {
     }
 }
 
-/// Registers every route on an actix-web app (wrap the app with [`middleware`]).
+/// Registers every route on an actix-web app (wrap the app with [`middleware`]). A known path
+/// asked with a method it does not take answers `405 method_not_allowed` with `Allow`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.app_data(params::query_config())
         .app_data(params::path_config())
         .app_data(params::json_config())
-        .route("/healthz", web::get().to(metrics::healthz))
-        .route("/metrics", web::get().to(metrics::metrics))
-        .route("/", web::get().to(console::index))
-        .route("/console.js", web::get().to(console::script))
+        .service(resource(
+            "/healthz",
+            vec![("GET", web::get().to(metrics::healthz))],
+        ))
+        .service(resource(
+            "/metrics",
+            vec![("GET", web::get().to(metrics::metrics))],
+        ))
+        .service(resource("/", vec![("GET", web::get().to(console::index))]))
+        .service(resource(
+            "/console.js",
+            vec![("GET", web::get().to(console::script))],
+        ))
         .service(
             web::scope("/api")
                 .wrap(from_fn(auth::require_token))
-                .route("/sinks", web::get().to(manage::list_sinks))
-                .route("/sinks/{sink}", web::get().to(manage::get_sink))
-                .route("/sinks/{sink}/messages", web::post().to(ingest::ingest))
-                .route(
+                .service(resource(
+                    "/sinks",
+                    vec![("GET", web::get().to(manage::list_sinks))],
+                ))
+                .service(resource(
+                    "/sinks/{sink}",
+                    vec![("GET", web::get().to(manage::get_sink))],
+                ))
+                .service(resource(
                     "/sinks/{sink}/messages",
-                    web::get().to(manage::list_messages),
-                )
-                .route(
+                    vec![
+                        ("GET", web::get().to(manage::list_messages)),
+                        ("POST", web::post().to(ingest::ingest)),
+                    ],
+                ))
+                .service(resource(
                     "/sinks/{sink}/messages/{id}",
-                    web::get().to(manage::get_message),
-                )
-                .route(
+                    vec![("GET", web::get().to(manage::get_message))],
+                ))
+                .service(resource(
                     "/sinks/{sink}/messages/{id}/{action}",
-                    web::post().to(manage::message_action),
-                )
-                .route(
+                    vec![("POST", web::post().to(manage::message_action))],
+                ))
+                .service(resource(
                     "/sinks/{sink}/redeliver",
-                    web::post().to(manage::redeliver_all),
-                )
-                .route("/sinks/{sink}/discarded", web::get().to(manage::discarded))
-                .route("/reload", web::post().to(manage::reload))
+                    vec![("POST", web::post().to(manage::redeliver_all))],
+                ))
+                .service(resource(
+                    "/sinks/{sink}/discarded",
+                    vec![("GET", web::get().to(manage::discarded))],
+                ))
+                .service(resource(
+                    "/reload",
+                    vec![("POST", web::post().to(manage::reload))],
+                ))
                 .default_service(web::to(|| async {
                     Err::<actix_web::HttpResponse, _>(ApiError::not_found("no such API route"))
                 })),
@@ -227,6 +253,32 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .default_service(web::to(|| async {
             Err::<actix_web::HttpResponse, _>(ApiError::not_found("no such route"))
         }));
+}
+
+/// One path with the routes it takes; any other method gets 405 naming the allowed ones.
+fn resource(path: &str, routes: Vec<(&'static str, actix_web::Route)>) -> actix_web::Resource {
+    let allowed: Vec<&'static str> = routes.iter().map(|(m, _)| *m).collect();
+    let mut r = web::resource(path);
+    for (_, route) in routes {
+        r = r.route(route);
+    }
+    let allow = allowed.join(", ");
+    r.default_service(web::to(move |req: actix_web::HttpRequest| {
+        let allow = allow.clone();
+        async move {
+            let mut e = ApiError::new(
+                actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!(
+                    "{} is not allowed on {}; use {allow}",
+                    req.method(),
+                    req.path()
+                ),
+            );
+            e.allow = Some(allow);
+            Err::<actix_web::HttpResponse, _>(e)
+        }
+    }))
 }
 
 /// The request guard (Host, cross-site writes, CORS, JSON errors); wrap the whole app with it.
