@@ -144,3 +144,205 @@ async fn a_message_whose_last_allowed_append_may_have_landed_is_not_discarded() 
         "a delivered message was dead-lettered"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Item 3: dead-lettering exactly once, for static and routed sinks, and for records too
+// large for S2.
+
+/// The dead-letter records' delivery ids (as the API's message ids) for `sink`, in order.
+async fn dead_lettered(lite: &LiteServer, basin: &str, sink: &str) -> Vec<u64> {
+    s2sink_tests::ids_in(&read_all(&lite.client(), basin, "dlq").await, sink)
+}
+
+/// Issue: the dead-letter append carried no `match_seq_num` and was not reconciled, so an
+/// append whose answer was lost was written again on the next attempt. Now each attempt reads
+/// the dead-letter stream from its mark first: the lost-answer record is found, the message
+/// is discarded, nothing is written twice.
+#[actix_rt::test]
+async fn a_dead_letter_append_whose_answer_was_lost_lands_once() {
+    let lite = LiteServer::start().await;
+    let basin = lite.fresh_basin().await;
+    lite.client()
+        .ensure_stream(&basin, "dlq", None)
+        .await
+        .unwrap();
+    let proxy = Proxy::start(&lite.endpoint()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::open(dir.path()).unwrap();
+    // Its own stream does not exist: every delivery attempt fails with 404.
+    let mut settings = sink_settings("dl", &proxy.endpoint(), &basin, "missing");
+    settings.max_retry_count = Some(2);
+    settings.dead_letter_stream = Some("dlq".into());
+    // The first dead-letter append reaches s2-lite and its answer is lost.
+    let dropped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let d = dropped.clone();
+    proxy.set_policy(move |r| {
+        if r.is_append && r.path.contains("/streams/dlq/") && !d.swap(true, Relaxed) {
+            Fault::ForwardThenDrop
+        } else {
+            Fault::Pass
+        }
+    });
+    let engine = engine(&queue, settings);
+    let ids = engine
+        .ingest(
+            "dl",
+            (1..=3).map(|s| IngestItem::new(change(1, s, 10))).collect(),
+        )
+        .await
+        .unwrap();
+    let done = eventually(Duration::from_secs(30), || async {
+        queue.counts("dl").pending == 0 && proxy.stats().in_flight == 0
+    })
+    .await;
+    assert!(done, "not settled: {:?}", queue.counts("dl"));
+    assert_eq!(
+        proxy.stats().count("forward_then_drop"),
+        1,
+        "the fault never fired"
+    );
+    assert_eq!(queue.counts("dl").discarded, 3);
+    let want: Vec<u64> = ids.iter().map(|i| i.0).collect();
+    assert_eq!(dead_lettered(&lite, &basin, "dl").await, want);
+}
+
+/// A message whose last allowed attempt is on disk (the process died before it was
+/// dead-lettered and discarded) goes to the dead-letter step after a restart, not to its
+/// stream again, although the stream now accepts it.
+#[actix_rt::test]
+async fn a_message_that_used_up_its_attempts_is_not_sent_to_its_stream_again() {
+    let lite = LiteServer::start().await;
+    let (basin, stream) = lite.fresh_stream("used-up").await;
+    lite.client()
+        .ensure_stream(&basin, "dlq", None)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::open(dir.path()).unwrap();
+    let enqueued = queue
+        .enqueue(
+            "used",
+            vec![s2sink_queue::NewMessage::new(
+                None,
+                change(1, 1, 10).to_string(),
+            )],
+        )
+        .await
+        .unwrap();
+    let id = enqueued[0].id;
+    let error = s2sink_core::LastError {
+        class: s2sink_core::ErrorClass::NeedsAttention,
+        status: Some(404),
+        code: Some("stream_not_found".into()),
+        message: "stream not found".into(),
+        body: None,
+        at_ms: 1,
+    };
+    for _ in 0..2 {
+        queue.fail("used", id, error.clone(), 0).unwrap();
+    }
+    queue.flush().await.unwrap();
+    let mut settings = sink_settings("used", &lite.endpoint(), &basin, &stream);
+    settings.max_retry_count = Some(2);
+    settings.dead_letter_stream = Some("dlq".into());
+    let engine = engine(&queue, settings);
+    let done = eventually(Duration::from_secs(20), || async {
+        queue.counts("used").pending == 0
+    })
+    .await;
+    assert!(done, "not settled: {:?}", queue.counts("used"));
+    assert_eq!(queue.counts("used").discarded, 1);
+    assert!(
+        read_all(&lite.client(), &basin, &stream).await.is_empty(),
+        "sent to its stream after using up its attempts"
+    );
+    assert_eq!(dead_lettered(&lite, &basin, "used").await, vec![id.0]);
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A record too large for S2 was never dead-lettered (the dead-letter append got 422 too).
+/// Now its payload is cut to fit, and `s2sink-truncated` carries the original size.
+#[actix_rt::test]
+async fn a_record_too_large_for_s2_is_dead_lettered_truncated() {
+    let lite = LiteServer::start().await;
+    let (basin, stream) = lite.fresh_stream("big").await;
+    lite.client()
+        .ensure_stream(&basin, "dlq", None)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::open(dir.path()).unwrap();
+    let mut settings = sink_settings("big", &lite.endpoint(), &basin, &stream);
+    settings.max_retry_count = Some(1);
+    settings.dead_letter_stream = Some("dlq".into());
+    let engine = engine(&queue, settings);
+    let big = change(1, 1, 1_500_000);
+    let payload = big.to_string();
+    let ids = engine
+        .ingest(
+            "big",
+            vec![IngestItem::new(big), IngestItem::new(change(1, 2, 10))],
+        )
+        .await
+        .unwrap();
+    let done = eventually(Duration::from_secs(20), || async {
+        queue.counts("big").pending == 0
+    })
+    .await;
+    assert!(done, "not settled: {:?}", queue.counts("big"));
+    let dlq = read_all(&lite.client(), &basin, "dlq").await;
+    assert_eq!(dlq.len(), 1);
+    let h: HashMap<&str, &str> = dlq[0]
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(h["s2sink-truncated"], payload.len().to_string());
+    assert_eq!(h["s2sink-error-code"], "record_too_large");
+    assert_eq!(s2sink_tests::ids_in(&dlq, "big"), vec![ids[0].0]);
+    assert!(dlq[0].body.len() > 900_000, "cut to {}", dlq[0].body.len());
+    assert!(
+        payload.starts_with(&dlq[0].body),
+        "not a prefix of the payload"
+    );
+    // The group went on: the next message was delivered.
+    assert_eq!(seqs_in(&lite, &basin, &stream).await.get(&2), Some(&1));
+    engine.shutdown(Duration::from_secs(5)).await;
+}
+
+/// With a routing function and no static route the dead-letter stream was silently skipped.
+/// Now it is the one in the basin the message was routed to.
+#[actix_rt::test]
+async fn a_routed_sink_dead_letters_into_the_basin_of_the_route() {
+    let lite = LiteServer::start().await;
+    let basin = lite.fresh_basin().await;
+    lite.client()
+        .ensure_stream(&basin, "dlq", None)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::open(dir.path()).unwrap();
+    let mut settings = sink_settings("routed", &lite.endpoint(), &basin, "unused");
+    settings.route = None;
+    settings.functions.route = Some(s2sink_transform::FunctionSource::Inline(format!(
+        r#"fn route(action, record, changes, metadata) {{ #{{ basin: "{basin}", stream: "missing" }} }}"#
+    )));
+    settings.max_retry_count = Some(1);
+    settings.dead_letter_stream = Some("dlq".into());
+    let engine = engine(&queue, settings);
+    let ids = engine
+        .ingest(
+            "routed",
+            (1..=2).map(|s| IngestItem::new(change(1, s, 10))).collect(),
+        )
+        .await
+        .unwrap();
+    let done = eventually(Duration::from_secs(20), || async {
+        queue.counts("routed").pending == 0
+    })
+    .await;
+    assert!(done, "not settled: {:?}", queue.counts("routed"));
+    let want: Vec<u64> = ids.iter().map(|i| i.0).collect();
+    assert_eq!(dead_lettered(&lite, &basin, "routed").await, want);
+    engine.shutdown(Duration::from_secs(5)).await;
+}

@@ -109,20 +109,48 @@ pub async fn deliver_group(local: &SinkLocal, group: &GroupRef) -> GroupOutcome 
                 .filtered
                 .fetch_add(plan.filtered.len() as u64, Relaxed);
         }
-        let (failed, failure) = match plan.next {
+        // A head that used up its attempts goes to the dead-letter step, never to its stream.
+        // (Only when the plan is about the head: a filtered head was acked above.)
+        let head_route = match &plan.next {
+            Next::Send {
+                index: 0, route, ..
+            } => Some(Some(route)),
+            Next::Fail {
+                index: 0, route, ..
+            } => Some(route.as_ref()),
+            _ => None,
+        };
+        if let (Some(error), Some(route)) = (SinkLocal::used_up(&settings, &msgs[0]), head_route) {
+            match local
+                .dead_letter_and_discard(&settings, &msgs[0], &error, route)
+                .await
+            {
+                Ok(Some(until)) => return GroupOutcome::BackingOffUntil(until),
+                Ok(None) => continue,
+                Err(()) => return GroupOutcome::Stopped,
+            }
+        }
+        let (failed, failure, route) = match plan.next {
             Next::Nothing => continue,
-            Next::Fail { index, failure } => {
+            Next::Fail {
+                index,
+                failure,
+                route,
+            } => {
                 shared
                     .stats
                     .count_failure(failure.error.class, failure.error.status);
-                (&msgs[index], failure)
+                (&msgs[index], failure, route)
             }
             Next::Send { index, route, run } => match local.submit(&route, &settings, run).await {
                 Ok(()) => continue,
-                Err(failure) => (&msgs[index], failure),
+                Err(failure) => (&msgs[index], failure, Some(route)),
             },
         };
-        match local.fail_message(&settings, failed, failure).await {
+        match local
+            .fail_message(&settings, failed, failure, route.as_ref())
+            .await
+        {
             Ok(Some(until)) => return GroupOutcome::BackingOffUntil(until),
             Ok(None) => continue,
             Err(()) => return GroupOutcome::Stopped,

@@ -20,6 +20,7 @@
 //! ```
 
 mod clock;
+mod dead_letter;
 mod group;
 mod io;
 mod plan;

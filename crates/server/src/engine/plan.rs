@@ -16,7 +16,13 @@ pub enum Next {
     /// Everything read was filtered out; read again.
     Nothing,
     /// Message `index` of the read messages can't be sent; it fails without a network call.
-    Fail { index: usize, failure: Failure },
+    /// `route` is where it would have gone, when the functions got that far (the basin of its
+    /// dead-letter stream).
+    Fail {
+        index: usize,
+        failure: Failure,
+        route: Option<Route>,
+    },
     /// Send this run; `index` is the read position of its first message.
     Send {
         index: usize,
@@ -76,7 +82,11 @@ pub fn plan_run(
                 }
                 return Plan {
                     filtered,
-                    next: Next::Fail { index, failure },
+                    next: Next::Fail {
+                        index,
+                        failure,
+                        route: None,
+                    },
                 };
             }
         };
@@ -90,6 +100,7 @@ pub fn plan_run(
                         filtered,
                         next: Next::Fail {
                             index,
+                            route: Some(route),
                             failure: fail(
                                 "record_too_large",
                                 format!(

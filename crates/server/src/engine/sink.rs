@@ -7,19 +7,17 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
 
-use s2sink_client::{AppendInput, AppendRecord, S2Client};
+use s2sink_client::S2Client;
 use s2sink_core::Route;
 use s2sink_core::{ErrorClass, LastError};
 use s2sink_queue::{MessageId, Queue, QueueError, StoredMessage};
 use s2sink_transform::Functions;
 
+use super::dead_letter::{self, DeadLetterError, DeadLetters};
 use super::io::StreamIo;
 use super::settings::SinkSettings;
 use super::stats::SinkStats;
-use super::writer::{
-    spawn_writer, Failure, Run, RunResult, WriterCtx, WriterGone, WriterHandle, HEADER_ID,
-    HEADER_SINK,
-};
+use super::writer::{spawn_writer, Failure, Run, RunResult, WriterCtx, WriterGone, WriterHandle};
 use super::Clock;
 
 /// The part of a sink that ingest handlers and the management API use from any thread.
@@ -113,6 +111,7 @@ pub struct SinkLocal {
     /// Concurrent function evaluations on the blocking pool (shared by every sink).
     pub function_slots: Arc<tokio::sync::Semaphore>,
     writers: RefCell<HashMap<Route, WriterHandle>>,
+    dead_letters: DeadLetters,
 }
 
 impl SinkLocal {
@@ -132,6 +131,7 @@ impl SinkLocal {
             on_fatal,
             function_slots,
             writers: RefCell::new(HashMap::new()),
+            dead_letters: DeadLetters::default(),
         }
     }
 
@@ -199,13 +199,15 @@ impl SinkLocal {
         }
     }
 
-    /// Records a failed attempt on `msg`: backoff (returns when it ends), or discard after
-    /// `max_retry_count` attempts (returns `None`: the group goes on). `Err` = queue failure.
+    /// Records a failed attempt on `msg`: backoff (returns when it ends), or, after
+    /// `max_retry_count` attempts, dead-letter and discard (returns `None`: the group goes on).
+    /// `route` is where the message was going, when known. `Err` = queue failure.
     pub async fn fail_message(
         &self,
         settings: &SinkSettings,
         msg: &StoredMessage,
         failure: Failure,
+        route: Option<&Route>,
     ) -> Result<Option<u64>, ()> {
         let shared = &self.shared;
         let attempts = msg.state.deliver_count + 1;
@@ -219,82 +221,135 @@ impl SinkLocal {
         // after such a failure, so this class remains only while the stream cannot be read.
         let exhausted = settings.max_retry_count.is_some_and(|max| attempts >= max)
             && failure.error.class != ErrorClass::OutcomeUnknown;
-        if exhausted && self.dead_letter(settings, msg, &failure).await {
-            let res = match shared
-                .queue
-                .fail(&shared.name, msg.id, failure.error.clone(), now)
-            {
-                Ok(_) => shared.queue.discard(&shared.name, msg.id).await.map(|_| ()),
-                Err(e) => Err(e),
-            };
-            return match res {
-                Err(QueueError::NotFound { .. }) => Ok(None),
-                Ok(()) => {
-                    shared.stats.discarded.fetch_add(1, Relaxed);
-                    tracing::warn!(sink = %shared.name, id = %msg.id, attempts, "message discarded after max_retry_count attempts");
-                    Ok(None)
-                }
-                Err(e) => {
-                    (self.on_fatal)(&e);
-                    Err(())
-                }
-            };
-        }
-        let delay = settings.backoff.delay(attempts, failure.retry_after);
-        let until = now + delay.as_millis() as u64;
+        let until = if exhausted {
+            now
+        } else {
+            now + settings
+                .backoff
+                .delay(attempts, failure.retry_after)
+                .as_millis() as u64
+        };
         match shared
             .queue
-            .fail(&shared.name, msg.id, failure.error, until)
+            .fail(&shared.name, msg.id, failure.error.clone(), until)
         {
-            Ok(_) => Ok(Some(until)),
+            Ok(_) => {}
             // A reconciliation found it in S2 and acked it meanwhile: the group goes on.
-            Err(QueueError::NotFound { .. }) => Ok(None),
+            Err(QueueError::NotFound { .. }) => return Ok(None),
+            Err(e) => {
+                (self.on_fatal)(&e);
+                return Err(());
+            }
+        }
+        if !exhausted {
+            return Ok(Some(until));
+        }
+        // The used-up attempt is on disk before the dead-letter append: after a crash the
+        // message goes (back) to the dead-letter step, never to its stream again.
+        if let Err(e) = shared.queue.flush().await {
+            (self.on_fatal)(&e);
+            return Err(());
+        }
+        let mut msg = msg.clone();
+        msg.state.deliver_count = attempts;
+        self.dead_letter_and_discard(settings, &msg, &failure.error, route)
+            .await
+    }
+
+    /// Whether `msg` already used up its attempts (its last failure was certain): it goes to
+    /// the dead-letter step instead of its stream. True after a crash between recording the
+    /// last attempt and the discard, while a dead-letter append keeps failing, or when a
+    /// reload lowered `max_retry_count`.
+    pub fn used_up(settings: &SinkSettings, msg: &StoredMessage) -> Option<LastError> {
+        let max = settings.max_retry_count?;
+        let e = msg.state.last_error.as_ref()?;
+        (msg.state.deliver_count >= max && e.class != ErrorClass::OutcomeUnknown).then(|| e.clone())
+    }
+
+    /// Dead-letters `msg` exactly once (see `dead_letter`), when a dead-letter stream is
+    /// configured, then discards it. When the dead-letter append fails the message backs off
+    /// and the step is retried (`Ok(Some(until))`); the message keeps `error` as its last
+    /// error, the sink's last failure shows the dead-letter one.
+    pub async fn dead_letter_and_discard(
+        &self,
+        settings: &SinkSettings,
+        msg: &StoredMessage,
+        error: &LastError,
+        route: Option<&Route>,
+    ) -> Result<Option<u64>, ()> {
+        let shared = &self.shared;
+        let dlq = settings.dead_letter_stream.as_ref().and_then(|stream| {
+            let basin = &route.or(settings.route.as_ref())?.basin;
+            Route::new(basin.clone(), stream.clone()).ok()
+        });
+        // Held through the discard: the stream's mark must not pass this record before.
+        let lock = dlq.as_ref().map(|d| self.dead_letters.lock(d));
+        let _guard = match &lock {
+            Some(l) => Some(l.lock().await),
+            None => None,
+        };
+        if let Some(dlq) = &dlq {
+            let rec = dead_letter::record(&shared.name, msg, error, &settings.batch.limits);
+            let io = self.io();
+            match dead_letter::append_once(&*io, &shared.queue, &shared.name, dlq, msg, rec).await {
+                Ok(()) => {}
+                Err(DeadLetterError::Queue(e)) => {
+                    (self.on_fatal)(&e);
+                    return Err(());
+                }
+                Err(e) => {
+                    let now = self.clock.now_millis();
+                    tracing::warn!(sink = %shared.name, id = %msg.id, stream = %dlq, error = %e, "dead-letter append failed; the message backs off and tries again");
+                    let retry_after = match &e {
+                        DeadLetterError::S2(s2) => s2.retry_after(),
+                        _ => None,
+                    };
+                    let mut last = match &e {
+                        DeadLetterError::S2(s2) => s2.to_last_error(),
+                        _ => LastError {
+                            class: ErrorClass::NeedsAttention,
+                            status: None,
+                            code: Some("dead_letter".into()),
+                            message: e.to_string(),
+                            body: None,
+                            at_ms: now,
+                        },
+                    };
+                    last.message = format!("dead-letter stream {dlq}: {}", last.message);
+                    *shared
+                        .last_failure
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = Some((msg.id, last));
+                    let until = now
+                        + settings
+                            .backoff
+                            .delay(msg.state.deliver_count.max(1), retry_after)
+                            .as_millis() as u64;
+                    return match shared
+                        .queue
+                        .fail(&shared.name, msg.id, error.clone(), until)
+                    {
+                        Ok(_) => Ok(Some(until)),
+                        Err(QueueError::NotFound { .. }) => Ok(None),
+                        Err(e) => {
+                            (self.on_fatal)(&e);
+                            Err(())
+                        }
+                    };
+                }
+            }
+        } else if settings.dead_letter_stream.is_some() {
+            tracing::warn!(sink = %shared.name, id = %msg.id, "no basin for the dead-letter stream (the routing function failed and the sink has no static route): discarded without a dead-letter record");
+        }
+        match shared.queue.discard(&shared.name, msg.id).await {
+            Ok(_) | Err(QueueError::NotFound { .. }) => {
+                shared.stats.discarded.fetch_add(1, Relaxed);
+                tracing::warn!(sink = %shared.name, id = %msg.id, attempts = msg.state.deliver_count, "message discarded after max_retry_count attempts");
+                Ok(None)
+            }
             Err(e) => {
                 (self.on_fatal)(&e);
                 Err(())
-            }
-        }
-    }
-
-    /// Appends a discarded message to the dead-letter stream, when one is configured.
-    /// Returns false when that append failed (the message then keeps backing off).
-    async fn dead_letter(&self, settings: &SinkSettings, msg: &StoredMessage, f: &Failure) -> bool {
-        let Some(dlq) = &settings.dead_letter_stream else {
-            return true;
-        };
-        let Some(basin) = settings.route.as_ref().map(|r| r.basin.clone()) else {
-            return true;
-        };
-        let e = &f.error;
-        let mut headers = vec![
-            (HEADER_SINK.to_string(), self.shared.name.clone()),
-            (HEADER_ID.to_string(), msg.delivery_id().to_string()),
-            (
-                "s2sink-error-class".to_string(),
-                e.class.as_str().to_string(),
-            ),
-            ("s2sink-error-message".to_string(), e.message.clone()),
-        ];
-        if let Some(s) = e.status {
-            headers.push(("s2sink-error-status".to_string(), s.to_string()));
-        }
-        if let Some(c) = &e.code {
-            headers.push(("s2sink-error-code".to_string(), c.clone()));
-        }
-        let input = AppendInput {
-            records: vec![AppendRecord {
-                headers,
-                body: String::from_utf8_lossy(&msg.payload).into_owned(),
-                timestamp: None,
-            }],
-            match_seq_num: None,
-            fencing_token: None,
-        };
-        match self.io().append(&basin, dlq, &input).await {
-            Ok(_) => true,
-            Err(err) => {
-                tracing::warn!(sink = %self.shared.name, id = %msg.id, error = %err, "dead-letter append failed; message keeps backing off");
-                false
             }
         }
     }
