@@ -346,3 +346,99 @@ async fn a_routed_sink_dead_letters_into_the_basin_of_the_route() {
     assert_eq!(dead_lettered(&lite, &basin, "routed").await, want);
     engine.shutdown(Duration::from_secs(5)).await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Item 4 (second half): a route change while an append's outcome is unknown.
+
+/// Issue: a reload that changed the route while an append's outcome was unknown sent the
+/// message to the new stream without re-reading the old one: if the first append had landed,
+/// the message was in both. Now the old stream is read back first (the message waits, uncharged,
+/// while it cannot be read), and what is found there is acknowledged.
+#[actix_rt::test]
+async fn a_route_change_while_an_outcome_is_unknown_re_reads_the_old_stream_first() {
+    use s2sink_tests::proxy::Scope;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+
+    let lite = LiteServer::start().await;
+    let (basin, first) = lite.fresh_stream("first").await;
+    lite.client()
+        .ensure_stream(&basin, "second", None)
+        .await
+        .unwrap();
+    let proxy = Proxy::start(&lite.endpoint()).await;
+    proxy.set_scope(Scope::All);
+    // The first append to `first` lands and its answer is lost; from then on `first` cannot
+    // be read (so the writer cannot settle the outcome) until `down` is cleared.
+    let (dropped, down) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let (d, dn) = (dropped.clone(), down.clone());
+    let first_path = format!("/streams/{first}/");
+    proxy.set_policy(move |r| {
+        if !r.path.contains(&first_path) {
+            return Fault::Pass;
+        }
+        if r.is_append && !d.swap(true, Relaxed) {
+            dn.store(true, Relaxed);
+            return Fault::ForwardThenDrop;
+        }
+        if dn.load(Relaxed) {
+            Fault::s2_error(503, "unavailable", "stream temporarily unreadable")
+        } else {
+            Fault::Pass
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::open(dir.path()).unwrap();
+    let settings = sink_settings("moving", &proxy.endpoint(), &basin, &first);
+    let engine = engine(&queue, settings.clone());
+    let m = engine
+        .ingest("moving", vec![IngestItem::new(change(1, 1, 10))])
+        .await
+        .unwrap()[0];
+    let unknown = eventually(Duration::from_secs(20), || async {
+        queue.get("moving", m).unwrap().is_some_and(|msg| {
+            msg.state
+                .last_error
+                .is_some_and(|e| e.class == s2sink_core::ErrorClass::OutcomeUnknown)
+        })
+    })
+    .await;
+    assert!(unknown, "the first append never became outcome-unknown");
+    // Reload: the sink now writes to `second`; a later message of the same group follows.
+    let mut moved = settings.clone();
+    moved.route = Some(s2sink_core::Route::new(&basin, "second").unwrap());
+    engine.reload(vec![moved]).await.unwrap();
+    let later = engine
+        .ingest("moving", vec![IngestItem::new(change(1, 2, 10))])
+        .await
+        .unwrap()[0];
+    // While `first` cannot be read, the message waits: several refused reads, nothing sent.
+    let refused = eventually(Duration::from_secs(20), || async {
+        proxy.stats().count("status_503") >= 4
+    })
+    .await;
+    assert!(refused, "the old stream was never re-read");
+    assert!(
+        read_all(&lite.client(), &basin, "second").await.is_empty(),
+        "sent to the new stream before the old one was re-read"
+    );
+    down.store(false, Relaxed);
+    let done = eventually(Duration::from_secs(20), || async {
+        queue.counts("moving").pending == 0
+    })
+    .await;
+    assert!(done, "not settled: {:?}", queue.counts("moving"));
+    // The first message is in `first` once (found there, acknowledged), the later one in
+    // `second`; nothing is in both.
+    let in_first = s2sink_tests::ids_in(&read_all(&lite.client(), &basin, &first).await, "moving");
+    let in_second =
+        s2sink_tests::ids_in(&read_all(&lite.client(), &basin, "second").await, "moving");
+    assert_eq!(in_first, vec![m.0]);
+    assert_eq!(in_second, vec![later.0]);
+    let counts = queue.counts("moving");
+    assert_eq!((counts.delivered, counts.discarded), (2, 0), "{counts:?}");
+    engine.shutdown(Duration::from_secs(5)).await;
+}

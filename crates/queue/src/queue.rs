@@ -389,6 +389,22 @@ impl Queue {
         )
     }
 
+    /// Every marker whose name starts with `prefix` (e.g. all low-water marks of one sink),
+    /// in name order.
+    pub fn markers_with_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        self.check()?;
+        let mut out = Vec::new();
+        for kv in self.inner.markers.scan_prefix(prefix.as_bytes()) {
+            let (k, v) = self.track(kv.map_err(|source| QueueError::Storage {
+                op: "markers_with_prefix",
+                sink: None,
+                source,
+            }))?;
+            out.push((String::from_utf8_lossy(&k).into_owned(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
     /// Bytes sled uses on disk (for monitoring and the disk-growth benchmark).
     pub fn size_on_disk(&self) -> Result<u64> {
         self.check()?;

@@ -29,10 +29,11 @@ use std::rc::Rc;
 
 use s2sink_client::{AppendInput, AppendRecord, BatchLimits, RecordCost, S2Error};
 use s2sink_core::{LastError, Route};
-use s2sink_queue::{DeliveryId, Queue, StoredMessage};
+use s2sink_queue::{Queue, StoredMessage};
 
 use super::io::StreamIo;
-use super::writer::{our_delivery_id, HEADER_ID, HEADER_SINK};
+use super::scan;
+use super::writer::{HEADER_ID, HEADER_SINK};
 
 /// Header carrying the payload's original size when the dead-letter body was cut.
 pub const HEADER_TRUNCATED: &str = "s2sink-truncated";
@@ -160,28 +161,14 @@ pub async fn append_once(
             },
         )?)),
     };
-    let tail = match io.check_tail(&dlq.basin, &dlq.stream).await {
-        Ok(t) => t,
-        // Created by the append when the basin creates streams on append.
-        Err(e) if e.code() == Some("stream_not_found") => 0,
-        Err(e) => return Err(DeadLetterError::S2(e)),
-    };
+    let tail = scan::tail_or_zero(io, dlq)
+        .await
+        .map_err(DeadLetterError::S2)?;
     // A tail below the mark: the stream was reset, nothing of ours is left in it.
-    let mut pos = mark.filter(|m| *m <= tail).unwrap_or(tail);
-    let mut found: Vec<DeliveryId> = Vec::new();
-    while pos < tail {
-        let records = io
-            .read(&dlq.basin, &dlq.stream, pos, 1000)
-            .await
-            .map_err(DeadLetterError::S2)?;
-        let Some(last) = records.last() else { break };
-        pos = last.seq_num + 1;
-        found.extend(
-            records
-                .iter()
-                .filter_map(|r| our_delivery_id(sink, &r.headers)),
-        );
-    }
+    let from = mark.filter(|m| *m <= tail).unwrap_or(tail);
+    let found = scan::ours_between(io, sink, dlq, from, tail)
+        .await
+        .map_err(DeadLetterError::S2)?;
     let mine = msg.delivery_id();
     for id in found.iter().filter(|id| **id != mine) {
         // Dead-lettered before, its discard lost: finish it (only if it is that message).

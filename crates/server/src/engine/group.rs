@@ -142,10 +142,33 @@ pub async fn deliver_group(local: &SinkLocal, group: &GroupRef) -> GroupOutcome 
                     .count_failure(failure.error.class, failure.error.status);
                 (&msgs[index], failure, route)
             }
-            Next::Send { index, route, run } => match local.submit(&route, &settings, run).await {
-                Ok(()) => continue,
-                Err(failure) => (&msgs[index], failure, Some(route)),
-            },
+            Next::Send { index, route, run } => {
+                if index == 0 {
+                    match local.check_uncertain(&msgs[0], &route).await {
+                        Ok(false) => {}
+                        // Found and acked elsewhere: read the group again.
+                        Ok(true) => continue,
+                        Err(f) => {
+                            // Not charged: nothing was sent. The head keeps its unknown outcome
+                            // and is checked again after the wait.
+                            let now = local.clock.now_millis();
+                            let delay = settings
+                                .backoff
+                                .delay(msgs[0].state.deliver_count.max(1), f.retry_after);
+                            tracing::warn!(sink = %shared.name, id = %msgs[0].id, error = %f.error.message, "cannot re-read a stream an uncertain append went to; waiting before sending elsewhere");
+                            return GroupOutcome::BackingOffUntil(now + delay.as_millis() as u64);
+                        }
+                    }
+                }
+                let first = msgs[index].id;
+                match local.submit(&route, &settings, run).await {
+                    Ok(()) => {
+                        local.delivered(first);
+                        continue;
+                    }
+                    Err(failure) => (&msgs[index], failure, Some(route)),
+                }
+            }
         };
         match local
             .fail_message(&settings, failed, failure, route.as_ref())

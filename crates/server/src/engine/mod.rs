@@ -24,6 +24,7 @@ mod dead_letter;
 mod group;
 mod io;
 mod plan;
+mod scan;
 mod settings;
 mod sink;
 mod stats;

@@ -4,10 +4,13 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicU64,
+    Ordering::{Relaxed, Release},
+};
 use std::sync::{Arc, Mutex, RwLock};
 
-use s2sink_client::S2Client;
+use s2sink_client::{S2Client, S2Error};
 use s2sink_core::Route;
 use s2sink_core::{ErrorClass, LastError};
 use s2sink_queue::{MessageId, Queue, QueueError, StoredMessage};
@@ -15,6 +18,7 @@ use s2sink_transform::Functions;
 
 use super::dead_letter::{self, DeadLetterError, DeadLetters};
 use super::io::StreamIo;
+use super::scan;
 use super::settings::SinkSettings;
 use super::stats::SinkStats;
 use super::writer::{spawn_writer, Failure, Run, RunResult, WriterCtx, WriterGone, WriterHandle};
@@ -112,6 +116,10 @@ pub struct SinkLocal {
     pub function_slots: Arc<tokio::sync::Semaphore>,
     writers: RefCell<HashMap<Route, WriterHandle>>,
     dead_letters: DeadLetters,
+    /// Messages that may be in a stream other than where they go next: an append of theirs
+    /// had an unknown outcome there and no read-back of that stream has settled it yet.
+    /// `None` = not known which (after a restart): every stream with a mark of this sink.
+    uncertain: RefCell<HashMap<MessageId, Option<Route>>>,
 }
 
 impl SinkLocal {
@@ -132,6 +140,7 @@ impl SinkLocal {
             function_slots,
             writers: RefCell::new(HashMap::new()),
             dead_letters: DeadLetters::default(),
+            uncertain: RefCell::new(HashMap::new()),
         }
     }
 
@@ -212,6 +221,11 @@ impl SinkLocal {
         let shared = &self.shared;
         let attempts = msg.state.deliver_count + 1;
         log_failure(&shared.name, msg, &failure, attempts);
+        if let (ErrorClass::OutcomeUnknown, Some(route)) = (failure.error.class, route) {
+            self.uncertain
+                .borrow_mut()
+                .insert(msg.id, Some(route.clone()));
+        }
         *shared
             .last_failure
             .lock()
@@ -254,6 +268,116 @@ impl SinkLocal {
         msg.state.deliver_count = attempts;
         self.dead_letter_and_discard(settings, &msg, &failure.error, route)
             .await
+    }
+
+    /// Before `msg` goes to `planned`: when an append of it had an unknown outcome in another
+    /// stream (the one it went to; after a restart, any stream with a mark of this sink), that
+    /// stream is read back from its mark first and what is found there is acked. So a route
+    /// change (reload) while an outcome is unknown never lands a second copy elsewhere. The
+    /// planned stream needs nothing here: its writer reconciles before it appends; the record
+    /// stays until the message is delivered or that stream was read back.
+    ///
+    /// Returns whether anything was acked: runs read before are then stale (re-read them).
+    pub async fn check_uncertain(
+        &self,
+        msg: &StoredMessage,
+        planned: &Route,
+    ) -> Result<bool, Failure> {
+        let persisted = msg
+            .state
+            .last_error
+            .as_ref()
+            .is_some_and(|e| e.class == ErrorClass::OutcomeUnknown);
+        let entry = {
+            let mut u = self.uncertain.borrow_mut();
+            match u.get(&msg.id) {
+                Some(e) => e.clone(),
+                None if persisted => {
+                    u.insert(msg.id, None);
+                    None
+                }
+                None => return Ok(false),
+            }
+        };
+        let sink = &self.shared.name;
+        let queue = &self.shared.queue;
+        let marks: Vec<(Route, Vec<u8>)> = match &entry {
+            Some(r) if r == planned => return Ok(false),
+            Some(r) => match queue.get_marker(&scan::lwm_key(sink, r)) {
+                Ok(Some(m)) => vec![(r.clone(), m)],
+                Ok(None) => Vec::new(), // this sink never appended there
+                Err(e) => return Err(self.queue_failure(&e)),
+            },
+            None => queue
+                .markers_with_prefix(&scan::lwm_prefix(sink))
+                .map_err(|e| self.queue_failure(&e))?
+                .into_iter()
+                .filter_map(|(k, v)| {
+                    let (basin, stream) = k[scan::lwm_prefix(sink).len()..].split_once('/')?;
+                    Some((Route::new(basin, stream).ok()?, v))
+                })
+                .collect(),
+        };
+        let io = self.io();
+        let s2 = |e: S2Error| Failure {
+            error: e.to_last_error(),
+            retry_after: e.retry_after(),
+        };
+        let mut planned_has_mark = false;
+        let mut acked = false;
+        for (route, mark) in &marks {
+            if route == planned {
+                planned_has_mark = true;
+                continue;
+            }
+            // A corrupt mark: that stream's writer refuses it and reports it.
+            let Ok(mark) = <[u8; 8]>::try_from(&mark[..]).map(u64::from_be_bytes) else {
+                continue;
+            };
+            let tail = scan::tail_or_zero(&*io, route).await.map_err(s2)?;
+            // A tail below the mark: reset, nothing of ours is left there.
+            let from = mark.min(tail);
+            let found = scan::ours_between(&*io, sink, route, from, tail)
+                .await
+                .map_err(s2)?;
+            if !found.is_empty() {
+                queue
+                    .ack_delivered(sink, &found)
+                    .map_err(|e| self.queue_failure(&e))?;
+                // As after a writer's reconciliation: runs read before are checked against
+                // the queue before they are sent.
+                self.shared.stats.reconciles.fetch_add(1, Release);
+                acked = true;
+            }
+            tracing::info!(sink = %sink, id = %msg.id, stream = %route, found = found.len(), "re-read a stream where an append's outcome was unknown before sending elsewhere");
+        }
+        let mut u = self.uncertain.borrow_mut();
+        if planned_has_mark {
+            u.insert(msg.id, Some(planned.clone()));
+        } else {
+            u.remove(&msg.id);
+        }
+        Ok(acked)
+    }
+
+    /// A message was delivered: nothing of it is uncertain any more.
+    pub fn delivered(&self, id: MessageId) {
+        self.uncertain.borrow_mut().remove(&id);
+    }
+
+    fn queue_failure(&self, e: &QueueError) -> Failure {
+        (self.on_fatal)(e);
+        Failure {
+            error: LastError {
+                class: ErrorClass::Retryable,
+                status: None,
+                code: Some("queue".into()),
+                message: e.to_string(),
+                body: None,
+                at_ms: self.clock.now_millis(),
+            },
+            retry_after: None,
+        }
     }
 
     /// Whether `msg` already used up its attempts (its last failure was certain): it goes to

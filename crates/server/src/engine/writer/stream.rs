@@ -13,7 +13,7 @@ use super::{Failure, WriterCtx, HEADER_ID, HEADER_SINK};
 
 /// The marker key of a stream's low-water mark.
 pub(super) fn marker_key(sink: &str, route: &Route) -> String {
-    format!("lwm/{sink}/{}/{}", route.basin, route.stream)
+    crate::engine::scan::lwm_key(sink, route)
 }
 
 /// What a writer knows about its stream.
