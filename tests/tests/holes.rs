@@ -28,6 +28,23 @@ async fn ingest(engine: &Engine, sink: &str, seqs: std::ops::Range<u64>) {
     engine.ingest(sink, items).await.unwrap();
 }
 
+/// Waits up to `secs` for `sink` to have nothing pending; fails the test otherwise.
+async fn settle(queue: &Queue, sink: &str, secs: u64) {
+    let done = eventually(Duration::from_secs(secs), || async {
+        queue.counts(sink).pending == 0
+    })
+    .await;
+    assert!(done, "not settled: {:?}", queue.counts(sink));
+}
+
+/// Creates another stream in `basin`.
+async fn add_stream(lite: &LiteServer, basin: &str, stream: &str) {
+    lite.client()
+        .ensure_stream(basin, stream, None)
+        .await
+        .unwrap();
+}
+
 /// Sequence numbers of the records in a stream, with their number of copies.
 async fn seqs_in(lite: &LiteServer, basin: &str, stream: &str) -> HashMap<u64, usize> {
     let mut copies = HashMap::new();
@@ -162,10 +179,7 @@ async fn dead_lettered(lite: &LiteServer, basin: &str, sink: &str) -> Vec<u64> {
 async fn a_dead_letter_append_whose_answer_was_lost_lands_once() {
     let lite = LiteServer::start().await;
     let basin = lite.fresh_basin().await;
-    lite.client()
-        .ensure_stream(&basin, "dlq", None)
-        .await
-        .unwrap();
+    add_stream(&lite, &basin, "dlq").await;
     let proxy = Proxy::start(&lite.endpoint()).await;
     let dir = tempfile::tempdir().unwrap();
     let queue = Queue::open(dir.path()).unwrap();
@@ -213,10 +227,7 @@ async fn a_dead_letter_append_whose_answer_was_lost_lands_once() {
 async fn a_message_that_used_up_its_attempts_is_not_sent_to_its_stream_again() {
     let lite = LiteServer::start().await;
     let (basin, stream) = lite.fresh_stream("used-up").await;
-    lite.client()
-        .ensure_stream(&basin, "dlq", None)
-        .await
-        .unwrap();
+    add_stream(&lite, &basin, "dlq").await;
     let dir = tempfile::tempdir().unwrap();
     let queue = Queue::open(dir.path()).unwrap();
     let enqueued = queue
@@ -246,11 +257,7 @@ async fn a_message_that_used_up_its_attempts_is_not_sent_to_its_stream_again() {
     settings.max_retry_count = Some(2);
     settings.dead_letter_stream = Some("dlq".into());
     let engine = engine(&queue, settings);
-    let done = eventually(Duration::from_secs(20), || async {
-        queue.counts("used").pending == 0
-    })
-    .await;
-    assert!(done, "not settled: {:?}", queue.counts("used"));
+    settle(&queue, "used", 20).await;
     assert_eq!(queue.counts("used").discarded, 1);
     assert!(
         read_all(&lite.client(), &basin, &stream).await.is_empty(),
@@ -266,10 +273,7 @@ async fn a_message_that_used_up_its_attempts_is_not_sent_to_its_stream_again() {
 async fn a_record_too_large_for_s2_is_dead_lettered_truncated() {
     let lite = LiteServer::start().await;
     let (basin, stream) = lite.fresh_stream("big").await;
-    lite.client()
-        .ensure_stream(&basin, "dlq", None)
-        .await
-        .unwrap();
+    add_stream(&lite, &basin, "dlq").await;
     let dir = tempfile::tempdir().unwrap();
     let queue = Queue::open(dir.path()).unwrap();
     let mut settings = sink_settings("big", &lite.endpoint(), &basin, &stream);
@@ -285,11 +289,7 @@ async fn a_record_too_large_for_s2_is_dead_lettered_truncated() {
         )
         .await
         .unwrap();
-    let done = eventually(Duration::from_secs(20), || async {
-        queue.counts("big").pending == 0
-    })
-    .await;
-    assert!(done, "not settled: {:?}", queue.counts("big"));
+    settle(&queue, "big", 20).await;
     let dlq = read_all(&lite.client(), &basin, "dlq").await;
     assert_eq!(dlq.len(), 1);
     let h: HashMap<&str, &str> = dlq[0]
@@ -316,10 +316,7 @@ async fn a_record_too_large_for_s2_is_dead_lettered_truncated() {
 async fn a_routed_sink_dead_letters_into_the_basin_of_the_route() {
     let lite = LiteServer::start().await;
     let basin = lite.fresh_basin().await;
-    lite.client()
-        .ensure_stream(&basin, "dlq", None)
-        .await
-        .unwrap();
+    add_stream(&lite, &basin, "dlq").await;
     let dir = tempfile::tempdir().unwrap();
     let queue = Queue::open(dir.path()).unwrap();
     let mut settings = sink_settings("routed", &lite.endpoint(), &basin, "unused");
@@ -337,11 +334,7 @@ async fn a_routed_sink_dead_letters_into_the_basin_of_the_route() {
         )
         .await
         .unwrap();
-    let done = eventually(Duration::from_secs(20), || async {
-        queue.counts("routed").pending == 0
-    })
-    .await;
-    assert!(done, "not settled: {:?}", queue.counts("routed"));
+    settle(&queue, "routed", 20).await;
     let want: Vec<u64> = ids.iter().map(|i| i.0).collect();
     assert_eq!(dead_lettered(&lite, &basin, "routed").await, want);
     engine.shutdown(Duration::from_secs(5)).await;
@@ -362,10 +355,7 @@ async fn a_route_change_while_an_outcome_is_unknown_re_reads_the_old_stream_firs
 
     let lite = LiteServer::start().await;
     let (basin, first) = lite.fresh_stream("first").await;
-    lite.client()
-        .ensure_stream(&basin, "second", None)
-        .await
-        .unwrap();
+    add_stream(&lite, &basin, "second").await;
     let proxy = Proxy::start(&lite.endpoint()).await;
     proxy.set_scope(Scope::All);
     // The first append to `first` lands and its answer is lost; from then on `first` cannot
@@ -426,11 +416,7 @@ async fn a_route_change_while_an_outcome_is_unknown_re_reads_the_old_stream_firs
         "sent to the new stream before the old one was re-read"
     );
     down.store(false, Relaxed);
-    let done = eventually(Duration::from_secs(20), || async {
-        queue.counts("moving").pending == 0
-    })
-    .await;
-    assert!(done, "not settled: {:?}", queue.counts("moving"));
+    settle(&queue, "moving", 20).await;
     // The first message is in `first` once (found there, acknowledged), the later one in
     // `second`; nothing is in both.
     let in_first = s2sink_tests::ids_in(&read_all(&lite.client(), &basin, &first).await, "moving");
