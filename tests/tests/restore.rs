@@ -4,10 +4,10 @@
 //! header carries it, so reconciliation matches nothing of the new messages.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use s2sink_queue::testing::copy_dir;
 use s2sink_tests::process::{produce_changes, wait_drained, Load, ServerProcess};
 use s2sink_tests::{read_all, LiteServer};
 
@@ -26,19 +26,6 @@ stream = "{stream}"
 endpoint = "{endpoint}"
 "#
     )
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dest = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &dest);
-        } else {
-            std::fs::copy(e.path(), dest).unwrap();
-        }
-    }
 }
 
 /// Sends `n` change messages with sequence numbers from `seed * 1_000_000 + 1`, waits until

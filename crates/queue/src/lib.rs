@@ -60,6 +60,8 @@ mod keys;
 mod parts;
 mod queue;
 mod sink;
+#[cfg(feature = "test-util")]
+pub mod testing;
 mod types;
 mod upgrade;
 mod v1;

@@ -260,7 +260,13 @@ fn pending_groups_pages_cover_every_group_once_in_order() {
     assert_eq!(all.len(), 100);
     let mut paged = Vec::new();
     let mut after: Option<GroupRef> = None;
-    loop {
+    // 100 groups in pages of 7: 15 pages; more means paging does not advance.
+    for round in 0.. {
+        assert!(
+            round <= 15,
+            "paging does not end: {} groups so far",
+            paged.len()
+        );
         let page = q.pending_groups_page("s", after.as_ref(), 7).unwrap();
         if page.is_empty() {
             break;

@@ -4,20 +4,8 @@
 use std::path::Path;
 
 use s2sink_core::{ErrorClass, GroupKey, LastError};
+use s2sink_queue::testing::copy_dir;
 use s2sink_queue::{GroupRef, ListFilter, MessageId, NewMessage, Queue};
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dest = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &dest);
-        } else {
-            std::fs::copy(e.path(), dest).unwrap();
-        }
-    }
-}
 
 fn fixture() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
