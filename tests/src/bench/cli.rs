@@ -154,6 +154,20 @@ impl Opts {
     }
 
     /// Groups messages are spread over (1 with `--hot`).
+    /// The load these options describe, against `url`, for producers from `first_producer`.
+    pub fn load_spec(&self, url: &str, first_producer: u64, seed: u64) -> super::load::LoadSpec {
+        super::load::LoadSpec {
+            url: url.to_string(),
+            sink: super::setup::SINK.into(),
+            groups: self.effective_groups(),
+            size: self.size,
+            batch: self.batch,
+            lanes: self.producers,
+            first_producer,
+            seed,
+        }
+    }
+
     pub fn effective_groups(&self) -> u64 {
         if self.hot {
             1

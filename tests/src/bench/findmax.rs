@@ -11,11 +11,11 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::cli::Opts;
-use super::load::{offer, LoadSpec, Pace};
+use super::load::{offer, Pace};
 use super::procstat::{status_mb, CpuDelta, CpuSnapshot};
 use super::report::{thousands, Report};
 use super::run::report_cpu;
-use super::setup::{self, Env, SINK, STREAM};
+use super::setup::{self, Env, STREAM};
 use super::verify::{check, Delivered, Latency, StreamReader};
 
 /// Figures of one step.
@@ -45,16 +45,11 @@ pub async fn find_max(o: &Opts, env: &Env, rep: &mut Report) -> Result<bool, Str
     let mut drained = true;
     for i in 0..o.max_steps {
         let rate = o.start_rate + u64::from(i) * o.step;
-        let spec = LoadSpec {
-            url: server.url.clone(),
-            sink: SINK.into(),
-            groups: o.effective_groups(),
-            size: o.size,
-            batch: o.batch,
-            lanes: o.producers,
-            first_producer: u64::from(i) * o.producers as u64,
-            seed: 1 + u64::from(i),
-        };
+        let spec = o.load_spec(
+            &server.url,
+            u64::from(i) * o.producers as u64,
+            1 + u64::from(i),
+        );
         let c0 = CpuSnapshot::take(spid, env.lite_pid);
         let offered = offer(
             &spec,
@@ -184,18 +179,13 @@ pub async fn find_max(o: &Opts, env: &Env, rep: &mut Report) -> Result<bool, Str
         env.report_ceiling(rep, 0.0);
     }
     rep.row("server max RSS", format!("{server_rss:.0} MB"));
-    rep.row(
+    rep.verdict(
         "lost / duplicated / order violations (all steps)",
-        format!(
-            "{} / {} / {}",
-            verdict.lost, verdict.duplicated, verdict.order_violations
-        ),
+        &verdict,
+        String::new(),
     );
     rep.set("mode", "find-max");
     rep.set("drained", drained);
     rep.set("max_rss_mb", server_rss);
-    rep.set("lost", verdict.lost);
-    rep.set("duplicated", verdict.duplicated);
-    rep.set("order_violations", verdict.order_violations);
     Ok(verdict.is_clean() && drained)
 }

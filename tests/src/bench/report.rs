@@ -42,6 +42,20 @@ impl Report {
         self.json.insert(key.to_string(), v);
     }
 
+    /// The lost / duplicated / order-violation row (with `extra` appended) and its JSON fields.
+    pub fn verdict(&mut self, label: &str, v: &super::verify::Check, extra: String) {
+        self.row(
+            label,
+            format!(
+                "{} / {} / {}{extra}",
+                v.lost, v.duplicated, v.order_violations
+            ),
+        );
+        self.set("lost", v.lost);
+        self.set("duplicated", v.duplicated);
+        self.set("order_violations", v.order_violations);
+    }
+
     /// Prints the table, then (with `json`) the JSON object as the last line.
     pub fn print(&mut self, json: bool) {
         println!("| metric | value |");

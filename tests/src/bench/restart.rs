@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 use s2sink_tests::eventually;
 
 use super::cli::Opts;
-use super::load::{offer, LoadSpec, Pace};
+use super::load::{offer, Pace};
 use super::procstat::{status_mb, CpuSnapshot};
 use super::report::{thousands, Report};
 use super::run::report_cpu;
-use super::setup::{self, Env, SINK, STREAM};
+use super::setup::{self, Env, STREAM};
 use super::verify::{check, StreamReader};
 
 /// Runs the recovery measurement; returns whether the delivery was clean.
@@ -29,16 +29,7 @@ pub async fn restart_with_pending(
         "max_live_groups = 1\n[sinks.batch]\nmax_records = 1\nlinger_ms = 100\n",
     );
     let mut server = setup::start_server(dir.path(), &slow).await;
-    let spec = LoadSpec {
-        url: server.url.clone(),
-        sink: SINK.into(),
-        groups: o.effective_groups(),
-        size: o.size,
-        batch: o.batch,
-        lanes: o.producers,
-        first_producer: 0,
-        seed: 7,
-    };
+    let spec = o.load_spec(&server.url, 0, 7);
     let per_lane = n.div_ceil(o.producers as u64);
     eprintln!("filling {} messages", per_lane * o.producers as u64);
     let offered = offer(&spec, Pace::Count { per_lane }).await?;
@@ -107,12 +98,10 @@ pub async fn restart_with_pending(
         "server max RSS after restart",
         format!("{server_rss:.0} MB"),
     );
-    rep.row(
+    rep.verdict(
         "lost / duplicated / order violations",
-        format!(
-            "{} / {} / {}",
-            verdict.lost, verdict.duplicated, verdict.order_violations
-        ),
+        &verdict,
+        String::new(),
     );
     rep.set("mode", "restart-pending");
     rep.set("pending_at_kill", pending);
@@ -122,8 +111,5 @@ pub async fn restart_with_pending(
     rep.set("drained", drained);
     rep.set("delivered_per_s", drain_rate);
     rep.set("max_rss_mb", server_rss);
-    rep.set("lost", verdict.lost);
-    rep.set("duplicated", verdict.duplicated);
-    rep.set("order_violations", verdict.order_violations);
     Ok(verdict.is_clean() && drained && resumed)
 }

@@ -5,10 +5,10 @@
 use std::time::Duration;
 
 use super::cli::Opts;
-use super::load::{offer, LoadSpec, Pace};
+use super::load::{offer, Pace};
 use super::procstat::{status_mb, CpuDelta, CpuSnapshot};
 use super::report::{thousands, Report};
-use super::setup::{self, Env, SINK, STREAM};
+use super::setup::{self, Env, STREAM};
 use super::verify::{check, Latency, StreamReader};
 
 /// Runs one closed- or open-loop measurement; returns whether the delivery was clean.
@@ -16,16 +16,7 @@ pub async fn run(o: &Opts, env: &Env, rep: &mut Report) -> Result<bool, String> 
     let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
     let server = setup::start_server(dir.path(), &setup::server_config(o, env, "")).await;
     let spid = server.pid();
-    let spec = LoadSpec {
-        url: server.url.clone(),
-        sink: SINK.into(),
-        groups: o.effective_groups(),
-        size: o.size,
-        batch: o.batch,
-        lanes: o.producers,
-        first_producer: 0,
-        seed: 1,
-    };
+    let spec = o.load_spec(&server.url, 0, 1);
     let duration = Duration::from_secs_f64(o.duration);
     let pace = match o.rate {
         Some(rate) => Pace::Open { rate, duration },
@@ -155,23 +146,15 @@ pub async fn run(o: &Opts, env: &Env, rep: &mut Report) -> Result<bool, String> 
         "max RSS server / s2-lite (at the end)",
         format!("{server_rss:.0} MB / {lite_rss:.0} MB"),
     );
-    rep.row(
-        "lost / duplicated / order violations",
+    let foreign = if verdict.unexpected + reader.foreign > 0 {
         format!(
-            "{} / {} / {}{}",
-            verdict.lost,
-            verdict.duplicated,
-            verdict.order_violations,
-            if verdict.unexpected + reader.foreign > 0 {
-                format!(
-                    " ({} unacknowledged, {} foreign records)",
-                    verdict.unexpected, reader.foreign
-                )
-            } else {
-                String::new()
-            }
-        ),
-    );
+            " ({} unacknowledged, {} foreign records)",
+            verdict.unexpected, reader.foreign
+        )
+    } else {
+        String::new()
+    };
+    rep.verdict("lost / duplicated / order violations", &verdict, foreign);
 
     rep.set("mode", if o.rate.is_some() { "open" } else { "closed" });
     rep.set("offered_rate", o.rate);
@@ -189,9 +172,6 @@ pub async fn run(o: &Opts, env: &Env, rep: &mut Report) -> Result<bool, String> 
     rep.set("max_latency_ms", lat.max);
     rep.set("max_rss_mb", server_rss);
     rep.set("s2lite_rss_mb", lite_rss);
-    rep.set("lost", verdict.lost);
-    rep.set("duplicated", verdict.duplicated);
-    rep.set("order_violations", verdict.order_violations);
     Ok(verdict.is_clean() && drained)
 }
 
