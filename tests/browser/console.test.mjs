@@ -17,19 +17,14 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import fs from "node:fs";
-import net from "node:net";
 import os from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
+import { CHROMIUM_BIN, freePort, ROOT, S2SINK_BIN } from "./support.mjs";
 // scripts/test.sh runs this file only; the cross-site (CSRF) browser test runs with it.
 import "./csrf.test.mjs";
 
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-const ROOT = path.resolve(HERE, "../..");
 const S2_LITE_BIN = process.env.S2_LITE_BIN || path.join(os.homedir(), ".cache/s2-sink-tools/bin/server");
-const S2SINK_BIN = process.env.S2SINK_BIN || path.join(ROOT, "target/debug/s2-sink");
-const CHROMIUM_BIN = process.env.CHROMIUM_BIN || "/usr/bin/chromium";
 const SCREENSHOTS = ["1", "true", "yes"].includes((process.env.S2SINK_SCREENSHOTS || "").toLowerCase());
 const API_TOKEN = "console-test-token-" + Math.random().toString(36).slice(2);
 const UI_TIMEOUT = 15_000;
@@ -38,18 +33,6 @@ const HOSTILE_GROUP = '<img src=x onerror="window.__xss=1">';
 const children = [];
 const tmpDirs = [];
 let browser = null;
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.unref();
-    srv.on("error", reject);
-    srv.listen(0, "127.0.0.1", () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 function tmpDir(prefix) {
   const d = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
