@@ -1232,3 +1232,69 @@ async fn console_has_security_headers_and_no_inline_script() {
     assert!(get(r.headers(), "content-type").starts_with("text/javascript"));
     assert!(r.text().await.unwrap().contains("sessionStorage"));
 }
+
+// ---------------------------------------------------------------------------------------
+// Logs (operability): plain text off a terminal, one access line per request.
+
+/// Logs written to a file carry no ANSI colour escapes; every request leaves one access line
+/// with method, route pattern, status and duration, and no token; `access_log = false`
+/// switches those lines off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_are_plain_text_with_one_access_line_per_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &config(""), &[]).await;
+    let api = Api::new(&server);
+    assert_eq!(api.get("/api/sinks/main").await.status, 200);
+    api.get("/api/sinks/nope")
+        .await
+        .error(404, "unknown_sink", "nope");
+    assert_eq!(
+        api.ingest("main", "application/json", msg(1)).await.status,
+        202
+    );
+    let want = [
+        ("GET", "/api/sinks/{sink}", "200"),
+        ("GET", "/api/sinks/{sink}", "404"),
+        ("POST", "/api/sinks/{sink}/messages", "202"),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let log = loop {
+        let log = server.log();
+        let access = log.lines().filter(|l| l.contains("s2sink::access")).count();
+        if access >= want.len() || Instant::now() > deadline {
+            break log;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        !log.contains('\u{1b}'),
+        "ANSI escapes in a log file:\n{log}"
+    );
+    assert!(!log.contains(TOKEN), "the API token is in the log");
+    let access: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("s2sink::access"))
+        .collect();
+    for (method, route, status) in want {
+        assert!(
+            access
+                .iter()
+                .any(|l| l.contains(&format!("method={method}"))
+                    && l.contains(&format!("route={route} "))
+                    && l.contains(&format!("status={status}"))
+                    && l.contains("duration_ms=")),
+            "no access line for {method} {route} {status}:\n{}",
+            access.join("\n")
+        );
+    }
+
+    let quiet_dir = tempfile::tempdir().unwrap();
+    let quiet = ServerProcess::start(quiet_dir.path(), &config("access_log = false"), &[]).await;
+    assert_eq!(Api::new(&quiet).get("/api/sinks/main").await.status, 200);
+    // The answer came back after the line would have been written.
+    assert!(
+        !quiet.log().contains("s2sink::access"),
+        "access lines although access_log = false:\n{}",
+        quiet.log()
+    );
+}

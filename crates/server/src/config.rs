@@ -41,6 +41,9 @@ pub struct ServerSection {
     pub max_pending: Option<u64>,
     /// Largest ingest request body (bytes); larger requests get 413.
     pub max_body_bytes: usize,
+    /// One info line per HTTP request (target `s2sink::access`: method, route, status,
+    /// duration; never tokens or bodies). Applies on reload.
+    pub access_log: bool,
     /// How long a graceful stop waits for in-flight appends.
     pub shutdown_timeout_ms: u64,
     /// Host names (besides the listen address, IP literals and `localhost`) that requests may
@@ -65,6 +68,7 @@ impl Default for ServerSection {
             api_token: None,
             max_pending: Some(1_000_000),
             max_body_bytes: 16 * 1024 * 1024,
+            access_log: true,
             shutdown_timeout_ms: 10_000,
             allowed_hosts: Vec::new(),
             cors_allowed_origins: Vec::new(),
@@ -83,6 +87,7 @@ impl std::fmt::Debug for ServerSection {
             .field("api_token", &self.api_token.as_ref().map(|_| "[redacted]"))
             .field("max_pending", &self.max_pending)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("access_log", &self.access_log)
             .field("shutdown_timeout_ms", &self.shutdown_timeout_ms)
             .field("allowed_hosts", &self.allowed_hosts)
             .field("cors_allowed_origins", &self.cors_allowed_origins)

@@ -52,6 +52,7 @@ fn http_server(
             let app = App::new()
                 .app_data(state)
                 .wrap(from_fn(http::middleware))
+                .wrap(from_fn(http::access_log))
                 .configure(http::configure);
             let http = HttpService::build()
                 .client_request_timeout(REQUEST_HEAD_TIMEOUT)

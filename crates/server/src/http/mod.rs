@@ -5,6 +5,7 @@
 //! configured origins, and every error the server produces leaves as
 //! `{"error":{"code","message"}}`.
 
+mod access;
 mod auth;
 mod codec_errors;
 mod console;
@@ -39,6 +40,8 @@ pub struct LiveSettings {
     /// Bearer token guarding `/api`; `None` = open.
     pub api_token: Option<String>,
     pub max_body_bytes: usize,
+    /// Log one line per request (`server.access_log`).
+    pub access_log: bool,
     /// Longest time to receive an ingest body.
     pub body_timeout: Duration,
     /// How long an ingest request waits for a free slot before 503.
@@ -54,6 +57,7 @@ impl LiveSettings {
         LiveSettings {
             api_token: s.api_token.clone(),
             max_body_bytes: s.max_body_bytes,
+            access_log: s.access_log,
             body_timeout: Duration::from_millis(s.body_timeout_ms),
             ingest_queue_timeout: Duration::from_millis(s.ingest_queue_timeout_ms),
             allowed_hosts: s.allowed_hosts.clone(),
@@ -162,6 +166,7 @@ impl AppState {
                 "server.max_body_bytes",
                 old.max_body_bytes != new.max_body_bytes,
             ),
+            ("server.access_log", old.access_log != new.access_log),
             (
                 "server.body_timeout_ms",
                 old.body_timeout_ms != new.body_timeout_ms,
@@ -283,3 +288,6 @@ fn resource(path: &str, routes: Vec<(&'static str, actix_web::Route)>) -> actix_
 
 /// The request guard (Host, cross-site writes, CORS, JSON errors); wrap the whole app with it.
 pub use guard::guard as middleware;
+
+/// The access log (one line per request); wrap it outside [`middleware`].
+pub use access::log as access_log;
