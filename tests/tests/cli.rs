@@ -443,3 +443,115 @@ async fn serve_refuses_invalid_configs_before_listening() {
     assert_eq!(r.code, Some(2), "{r:?}");
     assert!(r.stderr.contains("nope.toml"), "{r:?}");
 }
+
+/// Writes `config` (with `{port}` filled in) to `dir/s2-sink.toml` and runs
+/// `s2-sink check --config` on it.
+async fn check(dir: &Path, config: &str) -> Run {
+    let path = dir.join("s2-sink.toml");
+    std::fs::write(&path, config.replace("{port}", &free_port().to_string())).unwrap();
+    cli_in(
+        Some(dir),
+        &["check", "--config", path.to_str().unwrap()],
+        &[],
+        None,
+    )
+    .await
+}
+
+/// The table line of `sink` whose CHECK column starts with `what`.
+fn check_line<'a>(run: &'a Run, sink: &str, what: &str) -> &'a str {
+    run.stdout
+        .lines()
+        .find(|l| {
+            let mut cols = l.split_whitespace();
+            cols.next() == Some(sink) && l[sink.len()..].trim_start().starts_with(what)
+        })
+        .unwrap_or_else(|| panic!("no `{sink}` / `{what}` line: {run:?}"))
+}
+
+/// `s2-sink check` names what is wrong on the S2 side of each sink, without appending: a
+/// missing stream or basin, an endpoint that does not answer, a refused token; exit 0 only
+/// when all is well, 2 for an invalid config. `serve` logs the same failures at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_names_what_is_wrong_on_the_s2_side() {
+    use s2sink_tests::proxy::{Fault, Proxy, Scope};
+
+    let lite = LiteServer::start().await;
+    let (basin, _) = lite.fresh_stream("events").await;
+    let dir = tempfile::tempdir().unwrap();
+
+    let good = TestConfig::new()
+        .sink(SinkConfig::new("good", &lite.endpoint(), &basin, "events"))
+        .render();
+    let run = check(dir.path(), &good).await;
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(check_line(&run, "good", "endpoint and token").contains(" ok "));
+    assert!(check_line(&run, "good", &format!("basin {basin}")).contains(" ok "));
+    assert!(check_line(&run, "good", &format!("stream {basin}/events")).contains("exists"));
+    assert!(check_line(&run, "good", "append").contains("only by appending"));
+
+    let refusing = Proxy::start(&lite.endpoint()).await;
+    refusing.set_scope(Scope::All);
+    refusing.set_policy(|_| Fault::s2_error(401, "unauthorized", "invalid token"));
+    let bad = TestConfig::new()
+        .sink(
+            SinkConfig::new("no-stream", &lite.endpoint(), &basin, "nope")
+                .set("dead_letter_stream", "\"events\""),
+        )
+        .sink(SinkConfig::new(
+            "no-basin",
+            &lite.endpoint(),
+            "no-such-basin-here",
+            "events",
+        ))
+        .sink(SinkConfig::new(
+            "down",
+            "http://127.0.0.1:1",
+            &basin,
+            "events",
+        ))
+        .sink(SinkConfig::new(
+            "refused",
+            &refusing.endpoint(),
+            &basin,
+            "events",
+        ))
+        .render();
+    let run = check(dir.path(), &bad).await;
+    assert_eq!(run.code, Some(1), "{run:?}");
+    let line = check_line(&run, "no-stream", &format!("stream {basin}/nope"));
+    assert!(
+        line.contains("FAIL") && line.contains("does not exist"),
+        "{line}"
+    );
+    assert!(check_line(&run, "no-stream", &format!("stream {basin}/events")).contains(" ok "));
+    let line = check_line(&run, "no-basin", "basin no-such-basin-here");
+    assert!(
+        line.contains("FAIL") && line.contains("does not exist"),
+        "{line}"
+    );
+    let line = check_line(&run, "down", "endpoint");
+    assert!(
+        line.contains("FAIL") && line.contains("does not answer"),
+        "{line}"
+    );
+    let line = check_line(&run, "refused", "token");
+    assert!(line.contains("FAIL") && line.contains("refused"), "{line}");
+
+    // Nothing was appended anywhere.
+    assert!(read_all(&lite.client(), &basin, "events").await.is_empty());
+
+    // An invalid config: exit 2 naming the key, before any S2 call.
+    let run = check(dir.path(), &good.replace(&basin, "Bad_Basin")).await;
+    assert_eq!(run.code, Some(2), "{run:?}");
+    assert!(run.stderr.contains("basin"), "{run:?}");
+
+    // serve checks once at start and logs what failed, but starts.
+    let server = ServerProcess::start(dir.path(), &bad, &[]).await;
+    let logged = eventually(Duration::from_secs(20), || async {
+        let log = server.log();
+        log.contains("S2 check at start failed") && log.contains("no-basin")
+    })
+    .await;
+    assert!(logged, "no start-up check warning:\n{}", server.log());
+}

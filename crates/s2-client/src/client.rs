@@ -175,6 +175,21 @@ impl S2Client {
         Ok(self.send(&context, req, None).await?.status == 201)
     }
 
+    /// The basin's config (S2's `BasinConfig` JSON, e.g. `create_stream_on_append`): also the
+    /// cheapest way to learn that the endpoint answers, the token is accepted and the basin
+    /// exists, without writing anything.
+    pub async fn basin_config(&self, basin: &str) -> Result<serde_json::Value, S2Error> {
+        let context = format!("get config of basin `{basin}`");
+        let url = self
+            .inner
+            .config
+            .endpoint
+            .account_url(&format!("/basins/{}", encode_path_segment(basin)));
+        let req = self.inner.http.request(Method::GET, url);
+        let resp = self.send(&context, req, None).await?;
+        decode(&context, &resp)
+    }
+
     /// Creates `stream` if missing (PUT, idempotent). `config` is S2's `StreamConfig` JSON.
     /// Returns whether it was created.
     pub async fn ensure_stream(

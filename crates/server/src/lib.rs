@@ -7,6 +7,8 @@
 //! [`engine`] and [`ServerError`] remain (no actix-web, config loader or CLI).
 
 #[cfg(feature = "server")]
+pub mod check;
+#[cfg(feature = "server")]
 pub mod cli;
 #[cfg(feature = "server")]
 pub mod config;

@@ -16,6 +16,7 @@ s2-sink: delivers JSON change messages to S2 streams, exactly once, in order per
 
 USAGE:
   s2-sink serve [--config FILE] [--log-format human|json]
+  s2-sink check [--config FILE]     (config, functions, and each sink's S2 side; exit 0 ok, 1 not)
   s2-sink send --sink NAME [--group G] [--batch N] [FILE|-]   (NDJSON or a JSON array)
   s2-sink sinks
   s2-sink messages list --sink NAME [--state pending|backing_off|failed|all] [--group G] [--limit N]
@@ -43,6 +44,7 @@ fn main() -> ExitCode {
     // (options, most positionals) per command.
     let (known, max_positional): (Vec<&str>, usize) = match cmd.as_str() {
         "serve" => (vec!["config", "log-format"], 0),
+        "check" => (vec!["config"], 0),
         "send" => ([&["sink", "group", "batch"][..], &CLIENT].concat(), 1),
         "sinks" => (CLIENT.to_vec(), 0),
         "messages" => (
@@ -67,6 +69,7 @@ fn main() -> ExitCode {
     }
     match cmd.as_str() {
         "serve" => serve_cmd(parsed),
+        "check" => check_cmd(parsed),
         _ => cli::run(&cmd, parsed),
     }
 }
@@ -104,6 +107,41 @@ fn serve_cmd(args: cli::Args) -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::from(exit_code(&e))
         }
+    }
+}
+
+/// `s2-sink check`: loads the config as `serve` does (exit 2 on an error), then checks each
+/// sink's S2 side and prints a table; exit 1 when a check failed.
+fn check_cmd(args: cli::Args) -> ExitCode {
+    let path = PathBuf::from(args.opt("config").unwrap_or("s2-sink.toml"));
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let config = match config::load(&path, &env) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let rows = rt.block_on(s2sink_server::check::check_sinks(&config.sinks));
+    print!(
+        "config {}: ok\n{}",
+        path.display(),
+        s2sink_server::check::render(&rows)
+    );
+    if s2sink_server::check::all_ok(&rows) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -105,6 +105,14 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Ser
             "sink configured"
         );
     }
+    let sinks = config.sinks.clone();
+    actix_rt::spawn(async move {
+        for row in crate::check::check_sinks(&sinks).await {
+            if row.outcome == crate::check::Outcome::Fail {
+                tracing::warn!(sink = %row.sink, check = %row.what, problem = %row.detail, "S2 check at start failed; messages for this sink will fail until it is fixed (see `s2-sink check`)");
+            }
+        }
+    });
     let engine = Engine::start(
         queue,
         config.sinks,
