@@ -10,8 +10,8 @@ use s2sink_core::{now_millis, LastError, UnixMillis};
 use crate::flusher::{FlushError, Flusher};
 use crate::sink::{Keyed, Removal, Sink, TREE_PREFIX};
 use crate::{
-    upgrade, Counts, DeliveryId, DeliveryState, DiscardedMessage, EnqueueOutcome, Enqueued,
-    GroupRef, Idempotency, ListFilter, MessageId, NewMessage, QueueError, QueueOptions,
+    upgrade, Accepted, Counts, DeliveryId, DeliveryState, DiscardedMessage, EnqueueOutcome,
+    Enqueued, GroupRef, Idempotency, ListFilter, MessageId, NewMessage, QueueError, QueueOptions,
     StoredMessage,
 };
 
@@ -198,6 +198,21 @@ impl Queue {
         self.check()?;
         if msgs.is_empty() && idempotency.request.is_none() {
             return Ok(EnqueueOutcome::default());
+        }
+        if idempotency.request.is_none() && msgs.iter().all(|m| m.idempotency_key.is_none()) {
+            // Nothing to check or record: the plain path.
+            let stored = self.enqueue(sink, msgs).await?;
+            return Ok(EnqueueOutcome {
+                accepted: stored
+                    .iter()
+                    .map(|e| Accepted {
+                        id: e.id,
+                        duplicate: false,
+                    })
+                    .collect(),
+                stored,
+                replayed: false,
+            });
         }
         let s = self.sink_or_create(sink)?;
         let keyed = self.track(s.enqueue_keyed(msgs, &idempotency, now_millis()))?;

@@ -256,6 +256,10 @@ impl Sink {
         idem: &Idempotency,
         now: UnixMillis,
     ) -> Result<Keyed> {
+        // Built before the lock, as in `enqueue`; rebuilt under it only when duplicates were
+        // dropped (retries are the rare case).
+        let n_in = msgs.len();
+        let mut spans = Some(Self::spans(&msgs));
         let mut keys = self.order();
         let expires_at = now.saturating_add(idem.window.as_millis().min(u64::MAX as u128) as u64);
         if let Some(r) = &idem.request {
@@ -355,7 +359,10 @@ impl Sink {
                 first: None,
             }
         } else {
-            let spans = Self::spans(&new_msgs);
+            let spans = match spans.take() {
+                Some(spans) if new_msgs.len() == n_in => spans,
+                _ => Self::spans(&new_msgs),
+            };
             let keys = &mut *keys;
             let staged = &mut staged;
             let (stored, first, accepted) =
