@@ -317,6 +317,19 @@ impl Keys {
         staged.inserted.push((key, entry));
     }
 
+    /// Keeps the cap when one call brings more new keys than the cap holds (`prune` already
+    /// made room for smaller calls): the call's earliest new records are not written (their
+    /// writes are undone in `batch`), so a request with more keys than the cap keeps its own
+    /// record and its newest message keys. Call after the call's last `insert`.
+    pub fn enforce_cap(&self, batch: &mut Batch, staged: &mut Staged) {
+        let existing = self.map.len() - staged.removed.len();
+        let excess = (existing + staged.inserted.len()).saturating_sub(self.cap);
+        let n = excess.min(staged.inserted.len());
+        for (_, e) in staged.inserted.drain(..n) {
+            parts::remove(batch, &keys::base(keys::IDEM, e.seq), e.parts);
+        }
+    }
+
     /// Mirrors in memory what `staged` wrote (call once its batch is applied).
     pub fn commit(&mut self, staged: Staged) {
         for (expires_at, seq) in staged.removed {

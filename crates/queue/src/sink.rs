@@ -345,6 +345,7 @@ impl Sink {
                     expires_at,
                 );
             }
+            keys.enforce_cap(batch, staged);
             accepted
         };
         let out = if new_msgs.is_empty() {

@@ -335,6 +335,32 @@ fn the_cap_forgets_the_oldest_keys_first() {
                 .unwrap();
             assert_eq!(out.duplicates(), 0, "k0 was evicted");
             assert_eq!(q.idempotency_keys("s"), 5);
+            // One call with more new keys than the cap: the cap holds, the newest are kept.
+            let many: Vec<NewMessage> = (0..8).map(|i| msg(Some(&format!("m{i}")), "m")).collect();
+            let out = q
+                .enqueue_idempotent("s", many, request("big", 1))
+                .await
+                .unwrap();
+            assert_eq!(out.stored.len(), 8);
+            assert_eq!(q.idempotency_keys("s"), 5);
+            let again: Vec<NewMessage> = (4..8).map(|i| msg(Some(&format!("m{i}")), "m")).collect();
+            let out = q
+                .enqueue_idempotent("s", again, Idempotency::messages(DAY))
+                .await
+                .unwrap();
+            assert_eq!(out.duplicates(), 4, "m4..m7 remembered");
+            let replay = q
+                .enqueue_idempotent("s", Vec::new(), request("big", 1))
+                .await
+                .unwrap();
+            assert!(replay.replayed, "the request's own record is kept");
+            assert_eq!(replay.accepted.len(), 8);
+            // Back to single keys for the reopen below.
+            for key in ["k7", "k0"] {
+                q.enqueue_idempotent("s", vec![msg(Some(key), key)], Idempotency::messages(DAY))
+                    .await
+                    .unwrap();
+            }
         });
     }
     // A lower cap at open evicts the oldest down to it.
