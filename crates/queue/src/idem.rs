@@ -2,15 +2,20 @@
 //! the ids they were given, so that a producer's retry is answered with the original ids
 //! instead of storing the messages again.
 //!
-//! Stored under `k seq(8) part(2)` (see [`crate::keys`]), one record per key, written in the
-//! same sled batch as the enqueue that accepted it: a crash keeps both or neither. `seq` grows
-//! with every record (a scan in key order is the acceptance order). Records leave in expiry
-//! order, which for one window is the acceptance order: expired ones are pruned, and past the
-//! cap the one closest to expiry is forgotten first. The whole set is also held in memory ([`Keys`]), loaded on open, so the check costs
-//! no sled read; it is only touched under the sink's enqueue order lock, which makes
+//! One record per enqueue call that accepted keys, under `k seq(8) part(2)` (see
+//! [`crate::keys`]), holding all its keys: written in the same sled batch as the messages it
+//! names, so a crash keeps both or neither. One record per call, not per key, keeps sled small
+//! (a key costs its bytes plus 12 in the record) and an enqueue of 1,000 keyed messages one
+//! write instead of 1,000. All keys of a call share its acceptance time and window, so a record
+//! expires as a whole. `seq` grows with every record: a scan in key order is the acceptance
+//! order. Records leave in expiry order (for one window, the acceptance order): expired ones
+//! are pruned, and past the cap the one closest to expiry is forgotten first.
+//!
+//! The keys are also held in memory ([`Keys`]), loaded on open, so the check costs no sled
+//! read; they are only touched under the sink's enqueue order lock, which makes
 //! check-and-insert atomic against concurrent enqueues of the same key.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use s2sink_core::UnixMillis;
@@ -19,36 +24,26 @@ use sled::Batch;
 use crate::codec::Reader;
 use crate::{keys, parts, Accepted, MessageId};
 
-const KIND_REQUEST: u8 = b'r';
-const KIND_MESSAGE: u8 = b'm';
+const RECORD_V1: u8 = 1;
 
 /// How many expired records one enqueue removes at most (besides evictions for the cap):
 /// pruning is spread over later batches so that no enqueue pays for a whole window at once.
-pub const PRUNE_PER_BATCH: usize = 64;
+pub const PRUNE_PER_BATCH: usize = 16;
 
 /// A key as producers give it, with its kind: request keys and message keys are separate
 /// namespaces (the same string may be both).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct IdemKey {
-    kind: u8,
-    key: Arc<str>,
+pub enum IdemKey {
+    /// The key of a whole request (`Idempotency-Key` header).
+    Request(Arc<str>),
+    /// The key of one message (`metadata.idempotency_key`).
+    Message(Arc<str>),
 }
 
 impl IdemKey {
-    /// The key of a whole request (`Idempotency-Key` header).
+    /// The key of a whole request.
     pub fn request(key: &str) -> IdemKey {
-        IdemKey {
-            kind: KIND_REQUEST,
-            key: key.into(),
-        }
-    }
-
-    /// The key of one message (`metadata.idempotency_key`).
-    pub fn message(key: &str) -> IdemKey {
-        IdemKey {
-            kind: KIND_MESSAGE,
-            key: key.into(),
-        }
+        IdemKey::Request(key.into())
     }
 }
 
@@ -57,9 +52,18 @@ impl IdemKey {
 pub enum Value {
     /// A message key: the id of the message first accepted with it.
     Message(MessageId),
-    /// A request key: the fingerprint of the request and its answer, as runs of consecutive
-    /// ids (`first`, `len`, duplicate) so a large request costs a few bytes.
-    Request { fingerprint: u128, runs: Vec<Run> },
+    /// A request key: the fingerprint of the request and its answer (boxed: message keys,
+    /// the common case, stay small in memory).
+    Request(Box<RequestRecord>),
+}
+
+/// What a request key remembers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestRecord {
+    pub fingerprint: u128,
+    /// The answer as runs of consecutive ids (`first`, `len`, duplicate), so a large request
+    /// costs a few bytes.
+    pub runs: Vec<Run>,
 }
 
 /// `len` consecutive ids from `first`, all new or all duplicates.
@@ -104,51 +108,61 @@ pub fn expand(runs: &[Run]) -> Vec<Accepted> {
         .collect()
 }
 
-/// One record.
-#[derive(Debug, Clone)]
-pub struct Entry {
-    /// Its place in acceptance order (and its sled key).
-    pub seq: u64,
+/// What one enqueue call accepted: its request key (if any) and its new message keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
     pub accepted_at: UnixMillis,
     /// Not a duplicate of anything from this time on (accepted + the window in force then).
     pub expires_at: UnixMillis,
-    /// Parts of its sled value.
-    pub parts: u16,
-    pub value: Value,
+    pub request: Option<(Arc<str>, RequestRecord)>,
+    pub messages: Vec<(Arc<str>, MessageId)>,
 }
 
-fn encode(key: &IdemKey, e: &Entry) -> Vec<u8> {
-    let mut v = Vec::with_capacity(32 + key.key.len());
-    v.push(key.kind);
-    v.extend_from_slice(&e.accepted_at.to_be_bytes());
-    v.extend_from_slice(&e.expires_at.to_be_bytes());
-    v.extend_from_slice(&(key.key.len() as u32).to_be_bytes());
-    v.extend_from_slice(key.key.as_bytes());
-    match &e.value {
-        Value::Message(id) => v.extend_from_slice(&id.0.to_be_bytes()),
-        Value::Request { fingerprint, runs } => {
-            v.extend_from_slice(&fingerprint.to_be_bytes());
-            v.extend_from_slice(&(runs.len() as u32).to_be_bytes());
-            for r in runs {
-                v.extend_from_slice(&r.first.to_be_bytes());
-                v.extend_from_slice(&r.len.to_be_bytes());
-                v.push(r.duplicate as u8);
+fn encode(r: &Record) -> Vec<u8> {
+    let keys: usize = r.messages.iter().map(|(k, _)| k.len() + 12).sum();
+    let mut v = Vec::with_capacity(64 + keys);
+    v.push(RECORD_V1);
+    v.extend_from_slice(&r.accepted_at.to_be_bytes());
+    v.extend_from_slice(&r.expires_at.to_be_bytes());
+    match &r.request {
+        None => v.push(0),
+        Some((key, rec)) => {
+            v.push(1);
+            v.extend_from_slice(&(key.len() as u32).to_be_bytes());
+            v.extend_from_slice(key.as_bytes());
+            v.extend_from_slice(&rec.fingerprint.to_be_bytes());
+            v.extend_from_slice(&(rec.runs.len() as u32).to_be_bytes());
+            for run in &rec.runs {
+                v.extend_from_slice(&run.first.to_be_bytes());
+                v.extend_from_slice(&run.len.to_be_bytes());
+                v.push(run.duplicate as u8);
             }
         }
+    }
+    v.extend_from_slice(&(r.messages.len() as u32).to_be_bytes());
+    for (key, id) in &r.messages {
+        v.extend_from_slice(&(key.len() as u32).to_be_bytes());
+        v.extend_from_slice(key.as_bytes());
+        v.extend_from_slice(&id.0.to_be_bytes());
     }
     v
 }
 
-fn decode(seq: u64, parts: u16, bytes: &[u8]) -> Option<(IdemKey, Entry)> {
+fn decode(bytes: &[u8]) -> Option<Record> {
     let mut r = Reader(bytes);
-    let kind = r.u8()?;
+    if r.u8()? != RECORD_V1 {
+        return None;
+    }
     let accepted_at = r.u64()?;
     let expires_at = r.u64()?;
-    let len = r.u32()? as usize;
-    let key: Arc<str> = std::str::from_utf8(r.take(len)?).ok()?.into();
-    let value = match kind {
-        KIND_MESSAGE => Value::Message(MessageId(r.u64()?)),
-        KIND_REQUEST => {
+    let string = |r: &mut Reader<'_>| -> Option<Arc<str>> {
+        let len = r.u32()? as usize;
+        Some(std::str::from_utf8(r.take(len)?).ok()?.into())
+    };
+    let request = match r.u8()? {
+        0 => None,
+        1 => {
+            let key = string(&mut r)?;
             let fingerprint = u128::from_be_bytes(r.take(16)?.try_into().ok()?);
             let n = r.u32()? as usize;
             let mut runs = Vec::with_capacity(n.min(bytes.len() / 13));
@@ -159,30 +173,51 @@ fn decode(seq: u64, parts: u16, bytes: &[u8]) -> Option<(IdemKey, Entry)> {
                     duplicate: r.u8()? != 0,
                 });
             }
-            Value::Request { fingerprint, runs }
+            Some((key, RequestRecord { fingerprint, runs }))
         }
         _ => return None,
     };
+    let n = r.u32()? as usize;
+    let mut messages = Vec::with_capacity(n.min(bytes.len() / 12));
+    for _ in 0..n {
+        let key = string(&mut r)?;
+        messages.push((key, MessageId(r.u64()?)));
+    }
     if !r.0.is_empty() {
         return None;
     }
-    Some((
-        IdemKey { kind, key },
-        Entry {
-            seq,
-            accepted_at,
-            expires_at,
-            parts,
-            value,
-        },
-    ))
+    Some(Record {
+        accepted_at,
+        expires_at,
+        request,
+        messages,
+    })
 }
 
-/// The in-memory set of a sink's idempotency records, bounded by `cap` entries.
+/// A key's entry in memory.
+#[derive(Debug)]
+struct Entry {
+    /// The record holding it.
+    seq: u64,
+    expires_at: UnixMillis,
+    value: Value,
+}
+
+/// A record in memory: its keys (to forget them with it) and its size on disk.
+#[derive(Debug)]
+struct Rec {
+    parts: u16,
+    keys: Vec<IdemKey>,
+}
+
+/// The in-memory set of a sink's idempotency keys, bounded by `cap` keys.
 pub struct Keys {
     map: HashMap<IdemKey, Entry>,
-    /// Expiry order: (expires_at, seq) → key (its entry in `map` has this seq).
-    order: BTreeMap<(UnixMillis, u64), IdemKey>,
+    /// Expiry order: (expires_at, seq) → record.
+    records: BTreeMap<(UnixMillis, u64), Rec>,
+    /// Keys listed by the records (≥ `map.len()`: a key accepted again after its record
+    /// expired is listed by both); kept ≤ `cap`.
+    listed: usize,
     next_seq: u64,
     cap: usize,
 }
@@ -190,15 +225,17 @@ pub struct Keys {
 /// Changes decided under the lock, applied to memory once their batch is applied.
 #[derive(Default)]
 pub struct Staged {
-    /// (expires_at, seq) of removed records.
-    removed: HashSet<(UnixMillis, u64)>,
-    inserted: Vec<(IdemKey, Entry)>,
+    /// (expires_at, seq) of removed records, oldest first.
+    removed: Vec<(UnixMillis, u64)>,
+    /// Keys those records list.
+    removed_keys: usize,
+    inserted: Option<((UnixMillis, u64), Rec, Vec<(IdemKey, Entry)>)>,
 }
 
 impl Staged {
     /// True when nothing was written.
     pub fn is_empty(&self) -> bool {
-        self.removed.is_empty() && self.inserted.is_empty()
+        self.removed.is_empty() && self.inserted.is_none()
     }
 }
 
@@ -207,7 +244,8 @@ impl Keys {
     pub fn new(cap: usize) -> Keys {
         Keys {
             map: HashMap::new(),
-            order: BTreeMap::new(),
+            records: BTreeMap::new(),
+            listed: 0,
             next_seq: 1,
             cap: cap.max(1),
         }
@@ -227,19 +265,14 @@ impl Keys {
                 parts::ScanError::Storage(e) => LoadError::Storage(e),
                 parts::ScanError::Corrupt => LoadError::Corrupt(0),
             })?;
-            let (key, entry) = decode(seq, n, &bytes).ok_or(LoadError::Corrupt(seq))?;
+            let record = decode(&bytes).ok_or(LoadError::Corrupt(seq))?;
             keys.next_seq = keys.next_seq.max(seq + 1);
-            if entry.expires_at <= now {
+            if record.expires_at <= now {
                 parts::remove(batch, &keys::base(keys::IDEM, seq), n);
                 continue;
             }
-            // A later record of the same key (accepted again after expiry) replaces it.
-            let at = (entry.expires_at, seq);
-            if let Some(old) = keys.map.insert(key.clone(), entry) {
-                keys.order.remove(&(old.expires_at, old.seq));
-                parts::remove(batch, &keys::base(keys::IDEM, old.seq), old.parts);
-            }
-            keys.order.insert(at, key);
+            let (at, rec, entries) = Self::entries(seq, n, record);
+            keys.add(at, rec, entries);
         }
         let mut staged = Staged::default();
         keys.evict(batch, &mut staged, 0);
@@ -247,102 +280,117 @@ impl Keys {
         Ok(keys)
     }
 
+    /// The memory form of a record.
+    fn entries(seq: u64, parts: u16, r: Record) -> ((UnixMillis, u64), Rec, Vec<(IdemKey, Entry)>) {
+        let entry = |value| Entry {
+            seq,
+            expires_at: r.expires_at,
+            value,
+        };
+        let mut entries = Vec::with_capacity(r.messages.len() + 1);
+        if let Some((key, rec)) = r.request {
+            entries.push((IdemKey::Request(key), entry(Value::Request(Box::new(rec)))));
+        }
+        for (key, id) in r.messages {
+            entries.push((IdemKey::Message(key), entry(Value::Message(id))));
+        }
+        let keys = entries.iter().map(|(k, _)| k.clone()).collect();
+        ((r.expires_at, seq), Rec { parts, keys }, entries)
+    }
+
+    fn add(&mut self, at: (UnixMillis, u64), rec: Rec, entries: Vec<(IdemKey, Entry)>) {
+        self.listed += rec.keys.len();
+        self.records.insert(at, rec);
+        // A later record of the same key (accepted again after expiry) replaces it.
+        self.map.extend(entries);
+    }
+
     /// How many keys are remembered.
     pub fn len(&self) -> usize {
         self.map.len()
     }
 
-    /// The live (not expired) record of `key`.
-    pub fn live(&self, key: &IdemKey, now: UnixMillis) -> Option<&Entry> {
-        self.map.get(key).filter(|e| e.expires_at > now)
+    /// What `key` maps to, unless it expired.
+    pub fn live(&self, key: &IdemKey, now: UnixMillis) -> Option<&Value> {
+        self.map
+            .get(key)
+            .filter(|e| e.expires_at > now)
+            .map(|e| &e.value)
     }
 
     /// Removes up to [`PRUNE_PER_BATCH`] expired records, and then the records closest to
-    /// expiry while fewer than `incoming` free places remain under the cap.
+    /// expiry while the keys they list leave fewer than `incoming` places under the cap.
     pub fn prune(&self, batch: &mut Batch, staged: &mut Staged, now: UnixMillis, incoming: usize) {
-        for (&(expires_at, seq), key) in self.order.iter().take(PRUNE_PER_BATCH) {
+        for (&(expires_at, seq), rec) in self.records.iter().take(PRUNE_PER_BATCH) {
             if expires_at > now {
                 break;
             }
-            parts::remove(batch, &keys::base(keys::IDEM, seq), self.map[key].parts);
-            staged.removed.insert((expires_at, seq));
+            parts::remove(batch, &keys::base(keys::IDEM, seq), rec.parts);
+            staged.removed.push((expires_at, seq));
+            staged.removed_keys += rec.keys.len();
         }
         self.evict(batch, staged, incoming);
     }
 
     fn evict(&self, batch: &mut Batch, staged: &mut Staged, incoming: usize) {
-        let keep = self.cap.saturating_sub(incoming);
-        let live = self.map.len() - staged.removed.len();
-        if live <= keep {
-            return;
-        }
-        // What `prune` removed so far is the oldest end of `order`.
+        // What `prune` removed so far is the oldest end of `records`.
         let skip = staged.removed.len();
-        for (&(expires_at, seq), key) in self.order.iter().skip(skip).take(live - keep) {
-            parts::remove(batch, &keys::base(keys::IDEM, seq), self.map[key].parts);
-            staged.removed.insert((expires_at, seq));
+        for (&(expires_at, seq), rec) in self.records.iter().skip(skip) {
+            if self.listed - staged.removed_keys + incoming <= self.cap {
+                break;
+            }
+            parts::remove(batch, &keys::base(keys::IDEM, seq), rec.parts);
+            staged.removed.push((expires_at, seq));
+            staged.removed_keys += rec.keys.len();
         }
     }
 
-    /// Writes a new record for `key` into `batch` (replacing an expired one of the same key).
-    pub fn insert(
+    /// Writes the record of one call into `batch`: its request key and answer, and its new
+    /// message keys (a call with more keys than the cap keeps its request key and its last
+    /// message keys). Nothing when there is no key.
+    pub fn record(
         &mut self,
         batch: &mut Batch,
         staged: &mut Staged,
-        key: IdemKey,
-        value: Value,
         now: UnixMillis,
         expires_at: UnixMillis,
+        request: Option<(&str, RequestRecord)>,
+        mut messages: Vec<(Arc<str>, MessageId)>,
     ) {
-        if let Some(old) = self.map.get(&key) {
-            if staged.removed.insert((old.expires_at, old.seq)) {
-                parts::remove(batch, &keys::base(keys::IDEM, old.seq), old.parts);
-            }
+        let room = self.cap - request.is_some() as usize;
+        if messages.len() > room {
+            messages.drain(..messages.len() - room);
+        }
+        if request.is_none() && messages.is_empty() {
+            return;
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        let mut entry = Entry {
-            seq,
+        let record = Record {
             accepted_at: now,
             expires_at,
-            parts: 0,
-            value,
+            request: request.map(|(k, rec)| (Arc::from(k), rec)),
+            messages,
         };
-        entry.parts = parts::put(
-            batch,
-            &keys::base(keys::IDEM, seq),
-            &encode(&key, &entry),
-            0,
-        );
-        staged.inserted.push((key, entry));
-    }
-
-    /// Keeps the cap when one call brings more new keys than the cap holds (`prune` already
-    /// made room for smaller calls): the call's earliest new records are not written (their
-    /// writes are undone in `batch`), so a request with more keys than the cap keeps its own
-    /// record and its newest message keys. Call after the call's last `insert`.
-    pub fn enforce_cap(&self, batch: &mut Batch, staged: &mut Staged) {
-        let existing = self.map.len() - staged.removed.len();
-        let excess = (existing + staged.inserted.len()).saturating_sub(self.cap);
-        let n = excess.min(staged.inserted.len());
-        for (_, e) in staged.inserted.drain(..n) {
-            parts::remove(batch, &keys::base(keys::IDEM, e.seq), e.parts);
-        }
+        let n = parts::put(batch, &keys::base(keys::IDEM, seq), &encode(&record), 0);
+        staged.inserted = Some(Self::entries(seq, n, record));
     }
 
     /// Mirrors in memory what `staged` wrote (call once its batch is applied).
     pub fn commit(&mut self, staged: Staged) {
-        for (expires_at, seq) in staged.removed {
-            if let Some(key) = self.order.remove(&(expires_at, seq)) {
-                if self.map.get(&key).is_some_and(|e| e.seq == seq) {
+        for at in staged.removed {
+            let Some(rec) = self.records.remove(&at) else {
+                continue;
+            };
+            self.listed -= rec.keys.len();
+            for key in rec.keys {
+                if self.map.get(&key).is_some_and(|e| e.seq == at.1) {
                     self.map.remove(&key);
                 }
             }
         }
-        for (key, entry) in staged.inserted {
-            self.order
-                .insert((entry.expires_at, entry.seq), key.clone());
-            self.map.insert(key, entry);
+        if let Some((at, rec, entries)) = staged.inserted {
+            self.add(at, rec, entries);
         }
     }
 }
@@ -381,30 +429,27 @@ mod tests {
         let runs = runs_of(&answer);
         assert_eq!(runs.len(), 3);
         assert_eq!(expand(&runs), answer);
-        let key = IdemKey::request("k-1");
-        let entry = Entry {
-            seq: 9,
+        let record = Record {
             accepted_at: 10,
             expires_at: 20,
-            parts: 1,
-            value: Value::Request {
-                fingerprint: u128::MAX - 3,
-                runs,
-            },
+            request: Some((
+                "k-1".into(),
+                RequestRecord {
+                    fingerprint: u128::MAX - 3,
+                    runs,
+                },
+            )),
+            messages: vec![("k-1".into(), MessageId(5)), ("".into(), MessageId(6))],
         };
-        let (k, e) = decode(9, 1, &encode(&key, &entry)).unwrap();
-        assert_eq!(k, key);
-        assert_eq!(e.value, entry.value);
-        assert_eq!((e.accepted_at, e.expires_at), (10, 20));
-        let m = IdemKey::message("k-1");
-        assert_ne!(m, key);
-        let entry = Entry {
-            value: Value::Message(MessageId(3)),
-            ..entry
+        assert_eq!(decode(&encode(&record)), Some(record.clone()));
+        let bare = Record {
+            request: None,
+            ..record
         };
-        assert_eq!(
-            decode(9, 1, &encode(&m, &entry)).unwrap().1.value,
-            entry.value
-        );
+        assert_eq!(decode(&encode(&bare)), Some(bare.clone()));
+        let mut bad = encode(&bare);
+        bad.push(0);
+        assert_eq!(decode(&bad), None);
+        assert_ne!(IdemKey::Message("k".into()), IdemKey::request("k"));
     }
 }

@@ -12,7 +12,7 @@
 //! | `s` id(8) part(2) | a failed message's state: group, epoch, time, deliver count, last error |
 //! | `f` id(8) part(2) | a failed message's payload |
 //! | `d` seq(8) part(2) | a discarded message, newest has the highest seq |
-//! | `k` seq(8) part(2) | an idempotency record: request or message key, expiry, the ids it got (see [`crate::idem`]) |
+//! | `k` seq(8) part(2) | an idempotency record of one enqueue: its request key and answer, its message keys and their ids, expiry (see [`crate::idem`]) |
 
 /// The key of the sink's next id and epoch.
 pub const META: &[u8] = b"#";

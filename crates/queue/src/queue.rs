@@ -186,7 +186,7 @@ impl Queue {
     /// The keys' records are written in the same sled batch as the messages (a crash keeps
     /// both or neither) and checked under the sink's enqueue order lock (two concurrent calls
     /// with one key store one message). Records expire `window` after acceptance and are
-    /// pruned lazily by later calls (at most a few dozen per call) and at open; past
+    /// pruned lazily by later calls (at most 16 records per call) and at open; past
     /// [`QueueOptions::idempotency_max_keys`] the oldest are forgotten first. Every answer,
     /// a replay or an all-duplicate one too, is returned only once what it names is on disk.
     pub async fn enqueue_idempotent(

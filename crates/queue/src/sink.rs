@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use s2sink_core::{now_millis, LastError, UnixMillis};
@@ -11,7 +11,7 @@ use sled::Batch;
 
 use crate::chunk;
 use crate::codec::{self, Meta, Record};
-use crate::idem::{self, IdemKey, Keys, LoadError, Staged, Value as IdemValue};
+use crate::idem::{self, IdemKey, Keys, LoadError, RequestRecord, Staged, Value as IdemValue};
 use crate::index::{Chunk, Failed, Index, Msg, Place};
 use crate::keys;
 use crate::parts::{self, ScanError};
@@ -263,10 +263,10 @@ impl Sink {
         let mut keys = self.order();
         let expires_at = now.saturating_add(idem.window.as_millis().min(u64::MAX as u128) as u64);
         if let Some(r) = &idem.request {
-            if let Some(e) = keys.live(&IdemKey::request(&r.key), now) {
-                return match &e.value {
-                    IdemValue::Request { fingerprint, runs } if *fingerprint == r.fingerprint => {
-                        Ok(Keyed::Replayed(idem::expand(runs)))
+            if let Some(value) = keys.live(&IdemKey::request(&r.key), now) {
+                return match value {
+                    IdemValue::Request(rec) if rec.fingerprint == r.fingerprint => {
+                        Ok(Keyed::Replayed(idem::expand(&rec.runs)))
                     }
                     _ => Err(QueueError::IdempotencyConflict {
                         sink: self.name.clone(),
@@ -281,18 +281,19 @@ impl Sink {
             DupOfNew(usize),
         }
         let mut slots = Vec::with_capacity(msgs.len());
-        let mut fresh: HashMap<IdemKey, usize> = HashMap::new();
-        let mut new_keys: Vec<Option<IdemKey>> = Vec::with_capacity(msgs.len());
+        let mut fresh: HashMap<Arc<str>, usize> = HashMap::new();
+        let mut new_keys: Vec<Option<Arc<str>>> = Vec::with_capacity(msgs.len());
         let mut new_msgs = Vec::with_capacity(msgs.len());
         for m in msgs {
             if let Some(k) = m.idempotency_key.as_deref() {
-                let key = IdemKey::message(k);
-                if let Some(IdemValue::Message(id)) = keys.live(&key, now).map(|e| &e.value) {
-                    slots.push(Slot::Dup(*id));
+                if let Some(&j) = fresh.get(k) {
+                    slots.push(Slot::DupOfNew(j));
                     continue;
                 }
-                if let Some(&j) = fresh.get(&key) {
-                    slots.push(Slot::DupOfNew(j));
+                let key: Arc<str> = k.into();
+                if let Some(IdemValue::Message(id)) = keys.live(&IdemKey::Message(key.clone()), now)
+                {
+                    slots.push(Slot::Dup(*id));
                     continue;
                 }
                 fresh.insert(key.clone(), new_msgs.len());
@@ -325,27 +326,19 @@ impl Sink {
                     },
                 })
                 .collect();
-            for (j, key) in new_keys.into_iter().enumerate() {
-                if let Some(key) = key {
-                    let value = IdemValue::Message(MessageId(first + j as u64));
-                    keys.insert(batch, staged, key, value, now, expires_at);
-                }
-            }
-            if let Some(r) = &idem.request {
-                let value = IdemValue::Request {
+            let messages = new_keys
+                .into_iter()
+                .enumerate()
+                .filter_map(|(j, key)| Some((key?, MessageId(first + j as u64))))
+                .collect();
+            let request = idem.request.as_ref().map(|r| {
+                let rec = RequestRecord {
                     fingerprint: r.fingerprint,
                     runs: idem::runs_of(&accepted),
                 };
-                keys.insert(
-                    batch,
-                    staged,
-                    IdemKey::request(&r.key),
-                    value,
-                    now,
-                    expires_at,
-                );
-            }
-            keys.enforce_cap(batch, staged);
+                (r.key.as_str(), rec)
+            });
+            keys.record(batch, staged, now, expires_at, request, messages);
             accepted
         };
         let out = if new_msgs.is_empty() {

@@ -383,8 +383,9 @@ pub struct QueueOptions {
     /// Zero by default; tests use it to widen the window between apply and flush.
     pub commit_delay: Duration,
     /// Idempotency records each sink keeps at most (request and message keys together); past
-    /// it the oldest are forgotten first, even within their window, so memory stays bounded
-    /// (about 100 bytes plus the key per record). Default 1,000,000.
+    /// it the oldest are forgotten first, even within their window, so memory stays bounded:
+    /// about 270 bytes per key of 19 bytes (measured RSS, sled included), so ≈ 270 MB per
+    /// sink at the default of 1,000,000.
     pub idempotency_max_keys: usize,
 }
 
