@@ -194,6 +194,9 @@ fn decode(bytes: &[u8]) -> Option<Record> {
     })
 }
 
+/// A record as memory holds it: its place in expiry order, its keys, and each key's entry.
+type InMemory = ((UnixMillis, u64), Rec, Vec<(IdemKey, Entry)>);
+
 /// A key's entry in memory.
 #[derive(Debug)]
 struct Entry {
@@ -229,7 +232,7 @@ pub struct Staged {
     removed: Vec<(UnixMillis, u64)>,
     /// Keys those records list.
     removed_keys: usize,
-    inserted: Option<((UnixMillis, u64), Rec, Vec<(IdemKey, Entry)>)>,
+    inserted: Option<InMemory>,
 }
 
 impl Staged {
@@ -281,7 +284,7 @@ impl Keys {
     }
 
     /// The memory form of a record.
-    fn entries(seq: u64, parts: u16, r: Record) -> ((UnixMillis, u64), Rec, Vec<(IdemKey, Entry)>) {
+    fn entries(seq: u64, parts: u16, r: Record) -> InMemory {
         let entry = |value| Entry {
             seq,
             expires_at: r.expires_at,
