@@ -424,3 +424,134 @@ fn concurrent_enqueues_of_one_key_store_one_message() {
     });
     assert_eq!(q.counts("s").pending, 2, "{:?}", payloads(&q, "s"));
 }
+
+mod model {
+    //! Random keyed enqueues and reopens against a model: what is stored, what each call
+    //! answers (ids, duplicates, replays, conflicts) and the count of stored messages.
+
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Messages with keys from a small alphabet (so repeats are common), and maybe a
+        /// request key with a fingerprint from a small set (so conflicts happen).
+        Enqueue {
+            keys: Vec<Option<u8>>,
+            request: Option<(u8, u8)>,
+        },
+        Reopen,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            6 => (
+                proptest::collection::vec(proptest::option::of(0u8..8), 0..6),
+                proptest::option::of((0u8..3, 0u8..2)),
+            )
+                .prop_map(|(keys, request)| Op::Enqueue { keys, request }),
+            1 => Just(Op::Reopen),
+        ]
+    }
+
+    #[derive(Default)]
+    struct Model {
+        next_id: u64,
+        messages: HashMap<u8, u64>,
+        requests: HashMap<u8, (u8, Vec<Accepted>)>,
+        stored: u64,
+    }
+
+    /// The model's answer: `Err(())` for a conflict.
+    fn expect(
+        m: &mut Model,
+        keys: &[Option<u8>],
+        request: Option<(u8, u8)>,
+    ) -> Result<(Vec<Accepted>, bool), ()> {
+        if let Some((k, fp)) = request {
+            if let Some((old_fp, answer)) = m.requests.get(&k) {
+                return if *old_fp == fp {
+                    Ok((answer.clone(), true))
+                } else {
+                    Err(())
+                };
+            }
+        }
+        let mut answer = Vec::new();
+        let mut fresh = HashMap::new();
+        for key in keys {
+            let known = key.and_then(|k| m.messages.get(&k).or(fresh.get(&k)).copied());
+            match known {
+                Some(id) => answer.push(Accepted {
+                    id: MessageId(id),
+                    duplicate: true,
+                }),
+                None => {
+                    let id = m.next_id;
+                    m.next_id += 1;
+                    m.stored += 1;
+                    if let Some(k) = key {
+                        fresh.insert(*k, id);
+                    }
+                    answer.push(Accepted {
+                        id: MessageId(id),
+                        duplicate: false,
+                    });
+                }
+            }
+        }
+        m.messages.extend(fresh);
+        if let Some((k, fp)) = request {
+            m.requests.insert(k, (fp, answer.clone()));
+        }
+        Ok((answer, false))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        #[test]
+        fn keyed_enqueues_match_the_model(ops in proptest::collection::vec(op(), 1..40)) {
+            let dir = tempfile::tempdir().unwrap();
+            let mut q = Queue::open(dir.path()).unwrap();
+            let rt = rt();
+            let mut m = Model { next_id: 1, ..Model::default() };
+            for op in ops {
+                match op {
+                    Op::Reopen => {
+                        drop(q);
+                        q = Queue::open(dir.path()).unwrap();
+                    }
+                    Op::Enqueue { keys, request } => {
+                        let msgs = keys
+                            .iter()
+                            .map(|k| msg(k.map(|k| format!("key-{k}")).as_deref(), "p"))
+                            .collect();
+                        let idem = Idempotency {
+                            request: request.map(|(k, fp)| RequestKey {
+                                key: format!("req-{k}"),
+                                fingerprint: fp as u128,
+                            }),
+                            window: DAY,
+                        };
+                        let got = rt.block_on(q.enqueue_idempotent("s", msgs, idem));
+                        match (expect(&mut m, &keys, request), got) {
+                            (Ok((answer, replayed)), Ok(out)) => {
+                                prop_assert_eq!(&out.accepted, &answer);
+                                prop_assert_eq!(out.replayed, replayed);
+                                let new = answer.iter().filter(|a| !a.duplicate).count();
+                                prop_assert_eq!(out.stored.len(), if replayed { 0 } else { new });
+                            }
+                            (Err(()), Err(QueueError::IdempotencyConflict { .. })) => {}
+                            (want, got) => prop_assert!(false, "model {:?}, queue {:?}", want.map(|a| a.0), got),
+                        }
+                    }
+                }
+                prop_assert_eq!(q.counts("s").pending, m.stored);
+            }
+        }
+    }
+}
