@@ -38,6 +38,15 @@ pub enum QueueError {
         /// The id asked for.
         id: MessageId,
     },
+    /// A request key was accepted before for a different request (another fingerprint):
+    /// nothing was stored. Not fatal.
+    #[error("idempotency key {key:?} of sink {sink:?} was already used for a different request")]
+    IdempotencyConflict {
+        /// The sink asked for.
+        sink: String,
+        /// The request key.
+        key: String,
+    },
     /// The flusher thread could not be started when opening the queue.
     #[error("cannot start the flusher thread: {0}")]
     Thread(#[source] std::io::Error),

@@ -12,6 +12,7 @@
 //! | `s` id(8) part(2) | a failed message's state: group, epoch, time, deliver count, last error |
 //! | `f` id(8) part(2) | a failed message's payload |
 //! | `d` seq(8) part(2) | a discarded message, newest has the highest seq |
+//! | `k` seq(8) part(2) | an idempotency record of one enqueue: its request key and answer, its message keys and their ids, expiry (see [`crate::idem`]) |
 
 /// The key of the sink's next id and epoch.
 pub const META: &[u8] = b"#";
@@ -29,6 +30,8 @@ pub const STATE: u8 = b's';
 pub const FAILED: u8 = b'f';
 /// Discarded entries.
 pub const DISCARDED: u8 = b'd';
+/// Idempotency records, in acceptance order.
+pub const IDEM: u8 = b'k';
 
 /// Largest stored value. sled 0.34 writes a node larger than a quarter of its segment to a
 /// separate blob file that its flush does not fsync; the queue's segment is 8 MiB and a leaf

@@ -10,6 +10,9 @@
 //! - **Failure bookkeeping**: [`Queue::fail`] keeps `deliver_count`, the last error and the
 //!   backoff end on the message; [`Queue::redeliver`], [`Queue::acknowledge`] and
 //!   [`Queue::discard`] are the manual fixes.
+//! - **Idempotent ingest**: [`Queue::enqueue_idempotent`] answers a retried request (same
+//!   [`RequestKey`]) or a message whose `idempotency_key` was accepted within the window with
+//!   the original ids, storing nothing again; the records are written in the enqueue's batch.
 //! - **Atomic**: every state change is one sled batch, so payload, group index, state and
 //!   counters never diverge, and a crash loses whole batches or nothing.
 //!
@@ -55,6 +58,7 @@ mod chunk;
 mod codec;
 mod error;
 mod flusher;
+mod idem;
 mod index;
 mod keys;
 mod parts;
@@ -69,6 +73,7 @@ mod v1;
 pub use error::QueueError;
 pub use queue::{OpenTimes, Queue};
 pub use types::{
-    Counts, DeliveryId, DeliveryState, DiscardedMessage, Enqueued, GroupRef, ListFilter, MessageId,
-    NewMessage, QueueOptions, StateFilter, StoredMessage,
+    Accepted, Counts, DeliveryId, DeliveryState, DiscardedMessage, EnqueueOutcome, Enqueued,
+    GroupRef, Idempotency, ListFilter, MessageId, NewMessage, QueueOptions, RequestKey,
+    StateFilter, StoredMessage,
 };

@@ -8,10 +8,11 @@ use std::sync::{Arc, RwLock};
 use s2sink_core::{now_millis, LastError, UnixMillis};
 
 use crate::flusher::{FlushError, Flusher};
-use crate::sink::{Removal, Sink, TREE_PREFIX};
+use crate::sink::{Keyed, Removal, Sink, TREE_PREFIX};
 use crate::{
-    upgrade, Counts, DeliveryId, DeliveryState, DiscardedMessage, Enqueued, GroupRef, ListFilter,
-    MessageId, NewMessage, QueueError, QueueOptions, StoredMessage,
+    upgrade, Accepted, Counts, DeliveryId, DeliveryState, DiscardedMessage, EnqueueOutcome,
+    Enqueued, GroupRef, Idempotency, ListFilter, MessageId, NewMessage, QueueError, QueueOptions,
+    StoredMessage,
 };
 
 const MARKERS_TREE: &[u8] = b"markers";
@@ -102,7 +103,13 @@ impl Queue {
         for name in db.tree_names() {
             if let Some(sink) = name.strip_prefix(TREE_PREFIX) {
                 let sink = String::from_utf8_lossy(sink).into_owned();
-                let opened = Sink::open(&db, &sink, epoch, options.payload_cache_bytes)?;
+                let opened = Sink::open(
+                    &db,
+                    &sink,
+                    epoch,
+                    options.payload_cache_bytes,
+                    options.idempotency_max_keys,
+                )?;
                 sinks.insert(sink, Arc::new(opened));
             }
         }
@@ -164,6 +171,80 @@ impl Queue {
         self.wait_flush("enqueue", Some(sink)).await?;
         s.publish(first);
         Ok(out)
+    }
+
+    /// Stores `msgs` for `sink` like [`enqueue`](Queue::enqueue), but idempotently, so that a
+    /// producer who retries after losing an answer does not create duplicates:
+    ///
+    /// - a request key ([`Idempotency::request`]) accepted within its window with the same
+    ///   fingerprint returns the original answer (`replayed`) and stores nothing; with another
+    ///   fingerprint it fails with [`QueueError::IdempotencyConflict`];
+    /// - a message whose [`NewMessage::idempotency_key`] was accepted for the sink within its
+    ///   window (or earlier in the same call) is not stored; its answer is the original id
+    ///   with `duplicate` set.
+    ///
+    /// The keys' records are written in the same sled batch as the messages (a crash keeps
+    /// both or neither) and checked under the sink's enqueue order lock (two concurrent calls
+    /// with one key store one message). Records expire `window` after acceptance and are
+    /// pruned lazily by later calls (at most 16 records per call) and at open; past
+    /// [`QueueOptions::idempotency_max_keys`] the oldest are forgotten first. Every answer,
+    /// a replay or an all-duplicate one too, is returned only once what it names is on disk.
+    pub async fn enqueue_idempotent(
+        &self,
+        sink: &str,
+        msgs: Vec<NewMessage>,
+        idempotency: Idempotency,
+    ) -> Result<EnqueueOutcome> {
+        self.check()?;
+        if msgs.is_empty() && idempotency.request.is_none() {
+            return Ok(EnqueueOutcome::default());
+        }
+        if idempotency.request.is_none() && msgs.iter().all(|m| m.idempotency_key.is_none()) {
+            // Nothing to check or record: the plain path.
+            let stored = self.enqueue(sink, msgs).await?;
+            return Ok(EnqueueOutcome {
+                accepted: stored
+                    .iter()
+                    .map(|e| Accepted {
+                        id: e.id,
+                        duplicate: false,
+                    })
+                    .collect(),
+                stored,
+                replayed: false,
+            });
+        }
+        let s = self.sink_or_create(sink)?;
+        let keyed = self.track(s.enqueue_keyed(msgs, &idempotency, now_millis()))?;
+        // Also for a duplicate: the id it returns may be a concurrent enqueue's, applied but
+        // not yet flushed; this flush covers it.
+        self.wait_flush("enqueue", Some(sink)).await?;
+        Ok(match keyed {
+            Keyed::Replayed(accepted) => EnqueueOutcome {
+                accepted,
+                stored: Vec::new(),
+                replayed: true,
+            },
+            Keyed::Stored {
+                accepted,
+                stored,
+                first,
+            } => {
+                if let Some(first) = first {
+                    s.publish(first);
+                }
+                EnqueueOutcome {
+                    accepted,
+                    stored,
+                    replayed: false,
+                }
+            }
+        })
+    }
+
+    /// How many idempotency records (request and message keys) `sink` keeps.
+    pub fn idempotency_keys(&self, sink: &str) -> usize {
+        self.sink(sink).map_or(0, |s| s.idempotency_keys())
     }
 
     /// The first messages of `group` in acceptance order: at most `max_messages` and, beyond
@@ -447,6 +528,7 @@ impl Queue {
             name,
             self.inner.epoch,
             self.inner.options.payload_cache_bytes,
+            self.inner.options.idempotency_max_keys,
         )?;
         let s = Arc::new(s);
         sinks.insert(name.to_string(), Arc::clone(&s));

@@ -3,20 +3,21 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use s2sink_core::{LastError, UnixMillis};
+use s2sink_core::{now_millis, LastError, UnixMillis};
 use sled::Batch;
 
 use crate::chunk;
 use crate::codec::{self, Meta, Record};
+use crate::idem::{self, IdemKey, Keys, LoadError, RequestRecord, Staged, Value as IdemValue};
 use crate::index::{Chunk, Failed, Index, Msg, Place};
 use crate::keys;
 use crate::parts::{self, ScanError};
 use crate::{
-    Counts, DeliveryId, DeliveryState, DiscardedMessage, Enqueued, GroupRef, ListFilter, MessageId,
-    NewMessage, QueueError, StateFilter, StoredMessage,
+    Accepted, Counts, DeliveryId, DeliveryState, DiscardedMessage, Enqueued, GroupRef, Idempotency,
+    ListFilter, MessageId, NewMessage, QueueError, StateFilter, StoredMessage,
 };
 
 /// Prefix of the sled tree names that hold sinks.
@@ -31,6 +32,19 @@ pub enum Removal {
     Discarded,
 }
 
+/// What [`Sink::enqueue_keyed`] did.
+pub enum Keyed {
+    /// The request key was accepted before for the same request: its original answer.
+    Replayed(Vec<Accepted>),
+    /// Per message its id and whether it was a duplicate; the messages stored and the first
+    /// id to publish (none when every message was a duplicate).
+    Stored {
+        accepted: Vec<Accepted>,
+        stored: Vec<Enqueued>,
+        first: Option<u64>,
+    },
+}
+
 /// What the sink's lock protects.
 pub struct State {
     pub meta: Meta,
@@ -43,8 +57,9 @@ pub struct Sink {
     pub tree: sled::Tree,
     state: Mutex<State>,
     /// Held by an enqueue from reserving its ids until its index entries are in: batches are
-    /// applied in id order.
-    enqueue_order: Mutex<()>,
+    /// applied in id order. It guards the idempotency records, so their check-and-insert is
+    /// atomic against concurrent enqueues.
+    enqueue_order: Mutex<Keys>,
     /// Mirror of the pending count for lock-free totals across sinks.
     pending: AtomicU64,
 }
@@ -52,7 +67,14 @@ pub struct Sink {
 impl Sink {
     /// Opens (or creates) the tree of sink `name`, rebuilds its index from one pass over the
     /// chunk headers and failed records, and stamps the new epoch into its meta.
-    pub fn open(db: &sled::Db, name: &str, epoch: u64, cache_bytes: usize) -> Result<Sink> {
+    /// Loads its idempotency records, removing expired ones and the oldest beyond `key_cap`.
+    pub fn open(
+        db: &sled::Db,
+        name: &str,
+        epoch: u64,
+        cache_bytes: usize,
+        key_cap: usize,
+    ) -> Result<Sink> {
         let mut tree_name = TREE_PREFIX.to_vec();
         tree_name.extend_from_slice(name.as_bytes());
         let tree = db
@@ -69,13 +91,23 @@ impl Sink {
                 meta: Meta::new(epoch),
                 index: Index::new(cache_bytes),
             }),
-            enqueue_order: Mutex::new(()),
+            enqueue_order: Mutex::new(Keys::new(key_cap)),
             pending: AtomicU64::new(0),
         };
         let state = sink.rebuild(epoch, cache_bytes)?;
-        sink.tree
-            .insert(keys::META, &state.meta.encode_ids()[..])
-            .map_err(sink.storage("open sink"))?;
+        let mut batch = Batch::default();
+        let loaded =
+            Keys::load(&sink.tree, key_cap, now_millis(), &mut batch).map_err(|e| match e {
+                LoadError::Storage(source) => QueueError::Storage {
+                    op: "open sink",
+                    sink: Some(name.to_string()),
+                    source,
+                },
+                LoadError::Corrupt(seq) => sink.corrupt(format!("idempotency record {seq}")),
+            })?;
+        batch.insert(keys::META, &state.meta.encode_ids()[..]);
+        sink.apply(batch, "open sink")?;
+        *sink.order() = loaded;
         sink.pending
             .store(state.index.msgs.len() as u64, Ordering::Relaxed);
         *sink.lock() = state;
@@ -209,6 +241,149 @@ impl Sink {
     pub fn enqueue(&self, msgs: Vec<NewMessage>, now: UnixMillis) -> Result<(Vec<Enqueued>, u64)> {
         // Chunk boundaries and bodies depend only on sizes: built before taking the lock, so
         // delivery (which reads under the same lock) waits only for ids, headers and the apply.
+        let spans = Self::spans(&msgs);
+        let _order = self.order();
+        let (out, first, ()) = self.store(msgs, spans, now, Batch::default(), |_, _| ())?;
+        Ok((out, first))
+    }
+
+    /// [`Sink::enqueue`] with idempotency: the request key and the messages' keys are checked
+    /// and recorded under the enqueue order lock, so two concurrent enqueues of one key store
+    /// one message; the records go into the same batch as the messages they name.
+    pub fn enqueue_keyed(
+        &self,
+        msgs: Vec<NewMessage>,
+        idem: &Idempotency,
+        now: UnixMillis,
+    ) -> Result<Keyed> {
+        // Built before the lock, as in `enqueue`; rebuilt under it only when duplicates were
+        // dropped (retries are the rare case).
+        let n_in = msgs.len();
+        let mut spans = Some(Self::spans(&msgs));
+        let mut keys = self.order();
+        let expires_at = now.saturating_add(idem.window.as_millis().min(u64::MAX as u128) as u64);
+        if let Some(r) = &idem.request {
+            if let Some(value) = keys.live(&IdemKey::request(&r.key), now) {
+                return match value {
+                    IdemValue::Request(rec) if rec.fingerprint == r.fingerprint => {
+                        Ok(Keyed::Replayed(idem::expand(&rec.runs)))
+                    }
+                    _ => Err(QueueError::IdempotencyConflict {
+                        sink: self.name.clone(),
+                        key: r.key.clone(),
+                    }),
+                };
+            }
+        }
+        enum Slot {
+            New(usize),
+            Dup(MessageId),
+            DupOfNew(usize),
+        }
+        let mut slots = Vec::with_capacity(msgs.len());
+        let mut fresh: HashMap<Arc<str>, usize> = HashMap::new();
+        let mut new_keys: Vec<Option<Arc<str>>> = Vec::with_capacity(msgs.len());
+        let mut new_msgs = Vec::with_capacity(msgs.len());
+        for m in msgs {
+            if let Some(k) = m.idempotency_key.as_deref() {
+                if let Some(&j) = fresh.get(k) {
+                    slots.push(Slot::DupOfNew(j));
+                    continue;
+                }
+                let key: Arc<str> = k.into();
+                if let Some(IdemValue::Message(id)) = keys.live(&IdemKey::Message(key.clone()), now)
+                {
+                    slots.push(Slot::Dup(*id));
+                    continue;
+                }
+                fresh.insert(key.clone(), new_msgs.len());
+                new_keys.push(Some(key));
+            } else {
+                new_keys.push(None);
+            }
+            slots.push(Slot::New(new_msgs.len()));
+            new_msgs.push(m);
+        }
+        let mut batch = Batch::default();
+        let mut staged = Staged::default();
+        let incoming = fresh.len() + idem.request.is_some() as usize;
+        keys.prune(&mut batch, &mut staged, now, incoming);
+        let record = |keys: &mut Keys, batch: &mut Batch, staged: &mut Staged, first: u64| {
+            let accepted: Vec<Accepted> = slots
+                .iter()
+                .map(|slot| match *slot {
+                    Slot::New(j) => Accepted {
+                        id: MessageId(first + j as u64),
+                        duplicate: false,
+                    },
+                    Slot::Dup(id) => Accepted {
+                        id,
+                        duplicate: true,
+                    },
+                    Slot::DupOfNew(j) => Accepted {
+                        id: MessageId(first + j as u64),
+                        duplicate: true,
+                    },
+                })
+                .collect();
+            let messages = new_keys
+                .into_iter()
+                .enumerate()
+                .filter_map(|(j, key)| Some((key?, MessageId(first + j as u64))))
+                .collect();
+            let request = idem.request.as_ref().map(|r| {
+                let rec = RequestRecord {
+                    fingerprint: r.fingerprint,
+                    runs: idem::runs_of(&accepted),
+                };
+                (r.key.as_str(), rec)
+            });
+            keys.record(batch, staged, now, expires_at, request, messages);
+            accepted
+        };
+        let out = if new_msgs.is_empty() {
+            // Only duplicates: nothing to store but the request's record and the pruning.
+            let accepted = record(&mut keys, &mut batch, &mut staged, 0);
+            if !staged.is_empty() {
+                self.apply(batch, "enqueue")?;
+            }
+            Keyed::Stored {
+                accepted,
+                stored: Vec::new(),
+                first: None,
+            }
+        } else {
+            let spans = match spans.take() {
+                Some(spans) if new_msgs.len() == n_in => spans,
+                _ => Self::spans(&new_msgs),
+            };
+            let keys = &mut *keys;
+            let staged = &mut staged;
+            let (stored, first, accepted) =
+                self.store(new_msgs, spans, now, batch, |batch, first| {
+                    record(keys, batch, staged, first)
+                })?;
+            Keyed::Stored {
+                accepted,
+                stored,
+                first: Some(first),
+            }
+        };
+        keys.commit(staged);
+        Ok(out)
+    }
+
+    /// How many idempotency records the sink keeps in memory (and on disk).
+    pub fn idempotency_keys(&self) -> usize {
+        self.order().len()
+    }
+
+    fn order(&self) -> MutexGuard<'_, Keys> {
+        self.enqueue_order.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Chunk boundaries and bodies of `msgs`.
+    fn spans(msgs: &[NewMessage]) -> Vec<(usize, usize, chunk::Body)> {
         let mut spans = Vec::new();
         let mut start = 0;
         while start < msgs.len() {
@@ -217,10 +392,23 @@ impl Sink {
             spans.push((start, end, body));
             start = end;
         }
+        spans
+    }
+
+    /// Reserves ids for `msgs` (not empty), writes their chunks, `extra`'s records (given the
+    /// first id) and the meta into `batch`, applies it and records the chunks in the index.
+    /// The caller holds the enqueue order lock.
+    fn store<R>(
+        &self,
+        msgs: Vec<NewMessage>,
+        spans: Vec<(usize, usize, chunk::Body)>,
+        now: UnixMillis,
+        mut batch: Batch,
+        extra: impl FnOnce(&mut Batch, u64) -> R,
+    ) -> Result<(Vec<Enqueued>, u64, R)> {
         // Enqueues apply one at a time, in id order (publishing relies on it), but hold the
         // index lock only to reserve ids and to record what they stored: never during sled's
         // apply, so delivery and acks are not stuck behind a large ingest.
-        let _order = self.enqueue_order.lock().unwrap_or_else(|p| p.into_inner());
         let n = msgs.len() as u64;
         let (first_id, epoch) = {
             let mut st = self.lock();
@@ -229,7 +417,6 @@ impl Sink {
             (first, st.meta.epoch)
         };
         let end_id = first_id + n;
-        let mut batch = Batch::default();
         let mut groups: Vec<(GroupRef, Vec<u8>)> = Vec::with_capacity(msgs.len());
         for (i, m) in msgs.iter().enumerate() {
             let group = GroupRef::of(m.group.clone(), MessageId(first_id + i as u64));
@@ -262,6 +449,7 @@ impl Sink {
             ..Meta::default()
         };
         batch.insert(keys::META, &ids_meta.encode_ids()[..]);
+        let extra = extra(&mut batch, first_id);
         self.apply(batch, "enqueue")?;
         let mut guard = self.lock();
         let st = &mut *guard;
@@ -286,7 +474,7 @@ impl Sink {
         }
         st.index.unpublished.push_back((first_id, end_id));
         self.sync_pending(st);
-        Ok((out, first_id))
+        Ok((out, first_id, extra))
     }
 
     /// Makes the enqueue starting at `first` (and every earlier one) visible to delivery.

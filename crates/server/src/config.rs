@@ -58,6 +58,8 @@ pub struct ServerSection {
     pub max_concurrent_ingest: usize,
     /// How long an ingest request waits for a free slot before 503 + `Retry-After`.
     pub ingest_queue_timeout_ms: u64,
+    /// Idempotency keys each sink remembers at most (memory bound; oldest forgotten first).
+    pub idempotency_max_keys: usize,
 }
 
 impl Default for ServerSection {
@@ -75,6 +77,7 @@ impl Default for ServerSection {
             body_timeout_ms: 30_000,
             max_concurrent_ingest: 32,
             ingest_queue_timeout_ms: 2_000,
+            idempotency_max_keys: 1_000_000,
         }
     }
 }
@@ -94,6 +97,7 @@ impl std::fmt::Debug for ServerSection {
             .field("body_timeout_ms", &self.body_timeout_ms)
             .field("max_concurrent_ingest", &self.max_concurrent_ingest)
             .field("ingest_queue_timeout_ms", &self.ingest_queue_timeout_ms)
+            .field("idempotency_max_keys", &self.idempotency_max_keys)
             .finish()
     }
 }
@@ -127,6 +131,9 @@ pub struct SinkSection {
     pub request_timeout_ms: Option<u64>,
     /// Per-call wall-clock limit of functions.
     pub function_timeout_ms: Option<u64>,
+    /// How long an accepted `Idempotency-Key` / `metadata.idempotency_key` makes a repeat a
+    /// duplicate (default a day).
+    pub idempotency_window_secs: Option<u64>,
 }
 
 impl std::fmt::Debug for SinkSection {
@@ -279,7 +286,7 @@ fn validate(
 
 /// Limits that make no sense at zero are refused (zero would refuse every request or hang).
 fn validate_server_limits(server: &ServerSection) -> Result<(), ServerError> {
-    let positive: [(&str, u64); 6] = [
+    let positive: [(&str, u64); 7] = [
         ("server.max_pending", server.max_pending.unwrap_or(1)),
         ("server.max_body_bytes", server.max_body_bytes as u64),
         ("server.body_timeout_ms", server.body_timeout_ms),
@@ -292,6 +299,10 @@ fn validate_server_limits(server: &ServerSection) -> Result<(), ServerError> {
             server.ingest_queue_timeout_ms,
         ),
         ("server.shutdown_timeout_ms", server.shutdown_timeout_ms),
+        (
+            "server.idempotency_max_keys",
+            server.idempotency_max_keys as u64,
+        ),
     ];
     for (key, value) in positive {
         if value == 0 {
@@ -453,6 +464,22 @@ fn sink_settings(
     settings.dead_letter_stream = s.dead_letter_stream;
     if let Some(n) = s.max_live_groups {
         settings.max_live_groups = n.max(1);
+    }
+    match s.idempotency_window_secs {
+        Some(0) => {
+            return Err(cfg_err(
+                key("idempotency_window_secs"),
+                "must be greater than 0",
+            ))
+        }
+        Some(secs) if secs > 10 * 365 * 24 * 3600 => {
+            return Err(cfg_err(
+                key("idempotency_window_secs"),
+                format!("{secs} is more than ten years"),
+            ))
+        }
+        Some(secs) => settings.idempotency_window = Duration::from_secs(secs),
+        None => {}
     }
     Ok(settings)
 }
@@ -664,6 +691,20 @@ endpoint = "http://127.0.0.1:8080"
                 "{key}: {e}"
             );
         }
+        let e = err(&OK.replace("[server]", "[server]\nidempotency_max_keys = 0"));
+        assert!(e.contains("server.idempotency_max_keys"), "{e}");
+        let e = err(&format!("{OK}idempotency_window_secs = 0\n"));
+        assert!(
+            e.contains("sinks.orders.idempotency_window_secs") && e.contains("greater than 0"),
+            "{e}"
+        );
+        let c = load_str(&format!("{OK}idempotency_window_secs = 60\n"), &[]).unwrap();
+        assert_eq!(c.sinks[0].idempotency_window, Duration::from_secs(60));
+        let c = load_str(OK, &[]).unwrap();
+        assert_eq!(
+            c.sinks[0].idempotency_window,
+            crate::engine::DEFAULT_IDEMPOTENCY_WINDOW
+        );
         let e = err(&OK.replace("[server]", "[server]\ncors_allowed_origins = [\"*\"]"));
         assert!(e.contains("cors_allowed_origins"), "{e}");
         let ok = load_str(

@@ -19,6 +19,10 @@ pub enum ServerError {
     /// The backlog is over `max_pending`; retry later.
     #[error("backlog of {pending} pending messages is over the limit of {limit}; retry later")]
     Backpressure { pending: u64, limit: u64 },
+    /// A request key (`Idempotency-Key`) was already used, within the sink's idempotency
+    /// window, for a request with another body or parameters; nothing was stored.
+    #[error("idempotency key `{key}` of sink `{sink}` was already used for a different request (another body or parameters)")]
+    IdempotencyConflict { sink: String, key: String },
     /// No message with that id is pending in the sink.
     #[error("no pending message {id} in sink `{sink}`")]
     UnknownMessage { sink: String, id: u64 },

@@ -94,6 +94,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Ser
         &server_cfg.data_dir,
         QueueOptions {
             cache_capacity: 64 * 1024 * 1024,
+            idempotency_max_keys: server_cfg.idempotency_max_keys,
             ..Default::default()
         },
     )?;

@@ -40,14 +40,14 @@ use std::time::Duration;
 use actix::{Actor, Addr};
 use s2sink_client::S2Client;
 use s2sink_core::{Envelope, GroupKey};
-use s2sink_queue::{MessageId, NewMessage, Queue, QueueError};
+use s2sink_queue::{Idempotency, MessageId, NewMessage, Queue, QueueError, RequestKey};
 use s2sink_transform::Functions;
 use serde_json::Value;
 
 pub use clock::Clock;
 pub use group::{deliver_group, GroupDone, GroupOutcome};
 pub use io::{BoxFuture, StreamIo};
-pub use settings::{BatchSettings, SinkSettings};
+pub use settings::{BatchSettings, SinkSettings, DEFAULT_IDEMPOTENCY_WINDOW};
 pub use sink::{SinkLocal, SinkShared};
 pub use stats::{Histogram, SinkStats};
 pub use supervisor::{AllGroupsReady, GroupsReady, LiveGroups, Supervisor};
@@ -78,6 +78,19 @@ impl IngestItem {
             group: None,
         }
     }
+}
+
+/// What [`Engine::ingest_idempotent`] answers.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct IngestOutcome {
+    /// Per message, in order: its id, or for a duplicate the id of the message first accepted
+    /// with its key.
+    pub ids: Vec<MessageId>,
+    /// How many messages were duplicates (not stored again).
+    pub duplicates: usize,
+    /// The request key was seen before for the same request: nothing was stored and this is
+    /// the original answer.
+    pub replayed: bool,
 }
 
 /// Called when the queue reports a fatal storage error.
@@ -217,12 +230,29 @@ impl Engine {
     }
 
     /// Validates, groups and durably enqueues messages, all or nothing; returns their ids once
-    /// they are on disk, and wakes their groups.
+    /// they are on disk, and wakes their groups. A message whose `metadata.idempotency_key`
+    /// was accepted for the sink within its `idempotency_window` is not stored again: its id
+    /// is the original one (see [`Engine::ingest_idempotent`]).
     pub async fn ingest(
         &self,
         sink: &str,
         items: Vec<IngestItem>,
     ) -> Result<Vec<MessageId>, ServerError> {
+        Ok(self.ingest_idempotent(sink, items, None).await?.ids)
+    }
+
+    /// [`Engine::ingest`] with an optional request key (the HTTP `Idempotency-Key`): a repeat
+    /// of an accepted request (same key, same fingerprint) within the sink's
+    /// `idempotency_window` returns the original answer and stores nothing; the same key with
+    /// another fingerprint is [`ServerError::IdempotencyConflict`]. Message keys
+    /// (`metadata.idempotency_key`, a non-empty string) are deduplicated per sink within the
+    /// same window. Producers that retry after losing an answer thus create no duplicates.
+    pub async fn ingest_idempotent(
+        &self,
+        sink: &str,
+        items: Vec<IngestItem>,
+        request: Option<RequestKey>,
+    ) -> Result<IngestOutcome, ServerError> {
         if self.stopping.load(Relaxed) {
             return Err(ServerError::ShuttingDown);
         }
@@ -257,26 +287,60 @@ impl Engine {
                     })?
                 }
             };
-            msgs.push(NewMessage::new(group, payload));
+            let mut msg = NewMessage::new(group, payload);
+            // An empty key would make every keyless-looking message a duplicate of the first.
+            if let Some(key) = envelope.idempotency_key().filter(|k| !k.is_empty()) {
+                msg = msg.with_idempotency_key(key);
+            }
+            msgs.push(msg);
         }
-        if msgs.is_empty() {
-            return Ok(Vec::new());
+        if msgs.is_empty() && request.is_none() {
+            return Ok(IngestOutcome::default());
         }
-        let enqueued = self.queue.enqueue(sink, msgs).await?;
-        shared
-            .stats
-            .ingested
-            .fetch_add(enqueued.len() as u64, Relaxed);
-        let mut seen = HashSet::new();
-        let groups: Vec<_> = enqueued
-            .iter()
-            .filter(|e| seen.insert(e.group.clone()))
-            .map(|e| e.group.clone())
-            .collect();
-        let ids = enqueued.into_iter().map(|e| e.id).collect();
-        // Bounded mailbox: a slow engine slows ingest instead of growing memory.
-        let _ = self.supervisor(sink).send(GroupsReady(groups)).await;
-        Ok(ids)
+        let idempotency = Idempotency {
+            request,
+            window: settings.idempotency_window,
+        };
+        let outcome = self
+            .queue
+            .enqueue_idempotent(sink, msgs, idempotency)
+            .await
+            .map_err(|e| match e {
+                QueueError::IdempotencyConflict { sink, key } => {
+                    ServerError::IdempotencyConflict { sink, key }
+                }
+                other => other.into(),
+            })?;
+        let duplicates = outcome.duplicates();
+        let ids = outcome.accepted.iter().map(|a| a.id).collect();
+        if outcome.replayed {
+            shared.stats.replayed.fetch_add(1, Relaxed);
+        } else {
+            shared
+                .stats
+                .ingest_duplicates
+                .fetch_add(duplicates as u64, Relaxed);
+        }
+        if !outcome.stored.is_empty() {
+            shared
+                .stats
+                .ingested
+                .fetch_add(outcome.stored.len() as u64, Relaxed);
+            let mut seen = HashSet::new();
+            let groups: Vec<_> = outcome
+                .stored
+                .iter()
+                .filter(|e| seen.insert(e.group.clone()))
+                .map(|e| e.group.clone())
+                .collect();
+            // Bounded mailbox: a slow engine slows ingest instead of growing memory.
+            let _ = self.supervisor(sink).send(GroupsReady(groups)).await;
+        }
+        Ok(IngestOutcome {
+            ids,
+            duplicates,
+            replayed: outcome.replayed,
+        })
     }
 
     /// Clears the backoff of one message (or of all, with `None`) and wakes the groups.

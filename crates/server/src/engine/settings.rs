@@ -29,7 +29,13 @@ pub struct SinkSettings {
     pub dead_letter_stream: Option<String>,
     /// Group actors alive at once; other ready groups wait their turn.
     pub max_live_groups: usize,
+    /// How long accepted idempotency keys (request and message keys) make a repeat a
+    /// duplicate. A change applies to keys accepted after it.
+    pub idempotency_window: Duration,
 }
+
+/// Default [`SinkSettings::idempotency_window`]: a day, longer than any producer's retries.
+pub const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 /// How stream writers form appends.
 #[derive(Debug, Clone)]
@@ -66,6 +72,7 @@ impl SinkSettings {
             max_retry_count: None,
             dead_letter_stream: None,
             max_live_groups: 10_000,
+            idempotency_window: DEFAULT_IDEMPOTENCY_WINDOW,
         }
     }
 }

@@ -21,6 +21,11 @@ pub struct SinkStats {
     pub reconciles: AtomicU64,
     /// Messages found already in S2 by a reconciliation and not sent again.
     pub deduplicated: AtomicU64,
+    /// Ingested messages not stored because their `metadata.idempotency_key` was accepted
+    /// before (producer retries absorbed at ingest).
+    pub ingest_duplicates: AtomicU64,
+    /// Requests answered from an earlier request with the same `Idempotency-Key`.
+    pub replayed: AtomicU64,
     /// Gauge: group actors alive now.
     pub live_groups: AtomicU64,
     /// Streams found reset (tail below the stored position: deleted and recreated, or an

@@ -106,6 +106,13 @@ impl From<ServerError> for ApiError {
                 ApiError::new(StatusCode::BAD_REQUEST, "invalid_message", message)
             }
             ServerError::InvalidRequest { .. } => ApiError::bad_request(message),
+            ServerError::IdempotencyConflict { key, .. } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_conflict",
+                format!(
+                    "Idempotency-Key `{key}` was already used for a different request (another body, Content-Type or `group`) within the sink's idempotency window; nothing was stored. Send a new request with a new key"
+                ),
+            ),
             ServerError::Backpressure { .. } => ApiError {
                 retry_after: Some(1),
                 ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "backpressure", message)

@@ -158,7 +158,7 @@ fn preflight(req: &ServiceRequest, live: &LiveSettings) -> Option<HttpResponse> 
             .insert_header((header::ACCESS_CONTROL_ALLOW_METHODS, "GET, POST"))
             .insert_header((
                 header::ACCESS_CONTROL_ALLOW_HEADERS,
-                "authorization, content-type, content-encoding",
+                "authorization, content-type, content-encoding, idempotency-key",
             ))
             .insert_header((header::ACCESS_CONTROL_MAX_AGE, "600"))
             .insert_header((header::VARY, "Origin"))

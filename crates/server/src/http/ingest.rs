@@ -3,6 +3,13 @@
 //! All or nothing: any invalid message → 400 naming its index and the reason, and nothing of
 //! the request is stored. The producer's bytes of each message are stored verbatim, so numbers
 //! beyond i64/u64/f64 reach S2 exactly as sent.
+//!
+//! Idempotent: a request with an `Idempotency-Key` header that repeats an accepted request
+//! (same key, same body and parameters) within the sink's `idempotency_window_secs` gets the
+//! original answer with `Idempotent-Replayed: true` and stores nothing; the same key with
+//! another request is 422 `idempotency_conflict`. A message whose `metadata.idempotency_key`
+//! was accepted before is not stored again (its original id is in `ids`, counted in
+//! `duplicates`). So a producer that lost a 202 can simply send the request again.
 
 use std::io::Read;
 
@@ -17,6 +24,66 @@ use super::params::Params;
 use super::AppState;
 use crate::engine::IngestItem;
 use crate::ServerError;
+
+/// The request header naming a request's idempotency key.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// The response header marking a replayed answer.
+pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+
+/// Reads the `Idempotency-Key` header: absent, or 1–255 printable ASCII characters (space to
+/// `~`) given once; anything else is 400 naming the header, since a key the server silently
+/// ignored or altered would defeat the producer's retries.
+pub fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+    let mut values = req.headers().get_all(IDEMPOTENCY_KEY);
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ApiError::bad_request(
+            "header Idempotency-Key is given more than once; send one key per request",
+        ));
+    }
+    let bytes = value.as_bytes();
+    if bytes.is_empty() || bytes.len() > 255 {
+        return Err(ApiError::bad_request(format!(
+            "header Idempotency-Key must be 1-255 characters, got {}",
+            bytes.len()
+        )));
+    }
+    if let Some(pos) = bytes.iter().position(|b| !(0x20..=0x7e).contains(b)) {
+        return Err(ApiError::bad_request(format!(
+            "header Idempotency-Key must be printable ASCII; byte {pos} is 0x{:02x}",
+            bytes[pos]
+        )));
+    }
+    Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+/// A stable 128-bit digest of what a request asks for (framing, `group`, decoded body), to
+/// tell a retry from a different request reusing an `Idempotency-Key`. Two SipHash-2-4 runs
+/// with fixed keys: stable across restarts and versions (std's `DefaultHasher` is not), and
+/// a body hashed once per keyed request.
+pub fn fingerprint(kind: BodyKind, group: Option<&str>, body: &[u8]) -> u128 {
+    use std::hash::Hasher;
+    #[allow(deprecated)] // SipHasher: the one stable, specified keyed hash in std.
+    let run = |k0: u64, k1: u64| {
+        let mut h = std::hash::SipHasher::new_with_keys(k0, k1);
+        h.write_u8(kind as u8);
+        match group {
+            Some(g) => {
+                h.write_u8(1);
+                h.write(&(g.len() as u64).to_le_bytes()); // not write_u64: native endian
+                h.write(g.as_bytes());
+            }
+            None => h.write_u8(0),
+        }
+        h.write(body);
+        h.finish()
+    };
+    let a = run(0x7332_7369_6e6b_2d69, 0x6465_6d70_6f74_656e);
+    let b = run(0x6964_656d_2d66_7032, 0x0123_4567_89ab_cdef);
+    ((a as u128) << 64) | b as u128
+}
 
 /// How the body is framed, from `Content-Type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -276,9 +343,16 @@ struct Job {
     encoding: Encoding,
     body: web::Bytes,
     limit: usize,
+    idempotency_key: Option<String>,
 }
 
-fn process(job: Job) -> Result<Vec<u8>, ApiError> {
+/// The 202 body, and whether it is a replayed answer.
+struct Answer {
+    body: Vec<u8>,
+    replayed: bool,
+}
+
+fn process(job: Job) -> Result<Answer, ApiError> {
     let Job {
         engine,
         handle,
@@ -288,8 +362,13 @@ fn process(job: Job) -> Result<Vec<u8>, ApiError> {
         encoding,
         body,
         limit,
+        idempotency_key,
     } = job;
     let body = decode_body(encoding, body, limit)?;
+    let request = idempotency_key.map(|key| s2sink_queue::RequestKey {
+        key,
+        fingerprint: fingerprint(kind, group.as_deref(), &body),
+    });
     let ndjson = kind == BodyKind::Ndjson;
     let messages = parse_numbered(&body, ndjson)?;
     drop(body);
@@ -302,8 +381,8 @@ fn process(job: Job) -> Result<Vec<u8>, ApiError> {
             group: group.clone(),
         })
         .collect();
-    let ids = handle
-        .block_on(engine.ingest(&sink, items))
+    let outcome = handle
+        .block_on(engine.ingest_idempotent(&sink, items, request))
         .map_err(|e| match e {
             // The engine counts items from 0; NDJSON producers count lines from 1.
             ServerError::InvalidMessage { index, reason } if ndjson => ApiError::new(
@@ -316,11 +395,16 @@ fn process(job: Job) -> Result<Vec<u8>, ApiError> {
             ),
             other => other.into(),
         })?;
-    serde_json::to_vec(&json!({
-        "accepted": ids.len(),
-        "ids": ids.iter().map(|id| id.0).collect::<Vec<_>>(),
+    let body = serde_json::to_vec(&json!({
+        "accepted": outcome.ids.len(),
+        "ids": outcome.ids.iter().map(|id| id.0).collect::<Vec<_>>(),
+        "duplicates": outcome.duplicates,
     }))
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    Ok(Answer {
+        body,
+        replayed: outcome.replayed,
+    })
 }
 
 /// The ingest handler: checks what can be checked from the head (sink, query, Content-Type,
@@ -346,6 +430,7 @@ pub async fn ingest(
     let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
     let kind = body_kind(header(header::CONTENT_TYPE))?;
     let encoding = body_encoding(header(header::CONTENT_ENCODING))?;
+    let idempotency_key = idempotency_key(&req)?;
     let live = state.live();
     let _slot = acquire_slot(&state, live.ingest_queue_timeout).await?;
     let limit = live.max_body_bytes;
@@ -359,6 +444,7 @@ pub async fn ingest(
         encoding,
         body,
         limit,
+        idempotency_key,
     };
     let answer = web::block(move || process(job)).await.map_err(|e| {
         ApiError::new(
@@ -367,9 +453,12 @@ pub async fn ingest(
             format!("ingest worker failed: {e}"),
         )
     })??;
-    Ok(HttpResponse::Accepted()
-        .content_type("application/json")
-        .body(answer))
+    let mut resp = HttpResponse::Accepted();
+    resp.content_type("application/json");
+    if answer.replayed {
+        resp.insert_header((IDEMPOTENT_REPLAYED, "true"));
+    }
+    Ok(resp.body(answer.body))
 }
 
 #[cfg(test)]
@@ -405,6 +494,50 @@ mod tests {
         assert!(e.message.contains("not valid JSON"), "{}", e.message);
         let e = parse_messages(b"", false).unwrap_err();
         assert!(e.message.contains("empty"), "{}", e.message);
+    }
+
+    #[test]
+    fn idempotency_key_header_is_checked_and_fingerprints_tell_requests_apart() {
+        use actix_web::test::TestRequest;
+        let key = |v: &[u8]| {
+            let req = TestRequest::default()
+                .insert_header((IDEMPOTENCY_KEY, header::HeaderValue::from_bytes(v).unwrap()))
+                .to_http_request();
+            idempotency_key(&req)
+        };
+        assert_eq!(
+            key(b"order-42 retry").unwrap().as_deref(),
+            Some("order-42 retry")
+        );
+        assert_eq!(
+            idempotency_key(&TestRequest::default().to_http_request()).unwrap(),
+            None
+        );
+        for bad in [
+            &b""[..],
+            &[b'k'; 256][..],
+            &b"caf\xc3\xa9"[..],
+            &b"a\tb"[..],
+        ] {
+            let e = key(bad).unwrap_err();
+            assert_eq!(e.status, 400);
+            assert!(e.message.contains("Idempotency-Key"), "{}", e.message);
+        }
+        let twice = TestRequest::default()
+            .append_header((IDEMPOTENCY_KEY, "a"))
+            .append_header((IDEMPOTENCY_KEY, "b"))
+            .to_http_request();
+        assert!(idempotency_key(&twice)
+            .unwrap_err()
+            .message
+            .contains("more than once"));
+        let f = fingerprint(BodyKind::Json, None, b"{}");
+        assert_eq!(f, fingerprint(BodyKind::Json, None, b"{}"), "stable");
+        assert_ne!(f, fingerprint(BodyKind::Ndjson, None, b"{}"));
+        assert_ne!(f, fingerprint(BodyKind::Json, Some(""), b"{}"));
+        assert_ne!(f, fingerprint(BodyKind::Json, None, b"{ }"));
+        // Pinned: a changed digest would turn retries across an upgrade into 422s.
+        assert_eq!(f, 256524437527599085750329162941499085577);
     }
 
     #[test]

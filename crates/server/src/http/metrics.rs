@@ -27,7 +27,7 @@ fn histogram(out: &mut String, name: &str, sink: &str, h: &Histogram) {
 pub fn render(state: &AppState) -> String {
     let mut out = String::new();
     type Counter = (&'static str, &'static str, fn(&SinkStats) -> u64);
-    let counters: [Counter; 8] = [
+    let counters: [Counter; 10] = [
         (
             "s2sink_messages_ingested_total",
             "Messages accepted (durable).",
@@ -58,6 +58,16 @@ pub fn render(state: &AppState) -> String {
             "s2sink_deduplicated_total",
             "Messages found already in S2 and not resent.",
             |s| SinkStats::get(&s.deduplicated),
+        ),
+        (
+            "s2sink_ingest_duplicates_total",
+            "Ingested messages not stored again: their metadata.idempotency_key was accepted before.",
+            |s| SinkStats::get(&s.ingest_duplicates),
+        ),
+        (
+            "s2sink_ingest_replayed_total",
+            "Ingest requests answered from an earlier request with the same Idempotency-Key.",
+            |s| SinkStats::get(&s.replayed),
         ),
         ("s2sink_live_groups", "Group actors alive.", |s| {
             SinkStats::get(&s.live_groups)

@@ -147,6 +147,10 @@ impl AppState {
                 "server.shutdown_timeout_ms",
                 old.shutdown_timeout_ms != new.shutdown_timeout_ms,
             ),
+            (
+                "server.idempotency_max_keys",
+                old.idempotency_max_keys != new.idempotency_max_keys,
+            ),
         ]
         .into_iter()
         .filter_map(|(k, changed)| changed.then_some(k))

@@ -103,6 +103,8 @@ pub fn sink_view(shared: &SinkShared, now: UnixMillis) -> Value {
             "live_groups": SinkStats::get(&stats.live_groups),
             "reconciles": SinkStats::get(&stats.reconciles),
             "deduplicated": SinkStats::get(&stats.deduplicated),
+            "ingest_duplicates": SinkStats::get(&stats.ingest_duplicates),
+            "ingest_replayed": SinkStats::get(&stats.replayed),
         },
         "now": now,
     })
