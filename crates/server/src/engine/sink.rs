@@ -112,6 +112,8 @@ pub struct SinkLocal {
     pub function_slots: Arc<tokio::sync::Semaphore>,
     writers: RefCell<HashMap<Route, WriterHandle>>,
     dead_letters: DeadLetters,
+    /// How long an idle stream writer lives (`EngineOptions::writer_idle`).
+    writer_idle: std::time::Duration,
 }
 
 impl SinkLocal {
@@ -122,6 +124,7 @@ impl SinkLocal {
         clock: Clock,
         on_fatal: Rc<dyn Fn(&QueueError)>,
         function_slots: Arc<tokio::sync::Semaphore>,
+        writer_idle: std::time::Duration,
     ) -> SinkLocal {
         SinkLocal {
             shared,
@@ -132,6 +135,7 @@ impl SinkLocal {
             function_slots,
             writers: RefCell::new(HashMap::new()),
             dead_letters: DeadLetters::default(),
+            writer_idle,
         }
     }
 
@@ -174,6 +178,7 @@ impl SinkLocal {
             clock: self.clock,
             on_fatal: self.on_fatal.clone(),
             generation,
+            idle: self.writer_idle,
         });
         writers.insert(route.clone(), w.clone());
         w
