@@ -2,7 +2,8 @@
 //! with the engine in-process against s2-lite (through the fault proxy where S2 must
 //! misbehave): a 422 split after an ambiguous failure (4a), a 412 reconciliation that finds
 //! part of a batch (7), a token rotated by reload (8), idle writers of a fan-out (9) and a
-//! corrupt low-water mark with its way out (10).
+//! corrupt low-water mark with its way out (10; the last test runs the `s2-sink` binary,
+//! `S2SINK_BIN`).
 
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
@@ -15,6 +16,8 @@ use s2sink_queue::{MessageId, Queue};
 use s2sink_server::engine::{
     Engine, EngineOptions, IngestItem, SinkSettings, HEADER_ID, HEADER_SINK,
 };
+use s2sink_tests::client::{Api, SinkConfig, TestConfig};
+use s2sink_tests::process::ServerProcess;
 use s2sink_tests::proxy::{Fault, Proxy, RequestInfo, Scope};
 use s2sink_tests::{change, eventually, read_all, sink_settings, LiteServer};
 
@@ -372,4 +375,55 @@ async fn a_corrupt_marker_stops_delivery_until_reconciled_from_the_start() {
     let mark = queue.get_marker(&key).unwrap().unwrap();
     assert_eq!(mark.len(), 8, "the mark is not a valid one again");
     engine.shutdown(Duration::from_secs(5)).await;
+}
+
+/// The way out of a corrupt marker through the binary's API: `POST
+/// /api/sinks/{sink}/streams/{basin}/{stream}/reconcile-from-start` unblocks the stream; the
+/// sink view shows `corrupt_marker` before.
+#[actix_rt::test]
+async fn the_reconcile_from_start_route_unblocks_a_stream_with_a_corrupt_marker() {
+    let lite = LiteServer::start().await;
+    let (basin, stream) = lite.fresh_stream("route").await;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let queue = Queue::open(dir.path().join("data")).unwrap();
+        queue
+            .put_marker(&format!("lwm/route/{basin}/{stream}"), &[1, 2, 3])
+            .await
+            .unwrap();
+    }
+    let config = TestConfig::new()
+        .sink(SinkConfig::new("route", &lite.endpoint(), &basin, &stream).backoff(20, 100))
+        .render();
+    let server = ServerProcess::start(dir.path(), &config, &[]).await;
+    let api = Api::new(&server, None);
+    let body: Vec<String> = (1..4).map(|pk| change(pk, pk, 10).to_string()).collect();
+    let a = api
+        .ingest("route", "application/x-ndjson", body.join("\n"))
+        .await;
+    assert_eq!(a.status.as_u16(), 202, "{}", a.body);
+    let refused = eventually(Duration::from_secs(10), || async {
+        api.get("/api/sinks/route").await.body["last_error"]["code"] == "corrupt_marker"
+    })
+    .await;
+    assert!(
+        refused,
+        "the sink view does not show the corrupt marker: {}",
+        api.get("/api/sinks/route").await.body
+    );
+    assert!(read_all(&lite.client(), &basin, &stream).await.is_empty());
+    let a = api
+        .post(
+            &format!("/api/sinks/route/streams/{basin}/{stream}/reconcile-from-start"),
+            "application/json",
+            String::new(),
+        )
+        .await;
+    assert_eq!(a.status.as_u16(), 200, "{}", a.body);
+    assert!(
+        api.wait_drained("route", Duration::from_secs(20)).await,
+        "not delivered after reconcile-from-start: {}",
+        api.get("/api/sinks/route").await.body
+    );
+    assert_exactly_once(&lite, &basin, &stream, &[1, 2, 3]).await;
 }
