@@ -146,25 +146,33 @@ async fn a_412_that_finds_part_of_the_batch_charges_no_other_group() {
     let proxy = Proxy::start(&lite.endpoint()).await;
     proxy.set_scope(Scope::All);
     let step = Arc::new(AtomicU64::new(0));
-    let st = step.clone();
-    proxy.set_policy(move |r| match st.load(SeqCst) {
-        0 if r.is_append => {
-            st.store(1, SeqCst);
-            Fault::Hold
+    // Records of every append the proxy saw.
+    let appends: Arc<Mutex<Vec<usize>>> = Arc::default();
+    let (st, log) = (step.clone(), appends.clone());
+    proxy.set_policy(move |r| {
+        if r.is_append {
+            log.lock().unwrap().push(r.records);
         }
-        1 if is_tail_check(r) => {
-            st.store(2, SeqCst);
-            Fault::s2_error(503, "unavailable", "injected: cannot check the tail")
+        match st.load(SeqCst) {
+            0 if r.is_append => {
+                st.store(1, SeqCst);
+                Fault::Hold
+            }
+            1 if is_tail_check(r) => {
+                st.store(2, SeqCst);
+                Fault::s2_error(503, "unavailable", "injected: cannot check the tail")
+            }
+            _ => Fault::Pass,
         }
-        _ => Fault::Pass,
     });
     let dir = tempfile::tempdir().unwrap();
     let queue = Queue::open(dir.path()).unwrap();
     let mut settings = sink_settings("partial", &proxy.endpoint(), &basin, &stream);
     settings.s2 = settings.s2.with_request_timeout(Duration::from_millis(500));
     settings.max_retry_count = Some(1);
-    // The retries of the first ten groups and the ten new ones share one append.
-    settings.batch.linger = Duration::from_millis(300);
+    // The retries of the first ten groups (after a 20 ms backoff) and the ten new ones share
+    // one append.
+    settings.batch.linger = Duration::from_secs(1);
     let engine = engine(&queue, settings);
     ingest_groups(&engine, "partial", 1..11).await;
     let held = eventually(Duration::from_secs(10), || async {
@@ -189,6 +197,12 @@ async fn a_412_that_finds_part_of_the_batch_charges_no_other_group() {
         .map(|(_, n)| n)
         .sum();
     assert!(conflicts >= 1, "no 412: the scenario did not happen");
+    let appends = appends.lock().unwrap().clone();
+    assert_eq!(
+        appends.get(..2),
+        Some(&[10, 20][..]),
+        "the batch after the held one is not both halves: {appends:?}"
+    );
     let counts = queue.counts("partial");
     assert_eq!(
         (counts.delivered, counts.discarded),
