@@ -2,8 +2,8 @@
 //! with the engine in-process against s2-lite (through the fault proxy where S2 must
 //! misbehave): a 422 split after an ambiguous failure (4a), a 412 reconciliation that finds
 //! part of a batch (7), a token rotated by reload (8), idle writers of a fan-out (9) and a
-//! corrupt low-water mark with its way out (10; the last test runs the `s2-sink` binary,
-//! `S2SINK_BIN`).
+//! corrupt low-water mark with its way out (10). Two tests run the `s2-sink` binary
+//! (`S2SINK_BIN`): the reconcile-from-start route and the token rotated by SIGHUP.
 
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
@@ -16,7 +16,7 @@ use s2sink_queue::{MessageId, Queue};
 use s2sink_server::engine::{
     Engine, EngineOptions, IngestItem, SinkSettings, HEADER_ID, HEADER_SINK,
 };
-use s2sink_tests::client::{Api, SinkConfig, TestConfig};
+use s2sink_tests::client::{toml_str, Api, SinkConfig, TestConfig};
 use s2sink_tests::process::ServerProcess;
 use s2sink_tests::proxy::{Fault, Proxy, RequestInfo, Scope};
 use s2sink_tests::{change, eventually, read_all, sink_settings, LiteServer};
@@ -440,4 +440,59 @@ async fn the_reconcile_from_start_route_unblocks_a_stream_with_a_corrupt_marker(
         api.get("/api/sinks/route").await.body
     );
     assert_exactly_once(&lite, &basin, &stream, &[1, 2, 3]).await;
+}
+
+/// Item 8 through the binary: the operator rotates the sink's `access_token` in the config
+/// file and sends SIGHUP; the messages refused with 401 are then delivered, once, without a
+/// restart.
+#[actix_rt::test]
+async fn a_token_rotated_in_the_config_file_is_used_after_sighup() {
+    let lite = LiteServer::start().await;
+    let (basin, stream) = lite.fresh_stream("hup").await;
+    let proxy = Proxy::start(&lite.endpoint()).await;
+    proxy.set_scope(Scope::All);
+    proxy.set_policy(|r| {
+        if r.authorization.as_deref() == Some("Bearer new-token") {
+            Fault::Pass
+        } else {
+            Fault::s2_error(401, "unauthorized", "injected: token revoked")
+        }
+    });
+    let config = |token: &str| {
+        TestConfig::new()
+            .sink(
+                SinkConfig::new("hup", &proxy.endpoint(), &basin, &stream)
+                    .set("access_token", &toml_str(token))
+                    .backoff(20, 100),
+            )
+            .render()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &config("old-token"), &[]).await;
+    let api = Api::new(&server, None);
+    let body: Vec<String> = (1..6).map(|pk| change(pk, pk, 10).to_string()).collect();
+    let a = api
+        .ingest("hup", "application/x-ndjson", body.join("\n"))
+        .await;
+    assert_eq!(a.status.as_u16(), 202, "{}", a.body);
+    let refused = eventually(Duration::from_secs(10), || async {
+        api.get("/api/sinks/hup").await.body["last_error"]["status"] == 401
+    })
+    .await;
+    assert!(refused, "{}", api.get("/api/sinks/hup").await.body);
+
+    let text = config("new-token").replace("{port}", &server.port.to_string());
+    std::fs::write(dir.path().join("s2-sink.toml"), text).unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &server.pid().unwrap().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        api.wait_drained("hup", Duration::from_secs(20)).await,
+        "the new token was not used after SIGHUP: {}\nlog:\n{}",
+        api.get("/api/sinks/hup").await.body,
+        server.log()
+    );
+    assert_exactly_once(&lite, &basin, &stream, &[1, 2, 3, 4, 5]).await;
 }
