@@ -13,7 +13,7 @@
 //!
 //! One append is in flight per writer at a time, so the mark is trivially correct; appends to
 //! different streams run in parallel, and runs of many groups share each append. A writer
-//! with nothing to do for `WriterCtx::idle` ([`IDLE`] by default) ends; the next run for its stream starts a new one.
+//! with nothing to do for [`IDLE`] ends; the next run for its stream starts a new one.
 //!
 //! - [`batch`](self): this module, collecting runs into appends;
 //! - `stream`: the low-water mark and reconciliation;
