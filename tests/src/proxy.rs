@@ -47,6 +47,10 @@ pub enum Fault {
     /// Forward, read S2's response, then close the client connection (FIN) without answering:
     /// the append is applied but the client never learns it.
     ForwardThenDrop,
+    /// Hold the request without answering; it is forwarded (and its answer dropped) just
+    /// before the next append that is forwarded: an append that lands late, at a moment the
+    /// test controls (after the client gave up and reconciled, before its next append).
+    Hold,
     /// As [`Fault::ForwardThenDrop`], but reset (RST) the client connection.
     ForwardThenReset,
 }
@@ -92,6 +96,7 @@ impl Fault {
             Fault::Respond { status, .. } => format!("status_{status}"),
             Fault::ResetBeforeForward => "reset_before".into(),
             Fault::ForwardThenDrop => "forward_then_drop".into(),
+            Fault::Hold => "hold".into(),
             Fault::ForwardThenReset => "forward_then_reset".into(),
         }
     }
@@ -108,6 +113,12 @@ pub struct RequestInfo {
     /// `POST …/records`.
     pub is_append: bool,
     pub body_len: usize,
+    /// The `Authorization` header, when sent (for token tests).
+    pub authorization: Option<String>,
+    /// An append's `match_seq_num`, when its JSON body has one.
+    pub match_seq_num: Option<u64>,
+    /// An append's number of records (0 for other requests).
+    pub records: usize,
 }
 
 /// Which requests faults apply to; the others always pass.
@@ -158,6 +169,8 @@ struct Shared {
     queue: VecDeque<Fault>,
     policy: Option<Policy>,
     stats: ProxyStats,
+    /// Requests under [`Fault::Hold`]: each waits for a sender to signal once it was forwarded.
+    held: Vec<tokio::sync::oneshot::Sender<tokio::sync::oneshot::Sender<()>>>,
 }
 
 /// A running proxy; stops when dropped.
@@ -182,6 +195,7 @@ impl Proxy {
             queue: VecDeque::new(),
             policy: None,
             stats: ProxyStats::default(),
+            held: Vec::new(),
         }));
         let conn_shared = shared.clone();
         let task = tokio::spawn(async move {
@@ -267,8 +281,11 @@ type Request = HttpRequest;
 async fn serve(mut client: TcpStream, shared: Arc<Mutex<Shared>>) {
     let mut buf = Vec::new();
     while let Some(req) = read_http_request(&mut client, &mut buf).await {
-        let (fault, upstream) = decide(&shared, &req);
+        let (fault, upstream, is_append) = decide(&shared, &req);
         let _in_flight = InFlight::enter(&shared);
+        if is_append && fault != Fault::Hold {
+            release_held(&shared).await;
+        }
         let outcome = match fault {
             Fault::Pass => forward(&shared, &upstream, &req).await,
             Fault::Delay(d) => {
@@ -288,6 +305,16 @@ async fn serve(mut client: TcpStream, shared: Arc<Mutex<Shared>>) {
             } => Some(synth_response(status, &headers, &body)),
             Fault::ResetBeforeForward => {
                 reset(client);
+                return;
+            }
+            Fault::Hold => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                lock(&shared).held.push(tx);
+                if let Ok(done) = rx.await {
+                    forward(&shared, &upstream, &req).await;
+                    let _ = done.send(());
+                }
+                let _ = client.shutdown().await;
                 return;
             }
             Fault::ForwardThenDrop | Fault::ForwardThenReset => {
@@ -339,12 +366,42 @@ fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
     shared.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Counts the request and picks its fault; returns it with the upstream address.
-fn decide(shared: &Mutex<Shared>, req: &Request) -> (Fault, String) {
+/// Forwards every held request (see [`Fault::Hold`]) and waits until they were sent.
+async fn release_held(shared: &Mutex<Shared>) {
+    let held = std::mem::take(&mut lock(shared).held);
+    for h in held {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if h.send(tx).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// An append body's record count and `match_seq_num`, read without building the records
+/// (appends of up to 1 MiB pass through chaos and overload tests).
+fn append_summary(body: &[u8]) -> (usize, Option<u64>) {
+    #[derive(serde::Deserialize)]
+    struct Summary {
+        #[serde(default)]
+        records: Vec<serde::de::IgnoredAny>,
+        match_seq_num: Option<u64>,
+    }
+    serde_json::from_slice::<Summary>(body)
+        .map_or((0, None), |s| (s.records.len(), s.match_seq_num))
+}
+
+/// Counts the request and picks its fault; returns it with the upstream address and whether
+/// it is an append.
+fn decide(shared: &Mutex<Shared>, req: &Request) -> (Fault, String, bool) {
     let method = req.method().to_string();
     let path = req.target().to_string();
     let route = path.split('?').next().unwrap_or("");
     let is_append = method == "POST" && route.ends_with("/records");
+    let (records, match_seq_num) = if is_append {
+        append_summary(&req.body)
+    } else {
+        (0, None)
+    };
     let mut s = lock(shared);
     let info = RequestInfo {
         n: s.stats.requests,
@@ -352,6 +409,9 @@ fn decide(shared: &Mutex<Shared>, req: &Request) -> (Fault, String) {
         path,
         is_append,
         body_len: req.body.len(),
+        authorization: header(&req.head, "authorization").map(str::to_string),
+        match_seq_num,
+        records,
     };
     s.stats.requests += 1;
     if is_append {
@@ -371,7 +431,7 @@ fn decide(shared: &Mutex<Shared>, req: &Request) -> (Fault, String) {
     if fault != Fault::Pass {
         *s.stats.faults.entry(fault.kind()).or_default() += 1;
     }
-    (fault, s.upstream.clone())
+    (fault, s.upstream.clone(), is_append)
 }
 
 /// Sends the request upstream on a fresh connection and reads the whole response (to EOF);

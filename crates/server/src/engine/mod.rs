@@ -50,7 +50,7 @@ pub use io::{BoxFuture, StreamIo};
 pub use settings::{BatchSettings, SinkSettings, DEFAULT_IDEMPOTENCY_WINDOW};
 pub use sink::{SinkLocal, SinkShared};
 pub use stats::{Histogram, SinkStats};
-pub use supervisor::{AllGroupsReady, GroupsReady, LiveGroups, Supervisor};
+pub use supervisor::{AllGroupsReady, GroupsReady, LiveGroups, LiveWriters, Supervisor};
 pub use writer::{
     our_delivery_id, our_id, Failure, HEADER_ID, HEADER_IDEMPOTENCY_KEY, HEADER_SINK,
 };
@@ -105,6 +105,10 @@ pub struct EngineOptions {
     pub io: Option<Rc<dyn StreamIo>>,
     /// Called on a fatal queue error; default logs and exits the process (code 74).
     pub on_fatal: Option<FatalHook>,
+    /// How long a stream writer with nothing to send lives before it ends (its task and map
+    /// entry go; the next run for its stream starts a new one); `None` = 30 s. Tests shorten
+    /// it to see idle writers end.
+    pub writer_idle: Option<Duration>,
 }
 
 /// A running engine. Cheap to share across threads (`Arc` inside); created on the actix
@@ -181,6 +185,7 @@ impl Engine {
                 clock,
                 on_fatal.clone(),
                 function_slots.clone(),
+                options.writer_idle.unwrap_or(writer::IDLE),
             )));
             map.insert(name, shared);
         }
@@ -452,6 +457,40 @@ impl Engine {
             shared.replace(settings, functions, client);
             let _ = self.supervisor(&shared.name).send(AllGroupsReady).await;
         }
+        Ok(())
+    }
+
+    /// Live stream writers of a sink: one per stream with recent runs; writers idle for
+    /// `EngineOptions::writer_idle` end, so a fan-out over many streams does not keep a task
+    /// per stream forever.
+    pub async fn live_writers(&self, sink: &str) -> Result<usize, ServerError> {
+        let shared = self.sink(sink)?;
+        Ok(self
+            .supervisor(&shared.name)
+            .send(LiveWriters)
+            .await
+            .unwrap_or(0))
+    }
+
+    /// The way out of a corrupt low-water mark (delivery to that stream stops with
+    /// `corrupt_marker`): stores the stream's mark as 0 and retries the sink's messages now.
+    /// The writer then reads the whole stream back before it sends again and skips every
+    /// message of this sink already there; starting from the tail instead (deleting the mark)
+    /// could send those a second time. On a healthy stream it only costs one full read.
+    pub async fn reconcile_from_start(
+        &self,
+        sink: &str,
+        route: &s2sink_core::Route,
+    ) -> Result<(), ServerError> {
+        let shared = self.sink(sink)?;
+        self.queue
+            .put_marker(
+                &writer::marker_key(&shared.name, route),
+                &0u64.to_be_bytes(),
+            )
+            .await?;
+        tracing::warn!(sink, stream = %route, "low-water mark set to 0: the stream is reconciled from its start");
+        self.redeliver(sink, None).await?;
         Ok(())
     }
 

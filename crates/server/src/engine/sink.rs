@@ -120,6 +120,8 @@ pub struct SinkLocal {
     /// had an unknown outcome there and no read-back of that stream has settled it yet.
     /// `None` = not known which (after a restart): every stream with a mark of this sink.
     uncertain: RefCell<HashMap<MessageId, Option<Route>>>,
+    /// How long an idle stream writer lives (`EngineOptions::writer_idle`).
+    writer_idle: std::time::Duration,
 }
 
 impl SinkLocal {
@@ -130,6 +132,7 @@ impl SinkLocal {
         clock: Clock,
         on_fatal: Rc<dyn Fn(&QueueError)>,
         function_slots: Arc<tokio::sync::Semaphore>,
+        writer_idle: std::time::Duration,
     ) -> SinkLocal {
         SinkLocal {
             shared,
@@ -141,6 +144,7 @@ impl SinkLocal {
             writers: RefCell::new(HashMap::new()),
             dead_letters: DeadLetters::default(),
             uncertain: RefCell::new(HashMap::new()),
+            writer_idle,
         }
     }
 
@@ -183,6 +187,7 @@ impl SinkLocal {
             clock: self.clock,
             on_fatal: self.on_fatal.clone(),
             generation,
+            idle: self.writer_idle,
         });
         writers.insert(route.clone(), w.clone());
         w

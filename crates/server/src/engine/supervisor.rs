@@ -29,6 +29,12 @@ pub struct AllGroupsReady;
 #[rtype(result = "usize")]
 pub struct LiveGroups;
 
+/// Number of live stream writers of the sink (idle ones end: a gauge, and what tests of
+/// writers ending check).
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct LiveWriters;
+
 /// The per-sink supervisor actor.
 pub struct Supervisor {
     local: Rc<SinkLocal>,
@@ -216,5 +222,13 @@ impl Handler<LiveGroups> for Supervisor {
 
     fn handle(&mut self, _: LiveGroups, _: &mut Self::Context) -> usize {
         self.live.len()
+    }
+}
+
+impl Handler<LiveWriters> for Supervisor {
+    type Result = usize;
+
+    fn handle(&mut self, _: LiveWriters, _: &mut Self::Context) -> usize {
+        self.local.live_writers()
     }
 }

@@ -149,6 +149,19 @@ pub async fn redeliver_all(state: web::Data<AppState>, path: web::Path<String>) 
     Ok(HttpResponse::Ok().json(json!({ "redelivered": n })))
 }
 
+/// `POST /api/sinks/{sink}/streams/{basin}/{stream}/reconcile-from-start`: the way out of a
+/// corrupt low-water mark (see `Engine::reconcile_from_start`).
+pub async fn reconcile_from_start(
+    state: web::Data<AppState>,
+    path: web::Path<(String, String, String)>,
+) -> Res {
+    let (sink, basin, stream) = path.into_inner();
+    let route = s2sink_core::Route::new(basin, stream)
+        .map_err(|e| ApiError::bad_request(format!("invalid stream: {e}")))?;
+    state.engine.reconcile_from_start(&sink, &route).await?;
+    Ok(HttpResponse::Ok().json(json!({ "stream": route.to_string(), "reconcile_from": 0 })))
+}
+
 /// Payload bytes after which a discarded page stops (at least one message is always shown), so
 /// one answer stays bounded even with 16 MiB messages.
 const DISCARDED_PAGE_BYTES: usize = 8 * 1024 * 1024;

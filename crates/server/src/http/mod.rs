@@ -248,6 +248,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     vec![("POST", web::post().to(manage::redeliver_all))],
                 ))
                 .service(resource(
+                    "/sinks/{sink}/streams/{basin}/{stream}/reconcile-from-start",
+                    vec![("POST", web::post().to(manage::reconcile_from_start))],
+                ))
+                .service(resource(
                     "/sinks/{sink}/discarded",
                     vec![("GET", web::get().to(manage::discarded))],
                 ))

@@ -37,6 +37,7 @@ use super::io::StreamIo;
 use super::stats::SinkStats;
 use super::Clock;
 use append::append_with_conflicts;
+pub(crate) use stream::marker_key;
 pub use stream::{our_delivery_id, our_id};
 use stream::{prepare, queue_failure, State};
 
@@ -52,8 +53,8 @@ pub const HEADER_IDEMPOTENCY_KEY: &str = "s2sink-idempotency-key";
 const MARKER_INTERVAL: Duration = Duration::from_secs(1);
 /// Reconcile-and-retry rounds after a `match_seq_num` conflict before giving up for now.
 const MAX_CONFLICT_ROUNDS: usize = 3;
-/// A writer with no run for this long ends (a routing function fanning out to many streams
-/// does not keep a task per stream forever).
+/// By default a writer with no run for this long ends (a routing function fanning out to many
+/// streams does not keep a task per stream forever); `EngineOptions::writer_idle` changes it.
 pub const IDLE: Duration = Duration::from_secs(30);
 
 /// Consecutive messages of one group, to be appended together and in order.
@@ -152,6 +153,8 @@ pub struct WriterCtx {
     pub clock: Clock,
     pub on_fatal: Rc<dyn Fn(&s2sink_queue::QueueError)>,
     pub generation: u64,
+    /// How long the writer waits for a run before it ends.
+    pub idle: Duration,
 }
 
 /// Starts a writer task on the current actix/tokio local set.
@@ -168,7 +171,7 @@ async fn writer_loop(ctx: WriterCtx, mut rx: mpsc::Receiver<Submission>) {
     loop {
         let first = match carry.take() {
             Some(s) => s,
-            None => match tokio::time::timeout(IDLE, rx.recv()).await {
+            None => match tokio::time::timeout(ctx.idle, rx.recv()).await {
                 Ok(Some(s)) => s,
                 Ok(None) => return,
                 Err(_) => {

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use super::{Failure, WriterCtx, HEADER_ID, HEADER_SINK};
 
 /// The marker key of a stream's low-water mark.
-pub(super) fn marker_key(sink: &str, route: &Route) -> String {
+pub(crate) fn marker_key(sink: &str, route: &Route) -> String {
     crate::engine::scan::lwm_key(sink, route)
 }
 
