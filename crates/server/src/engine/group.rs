@@ -13,6 +13,7 @@ use s2sink_queue::{GroupRef, StoredMessage};
 
 use super::plan::{plan_run, Next};
 use super::sink::SinkLocal;
+use super::writer::RunError;
 
 /// How a group actor ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,7 +120,10 @@ pub async fn deliver_group(local: &SinkLocal, group: &GroupRef) -> GroupOutcome 
             }
             Next::Send { index, route, run } => match local.submit(&route, &settings, run).await {
                 Ok(()) => continue,
-                Err(failure) => (&msgs[index], failure),
+                // Kept out of the stream because an earlier append failed: read the head
+                // again, uncharged.
+                Err(RunError::Requeued) => continue,
+                Err(RunError::Failed(failure)) => (&msgs[index], failure),
             },
         };
         match local.fail_message(&settings, failed, failure).await {

@@ -113,6 +113,9 @@ pub struct SinkLocal {
     /// Concurrent function evaluations on the blocking pool (shared by every sink).
     pub function_slots: Arc<tokio::sync::Semaphore>,
     writers: RefCell<HashMap<Route, WriterHandle>>,
+    /// The engine-wide in-flight append byte budget (KiB permits, shared by every sink).
+    budget: Arc<tokio::sync::Semaphore>,
+    budget_kib: u32,
 }
 
 impl SinkLocal {
@@ -123,6 +126,7 @@ impl SinkLocal {
         clock: Clock,
         on_fatal: Rc<dyn Fn(&QueueError)>,
         function_slots: Arc<tokio::sync::Semaphore>,
+        budget: (Arc<tokio::sync::Semaphore>, u32),
     ) -> SinkLocal {
         SinkLocal {
             shared,
@@ -132,6 +136,8 @@ impl SinkLocal {
             on_fatal,
             function_slots,
             writers: RefCell::new(HashMap::new()),
+            budget: budget.0,
+            budget_kib: budget.1,
         }
     }
 
@@ -174,6 +180,12 @@ impl SinkLocal {
             clock: self.clock,
             on_fatal: self.on_fatal.clone(),
             generation,
+            max_in_flight: settings
+                .batch
+                .max_appends_in_flight
+                .clamp(1, super::settings::MAX_APPENDS_IN_FLIGHT),
+            budget: self.budget.clone(),
+            budget_kib: self.budget_kib,
         });
         writers.insert(route.clone(), w.clone());
         w

@@ -103,6 +103,9 @@ pub fn sink_view(shared: &SinkShared, now: UnixMillis) -> Value {
             "live_groups": SinkStats::get(&stats.live_groups),
             "reconciles": SinkStats::get(&stats.reconciles),
             "deduplicated": SinkStats::get(&stats.deduplicated),
+            "max_appends_in_flight": SinkStats::get(&stats.max_appends_in_flight),
+            "requeued": SinkStats::get(&stats.requeued),
+            "pipeline_reorders": SinkStats::get(&stats.pipeline_reorders),
         },
         "now": now,
     })

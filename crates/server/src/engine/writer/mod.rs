@@ -20,25 +20,22 @@
 //! - `append`: one append with its conflict handling.
 
 mod append;
+mod pipeline;
 mod stream;
 
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use s2sink_client::{AppendRecord, BatchLimits, S2Error, BATCH_JSON_OVERHEAD};
+use s2sink_client::{AppendRecord, BatchLimits, S2Error};
 use s2sink_core::{ErrorClass, LastError, Route};
-use s2sink_queue::{DeliveryId, MessageId, Queue};
-use tokio::sync::{mpsc, oneshot};
-use tokio::time::Instant;
+use s2sink_queue::{DeliveryId, Queue};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::io::StreamIo;
 use super::stats::SinkStats;
 use super::Clock;
-use append::append_with_conflicts;
 pub use stream::{our_delivery_id, our_id};
-use stream::{prepare, queue_failure, State};
 
 /// Record header naming the sink that wrote the record.
 pub const HEADER_SINK: &str = "s2sink-sink";
@@ -97,8 +94,18 @@ impl Failure {
     }
 }
 
+/// Why a submitted run was not delivered.
+#[derive(Debug, Clone)]
+pub enum RunError {
+    /// The run's append failed: the group charges an attempt to its head.
+    Failed(Failure),
+    /// The run was in an append behind one that failed; `match_seq_num` kept it out of the
+    /// stream. Not a delivery failure: the group reads its head again, uncharged.
+    Requeued,
+}
+
 /// Outcome of a submitted run.
-pub type RunResult = Result<(), Failure>;
+pub type RunResult = Result<(), RunError>;
 
 struct Submission {
     run: Run,
@@ -126,11 +133,11 @@ impl WriterHandle {
             return Err(WriterGone(e.0.run));
         }
         Ok(rx.await.unwrap_or_else(|_| {
-            Err(Failure::local(
+            Err(RunError::Failed(Failure::local(
                 "shutdown",
                 "stream writer stopped".into(),
                 0,
-            ))
+            )))
         }))
     }
 
@@ -152,144 +159,18 @@ pub struct WriterCtx {
     pub clock: Clock,
     pub on_fatal: Rc<dyn Fn(&s2sink_queue::QueueError)>,
     pub generation: u64,
+    /// Appends in flight at once on this stream (1..=16).
+    pub max_in_flight: usize,
+    /// The engine-wide in-flight byte budget, in KiB permits (shared by every writer).
+    pub budget: Arc<Semaphore>,
+    /// The budget's size in KiB (one append never asks for more).
+    pub budget_kib: u32,
 }
 
 /// Starts a writer task on the current actix/tokio local set.
 pub fn spawn_writer(ctx: WriterCtx) -> WriterHandle {
     let (tx, rx) = mpsc::channel(1024);
     let generation = ctx.generation;
-    actix_rt::spawn(writer_loop(ctx, rx));
+    actix_rt::spawn(pipeline::writer_loop(ctx, rx));
     WriterHandle { tx, generation }
-}
-
-async fn writer_loop(ctx: WriterCtx, mut rx: mpsc::Receiver<Submission>) {
-    let mut state = State::new();
-    let mut carry: Option<Submission> = None;
-    loop {
-        let first = match carry.take() {
-            Some(s) => s,
-            None => match tokio::time::timeout(IDLE, rx.recv()).await {
-                Ok(Some(s)) => s,
-                Ok(None) => return,
-                Err(_) => {
-                    // Idle: refuse new runs (they come back to their sender), finish the
-                    // ones already queued, end.
-                    rx.close();
-                    let mut rest = Vec::new();
-                    while let Ok(s) = rx.try_recv() {
-                        rest.push(s);
-                    }
-                    for s in rest {
-                        process(&ctx, &mut state, vec![s]).await;
-                    }
-                    return;
-                }
-            },
-        };
-        let mut records = first.run.records.len();
-        let mut metered = first.run.metered;
-        let mut json = first.run.json_bytes;
-        let mut batch = vec![first];
-        // Take what is already waiting without delay; linger only while the batch is not full.
-        let deadline = Instant::now() + ctx.linger;
-        while records < ctx.limits.max_records {
-            let next = match rx.try_recv() {
-                Ok(s) => Some(s),
-                Err(_) => tokio::select! {
-                    s = rx.recv() => s,
-                    _ = tokio::time::sleep_until(deadline) => None,
-                },
-            };
-            let Some(s) = next else { break };
-            let fits = records + s.run.records.len() <= ctx.limits.max_records
-                && metered + s.run.metered <= ctx.limits.max_metered_bytes
-                && json + s.run.json_bytes + BATCH_JSON_OVERHEAD <= ctx.limits.max_json_bytes;
-            if !fits {
-                carry = Some(s);
-                break;
-            }
-            records += s.run.records.len();
-            metered += s.run.metered;
-            json += s.run.json_bytes;
-            batch.push(s);
-        }
-        process(&ctx, &mut state, batch).await;
-    }
-}
-
-async fn process(ctx: &WriterCtx, state: &mut State, batch: Vec<Submission>) {
-    if let Err(f) = prepare(ctx, state).await {
-        ctx.stats.count_failure(f.error.class, f.error.status);
-        tracing::warn!(
-            sink = %ctx.sink, stream = %ctx.route, class = f.error.class.as_str(),
-            status = ?f.error.status, error = %f.error.message,
-            "append failed: could not prepare the stream (tail / reconcile)"
-        );
-        for s in batch {
-            let _ = s.reply.send(Err(f.clone()));
-        }
-        return;
-    }
-    // The queue is the source of truth: a message no longer in it was delivered (found by a
-    // reconciliation, or acked by an earlier append), acknowledged or discarded. Drop those
-    // from the runs, so a stale resubmission can never land a second copy.
-    let mut pending = Vec::with_capacity(batch.len());
-    let epoch = ctx.stats.reconciles.load(Ordering::Acquire);
-    for mut s in batch {
-        if s.run.read_epoch >= epoch {
-            // Read after the last reconciliation, so no id can have been found in S2 since
-            // (only a manual acknowledge/discard racing with this run could have removed
-            // one; that message is then delivered anyway). Skip the lookups.
-            pending.push(s);
-            continue;
-        }
-        let ids: Vec<MessageId> = s.run.ids.iter().map(|d| d.id).collect();
-        let present = match ctx.queue.contains(&ctx.sink, &ids) {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = s.reply.send(Err(queue_failure(ctx, &e)));
-                continue;
-            }
-        };
-        let gone = present.iter().filter(|p| !**p).count();
-        if gone > 0 {
-            ctx.stats
-                .deduplicated
-                .fetch_add(gone as u64, Ordering::Relaxed);
-            let mut keep = present.iter();
-            s.run.records.retain(|_| *keep.next().unwrap());
-            let mut keep = present.iter();
-            s.run.ids.retain(|_| *keep.next().unwrap());
-        }
-        if s.run.ids.is_empty() {
-            let _ = s.reply.send(Ok(()));
-        } else {
-            pending.push(s);
-        }
-    }
-    if pending.is_empty() {
-        return;
-    }
-    let outcome = append_with_conflicts(ctx, state, &pending).await;
-    match outcome {
-        Ok(()) => {
-            for s in pending {
-                let _ = s.reply.send(Ok(()));
-            }
-        }
-        Err(f) if pending.len() > 1 && f.error.status == Some(422) => {
-            // One record may be poison: isolate it by sending each group's run on its own.
-            for s in pending {
-                let single = vec![s];
-                let r = append_with_conflicts(ctx, state, &single).await;
-                let s = single.into_iter().next().unwrap();
-                let _ = s.reply.send(r);
-            }
-        }
-        Err(f) => {
-            for s in pending {
-                let _ = s.reply.send(Err(f.clone()));
-            }
-        }
-    }
 }
