@@ -24,6 +24,7 @@ mod pipeline;
 mod stream;
 
 use std::rc::Rc;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,6 +63,11 @@ pub struct Run {
     pub json_bytes: usize,
     /// The sink's reconciliation count when the run was read from the queue.
     pub read_epoch: u64,
+    /// Shared by the runs of one group that are in a writer at once (a group sends its next
+    /// run before the previous one is acked). The writer sets it when any of them is not
+    /// delivered, and does not send a run whose flag is set (it is requeued), so a group's
+    /// later run never lands after its earlier one failed.
+    pub chain: Option<Arc<AtomicBool>>,
 }
 
 /// Why a run was not delivered, as stored on the group's head.
@@ -120,6 +126,22 @@ pub struct WriterHandle {
     pub generation: u64,
 }
 
+/// The outcome of an enqueued run, to be awaited.
+pub struct Pending(oneshot::Receiver<RunResult>);
+
+impl Pending {
+    /// Waits for the run's outcome (acked in the queue before `Ok`).
+    pub async fn outcome(self) -> RunResult {
+        self.0.await.unwrap_or_else(|_| {
+            Err(RunError::Failed(Failure::local(
+                "shutdown",
+                "stream writer stopped".into(),
+                0,
+            )))
+        })
+    }
+}
+
 /// A submission that did not reach a writer because it had ended; the run comes back.
 pub struct WriterGone(pub Run);
 
@@ -128,17 +150,17 @@ impl WriterHandle {
     /// by the writer before `Ok` is returned. If the writer has ended (idle), the run comes
     /// back untouched so the caller can start a new writer.
     pub async fn submit(&self, run: Run) -> Result<RunResult, WriterGone> {
+        Ok(self.enqueue(run).await?.outcome().await)
+    }
+
+    /// Hands a run to the writer without waiting for its outcome: runs enqueued one after the
+    /// other on the same handle are appended in that order.
+    pub async fn enqueue(&self, run: Run) -> Result<Pending, WriterGone> {
         let (reply, rx) = oneshot::channel();
         if let Err(e) = self.tx.send(Submission { run, reply }).await {
             return Err(WriterGone(e.0.run));
         }
-        Ok(rx.await.unwrap_or_else(|_| {
-            Err(RunError::Failed(Failure::local(
-                "shutdown",
-                "stream writer stopped".into(),
-                0,
-            )))
-        }))
+        Ok(Pending(rx))
     }
 
     /// Whether the writer task has ended.

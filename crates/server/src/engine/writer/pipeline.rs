@@ -268,10 +268,14 @@ impl Writer<'_> {
                     "append failed: could not prepare the stream (tail / reconcile)"
                 );
                 for s in subs {
-                    let _ = s.reply.send(Err(RunError::Failed(f.clone())));
+                    reject(s, RunError::Failed(f.clone()));
                 }
                 return;
             }
+        }
+        let (subs, broken): (Vec<_>, Vec<_>) = subs.into_iter().partition(|s| !chain_broken(s));
+        for s in broken {
+            requeue(ctx, s);
         }
         let subs = drop_stale(ctx, subs);
         if subs.is_empty() {
@@ -367,7 +371,7 @@ impl Writer<'_> {
         if let Err(e) = ctx.queue.ack(&ctx.sink, &ids) {
             let failure = queue_failure(ctx, &e);
             for s in f.subs {
-                let _ = s.reply.send(Err(RunError::Failed(failure.clone())));
+                reject(s, RunError::Failed(failure.clone()));
             }
             return;
         }
@@ -431,7 +435,7 @@ impl Writer<'_> {
                 RunError::Requeued
             };
             for s in f.subs {
-                let _ = s.reply.send(Err(reply.clone()));
+                reject(s, reply.clone());
             }
         }
         let subs = first.subs;
@@ -483,10 +487,19 @@ impl Writer<'_> {
     async fn fail_definite(&mut self, subs: Vec<Submission>, f: Failure) {
         if subs.len() > 1 && f.error.status == Some(422) {
             for s in subs {
+                if chain_broken(&s) {
+                    requeue(self.ctx, s);
+                    continue;
+                }
                 let single = vec![s];
                 let r = append_with_conflicts(self.ctx, &mut self.state, &single).await;
                 let s = single.into_iter().next().expect("one run");
-                let _ = s.reply.send(r.map_err(RunError::Failed));
+                match r {
+                    Ok(()) => {
+                        let _ = s.reply.send(Ok(()));
+                    }
+                    Err(f) => reject(s, RunError::Failed(f)),
+                }
             }
         } else {
             reply_all(subs, &f);
@@ -494,9 +507,34 @@ impl Writer<'_> {
     }
 }
 
+/// Answers a run that was not delivered and marks its group's chain broken, so a later run
+/// of the group still waiting in this writer is not sent.
+fn reject(s: Submission, e: RunError) {
+    if let Some(chain) = &s.run.chain {
+        chain.store(true, Ordering::Release);
+    }
+    let _ = s.reply.send(Err(e));
+}
+
+/// Whether an earlier run of the same group was not delivered.
+fn chain_broken(s: &Submission) -> bool {
+    s.run
+        .chain
+        .as_ref()
+        .is_some_and(|c| c.load(Ordering::Acquire))
+}
+
+/// Sends a run back to its group uncharged.
+fn requeue(ctx: &WriterCtx, s: Submission) {
+    ctx.stats
+        .requeued
+        .fetch_add(s.run.ids.len() as u64, Relaxed);
+    reject(s, RunError::Requeued);
+}
+
 fn reply_all(subs: Vec<Submission>, f: &Failure) {
     for s in subs {
-        let _ = s.reply.send(Err(RunError::Failed(f.clone())));
+        reject(s, RunError::Failed(f.clone()));
     }
 }
 
@@ -538,7 +576,7 @@ fn drop_stale(ctx: &WriterCtx, batch: Vec<Submission>) -> Vec<Submission> {
         let present = match ctx.queue.contains(&ctx.sink, &ids) {
             Ok(p) => p,
             Err(e) => {
-                let _ = s.reply.send(Err(RunError::Failed(queue_failure(ctx, &e))));
+                reject(s, RunError::Failed(queue_failure(ctx, &e)));
                 continue;
             }
         };
