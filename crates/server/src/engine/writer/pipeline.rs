@@ -388,33 +388,52 @@ impl Writer<'_> {
     /// The oldest append in flight failed: drain the pipeline, reconcile, put runs back.
     async fn recover(&mut self, first: InFlight, e: AppendErr) {
         let ctx = self.ctx;
-        ctx.stats.count_failure(e.class(), e.status());
-        tracing::warn!(
-            sink = %ctx.sink, stream = %ctx.route, records = first.dids.len(),
-            class = e.class().as_str(), status = ?e.status(), error = %e.message(),
-            in_flight_behind = self.inflight.len(), "append failed"
-        );
-        if e.conflict() && first.sent_behind {
+        // A 412 on an append sent behind others, all of which succeeded: most likely the two
+        // overtook each other on the wire (separate connections), not another writer.
+        let reorder = e.conflict() && first.sent_behind;
+        if reorder {
             ctx.stats.pipeline_reorders.fetch_add(1, Relaxed);
+            tracing::debug!(
+                sink = %ctx.sink, stream = %ctx.route, start = first.start,
+                "pipelined append overtook the one before it (412); sending it again"
+            );
+        } else {
+            ctx.stats.count_failure(e.class(), e.status());
+            tracing::warn!(
+                sink = %ctx.sink, stream = %ctx.route, records = first.dids.len(),
+                class = e.class().as_str(), status = ?e.status(), error = %e.message(),
+                in_flight_behind = self.inflight.len(), "append failed"
+            );
         }
         // Wait for every later append; apply them in order. Their fate is tied to `first`
         // by match_seq_num: one that S2 took landed right behind a landed `first`.
         let mut victims = Vec::new();
-        let mut had_later = false;
+        let mut later_ok = false;
+        let mut later_uncertain = false;
         while let Some(mut f) = self.inflight.pop_front() {
-            had_later = true;
             let r = AppendErr::from_join((&mut f.handle).await);
             match r {
-                Ok(ack) => self.apply_ack(f, ack, false),
+                Ok(ack) => {
+                    later_ok = true;
+                    self.apply_ack(f, ack, false);
+                }
                 Err(e2) => {
                     if !e2.conflict() {
                         ctx.stats.count_failure(e2.class(), e2.status());
                     }
+                    later_uncertain |= e2.uncertain();
                     victims.push((f, e2));
                 }
             }
         }
-        let found = if e.conflict() || e.uncertain() || had_later {
+        let had_later = later_ok || !victims.is_empty();
+        let found = if reorder && !later_ok && !later_uncertain {
+            // Nothing after `first` landed (412s and definite failures only) and `first` did
+            // not land (412): the tail is still where `first` was to start, unless another
+            // writer moved it — then the retry gets 412 again and reconciles.
+            self.state.next_seq = Some(first.start);
+            Some(Ok(HashSet::new()))
+        } else if e.conflict() || e.uncertain() || had_later {
             self.state.needs_reconcile = true;
             self.state.next_seq = None;
             Some(reconcile(ctx, &mut self.state).await)
