@@ -1,8 +1,12 @@
 //! GroupActor: owns the head of one message group and delivers it strictly in order.
 //!
-//! At most one run of a group is in flight; on failure the head stays at the front with its
-//! error and backoff, and the whole group waits (the actor stops and the supervisor wakes the
-//! group when the backoff ends). Nothing behind a failing head is ever sent.
+//! With `max_appends_in_flight` = 1 one run of a group is in flight; above that, a second run
+//! (the messages right behind the first, to the same stream) goes to the same writer behind
+//! the first, sharing its chain flag, so a hot group keeps two appends in flight. On failure
+//! the head stays at the front with its error and backoff, and the whole group waits (the
+//! actor stops and the supervisor wakes the group when the backoff ends). Nothing behind a
+//! failing head is ever sent: the writer never sends a group's later run after its earlier
+//! one failed, and an append behind a failed one cannot land (`match_seq_num`).
 
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;

@@ -6,18 +6,45 @@
 //! append whose outcome is unknown. On start, and after any append that may have applied, the
 //! writer reads the stream from the mark to the tail and acks every message of this sink it
 //! finds there before it sends anything again. Every append carries `match_seq_num` = the tail
-//! the writer expects (from the last ack, the initial tail, or the reconciliation), so an
-//! uncertain append that S2 applies late fails with 412 instead of landing a second copy, and
-//! a 412 always triggers another reconciliation. This assumes the sink is the only writer of
-//! its streams; other writers only cost extra reconciliations.
+//! the writer expects (from the last ack, the initial tail, the reconciliation, or — while
+//! appends are in flight — the tail the previous append will leave), so an uncertain append
+//! that S2 applies late fails with 412 instead of landing a second copy, and a 412 always
+//! triggers another reconciliation (or, for a pipelined append that overtook its predecessor,
+//! a resend from the known tail). This assumes the sink is the only writer of its streams;
+//! other writers only cost extra reconciliations.
 //!
-//! One append is in flight per writer at a time, so the mark is trivially correct; appends to
-//! different streams run in parallel, and runs of many groups share each append. A writer
-//! with nothing to do for [`IDLE`] ends; the next run for its stream starts a new one.
+//! Pipelining: up to `max_appends_in_flight` appends (sink setting, default 2) are in flight
+//! per writer. An append is sent as soon as it is full; only a partial one lingers. Append
+//! k+1 is chained to k by `match_seq_num`, so it can only land right behind a landed k;
+//! outcomes are applied strictly in send order and the mark only follows an append whose
+//! predecessors all succeeded. The first failure stops sending, drains the pipeline and
+//! reconciles; the runs of later appends go back to their groups uncharged
+//! ([`RunError::Requeued`]). See `pipeline` for the details. A group may have its next run in
+//! the same writer behind its current one (never in another writer); both share
+//! [`Run::chain`], so the later one is never sent after the earlier one failed.
 //!
-//! - [`batch`](self): this module, collecting runs into appends;
+//! Order on the wire: the appends go out as unary requests on the sink's reqwest client. On
+//! HTTP/1.1 (direct `http://` endpoints such as s2-lite) concurrent requests use separate
+//! pooled connections, and hyper cannot pipeline requests on one connection, so append k+1
+//! can reach S2 before k; over HTTPS (S2 cloud) ALPN picks HTTP/2 and they share one
+//! connection in send order, but S2 may still handle the two streams concurrently. Truly
+//! ordered sending needs S2's append session (a streaming protocol this client does not
+//! implement yet). So ordering is not assumed: an overtaking append fails with 412 (its
+//! `match_seq_num` is ahead of the tail), which is definite — it did not land — so the writer
+//! resends it from the tail its predecessor's ack proved, without a reconciliation read, and
+//! counts it in `pipeline_reorders` (measured in docs/BENCHMARKS.md). Nothing is lost or
+//! duplicated either way; a reorder costs one extra round trip.
+//!
+//! Memory: every append holds its JSON size in KiB of the engine-wide in-flight budget
+//! (`EngineOptions::max_in_flight_bytes`, default 64 MiB) until it is answered; a writer
+//! waits for room before sending. Appends to different streams run in parallel, and runs of
+//! many groups share each append. A writer with nothing to do for [`IDLE`] ends; the next run
+//! for its stream starts a new one.
+//!
+//! - [`batch`](self): this module, the types shared with the group actors;
+//! - `pipeline`: the writer task, batching and the appends in flight, failure recovery;
 //! - `stream`: the low-water mark and reconciliation;
-//! - `append`: one append with its conflict handling.
+//! - `append`: one append at a time with its conflict handling (after a failure, 422 split).
 
 mod append;
 mod pipeline;
