@@ -141,6 +141,10 @@ impl AppState {
                 "server.shutdown_timeout_ms",
                 old.shutdown_timeout_ms != new.shutdown_timeout_ms,
             ),
+            (
+                "server.max_in_flight_bytes",
+                old.max_in_flight_bytes != new.max_in_flight_bytes,
+            ),
         ]
         .into_iter()
         .filter_map(|(k, changed)| changed.then_some(k))
