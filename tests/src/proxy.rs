@@ -53,6 +53,9 @@ pub enum Fault {
     Hold,
     /// As [`Fault::ForwardThenDrop`], but reset (RST) the client connection.
     ForwardThenReset,
+    /// Wait, then apply the inner fault: an answer (or a dropped one) that comes late, so the
+    /// client sends more requests meanwhile (pipelined appends behind a failing one).
+    Late(Duration, Box<Fault>),
 }
 
 impl Fault {
@@ -98,6 +101,7 @@ impl Fault {
             Fault::ForwardThenDrop => "forward_then_drop".into(),
             Fault::Hold => "hold".into(),
             Fault::ForwardThenReset => "forward_then_reset".into(),
+            Fault::Late(_, inner) => format!("late_{}", inner.kind()),
         }
     }
 }
@@ -149,6 +153,9 @@ pub struct ProxyStats {
     /// Gauge: requests read and not yet finished (a delayed request counts until it has been
     /// forwarded, so a test can wait for late arrivals to land).
     pub in_flight: u64,
+    /// Most requests in flight at once (a high-water mark of `in_flight`): proves that a
+    /// client really had several requests outstanding.
+    pub max_in_flight: u64,
 }
 
 impl ProxyStats {
@@ -283,11 +290,18 @@ async fn serve(mut client: TcpStream, shared: Arc<Mutex<Shared>>) {
     while let Some(req) = read_http_request(&mut client, &mut buf).await {
         let (fault, upstream, is_append) = decide(&shared, &req);
         let _in_flight = InFlight::enter(&shared);
+        let fault = match fault {
+            Fault::Late(d, inner) => {
+                tokio::time::sleep(d).await;
+                *inner
+            }
+            f => f,
+        };
         if is_append && fault != Fault::Hold {
             release_held(&shared).await;
         }
         let outcome = match fault {
-            Fault::Pass => forward(&shared, &upstream, &req).await,
+            Fault::Pass | Fault::Late(..) => forward(&shared, &upstream, &req).await,
             Fault::Delay(d) => {
                 tokio::time::sleep(d).await;
                 forward(&shared, &upstream, &req).await
@@ -351,7 +365,10 @@ struct InFlight(Arc<Mutex<Shared>>);
 
 impl InFlight {
     fn enter(shared: &Arc<Mutex<Shared>>) -> InFlight {
-        lock(shared).stats.in_flight += 1;
+        let mut s = lock(shared);
+        s.stats.in_flight += 1;
+        s.stats.max_in_flight = s.stats.max_in_flight.max(s.stats.in_flight);
+        drop(s);
         InFlight(shared.clone())
     }
 }

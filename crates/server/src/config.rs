@@ -13,7 +13,7 @@ use s2sink_core::{validate_basin, validate_stream, BackoffPolicy, GroupColumns, 
 use s2sink_transform::{FunctionSource, FunctionsConfig, SandboxLimits, TransformSpec};
 use serde::Deserialize;
 
-use crate::engine::{BatchSettings, SinkSettings};
+use crate::engine::{BatchSettings, SinkSettings, MAX_APPENDS_IN_FLIGHT};
 use crate::ServerError;
 
 /// Where S2 is when a sink names neither an endpoint nor an access token: a local s2-lite.
@@ -60,6 +60,9 @@ pub struct ServerSection {
     pub ingest_queue_timeout_ms: u64,
     /// Idempotency keys each sink remembers at most (memory bound; oldest forgotten first).
     pub idempotency_max_keys: usize,
+    /// Bytes of appends in flight at once across every sink and stream (default 64 MiB); a
+    /// stream writer waits for room before sending, so pipelined appends bound memory.
+    pub max_in_flight_bytes: u64,
 }
 
 impl Default for ServerSection {
@@ -78,6 +81,7 @@ impl Default for ServerSection {
             max_concurrent_ingest: 32,
             ingest_queue_timeout_ms: 2_000,
             idempotency_max_keys: 1_000_000,
+            max_in_flight_bytes: crate::engine::DEFAULT_MAX_IN_FLIGHT_BYTES,
         }
     }
 }
@@ -98,6 +102,7 @@ impl std::fmt::Debug for ServerSection {
             .field("max_concurrent_ingest", &self.max_concurrent_ingest)
             .field("ingest_queue_timeout_ms", &self.ingest_queue_timeout_ms)
             .field("idempotency_max_keys", &self.idempotency_max_keys)
+            .field("max_in_flight_bytes", &self.max_in_flight_bytes)
             .finish()
     }
 }
@@ -159,6 +164,8 @@ pub struct BatchSection {
     pub max_bytes: u64,
     pub max_json_bytes: usize,
     pub linger_ms: u64,
+    /// Appends in flight at once per stream, 1..=16 (default 2).
+    pub max_appends_in_flight: usize,
 }
 
 impl Default for BatchSection {
@@ -169,6 +176,7 @@ impl Default for BatchSection {
             max_bytes: l.max_metered_bytes,
             max_json_bytes: l.max_json_bytes,
             linger_ms: 5,
+            max_appends_in_flight: BatchSettings::default().max_appends_in_flight,
         }
     }
 }
@@ -286,7 +294,7 @@ fn validate(
 
 /// Limits that make no sense at zero are refused (zero would refuse every request or hang).
 fn validate_server_limits(server: &ServerSection) -> Result<(), ServerError> {
-    let positive: [(&str, u64); 7] = [
+    let positive: [(&str, u64); 8] = [
         ("server.max_pending", server.max_pending.unwrap_or(1)),
         ("server.max_body_bytes", server.max_body_bytes as u64),
         ("server.body_timeout_ms", server.body_timeout_ms),
@@ -303,6 +311,7 @@ fn validate_server_limits(server: &ServerSection) -> Result<(), ServerError> {
             "server.idempotency_max_keys",
             server.idempotency_max_keys as u64,
         ),
+        ("server.max_in_flight_bytes", server.max_in_flight_bytes),
     ];
     for (key, value) in positive {
         if value == 0 {
@@ -429,6 +438,12 @@ fn sink_settings(
     limits
         .validate()
         .map_err(|e| cfg_err(key("batch"), e.to_string()))?;
+    if !(1..=MAX_APPENDS_IN_FLIGHT).contains(&s.batch.max_appends_in_flight) {
+        return Err(cfg_err(
+            key("batch.max_appends_in_flight"),
+            format!("must be between 1 and {MAX_APPENDS_IN_FLIGHT}"),
+        ));
+    }
     s.backoff
         .validate()
         .map_err(|e| cfg_err(key("backoff"), e.to_string()))?;
@@ -458,6 +473,7 @@ fn sink_settings(
         limits,
         linger: Duration::from_millis(s.batch.linger_ms),
         max_run_records: limits.max_records,
+        max_appends_in_flight: s.batch.max_appends_in_flight,
     };
     settings.backoff = s.backoff;
     settings.max_retry_count = s.max_retry_count;
@@ -642,6 +658,21 @@ endpoint = "http://127.0.0.1:8080"
             e.contains("sinks.orders.batch") && e.contains("max_records"),
             "{e}"
         );
+        for bad in [0, 17] {
+            let e = err(&format!(
+                "{OK}[sinks.batch]\nmax_appends_in_flight = {bad}\n"
+            ));
+            assert!(
+                e.contains("sinks.orders.batch.max_appends_in_flight") && e.contains("1 and 16"),
+                "{e}"
+            );
+        }
+        let ok = load_str(
+            &format!("{OK}[sinks.batch]\nmax_appends_in_flight = 4\n"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(ok.sinks[0].batch.max_appends_in_flight, 4);
         let e = err(&format!("{OK}[sinks.backoff]\njitter = 2.0\n"));
         assert!(e.contains("backoff.jitter"), "{e}");
         let e = err(&format!("{OK}max_retry_count = \"ten\"\n"));
@@ -684,6 +715,7 @@ endpoint = "http://127.0.0.1:8080"
             "body_timeout_ms",
             "max_concurrent_ingest",
             "ingest_queue_timeout_ms",
+            "max_in_flight_bytes",
         ] {
             let e = err(&OK.replace("[server]", &format!("[server]\n{key} = 0")));
             assert!(

@@ -119,6 +119,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Ser
         config.sinks,
         EngineOptions {
             max_pending: server_cfg.max_pending,
+            max_in_flight_bytes: Some(server_cfg.max_in_flight_bytes),
             ..Default::default()
         },
     )?;

@@ -8,7 +8,7 @@ use super::cli::Opts;
 use super::load::{offer, Pace};
 use super::procstat::{status_mb, CpuDelta, CpuSnapshot};
 use super::report::{thousands, Report};
-use super::setup::{self, Env, STREAM};
+use super::setup::{self, Env, SINK, STREAM};
 use super::verify::{check, Latency, StreamReader};
 
 /// Runs one closed- or open-loop measurement; returns whether the delivery was clean.
@@ -29,6 +29,8 @@ pub async fn run(o: &Opts, env: &Env, rep: &mut Report) -> Result<bool, String> 
     eprintln!("offered {} messages; draining", offered.accepted);
     let drained = setup::wait_drained(&server.url, Duration::from_secs_f64(o.drain_timeout)).await;
     let c2 = CpuSnapshot::take(spid, env.lite_pid);
+    // The engine's own counters (appends, pipelining, reconciliations) before it stops.
+    let engine_stats = sink_stats(&server.url).await;
     let server_rss = spid.and_then(|p| status_mb(p, "VmHWM")).unwrap_or(0.0);
     let lite_rss = env
         .lite_pid
@@ -127,6 +129,21 @@ pub async fn run(o: &Opts, env: &Env, rep: &mut Report) -> Result<bool, String> 
         ),
     );
     env.report_ceiling(rep, delivered_per_s);
+    if let Some(st) = &engine_stats {
+        let get = |k: &str| st[k].as_u64().unwrap_or(0);
+        rep.row(
+            "engine: appends / max appends in flight / pipeline reorders (412) / reconciles / requeued",
+            format!(
+                "{} / {} / {} / {} / {}",
+                thousands(get("appends")),
+                get("max_appends_in_flight"),
+                get("pipeline_reorders"),
+                get("reconciles"),
+                get("requeued")
+            ),
+        );
+        rep.set("engine_stats", st.clone());
+    }
     rep.row(
         format!(
             "latency ingest→S2 p50 / p99 / p99.9 / max (from {})",
@@ -214,4 +231,16 @@ pub fn report_cpu(
     rep.set("s2lite_cpu_s", cpu.lite_s);
     rep.set("loadgen_cpu_s", cpu.generator_s);
     rep.set("cpu_window_s", cpu.wall_s);
+}
+
+/// The sink's `stats` object from the management API (`None` if the server did not answer).
+async fn sink_stats(url: &str) -> Option<serde_json::Value> {
+    let http = s2sink_tests::process::http_client();
+    let r = http
+        .get(format!("{url}/api/sinks/{SINK}"))
+        .send()
+        .await
+        .ok()?;
+    let v: serde_json::Value = r.json().await.ok()?;
+    Some(v["stats"].clone())
 }

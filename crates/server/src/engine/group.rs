@@ -1,8 +1,12 @@
 //! GroupActor: owns the head of one message group and delivers it strictly in order.
 //!
-//! At most one run of a group is in flight; on failure the head stays at the front with its
-//! error and backoff, and the whole group waits (the actor stops and the supervisor wakes the
-//! group when the backoff ends). Nothing behind a failing head is ever sent.
+//! With `max_appends_in_flight` = 1 one run of a group is in flight; above that, a second run
+//! (the messages right behind the first, to the same stream) goes to the same writer behind
+//! the first, sharing its chain flag, so a hot group keeps two appends in flight. On failure
+//! the head stays at the front with its error and backoff, and the whole group waits (the
+//! actor stops and the supervisor wakes the group when the backoff ends). Nothing behind a
+//! failing head is ever sent: the writer never sends a group's later run after its earlier
+//! one failed, and an append behind a failed one cannot land (`match_seq_num`).
 
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -13,6 +17,7 @@ use s2sink_queue::{GroupRef, StoredMessage};
 
 use super::plan::{plan_run, Next};
 use super::sink::SinkLocal;
+use super::writer::RunError;
 
 /// How a group actor ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,17 +83,26 @@ pub async fn deliver_group(local: &SinkLocal, group: &GroupRef) -> GroupOutcome 
         let limits = &settings.batch.limits;
         // Before reading: see `Run::read_epoch`.
         let read_epoch = shared.stats.reconciles.load(Relaxed);
-        let msgs = match shared.queue.head_run(
+        // With pipelining, read enough for a second run behind the first.
+        let lookahead = settings.batch.max_appends_in_flight > 1;
+        let reads = if lookahead { 2 } else { 1 };
+        let all = match shared.queue.head_run(
             &shared.name,
             group,
-            settings.batch.max_run_records,
-            limits.max_metered_bytes as usize,
+            settings.batch.max_run_records * reads,
+            limits.max_metered_bytes as usize * reads,
         ) {
             Ok(m) => m,
             Err(e) => {
                 (local.on_fatal)(&e);
                 return GroupOutcome::Stopped;
             }
+        };
+        // `msgs`: what the first run is planned from; `all`: also what lies behind it.
+        let (msgs, all) = if lookahead && all.len() > settings.batch.max_run_records {
+            (all[..settings.batch.max_run_records].to_vec(), all)
+        } else {
+            (all, Vec::new())
         };
         let Some(head) = msgs.first() else {
             return GroupOutcome::Empty;
@@ -98,7 +112,7 @@ pub async fn deliver_group(local: &SinkLocal, group: &GroupRef) -> GroupOutcome 
             return GroupOutcome::BackingOffUntil(t);
         }
         let (plan, msgs) =
-            plan_off_thread(local, &settings, functions, msgs, now, read_epoch).await;
+            plan_off_thread(local, &settings, functions.clone(), msgs, now, read_epoch).await;
         if !plan.filtered.is_empty() {
             if let Err(e) = shared.queue.ack(&shared.name, &plan.filtered) {
                 (local.on_fatal)(&e);
@@ -161,12 +175,39 @@ pub async fn deliver_group(local: &SinkLocal, group: &GroupRef) -> GroupOutcome 
                     }
                 }
                 let first = msgs[index].id;
-                match local.submit(&route, &settings, run).await {
-                    Ok(()) => {
-                        local.delivered(first);
-                        continue;
+                if lookahead {
+                    let behind = if all.is_empty() { &msgs } else { &all };
+                    match send_two(
+                        local,
+                        &settings,
+                        functions,
+                        behind,
+                        index,
+                        route.clone(),
+                        run,
+                        now,
+                        read_epoch,
+                    )
+                    .await
+                    {
+                        Ok(()) => {
+                            local.delivered(first);
+                            continue;
+                        }
+                        // Kept out of the stream because an earlier append failed: read the
+                        // head again, uncharged.
+                        Err(None) => continue,
+                        Err(Some((i, failure))) => (&behind[i], failure, Some(route)),
                     }
-                    Err(failure) => (&msgs[index], failure, Some(route)),
+                } else {
+                    match local.submit(&route, &settings, run).await {
+                        Ok(()) => {
+                            local.delivered(first);
+                            continue;
+                        }
+                        Err(RunError::Requeued) => continue,
+                        Err(RunError::Failed(failure)) => (&msgs[index], failure, Some(route)),
+                    }
                 }
             }
         };
@@ -178,6 +219,86 @@ pub async fn deliver_group(local: &SinkLocal, group: &GroupRef) -> GroupOutcome 
             Ok(None) => continue,
             Err(()) => return GroupOutcome::Stopped,
         }
+    }
+}
+
+/// Sends `run` and, behind it on the same writer, the group's next run when it goes to the
+/// same stream, so a hot group keeps two appends in flight. Both share a chain flag: if the
+/// first is not delivered, the writer never sends the second after it (see `Run::chain`).
+/// `msgs` are the group's head messages, `index` the first run's first one. `Err(None)`:
+/// requeued, read the head again uncharged; `Err(Some((i, f)))`: charge message `i` of
+/// `msgs` (the head of the run that failed first).
+#[allow(clippy::too_many_arguments)]
+async fn send_two(
+    local: &SinkLocal,
+    settings: &std::sync::Arc<super::SinkSettings>,
+    functions: std::sync::Arc<s2sink_transform::Functions>,
+    msgs: &[StoredMessage],
+    index: usize,
+    route: s2sink_core::Route,
+    mut run: super::writer::Run,
+    now: UnixMillis,
+    read_epoch: u64,
+) -> Result<(), Option<(usize, super::writer::Failure)>> {
+    let chain = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    run.chain = Some(chain.clone());
+    let last = run.ids.last().map(|d| d.id);
+    let writer = local.writer(&route, settings);
+    let first = match writer.enqueue(run).await {
+        Ok(p) => p,
+        // The writer ended (idle or reloaded): send this run alone on a new one.
+        Err(super::writer::WriterGone(run)) => {
+            return match local.submit(&route, settings, run).await {
+                Ok(()) => Ok(()),
+                Err(RunError::Requeued) => Err(None),
+                Err(RunError::Failed(f)) => Err(Some((index, f))),
+            };
+        }
+    };
+    // The messages behind the first run; a second run only when it is a plain run to the
+    // same stream (filtered messages and local failures wait until they are the head).
+    let skip = msgs
+        .iter()
+        .position(|m| Some(m.id) > last)
+        .unwrap_or(msgs.len());
+    let mut second = None;
+    let visible = msgs
+        .get(skip)
+        .is_some_and(|m| m.state.not_visible_until.is_none_or(|t| t <= now));
+    if visible {
+        let end = msgs.len().min(skip + settings.batch.max_run_records);
+        let rest = msgs[skip..end].to_vec();
+        let (plan, _) = plan_off_thread(local, settings, functions, rest, now, read_epoch).await;
+        if let (
+            true,
+            Next::Send {
+                index: i,
+                route: r2,
+                run: mut run2,
+            },
+        ) = (plan.filtered.is_empty(), plan.next)
+        {
+            if r2 == route {
+                run2.chain = Some(chain);
+                // Only on the same writer: a new writer could send it before the first.
+                if let Ok(p) = writer.enqueue(run2).await {
+                    second = Some((skip + i, p));
+                }
+            }
+        }
+    }
+    match first.outcome().await {
+        Ok(()) => {}
+        Err(RunError::Requeued) => return Err(None),
+        Err(RunError::Failed(f)) => return Err(Some((index, f))),
+    }
+    match second {
+        None => Ok(()),
+        Some((i, p)) => match p.outcome().await {
+            Ok(()) => Ok(()),
+            Err(RunError::Requeued) => Err(None),
+            Err(RunError::Failed(f)) => Err(Some((i, f))),
+        },
     }
 }
 

@@ -47,7 +47,9 @@ use serde_json::Value;
 pub use clock::Clock;
 pub use group::{deliver_group, GroupDone, GroupOutcome};
 pub use io::{BoxFuture, StreamIo};
-pub use settings::{BatchSettings, SinkSettings, DEFAULT_IDEMPOTENCY_WINDOW};
+pub use settings::{
+    BatchSettings, SinkSettings, DEFAULT_IDEMPOTENCY_WINDOW, MAX_APPENDS_IN_FLIGHT,
+};
 pub use sink::{SinkLocal, SinkShared};
 pub use stats::{Histogram, SinkStats};
 pub use supervisor::{AllGroupsReady, GroupsReady, LiveGroups, LiveWriters, Supervisor};
@@ -109,7 +111,14 @@ pub struct EngineOptions {
     /// entry go; the next run for its stream starts a new one); `None` = 30 s. Tests shorten
     /// it to see idle writers end.
     pub writer_idle: Option<Duration>,
+    /// Bytes (JSON bodies) of appends in flight at once across every writer; a writer waits
+    /// for room before sending. Bounds memory when many streams pipeline. `None` =
+    /// [`DEFAULT_MAX_IN_FLIGHT_BYTES`].
+    pub max_in_flight_bytes: Option<u64>,
 }
+
+/// Default engine-wide in-flight append budget: 64 MiB.
+pub const DEFAULT_MAX_IN_FLIGHT_BYTES: u64 = 64 * 1024 * 1024;
 
 /// A running engine. Cheap to share across threads (`Arc` inside); created on the actix
 /// System thread that will run the actors.
@@ -146,6 +155,13 @@ impl Engine {
         let mut locals = Vec::new();
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let function_slots = Arc::new(tokio::sync::Semaphore::new(cores));
+        // KiB permits; at least one maximal append (2 MiB JSON) must fit.
+        let budget_kib = (options
+            .max_in_flight_bytes
+            .unwrap_or(DEFAULT_MAX_IN_FLIGHT_BYTES)
+            / 1024)
+            .clamp(1, u32::MAX as u64 / 2) as u32;
+        let budget = Arc::new(tokio::sync::Semaphore::new(budget_kib as usize));
         for settings in sinks {
             let name = settings.name.clone();
             if map.contains_key(&name) {
@@ -185,7 +201,11 @@ impl Engine {
                 clock,
                 on_fatal.clone(),
                 function_slots.clone(),
-                options.writer_idle.unwrap_or(writer::IDLE),
+                sink::WriterLimits {
+                    idle: options.writer_idle.unwrap_or(writer::IDLE),
+                    budget: budget.clone(),
+                    budget_kib,
+                },
             )));
             map.insert(name, shared);
         }

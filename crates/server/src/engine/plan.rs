@@ -121,6 +121,7 @@ pub fn plan_run(
                         metered: cost.metered,
                         json_bytes: json_cost,
                         read_epoch,
+                        chain: None,
                     },
                 ));
             }

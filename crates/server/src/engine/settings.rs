@@ -46,7 +46,13 @@ pub struct BatchSettings {
     pub linger: Duration,
     /// Most messages one group puts in one run.
     pub max_run_records: usize,
+    /// Appends in flight at once per stream (1..=16), chained by `match_seq_num`: more hides
+    /// the round trip of a hot stream; 1 waits for each append's answer before the next.
+    pub max_appends_in_flight: usize,
 }
+
+/// Largest accepted `max_appends_in_flight`.
+pub const MAX_APPENDS_IN_FLIGHT: usize = 16;
 
 impl Default for BatchSettings {
     fn default() -> Self {
@@ -54,6 +60,7 @@ impl Default for BatchSettings {
             limits: BatchLimits::default(),
             linger: Duration::from_millis(5),
             max_run_records: 1000,
+            max_appends_in_flight: 2,
         }
     }
 }

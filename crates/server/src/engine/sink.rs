@@ -120,8 +120,19 @@ pub struct SinkLocal {
     /// had an unknown outcome there and no read-back of that stream has settled it yet.
     /// `None` = not known which (after a restart): every stream with a mark of this sink.
     uncertain: RefCell<HashMap<MessageId, Option<Route>>>,
-    /// How long an idle stream writer lives (`EngineOptions::writer_idle`).
-    writer_idle: std::time::Duration,
+    writer_limits: WriterLimits,
+}
+
+/// What every stream writer of the engine shares: how long an idle one lives, and the
+/// engine-wide in-flight append byte budget.
+#[derive(Clone)]
+pub(crate) struct WriterLimits {
+    /// `EngineOptions::writer_idle`.
+    pub idle: std::time::Duration,
+    /// KiB permits, shared by every sink.
+    pub budget: Arc<tokio::sync::Semaphore>,
+    /// The budget's size in KiB.
+    pub budget_kib: u32,
 }
 
 impl SinkLocal {
@@ -132,7 +143,7 @@ impl SinkLocal {
         clock: Clock,
         on_fatal: Rc<dyn Fn(&QueueError)>,
         function_slots: Arc<tokio::sync::Semaphore>,
-        writer_idle: std::time::Duration,
+        writer_limits: WriterLimits,
     ) -> SinkLocal {
         SinkLocal {
             shared,
@@ -144,7 +155,7 @@ impl SinkLocal {
             writers: RefCell::new(HashMap::new()),
             dead_letters: DeadLetters::default(),
             uncertain: RefCell::new(HashMap::new()),
-            writer_idle,
+            writer_limits,
         }
     }
 
@@ -187,7 +198,13 @@ impl SinkLocal {
             clock: self.clock,
             on_fatal: self.on_fatal.clone(),
             generation,
-            idle: self.writer_idle,
+            idle: self.writer_limits.idle,
+            max_in_flight: settings
+                .batch
+                .max_appends_in_flight
+                .clamp(1, super::settings::MAX_APPENDS_IN_FLIGHT),
+            budget: self.writer_limits.budget.clone(),
+            budget_kib: self.writer_limits.budget_kib,
         });
         writers.insert(route.clone(), w.clone());
         w

@@ -26,6 +26,15 @@ pub struct SinkStats {
     pub ingest_duplicates: AtomicU64,
     /// Requests answered from an earlier request with the same `Idempotency-Key`.
     pub replayed: AtomicU64,
+    /// Most appends seen in flight at once on one stream (a high-water mark; proves the
+    /// pipelining works, see `max_appends_in_flight`).
+    pub max_appends_in_flight: AtomicU64,
+    /// Messages sent back to their group uncharged because an earlier append in flight
+    /// failed (their own append was kept out of the stream by `match_seq_num`).
+    pub requeued: AtomicU64,
+    /// 412s on an append sent while an earlier one was in flight and succeeded: the two
+    /// overtook each other on the wire (see the writer's module doc). Costs a reconciliation.
+    pub pipeline_reorders: AtomicU64,
     /// Gauge: group actors alive now.
     pub live_groups: AtomicU64,
     /// Streams found reset (tail below the stored position: deleted and recreated, or an

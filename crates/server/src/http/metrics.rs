@@ -27,7 +27,7 @@ fn histogram(out: &mut String, name: &str, sink: &str, h: &Histogram) {
 pub fn render(state: &AppState) -> String {
     let mut out = String::new();
     type Counter = (&'static str, &'static str, fn(&SinkStats) -> u64);
-    let counters: [Counter; 10] = [
+    let counters: [Counter; 13] = [
         (
             "s2sink_messages_ingested_total",
             "Messages accepted (durable).",
@@ -68,6 +68,21 @@ pub fn render(state: &AppState) -> String {
             "s2sink_ingest_replayed_total",
             "Ingest requests answered from an earlier request with the same Idempotency-Key.",
             |s| SinkStats::get(&s.replayed),
+        ),
+        (
+            "s2sink_requeued_total",
+            "Messages sent back to their group uncharged: an earlier append in flight failed.",
+            |s| SinkStats::get(&s.requeued),
+        ),
+        (
+            "s2sink_pipeline_reorders_total",
+            "412s from pipelined appends overtaking each other on the wire.",
+            |s| SinkStats::get(&s.pipeline_reorders),
+        ),
+        (
+            "s2sink_max_appends_in_flight",
+            "Most appends seen in flight at once on one stream.",
+            |s| SinkStats::get(&s.max_appends_in_flight),
         ),
         ("s2sink_live_groups", "Group actors alive.", |s| {
             SinkStats::get(&s.live_groups)

@@ -151,6 +151,10 @@ impl AppState {
                 "server.idempotency_max_keys",
                 old.idempotency_max_keys != new.idempotency_max_keys,
             ),
+            (
+                "server.max_in_flight_bytes",
+                old.max_in_flight_bytes != new.max_in_flight_bytes,
+            ),
         ]
         .into_iter()
         .filter_map(|(k, changed)| changed.then_some(k))

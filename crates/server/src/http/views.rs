@@ -105,6 +105,9 @@ pub fn sink_view(shared: &SinkShared, now: UnixMillis) -> Value {
             "deduplicated": SinkStats::get(&stats.deduplicated),
             "ingest_duplicates": SinkStats::get(&stats.ingest_duplicates),
             "ingest_replayed": SinkStats::get(&stats.replayed),
+            "max_appends_in_flight": SinkStats::get(&stats.max_appends_in_flight),
+            "requeued": SinkStats::get(&stats.requeued),
+            "pipeline_reorders": SinkStats::get(&stats.pipeline_reorders),
         },
         "now": now,
     })

@@ -132,7 +132,7 @@ pub(super) async fn append_with_conflicts(
 /// The acks just written are flushed with the marker, so the durable mark never passes a
 /// message that would come back as pending after a crash; a lower mark in memory meanwhile
 /// is always safe.
-fn persist_mark_behind(ctx: &WriterCtx, state: &mut State, at: u64) {
+pub(super) fn persist_mark_behind(ctx: &WriterCtx, state: &mut State, at: u64) {
     state.marker = Some(at);
     state.last_persist = Instant::now();
     let (queue, key, on_fatal) = (

@@ -6,40 +6,65 @@
 //! append whose outcome is unknown. On start, and after any append that may have applied, the
 //! writer reads the stream from the mark to the tail and acks every message of this sink it
 //! finds there before it sends anything again. Every append carries `match_seq_num` = the tail
-//! the writer expects (from the last ack, the initial tail, or the reconciliation), so an
-//! uncertain append that S2 applies late fails with 412 instead of landing a second copy, and
-//! a 412 always triggers another reconciliation. This assumes the sink is the only writer of
-//! its streams; other writers only cost extra reconciliations.
+//! the writer expects (from the last ack, the initial tail, the reconciliation, or — while
+//! appends are in flight — the tail the previous append will leave), so an uncertain append
+//! that S2 applies late fails with 412 instead of landing a second copy, and a 412 always
+//! triggers another reconciliation (or, for a pipelined append that overtook its predecessor,
+//! a resend from the known tail). This assumes the sink is the only writer of its streams;
+//! other writers only cost extra reconciliations.
 //!
-//! One append is in flight per writer at a time, so the mark is trivially correct; appends to
-//! different streams run in parallel, and runs of many groups share each append. A writer
-//! with nothing to do for [`IDLE`] ends; the next run for its stream starts a new one.
+//! Pipelining: up to `max_appends_in_flight` appends (sink setting, default 2) are in flight
+//! per writer. An append is sent as soon as it is full; only a partial one lingers. Append
+//! k+1 is chained to k by `match_seq_num`, so it can only land right behind a landed k;
+//! outcomes are applied strictly in send order and the mark only follows an append whose
+//! predecessors all succeeded. The first failure stops sending, drains the pipeline and
+//! reconciles; the runs of later appends go back to their groups uncharged
+//! ([`RunError::Requeued`]). See `pipeline` for the details. A group may have its next run in
+//! the same writer behind its current one (never in another writer); both share
+//! [`Run::chain`], so the later one is never sent after the earlier one failed.
 //!
-//! - [`batch`](self): this module, collecting runs into appends;
+//! Order on the wire: the appends go out as unary requests on the sink's reqwest client. On
+//! HTTP/1.1 (direct `http://` endpoints such as s2-lite) concurrent requests use separate
+//! pooled connections, and hyper cannot pipeline requests on one connection, so append k+1
+//! can reach S2 before k; over HTTPS (S2 cloud) ALPN picks HTTP/2 and they share one
+//! connection in send order, but S2 may still handle the two streams concurrently. Truly
+//! ordered sending needs S2's append session (a streaming protocol this client does not
+//! implement yet). So ordering is not assumed: an overtaking append fails with 412 (its
+//! `match_seq_num` is ahead of the tail), which is definite — it did not land — so the writer
+//! resends it from the tail its predecessor's ack proved, without a reconciliation read, and
+//! counts it in `pipeline_reorders` (measured in docs/BENCHMARKS.md). Nothing is lost or
+//! duplicated either way; a reorder costs one extra round trip.
+//!
+//! Memory: every append holds its JSON size in KiB of the engine-wide in-flight budget
+//! (`EngineOptions::max_in_flight_bytes`, default 64 MiB) until it is answered; a writer
+//! waits for room before sending. Appends to different streams run in parallel, and runs of
+//! many groups share each append. A writer with nothing to do for [`IDLE`] ends; the next run
+//! for its stream starts a new one.
+//!
+//! - [`batch`](self): this module, the types shared with the group actors;
+//! - `pipeline`: the writer task, batching and the appends in flight, failure recovery;
 //! - `stream`: the low-water mark and reconciliation;
-//! - `append`: one append with its conflict handling.
+//! - `append`: one append at a time with its conflict handling (after a failure, 422 split).
 
 mod append;
+mod pipeline;
 mod stream;
 
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use s2sink_client::{AppendRecord, BatchLimits, S2Error, BATCH_JSON_OVERHEAD};
+use s2sink_client::{AppendRecord, BatchLimits, S2Error};
 use s2sink_core::{ErrorClass, LastError, Route};
-use s2sink_queue::{DeliveryId, MessageId, Queue};
-use tokio::sync::{mpsc, oneshot};
-use tokio::time::Instant;
+use s2sink_queue::{DeliveryId, Queue};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::io::StreamIo;
 use super::stats::SinkStats;
 use super::Clock;
-use append::append_with_conflicts;
 pub(crate) use stream::marker_key;
 pub use stream::{our_delivery_id, our_id};
-use stream::{prepare, queue_failure, State};
 
 /// Record header naming the sink that wrote the record.
 pub const HEADER_SINK: &str = "s2sink-sink";
@@ -66,6 +91,11 @@ pub struct Run {
     pub json_bytes: usize,
     /// The sink's reconciliation count when the run was read from the queue.
     pub read_epoch: u64,
+    /// Shared by the runs of one group that are in a writer at once (a group sends its next
+    /// run before the previous one is acked). The writer sets it when any of them is not
+    /// delivered, and does not send a run whose flag is set (it is requeued), so a group's
+    /// later run never lands after its earlier one failed.
+    pub chain: Option<Arc<AtomicBool>>,
 }
 
 /// Why a run was not delivered, as stored on the group's head.
@@ -98,8 +128,18 @@ impl Failure {
     }
 }
 
+/// Why a submitted run was not delivered.
+#[derive(Debug, Clone)]
+pub enum RunError {
+    /// The run's append failed: the group charges an attempt to its head.
+    Failed(Failure),
+    /// The run was in an append behind one that failed; `match_seq_num` kept it out of the
+    /// stream. Not a delivery failure: the group reads its head again, uncharged.
+    Requeued,
+}
+
 /// Outcome of a submitted run.
-pub type RunResult = Result<(), Failure>;
+pub type RunResult = Result<(), RunError>;
 
 struct Submission {
     run: Run,
@@ -114,6 +154,22 @@ pub struct WriterHandle {
     pub generation: u64,
 }
 
+/// The outcome of an enqueued run, to be awaited.
+pub struct Pending(oneshot::Receiver<RunResult>);
+
+impl Pending {
+    /// Waits for the run's outcome (acked in the queue before `Ok`).
+    pub async fn outcome(self) -> RunResult {
+        self.0.await.unwrap_or_else(|_| {
+            Err(RunError::Failed(Failure::local(
+                "shutdown",
+                "stream writer stopped".into(),
+                0,
+            )))
+        })
+    }
+}
+
 /// A submission that did not reach a writer because it had ended; the run comes back.
 pub struct WriterGone(pub Run);
 
@@ -122,17 +178,17 @@ impl WriterHandle {
     /// by the writer before `Ok` is returned. If the writer has ended (idle), the run comes
     /// back untouched so the caller can start a new writer.
     pub async fn submit(&self, run: Run) -> Result<RunResult, WriterGone> {
+        Ok(self.enqueue(run).await?.outcome().await)
+    }
+
+    /// Hands a run to the writer without waiting for its outcome: runs enqueued one after the
+    /// other on the same handle are appended in that order.
+    pub async fn enqueue(&self, run: Run) -> Result<Pending, WriterGone> {
         let (reply, rx) = oneshot::channel();
         if let Err(e) = self.tx.send(Submission { run, reply }).await {
             return Err(WriterGone(e.0.run));
         }
-        Ok(rx.await.unwrap_or_else(|_| {
-            Err(Failure::local(
-                "shutdown",
-                "stream writer stopped".into(),
-                0,
-            ))
-        }))
+        Ok(Pending(rx))
     }
 
     /// Whether the writer task has ended.
@@ -155,144 +211,18 @@ pub struct WriterCtx {
     pub generation: u64,
     /// How long the writer waits for a run before it ends.
     pub idle: Duration,
+    /// Appends in flight at once on this stream (1..=16).
+    pub max_in_flight: usize,
+    /// The engine-wide in-flight byte budget, in KiB permits (shared by every writer).
+    pub budget: Arc<Semaphore>,
+    /// The budget's size in KiB (one append never asks for more).
+    pub budget_kib: u32,
 }
 
 /// Starts a writer task on the current actix/tokio local set.
 pub fn spawn_writer(ctx: WriterCtx) -> WriterHandle {
     let (tx, rx) = mpsc::channel(1024);
     let generation = ctx.generation;
-    actix_rt::spawn(writer_loop(ctx, rx));
+    actix_rt::spawn(pipeline::writer_loop(ctx, rx));
     WriterHandle { tx, generation }
-}
-
-async fn writer_loop(ctx: WriterCtx, mut rx: mpsc::Receiver<Submission>) {
-    let mut state = State::new();
-    let mut carry: Option<Submission> = None;
-    loop {
-        let first = match carry.take() {
-            Some(s) => s,
-            None => match tokio::time::timeout(ctx.idle, rx.recv()).await {
-                Ok(Some(s)) => s,
-                Ok(None) => return,
-                Err(_) => {
-                    // Idle: refuse new runs (they come back to their sender), finish the
-                    // ones already queued, end.
-                    rx.close();
-                    let mut rest = Vec::new();
-                    while let Ok(s) = rx.try_recv() {
-                        rest.push(s);
-                    }
-                    for s in rest {
-                        process(&ctx, &mut state, vec![s]).await;
-                    }
-                    return;
-                }
-            },
-        };
-        let mut records = first.run.records.len();
-        let mut metered = first.run.metered;
-        let mut json = first.run.json_bytes;
-        let mut batch = vec![first];
-        // Take what is already waiting without delay; linger only while the batch is not full.
-        let deadline = Instant::now() + ctx.linger;
-        while records < ctx.limits.max_records {
-            let next = match rx.try_recv() {
-                Ok(s) => Some(s),
-                Err(_) => tokio::select! {
-                    s = rx.recv() => s,
-                    _ = tokio::time::sleep_until(deadline) => None,
-                },
-            };
-            let Some(s) = next else { break };
-            let fits = records + s.run.records.len() <= ctx.limits.max_records
-                && metered + s.run.metered <= ctx.limits.max_metered_bytes
-                && json + s.run.json_bytes + BATCH_JSON_OVERHEAD <= ctx.limits.max_json_bytes;
-            if !fits {
-                carry = Some(s);
-                break;
-            }
-            records += s.run.records.len();
-            metered += s.run.metered;
-            json += s.run.json_bytes;
-            batch.push(s);
-        }
-        process(&ctx, &mut state, batch).await;
-    }
-}
-
-async fn process(ctx: &WriterCtx, state: &mut State, batch: Vec<Submission>) {
-    if let Err(f) = prepare(ctx, state).await {
-        ctx.stats.count_failure(f.error.class, f.error.status);
-        tracing::warn!(
-            sink = %ctx.sink, stream = %ctx.route, class = f.error.class.as_str(),
-            status = ?f.error.status, error = %f.error.message,
-            "append failed: could not prepare the stream (tail / reconcile)"
-        );
-        for s in batch {
-            let _ = s.reply.send(Err(f.clone()));
-        }
-        return;
-    }
-    // The queue is the source of truth: a message no longer in it was delivered (found by a
-    // reconciliation, or acked by an earlier append), acknowledged or discarded. Drop those
-    // from the runs, so a stale resubmission can never land a second copy.
-    let mut pending = Vec::with_capacity(batch.len());
-    let epoch = ctx.stats.reconciles.load(Ordering::Acquire);
-    for mut s in batch {
-        if s.run.read_epoch >= epoch {
-            // Read after the last reconciliation, so no id can have been found in S2 since
-            // (only a manual acknowledge/discard racing with this run could have removed
-            // one; that message is then delivered anyway). Skip the lookups.
-            pending.push(s);
-            continue;
-        }
-        let ids: Vec<MessageId> = s.run.ids.iter().map(|d| d.id).collect();
-        let present = match ctx.queue.contains(&ctx.sink, &ids) {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = s.reply.send(Err(queue_failure(ctx, &e)));
-                continue;
-            }
-        };
-        let gone = present.iter().filter(|p| !**p).count();
-        if gone > 0 {
-            ctx.stats
-                .deduplicated
-                .fetch_add(gone as u64, Ordering::Relaxed);
-            let mut keep = present.iter();
-            s.run.records.retain(|_| *keep.next().unwrap());
-            let mut keep = present.iter();
-            s.run.ids.retain(|_| *keep.next().unwrap());
-        }
-        if s.run.ids.is_empty() {
-            let _ = s.reply.send(Ok(()));
-        } else {
-            pending.push(s);
-        }
-    }
-    if pending.is_empty() {
-        return;
-    }
-    let outcome = append_with_conflicts(ctx, state, &pending).await;
-    match outcome {
-        Ok(()) => {
-            for s in pending {
-                let _ = s.reply.send(Ok(()));
-            }
-        }
-        Err(f) if pending.len() > 1 && f.error.status == Some(422) => {
-            // One record may be poison: isolate it by sending each group's run on its own.
-            for s in pending {
-                let single = vec![s];
-                let r = append_with_conflicts(ctx, state, &single).await;
-                let s = single.into_iter().next().unwrap();
-                let _ = s.reply.send(r);
-            }
-        }
-        Err(f) => {
-            for s in pending {
-                let _ = s.reply.send(Err(f.clone()));
-            }
-        }
-    }
 }

@@ -1,0 +1,211 @@
+//! Pipelined appends under paused tokio time: a full append goes out at once, a second one is
+//! sent before the first is answered (chained by `match_seq_num`), a partial one waits for
+//! the linger, and with `max_appends_in_flight = 1` appends never overlap. S2 is an in-memory
+//! stream that answers every append after a fixed (virtual) round trip.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::Duration;
+
+use s2sink_client::{AppendAck, AppendInput, S2Config, S2Error, SequencedRecord, StreamPosition};
+use s2sink_core::Route;
+use s2sink_queue::Queue;
+use s2sink_server::engine::{BoxFuture, Engine, EngineOptions, IngestItem, SinkSettings, StreamIo};
+use tokio::time::Instant;
+
+const ROUND_TRIP: Duration = Duration::from_millis(100);
+
+/// One append as the stub saw it.
+#[derive(Debug, Clone)]
+struct Sent {
+    at: Instant,
+    match_seq_num: Option<u64>,
+    records: usize,
+}
+
+/// An in-memory stream: appends apply after [`ROUND_TRIP`] if their `match_seq_num` holds.
+#[derive(Default)]
+struct SlowStream {
+    records: RefCell<Vec<SequencedRecord>>,
+    sent: RefCell<Vec<Sent>>,
+    in_flight: Cell<usize>,
+    max_in_flight: Cell<usize>,
+}
+
+impl StreamIo for SlowStream {
+    fn append<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a str,
+        input: &'a AppendInput,
+    ) -> BoxFuture<'a, Result<AppendAck, S2Error>> {
+        self.sent.borrow_mut().push(Sent {
+            at: Instant::now(),
+            match_seq_num: input.match_seq_num,
+            records: input.records.len(),
+        });
+        self.in_flight.set(self.in_flight.get() + 1);
+        self.max_in_flight
+            .set(self.max_in_flight.get().max(self.in_flight.get()));
+        Box::pin(async move {
+            tokio::time::sleep(ROUND_TRIP).await;
+            self.in_flight.set(self.in_flight.get() - 1);
+            let mut records = self.records.borrow_mut();
+            let tail = records.len() as u64;
+            if input.match_seq_num.is_some_and(|m| m != tail) {
+                return Err(S2Error::SeqNumMismatch {
+                    context: "append".into(),
+                    expected: input.match_seq_num,
+                    actual: tail,
+                    body: String::new(),
+                });
+            }
+            for r in &input.records {
+                let seq_num = records.len() as u64;
+                records.push(SequencedRecord {
+                    seq_num,
+                    timestamp: 0,
+                    headers: r.headers.clone(),
+                    body: r.body.clone(),
+                });
+            }
+            let pos = |seq_num| StreamPosition {
+                seq_num,
+                timestamp: 0,
+            };
+            let end = records.len() as u64;
+            Ok(AppendAck {
+                start: pos(tail),
+                end: pos(end),
+                tail: pos(end),
+            })
+        })
+    }
+
+    fn check_tail<'a>(&'a self, _: &'a str, _: &'a str) -> BoxFuture<'a, Result<u64, S2Error>> {
+        Box::pin(async move { Ok(self.records.borrow().len() as u64) })
+    }
+
+    fn read<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a str,
+        start: u64,
+        count: usize,
+    ) -> BoxFuture<'a, Result<Vec<SequencedRecord>, S2Error>> {
+        Box::pin(async move {
+            Ok(self
+                .records
+                .borrow()
+                .iter()
+                .skip(start as usize)
+                .take(count)
+                .cloned()
+                .collect())
+        })
+    }
+}
+
+/// Far beyond any schedule here (virtual time).
+const POLL_DEADLINE: Duration = Duration::from_secs(600);
+
+/// Ingests `messages` of one group with appends of `max_records`, `linger` and `k` appends in
+/// flight; returns what the stream saw once every message is in it.
+fn run_paused(
+    messages: u64,
+    max_records: usize,
+    linger: Duration,
+    k: usize,
+) -> (Rc<SlowStream>, Instant) {
+    let system = actix_rt::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap()
+    });
+    system.block_on(async move {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Queue::open(dir.path()).unwrap();
+        let stub = Rc::new(SlowStream::default());
+        let mut s = SinkSettings::new(
+            "s",
+            Some(Route::new("test-basin", "events").unwrap()),
+            S2Config::direct("http://127.0.0.1:9"),
+        );
+        s.batch.limits.max_records = max_records;
+        s.batch.max_run_records = max_records;
+        s.batch.linger = linger;
+        s.batch.max_appends_in_flight = k;
+        let engine = Engine::start(
+            queue,
+            vec![s],
+            EngineOptions {
+                io: Some(stub.clone()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let items = (0..messages)
+            .map(|i| IngestItem::new(serde_json::json!({"record": {"id": 1}, "seq": i})))
+            .collect();
+        engine.ingest("s", items).await.unwrap();
+        // Published to the group only now (after the flush): no append can be older.
+        let ingested = Instant::now();
+        let reached = tokio::time::timeout(POLL_DEADLINE, async {
+            while (stub.records.borrow().len() as u64) < messages {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert!(
+            reached.is_ok(),
+            "{} of {messages} records within {POLL_DEADLINE:?}; sent {:?}",
+            stub.records.borrow().len(),
+            stub.sent.borrow()
+        );
+        (stub, ingested)
+    })
+}
+
+#[test]
+fn full_appends_go_out_at_once_two_in_flight_chained_by_match_seq_num() {
+    let (stub, _) = run_paused(40, 10, Duration::from_secs(5), 2);
+    let sent = stub.sent.borrow();
+    assert_eq!(sent.len(), 4, "{sent:?}");
+    // Chained: each append expects the tail the previous one leaves; nothing was refused.
+    let matches: Vec<Option<u64>> = sent.iter().map(|s| s.match_seq_num).collect();
+    assert_eq!(matches, [Some(0), Some(10), Some(20), Some(30)]);
+    assert!(sent.iter().all(|s| s.records == 10));
+    // The second append left before the first was answered; full appends never waited for
+    // the 5 s linger: the whole thing took two round trips, not four (nor a linger).
+    assert!(sent[1].at - sent[0].at < ROUND_TRIP, "{sent:?}");
+    assert!(sent[3].at - sent[0].at < 2 * ROUND_TRIP, "{sent:?}");
+    assert_eq!(stub.max_in_flight.get(), 2);
+}
+
+#[test]
+fn one_append_in_flight_waits_for_each_answer() {
+    let (stub, _) = run_paused(40, 10, Duration::from_secs(5), 1);
+    let sent = stub.sent.borrow();
+    assert_eq!(sent.len(), 4, "{sent:?}");
+    assert_eq!(stub.max_in_flight.get(), 1);
+    for w in sent.windows(2) {
+        assert!(w[1].at - w[0].at >= ROUND_TRIP, "{sent:?}");
+    }
+}
+
+#[test]
+fn a_partial_append_waits_for_the_linger() {
+    let linger = Duration::from_millis(700);
+    let (stub, ingested) = run_paused(3, 10, linger, 2);
+    let sent = stub.sent.borrow();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].records, 3);
+    // Not full: the append left only once the linger ended.
+    assert!(
+        sent[0].at - ingested >= linger,
+        "{:?}",
+        sent[0].at - ingested
+    );
+}

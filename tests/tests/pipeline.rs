@@ -1,0 +1,320 @@
+//! Pipelined appends (`max_appends_in_flight`): several appends of one stream in flight at
+//! once, chained by `match_seq_num`, still exactly once and in order per group — also when an
+//! append in the middle of the pipeline fails or its answer is lost.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use s2sink_queue::Queue;
+use s2sink_server::engine::{Engine, EngineOptions, IngestItem, SinkSettings, SinkShared};
+use s2sink_tests::proxy::{Fault, Proxy};
+use s2sink_tests::{change, eventually, ids_in, read_all, sink_settings, verify, LiteServer};
+
+/// One sink `name` writing through a fault proxy in front of s2-lite.
+struct Rig {
+    lite: LiteServer,
+    proxy: Proxy,
+    basin: String,
+    stream: String,
+    queue: Queue,
+    engine: Engine,
+    name: &'static str,
+    _dir: tempfile::TempDir,
+}
+
+impl Rig {
+    async fn start(name: &'static str, tune: impl FnOnce(&mut SinkSettings)) -> Rig {
+        let lite = LiteServer::start().await;
+        let (basin, stream) = lite.fresh_stream(name).await;
+        let proxy = Proxy::start(&lite.endpoint()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Queue::open(dir.path()).unwrap();
+        let mut settings = sink_settings(name, &proxy.endpoint(), &basin, &stream);
+        tune(&mut settings);
+        let options = EngineOptions {
+            on_fatal: Some(Rc::new(|e| eprintln!("fatal queue error: {e}"))),
+            ..EngineOptions::default()
+        };
+        let engine = Engine::start(queue.clone(), vec![settings], options).unwrap();
+        Rig {
+            lite,
+            proxy,
+            basin,
+            stream,
+            queue,
+            engine,
+            name,
+            _dir: dir,
+        }
+    }
+
+    fn sink(&self) -> &SinkShared {
+        self.engine.sink(self.name).unwrap()
+    }
+
+    /// Ingests `(group, seq)` changes in one request; returns id → group name.
+    async fn ingest(&self, items: &[(u64, u64)]) -> HashMap<u64, String> {
+        let batch: Vec<IngestItem> = items
+            .iter()
+            .map(|(pk, seq)| IngestItem::new(change(*pk, *seq, 32)))
+            .collect();
+        let ids = self.engine.ingest(self.name, batch).await.unwrap();
+        ids.iter()
+            .zip(items)
+            .map(|(id, (pk, _))| (id.0, format!("public.t/{pk}")))
+            .collect()
+    }
+
+    /// Waits (bounded) until nothing is pending and the proxy holds nothing; returns the ids
+    /// in the stream.
+    async fn drain(&self, deadline: Duration) -> Vec<u64> {
+        let done = eventually(deadline, || async {
+            self.queue.counts(self.name).pending == 0 && self.proxy.stats().in_flight == 0
+        })
+        .await;
+        assert!(
+            done,
+            "not delivered within {deadline:?}: {:?}; proxy {:?}",
+            self.queue.counts(self.name),
+            self.proxy.stats()
+        );
+        ids_in(
+            &read_all(&self.lite.client(), &self.basin, &self.stream).await,
+            self.name,
+        )
+    }
+
+    fn report(&self, test: &str) {
+        let s = &self.sink().stats;
+        eprintln!(
+            "{test}: proxy {:?}; engine appends {} max in flight {} requeued {} reorders {} \
+             reconciles {} discarded {} failures {:?}",
+            self.proxy.stats(),
+            s.appends.load(Relaxed),
+            s.max_appends_in_flight.load(Relaxed),
+            s.requeued.load(Relaxed),
+            s.pipeline_reorders.load(Relaxed),
+            s.reconciles.load(Relaxed),
+            s.discarded.load(Relaxed),
+            s.failures_by_status.lock().unwrap(),
+        );
+    }
+}
+
+/// A hot group of 20k messages over appends of 500 records, every append delayed 20 ms on
+/// the wire: with `k` appends in flight. Returns (max in flight seen by the engine, by the
+/// proxy).
+async fn hot_group(k: usize) -> (u64, u64) {
+    let rig = Rig::start("hot", |s| {
+        s.batch.max_appends_in_flight = k;
+        s.batch.limits.max_records = 500;
+        s.batch.max_run_records = 500;
+    })
+    .await;
+    rig.proxy
+        .set_policy(|_| Fault::Delay(Duration::from_millis(20)));
+    let total = 20_000u64;
+    let mut expected = HashMap::new();
+    for chunk in 0..(total / 1000) {
+        let items: Vec<(u64, u64)> = (0..1000).map(|i| (42, chunk * 1000 + i)).collect();
+        expected.extend(rig.ingest(&items).await);
+    }
+    let delivered = rig.drain(Duration::from_secs(120)).await;
+    rig.report(&format!("hot group k={k}"));
+    let verdict = verify(&delivered, &expected);
+    assert!(verdict.is_clean(), "{verdict:?}");
+    assert_eq!(delivered.len() as u64, total);
+    let stats = &rig.sink().stats;
+    // Nothing was charged: no failure reached a group.
+    assert!(
+        rig.sink().last_failure().is_none(),
+        "{:?}",
+        rig.sink().last_failure()
+    );
+    assert_eq!(stats.discarded.load(Relaxed), 0);
+    (
+        stats.max_appends_in_flight.load(Relaxed),
+        rig.proxy.stats().max_in_flight,
+    )
+}
+
+#[actix_rt::test]
+async fn a_hot_group_with_two_appends_in_flight_lands_exactly_once_in_order() {
+    let (engine_max, wire_max) = hot_group(2).await;
+    // Two appends of the one group really were outstanding at once, at the engine and on
+    // the wire (the proxy saw two requests at the same time).
+    assert_eq!(engine_max, 2, "engine never had two appends in flight");
+    assert!(wire_max >= 2, "the proxy never saw two appends at once");
+}
+
+#[actix_rt::test]
+async fn one_append_in_flight_is_still_one() {
+    // The control: with k = 1 the same load never overlaps appends (so the k = 2 test's
+    // counters do measure pipelining).
+    let (engine_max, wire_max) = hot_group(1).await;
+    assert_eq!(engine_max, 1);
+    assert_eq!(wire_max, 1);
+}
+
+/// Two groups, five messages each, appends of five records: one run per append, so group A's
+/// run is append k and group B's is append k+1, sent while k is still in flight.
+async fn two_groups_behind_a_fault(
+    name: &'static str,
+    faults: Vec<Fault>,
+) -> (Rig, HashMap<u64, String>) {
+    let rig = Rig::start(name, |s| {
+        s.batch.max_appends_in_flight = 2;
+        s.batch.limits.max_records = 5;
+        s.batch.max_run_records = 5;
+        s.batch.linger = Duration::ZERO;
+        // A charged attempt discards: a chain victim charged by mistake would go missing.
+        s.max_retry_count = Some(1);
+    })
+    .await;
+    rig.proxy.push_faults(faults);
+    let mut items = Vec::new();
+    for seq in 0..5 {
+        items.push((1, seq));
+    }
+    for seq in 0..5 {
+        items.push((2, seq));
+    }
+    let expected = rig.ingest(&items).await;
+    (rig, expected)
+}
+
+#[actix_rt::test]
+async fn a_failed_append_sends_the_one_behind_it_back_uncharged() {
+    // Append k is refused (429) only after 300 ms, when k+1 is surely on the wire; k+1 reaches
+    // S2 first with match_seq_num = k's end and gets 412. The group of k is charged (and, with
+    // max_retry_count = 1, its head discarded); the group of k+1 is not charged at all.
+    let (rig, mut expected) = two_groups_behind_a_fault(
+        "refused",
+        vec![Fault::Late(
+            Duration::from_millis(300),
+            Box::new(Fault::throttled(0)),
+        )],
+    )
+    .await;
+    let delivered = rig.drain(Duration::from_secs(30)).await;
+    rig.report("refused");
+    let stats = &rig.sink().stats;
+    assert_eq!(
+        stats.max_appends_in_flight.load(Relaxed),
+        2,
+        "k+1 was not in flight"
+    );
+    assert_eq!(
+        stats.discarded.load(Relaxed),
+        1,
+        "exactly the refused group's head is charged (and discarded)"
+    );
+    assert!(
+        stats.requeued.load(Relaxed) >= 5,
+        "k+1's run was not requeued"
+    );
+    // The discarded message is the head (lowest id) of one group; everything else landed
+    // exactly once and in order.
+    let missing: Vec<u64> = expected
+        .keys()
+        .copied()
+        .filter(|id| !delivered.contains(id))
+        .collect();
+    assert_eq!(missing.len(), 1, "{missing:?}");
+    let group = expected[&missing[0]].clone();
+    let head = expected
+        .iter()
+        .filter(|(_, g)| **g == group)
+        .map(|(id, _)| *id)
+        .min()
+        .unwrap();
+    assert_eq!(missing[0], head);
+    expected.remove(&head);
+    let verdict = verify(&delivered, &expected);
+    assert!(verdict.is_clean(), "{verdict:?}");
+    assert_eq!(delivered.len(), expected.len());
+}
+
+#[actix_rt::test]
+async fn a_lost_answer_with_the_next_append_landing_behind_it_is_not_duplicated() {
+    // Append k is applied after 300 ms but its answer is dropped (outcome unknown); k+1 is
+    // held 600 ms and then lands right behind k (its match_seq_num holds). The writer applies
+    // k+1's ack, reconciles from the mark (which did not move past k) and finds k: nothing
+    // is sent twice, nothing is charged.
+    let (rig, expected) = two_groups_behind_a_fault(
+        "lost",
+        vec![
+            Fault::Late(Duration::from_millis(300), Box::new(Fault::ForwardThenDrop)),
+            Fault::Delay(Duration::from_millis(600)),
+        ],
+    )
+    .await;
+    let delivered = rig.drain(Duration::from_secs(30)).await;
+    rig.report("lost");
+    let stats = &rig.sink().stats;
+    assert_eq!(
+        stats.max_appends_in_flight.load(Relaxed),
+        2,
+        "k+1 was not in flight"
+    );
+    assert_eq!(rig.proxy.stats().applied_unacknowledged, 1);
+    assert_eq!(stats.discarded.load(Relaxed), 0, "a group was charged");
+    assert!(
+        rig.sink().last_failure().is_none(),
+        "a group was charged: {:?}",
+        rig.sink().last_failure()
+    );
+    assert!(
+        stats.reconciles.load(Relaxed) >= 1,
+        "the lost answer was not reconciled"
+    );
+    let verdict = verify(&delivered, &expected);
+    assert!(verdict.is_clean(), "{verdict:?}");
+    assert_eq!(delivered.len(), expected.len());
+    // Both appends landed on the first try: ten records, no resend.
+    let tail = rig
+        .lite
+        .client()
+        .check_tail(&rig.basin, &rig.stream)
+        .await
+        .unwrap()
+        .seq_num;
+    assert_eq!(tail, 10);
+}
+
+#[actix_rt::test]
+async fn a_lost_answer_whose_follower_got_412_resends_only_the_follower() {
+    // Append k is applied after 300 ms, answer dropped; k+1 passes at once, reaches S2 before
+    // k and gets 412. Reconciliation finds k; k+1's run goes back uncharged and lands once.
+    let (rig, expected) = two_groups_behind_a_fault(
+        "lost412",
+        vec![Fault::Late(
+            Duration::from_millis(300),
+            Box::new(Fault::ForwardThenDrop),
+        )],
+    )
+    .await;
+    let delivered = rig.drain(Duration::from_secs(30)).await;
+    rig.report("lost412");
+    let stats = &rig.sink().stats;
+    assert_eq!(
+        stats.max_appends_in_flight.load(Relaxed),
+        2,
+        "k+1 was not in flight"
+    );
+    assert_eq!(stats.discarded.load(Relaxed), 0, "a group was charged");
+    assert!(
+        rig.sink().last_failure().is_none(),
+        "a group was charged: {:?}",
+        rig.sink().last_failure()
+    );
+    assert!(
+        stats.requeued.load(Relaxed) >= 5,
+        "k+1's run was not requeued"
+    );
+    let verdict = verify(&delivered, &expected);
+    assert!(verdict.is_clean(), "{verdict:?}");
+    assert_eq!(delivered.len(), expected.len());
+}
