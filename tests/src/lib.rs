@@ -128,7 +128,9 @@ pub fn verify(delivered: &[u64], expected: &HashMap<u64, String>) -> Verdict {
 }
 
 /// A Sequin-style change message for table `public.t`, primary key `pk`, with a padding
-/// field of `pad` bytes.
+/// field of `pad` bytes. Its `idempotency_key` is `<commit_lsn>:<commit_idx>` as Sequin's, with
+/// `commit_lsn = seq` and `commit_idx = pk`, so it is unique per (pk, seq) — the server
+/// stores a repeated key only once.
 pub fn change(pk: u64, seq: u64, pad: usize) -> serde_json::Value {
     serde_json::json!({
         "action": "update",
@@ -137,9 +139,9 @@ pub fn change(pk: u64, seq: u64, pad: usize) -> serde_json::Value {
         "metadata": {
             "table_schema": "public", "table_name": "t",
             "commit_timestamp": "2026-11-27T00:00:00Z",
-            "commit_lsn": seq, "commit_idx": 0,
+            "commit_lsn": seq, "commit_idx": pk,
             "record_pks": [pk.to_string()],
-            "idempotency_key": format!("{seq}:0"),
+            "idempotency_key": format!("{seq}:{pk}"),
         }
     })
 }

@@ -23,7 +23,9 @@ use std::process::{Command, Stdio};
 
 use s2sink_core::{ErrorClass, GroupKey, LastError};
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use s2sink_queue::{ListFilter, MessageId, NewMessage, Queue, QueueError, QueueOptions};
 
@@ -298,6 +300,9 @@ fn delivery_ids_never_repeat_across_kills_between_apply_and_flush() {
 
 /// Runs `cycles` kill/restart cycles; returns in how many cycles ids that the killed child had
 /// applied (but not flushed) were handed out again.
+/// Longest a crash child may take to produce the lines its kill waits for.
+const CHILD_DEADLINE: Duration = Duration::from_secs(120);
+
 fn kill_loop(cycles: usize, delay_ms: u64) -> usize {
     let mut reissued = 0;
     let seed: u64 = std::env::var("S2SINK_CRASH_SEED")
@@ -331,6 +336,27 @@ fn kill_loop(cycles: usize, delay_ms: u64) -> usize {
             .spawn()
             .unwrap();
         let mut out = BufReader::new(child.stdout.take().unwrap());
+        // A child that stops reporting would block the read below for ever: a watchdog
+        // kills it after a generous deadline, and the cycle fails instead of hanging.
+        let child = Arc::new(Mutex::new(child));
+        let (done, hung) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let watchdog = {
+            let (child, done, hung) = (child.clone(), done.clone(), hung.clone());
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + CHILD_DEADLINE;
+                while Instant::now() < deadline {
+                    if done.load(Relaxed) {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                hung.store(true, Relaxed);
+                let _ = child.lock().unwrap().kill();
+            })
+        };
         let kill_after = rng.usize(1..400);
         let mut seen = 0;
         let mut killed = false;
@@ -347,11 +373,17 @@ fn kill_loop(cycles: usize, delay_ms: u64) -> usize {
             claims.take(&line);
             seen += 1;
             if !killed && seen >= kill_after {
-                child.kill().unwrap(); // SIGKILL
+                child.lock().unwrap().kill().unwrap(); // SIGKILL
                 killed = true;
             }
         }
-        let status = child.wait().unwrap();
+        done.store(true, Relaxed);
+        watchdog.join().unwrap();
+        let status = child.lock().unwrap().wait().unwrap();
+        assert!(
+            !hung.load(Relaxed),
+            "cycle {cycle}: the child reported {seen} lines, then nothing for {CHILD_DEADLINE:?}"
+        );
         assert!(killed, "cycle {cycle}: child exited by itself: {status}");
     }
     verify(dir.path(), &claims);
