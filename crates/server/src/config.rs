@@ -139,6 +139,9 @@ pub struct SinkSection {
     /// How long an accepted `Idempotency-Key` / `metadata.idempotency_key` makes a repeat a
     /// duplicate (default a day).
     pub idempotency_window_secs: Option<u64>,
+    /// `false`: messages repeating an accepted `metadata.idempotency_key` are stored again
+    /// (for producers whose keys are not unique per change). Default `true`.
+    pub dedup_message_keys: Option<bool>,
 }
 
 impl std::fmt::Debug for SinkSection {
@@ -497,6 +500,9 @@ fn sink_settings(
         Some(secs) => settings.idempotency_window = Duration::from_secs(secs),
         None => {}
     }
+    if let Some(on) = s.dedup_message_keys {
+        settings.dedup_message_keys = on;
+    }
     Ok(settings)
 }
 
@@ -737,6 +743,9 @@ endpoint = "http://127.0.0.1:8080"
             c.sinks[0].idempotency_window,
             crate::engine::DEFAULT_IDEMPOTENCY_WINDOW
         );
+        assert!(c.sinks[0].dedup_message_keys, "on by default");
+        let c = load_str(&format!("{OK}dedup_message_keys = false\n"), &[]).unwrap();
+        assert!(!c.sinks[0].dedup_message_keys);
         let e = err(&OK.replace("[server]", "[server]\ncors_allowed_origins = [\"*\"]"));
         assert!(e.contains("cors_allowed_origins"), "{e}");
         let ok = load_str(

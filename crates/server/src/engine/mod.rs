@@ -314,7 +314,8 @@ impl Engine {
             };
             let mut msg = NewMessage::new(group, payload);
             // An empty key would make every keyless-looking message a duplicate of the first.
-            if let Some(key) = envelope.idempotency_key().filter(|k| !k.is_empty()) {
+            let key = envelope.idempotency_key().filter(|k| !k.is_empty());
+            if let Some(key) = key.filter(|_| settings.dedup_message_keys) {
                 msg = msg.with_idempotency_key(key);
             }
             msgs.push(msg);

@@ -32,6 +32,11 @@ pub struct SinkSettings {
     /// How long accepted idempotency keys (request and message keys) make a repeat a
     /// duplicate. A change applies to keys accepted after it.
     pub idempotency_window: Duration,
+    /// Whether a message whose `metadata.idempotency_key` was already accepted is stored
+    /// again (`false`) or answered with the original id (`true`, the default). Turn it off for
+    /// producers whose keys are not unique per change (Sequin's are: `<commit_lsn>:<commit_idx>`),
+    /// or repeated keys would be taken as retries and stored once.
+    pub dedup_message_keys: bool,
 }
 
 /// Default [`SinkSettings::idempotency_window`]: a day, longer than any producer's retries.
@@ -80,6 +85,7 @@ impl SinkSettings {
             dead_letter_stream: None,
             max_live_groups: 10_000,
             idempotency_window: DEFAULT_IDEMPOTENCY_WINDOW,
+            dedup_message_keys: true,
         }
     }
 }
