@@ -140,17 +140,22 @@ impl Api {
     }
 }
 
-/// Runs `send`, `sinks` or `messages`.
-pub fn run(cmd: &str, args: Args) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread()
+/// A single-threaded runtime for a CLI command; failing to build one is exit status 1.
+pub fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
+        .map_err(|e| {
             eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
+            ExitCode::FAILURE
+        })
+}
+
+/// Runs `send`, `sinks` or `messages`.
+pub fn run(cmd: &str, args: Args) -> ExitCode {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
     };
     let result = rt.block_on(async {
         let api = Api::new(&args);

@@ -92,13 +92,9 @@ fn serve_cmd(args: cli::Args) -> ExitCode {
         }
     };
     init_logging(json_logs);
-    let env: HashMap<String, String> = std::env::vars().collect();
-    let config = match config::load(&path, &env) {
+    let config = match load_config(&path) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let result = actix_rt::System::new().block_on(serve::run(config, Some(path)));
     match result {
@@ -110,27 +106,27 @@ fn serve_cmd(args: cli::Args) -> ExitCode {
     }
 }
 
+/// The config at `path` with the environment's overrides; a config error is printed and
+/// becomes exit status 2 (before anything listens or connects).
+fn load_config(path: &std::path::Path) -> Result<config::Config, ExitCode> {
+    let env: HashMap<String, String> = std::env::vars().collect();
+    config::load(path, &env).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })
+}
+
 /// `s2-sink check`: loads the config as `serve` does (exit 2 on an error), then checks each
 /// sink's S2 side and prints a table; exit 1 when a check failed.
 fn check_cmd(args: cli::Args) -> ExitCode {
     let path = PathBuf::from(args.opt("config").unwrap_or("s2-sink.toml"));
-    let env: HashMap<String, String> = std::env::vars().collect();
-    let config = match config::load(&path, &env) {
+    let config = match load_config(&path) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match cli::runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let rows = rt.block_on(s2sink_server::check::check_sinks(&config.sinks));
     print!(
