@@ -51,3 +51,32 @@ async fn repeated_message_keys_are_stored_once_unless_switched_off() {
         assert_eq!(queue.counts("keys").pending, stored, "dedup {dedup}");
     }
 }
+
+/// The README's demo sends `examples/changes.ndjson`: with the dedup on, two changes sharing
+/// an idempotency key would reach S2 as one. Its keys are `<commit_lsn>:<commit_idx>` and unique.
+#[test]
+fn the_example_changes_have_unique_idempotency_keys() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/changes.ndjson");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for (i, line) in text.lines().filter(|l| !l.trim().is_empty()).enumerate() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let Some(key) = v["metadata"]["idempotency_key"].as_str() else {
+            continue;
+        };
+        let m = &v["metadata"];
+        assert_eq!(
+            key,
+            format!("{}:{}", m["commit_lsn"], m["commit_idx"]),
+            "line {}",
+            i + 1
+        );
+        assert!(
+            seen.insert(key.to_string()),
+            "line {}: key {key} repeats",
+            i + 1
+        );
+    }
+    assert!(seen.len() > 10);
+}
