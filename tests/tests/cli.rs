@@ -555,3 +555,62 @@ async fn check_names_what_is_wrong_on_the_s2_side() {
     .await;
     assert!(logged, "no start-up check warning:\n{}", server.log());
 }
+
+/// `examples/s2-sink.service` runs the binary with flags it accepts, and (where
+/// `systemd-analyze` exists) passes `systemd-analyze verify` with the binary at its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_systemd_unit_example_is_valid() {
+    let unit_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/s2-sink.service");
+    let unit = std::fs::read_to_string(&unit_path).unwrap();
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("an ExecStart line");
+    let mut words = exec.split_whitespace();
+    assert_eq!(words.next(), Some("/usr/local/bin/s2-sink"));
+    let args: Vec<&str> = words.collect();
+    assert_eq!(args[..2], ["serve", "--config"]);
+    for key in [
+        "ProtectSystem=strict",
+        "ReadWritePaths=",
+        "Restart=on-failure",
+    ] {
+        assert!(unit.contains(key), "the unit lacks {key}");
+    }
+    // The same flags with a config that does not exist: a config error (exit 2), not a
+    // usage error, so every flag was understood.
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("none.toml");
+    let mut flags: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    flags[2] = missing.to_str().unwrap().to_string();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let run = cli_in(Some(dir.path()), &flags, &[], None).await;
+    assert_eq!(run.code, Some(2), "{run:?}");
+    assert!(!run.stderr.contains("USAGE"), "a flag was refused: {run:?}");
+
+    let Ok(out) = std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+    else {
+        println!("systemd-analyze not installed: only the flags were checked");
+        return;
+    };
+    assert!(out.status.success());
+    let local = dir.path().join("s2-sink.service");
+    let bin = sink_binary();
+    std::fs::write(
+        &local,
+        unit.replace("/usr/local/bin/s2-sink", bin.to_str().unwrap()),
+    )
+    .unwrap();
+    let verify = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&local)
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "systemd-analyze verify: {}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+}
