@@ -28,6 +28,9 @@ export S2SINK_BIN="$PWD/target/debug/s2-sink"
 echo "== doc tests"
 cargo test --workspace --all-features --locked --doc
 
+echo "== the crates package for crates.io (cargo package; the doc tests above run each crate's README example)"
+cargo package --workspace --exclude s2sink-tests --no-verify --locked --quiet
+
 echo "== browser test (web console in Chromium)"
 if [ ! -x /usr/bin/chromium ]; then
   if [ "$(id -u)" = 0 ]; then

@@ -77,3 +77,8 @@ pub use types::{
     GroupRef, Idempotency, ListFilter, MessageId, NewMessage, QueueOptions, RequestKey,
     StateFilter, StoredMessage,
 };
+
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -23,3 +23,8 @@ pub use error::S2Error;
 pub use types::{
     AppendAck, AppendInput, AppendRecord, ReadLimits, SequencedRecord, StreamPosition,
 };
+
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

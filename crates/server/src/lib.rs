@@ -20,3 +20,8 @@ pub mod http;
 pub mod serve;
 
 pub use error::ServerError;
+
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -34,3 +34,8 @@ pub fn now_millis() -> UnixMillis {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
+
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

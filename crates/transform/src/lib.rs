@@ -31,3 +31,8 @@ pub use functions::{Applied, Functions, FunctionsConfig, TransformSpec};
 pub use path::{PathTransform, MAX_PATH_LEN};
 pub use sandbox::SandboxLimits;
 pub use script::{FunctionSource, PARAMS};
+
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
