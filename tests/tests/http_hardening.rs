@@ -1298,3 +1298,67 @@ async fn logs_are_plain_text_with_one_access_line_per_request() {
         quiet.log()
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Metrics (operability): one block per family, and the lag gauge.
+
+/// `/metrics` with two sinks keeps each family's samples together (the text format's rule;
+/// the queue gauges used to interleave), and reports each sink's lag: the age of its oldest
+/// pending message, 0 for a sink with nothing pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_families_stay_together_and_report_lag() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &config(""), &[]).await;
+    let api = Api::new(&server);
+    assert_eq!(
+        api.ingest("main", "application/json", msg(1)).await.status,
+        202
+    );
+    let text = http_client()
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    // Family of every sample line, in order; a family may not come back after another one.
+    let mut order: Vec<String> = Vec::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let name = line.split(['{', ' ']).next().unwrap();
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| {
+                name.strip_suffix(s).filter(|_| {
+                    text.contains(&format!(
+                        "# TYPE {} histogram",
+                        &name[..name.len() - s.len()]
+                    ))
+                })
+            })
+            .unwrap_or(name)
+            .to_string();
+        if order.last() != Some(&family) {
+            assert!(
+                !order.contains(&family),
+                "samples of {family} are split:\n{text}"
+            );
+            order.push(family);
+        }
+    }
+    assert!(order.len() > 10, "{text}");
+    let sample = |sink: &str| -> f64 {
+        let prefix = format!("s2sink_oldest_pending_age_seconds{{sink=\"{sink}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no lag sample for {sink}:\n{text}"))
+            .parse()
+            .unwrap()
+    };
+    assert!(sample("main") >= 0.0);
+    assert_eq!(sample("other"), 0.0, "nothing pending in `other`");
+    assert!(text.contains("# TYPE s2sink_oldest_pending_age_seconds gauge"));
+}

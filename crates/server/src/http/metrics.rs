@@ -116,13 +116,41 @@ pub fn render(state: &AppState) -> String {
             let _ = writeln!(out, "s2sink_failed_attempts_total{{sink=\"{}\",class=\"{class}\",status=\"{status}\"}} {n}", label(&s.name));
         }
     }
-    let _ = writeln!(out, "# HELP s2sink_pending_messages Messages waiting for delivery.\n# TYPE s2sink_pending_messages gauge");
-    let _ = writeln!(out, "# HELP s2sink_failing_messages Pending messages that failed at least once.\n# TYPE s2sink_failing_messages gauge");
-    for s in state.engine.sinks() {
-        let c = s.queue.counts(&s.name);
-        let n = label(&s.name);
-        let _ = writeln!(out, "s2sink_pending_messages{{sink=\"{n}\"}} {}", c.pending);
-        let _ = writeln!(out, "s2sink_failing_messages{{sink=\"{n}\"}} {}", c.failing);
+    // One family at a time: the text format wants a family's samples together.
+    type QueueGauge = (&'static str, &'static str, fn(&AppState, &str) -> f64);
+    let gauges: [QueueGauge; 3] = [
+        (
+            "s2sink_pending_messages",
+            "Messages waiting for delivery.",
+            |st, sink| st.engine.queue().counts(sink).pending as f64,
+        ),
+        (
+            "s2sink_failing_messages",
+            "Pending messages that failed at least once.",
+            |st, sink| st.engine.queue().counts(sink).failing as f64,
+        ),
+        (
+            "s2sink_oldest_pending_age_seconds",
+            "Age of the oldest pending message (the sink's lag; 0 when nothing is pending).",
+            |st, sink| {
+                st.engine
+                    .queue()
+                    .oldest_pending_at(sink)
+                    .map(|at| st.clock.now_millis().saturating_sub(at) as f64 / 1000.0)
+                    .unwrap_or(0.0)
+            },
+        ),
+    ];
+    for (name, help, get) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for s in state.engine.sinks() {
+            let _ = writeln!(
+                out,
+                "{name}{{sink=\"{}\"}} {}",
+                label(&s.name),
+                get(state, &s.name)
+            );
+        }
     }
     let _ = writeln!(out, "# HELP s2sink_append_latency_ms Append round trip in milliseconds.\n# TYPE s2sink_append_latency_ms histogram");
     for s in state.engine.sinks() {
