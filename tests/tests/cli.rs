@@ -614,3 +614,82 @@ async fn the_systemd_unit_example_is_valid() {
         String::from_utf8_lossy(&verify.stderr)
     );
 }
+
+/// `s2-sink reload` asks the server to re-read its config; `messages list --state discarded`
+/// pages the discarded messages (their own route).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_and_the_discarded_list_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    // The stuck sink's S2 is a closed port: what is sent stays pending until discarded.
+    let server = ServerProcess::start(
+        dir.path(),
+        &config("http://127.0.0.1:1", "cli-basin-01"),
+        &[],
+    )
+    .await;
+    let env = [
+        ("S2SINK_URL", server.url.as_str()),
+        ("S2SINK_API_TOKEN", API_TOKEN),
+    ];
+    let two = format!("{}\n{}\n", change(1, 1, 10), change(2, 2, 10));
+    cli_in(None, &["send", "--sink", "stuck", "-"], &env, Some(&two))
+        .await
+        .ok();
+    let listed = cli_in(None, &["messages", "list", "--sink", "stuck"], &env, None).await;
+    let ids = ids_of(&listed.ok().json());
+    assert_eq!(ids.len(), 2, "{listed:?}");
+    for id in &ids {
+        let id = id.to_string();
+        cli_in(
+            None,
+            &["messages", "discard", "--sink", "stuck", &id],
+            &env,
+            None,
+        )
+        .await
+        .ok();
+    }
+    let page = cli_in(
+        None,
+        &[
+            "messages",
+            "list",
+            "--sink",
+            "stuck",
+            "--state",
+            "discarded",
+            "--limit",
+            "1",
+        ],
+        &env,
+        None,
+    )
+    .await;
+    let page = page.ok().json();
+    assert_eq!(ids_of(&page).len(), 1, "{page}");
+    assert_eq!(page["messages"][0]["state"], "discarded");
+    let before = page["next_before"].to_string();
+    let rest = cli_in(
+        None,
+        &[
+            "messages",
+            "list",
+            "--sink",
+            "stuck",
+            "--state",
+            "discarded",
+            "--before",
+            &before,
+        ],
+        &env,
+        None,
+    )
+    .await;
+    let mut all = ids_of(&page);
+    all.extend(ids_of(&rest.ok().json()));
+    all.sort();
+    assert_eq!(all, ids);
+
+    let r = cli_in(None, &["reload"], &env, None).await;
+    assert_eq!(r.ok().json()["reloaded"], true);
+}

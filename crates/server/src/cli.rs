@@ -151,7 +151,7 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
         })
 }
 
-/// Runs `send`, `sinks` or `messages`.
+/// Runs `send`, `sinks`, `reload` or `messages`.
 pub fn run(cmd: &str, args: Args) -> ExitCode {
     let rt = match runtime() {
         Ok(rt) => rt,
@@ -166,6 +166,11 @@ pub fn run(cmd: &str, args: Args) -> ExitCode {
                 Ok(())
             }
             "send" => send(&api, &args).await,
+            "reload" => {
+                let v = api.call(reqwest::Method::POST, "/api/reload", None).await?;
+                print_json(&v);
+                Ok(())
+            }
             "messages" => messages(&api, &args).await,
             _ => Err(format!("unknown command `{cmd}`")),
         }
@@ -276,6 +281,17 @@ async fn messages(api: &Api, args: &Args) -> Result<(), String> {
             .ok_or_else(|| format!("`messages {sub}` needs a message ID"))
     };
     let v = match sub {
+        // Discarded messages have their own route, paged backwards with `before`.
+        "list" if args.opt("state") == Some("discarded") => {
+            let mut q = vec![];
+            for k in ["limit", "before"] {
+                if let Some(v) = args.opt(k) {
+                    q.push(format!("{k}={}", urlencode(v)));
+                }
+            }
+            let path = format!("/api/sinks/{sink}/discarded?{}", q.join("&"));
+            api.call(reqwest::Method::GET, &path, None).await?
+        }
         "list" => {
             let mut q = vec![];
             for k in ["state", "group", "limit", "after", "order"] {

@@ -19,7 +19,9 @@ USAGE:
   s2-sink check [--config FILE]     (config, functions, and each sink's S2 side; exit 0 ok, 1 not)
   s2-sink send --sink NAME [--group G] [--batch N] [FILE|-]   (NDJSON or a JSON array)
   s2-sink sinks
+  s2-sink reload                    (re-reads the server's config file, as SIGHUP does)
   s2-sink messages list --sink NAME [--state pending|backing_off|failed|all] [--group G] [--limit N]
+  s2-sink messages list --sink NAME --state discarded [--limit N] [--before CURSOR]
   s2-sink messages show|ack|redeliver|discard --sink NAME ID
   s2-sink messages redeliver-all --sink NAME
 
@@ -46,10 +48,12 @@ fn main() -> ExitCode {
         "serve" => (vec!["config", "log-format"], 0),
         "check" => (vec!["config"], 0),
         "send" => ([&["sink", "group", "batch"][..], &CLIENT].concat(), 1),
-        "sinks" => (CLIENT.to_vec(), 0),
+        "sinks" | "reload" => (CLIENT.to_vec(), 0),
         "messages" => (
             [
-                &["sink", "state", "group", "limit", "after", "order"][..],
+                &[
+                    "sink", "state", "group", "limit", "after", "before", "order",
+                ][..],
                 &CLIENT,
             ]
             .concat(),
