@@ -553,17 +553,16 @@ impl Sink {
 
     /// The published ids of a group, in order.
     fn group_ids(st: &State, group: &GroupRef) -> Vec<u64> {
+        Self::ids_of(st, group).collect()
+    }
+
+    /// The ids of `group`'s queued messages, oldest first (at most one for a solo message).
+    fn ids_of<'a>(st: &'a State, group: &GroupRef) -> Box<dyn Iterator<Item = u64> + 'a> {
         match group.solo() {
-            Some(id) => st
-                .index
-                .solos
-                .contains(&id.0)
-                .then_some(id.0)
-                .into_iter()
-                .collect(),
+            Some(id) => Box::new(st.index.solos.get(&id.0).copied().into_iter()),
             None => match st.index.groups.lookup(group) {
-                Some(slot) => st.index.groups.ids(slot).iter().copied().collect(),
-                None => Vec::new(),
+                Some(slot) => Box::new(st.index.groups.ids(slot).iter().copied()),
+                None => Box::new(std::iter::empty()),
             },
         }
     }
@@ -579,19 +578,7 @@ impl Sink {
         let st = &mut *guard;
         let mut ids = Vec::new();
         let mut bytes = 0usize;
-        let slot = match group.solo() {
-            Some(_) => None,
-            None => match st.index.groups.lookup(group) {
-                Some(s) => Some(s),
-                None => return Ok(Vec::new()),
-            },
-        };
-        let candidates: Box<dyn Iterator<Item = u64> + '_> = match (slot, group.solo()) {
-            (Some(s), _) => Box::new(st.index.groups.ids(s).iter().copied()),
-            (None, Some(id)) => Box::new(st.index.solos.get(&id.0).copied().into_iter()),
-            (None, None) => Box::new(std::iter::empty()),
-        };
-        for id in candidates {
+        for id in Self::ids_of(st, group) {
             let len = st.index.msgs[&id].len as usize;
             if !ids.is_empty() && (ids.len() >= max_messages || bytes + len > max_bytes) {
                 break;
