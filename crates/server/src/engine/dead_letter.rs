@@ -32,8 +32,7 @@ use s2sink_core::{LastError, Route};
 use s2sink_queue::{Queue, StoredMessage};
 
 use super::io::StreamIo;
-use super::scan;
-use super::writer::{HEADER_ID, HEADER_SINK};
+use super::scan::{self, HEADER_ID, HEADER_SINK};
 
 /// Header carrying the payload's original size when the dead-letter body was cut.
 pub const HEADER_TRUNCATED: &str = "s2sink-truncated";
@@ -154,19 +153,17 @@ pub async fn append_once(
     let key = mark_key(sink, dlq);
     let mark = match queue.get_marker(&key).map_err(DeadLetterError::Queue)? {
         None => None,
-        Some(b) => Some(u64::from_be_bytes(<[u8; 8]>::try_from(&b[..]).map_err(
-            |_| DeadLetterError::CorruptMark {
-                key: key.clone(),
-                len: b.len(),
-            },
-        )?)),
+        Some(b) => Some(scan::decode_mark(&b).ok_or(DeadLetterError::CorruptMark {
+            key: key.clone(),
+            len: b.len(),
+        })?),
     };
     let tail = scan::tail_or_zero(io, dlq)
         .await
         .map_err(DeadLetterError::S2)?;
     // A tail below the mark: the stream was reset, nothing of ours is left in it.
     let from = mark.filter(|m| *m <= tail).unwrap_or(tail);
-    let found = scan::ours_between(io, sink, dlq, from, tail)
+    let (found, _) = scan::ours_between(io, sink, dlq, from, tail)
         .await
         .map_err(DeadLetterError::S2)?;
     let mine = msg.delivery_id();

@@ -1,12 +1,18 @@
-//! Reading a stream back for this sink's records: what reconciliations are made of (the
-//! dead-letter step, and re-checking a stream an uncertain append went to).
+//! Reading a stream back for this sink's records: what every reconciliation is made of (the
+//! stream writers', the dead-letter step's, and re-checking a stream an uncertain append went
+//! to), with the record headers that name the sink and the message, and the marks' format.
 
 use s2sink_client::S2Error;
 use s2sink_core::Route;
 use s2sink_queue::DeliveryId;
 
 use super::io::StreamIo;
-use super::writer::our_delivery_id;
+
+/// Record header naming the sink that wrote the record.
+pub const HEADER_SINK: &str = "s2sink-sink";
+/// Record header carrying the message's [`DeliveryId`] (`<epoch hex>-<id>`, or the plain
+/// decimal id for messages accepted before epochs existed).
+pub const HEADER_ID: &str = "s2sink-id";
 
 /// The key of `sink`'s durable low-water mark on `route` (see the writer's `stream` module).
 pub fn lwm_key(sink: &str, route: &Route) -> String {
@@ -27,14 +33,22 @@ pub async fn tail_or_zero(io: &dyn StreamIo, route: &Route) -> Result<u64, S2Err
     }
 }
 
-/// The delivery ids of `sink`'s records in `[from, tail)`, in stream order.
+/// A stored low-water mark: exactly 8 big-endian bytes, `None` for anything else (reading back
+/// from a wrong place could miss records).
+pub fn decode_mark(bytes: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(bytes).ok().map(u64::from_be_bytes)
+}
+
+/// The delivery ids of `sink`'s records in `[from, tail)`, in stream order, and the position
+/// after the last record read (at least `tail` unless the stream ended early; `from` when
+/// nothing was read).
 pub async fn ours_between(
     io: &dyn StreamIo,
     sink: &str,
     route: &Route,
     from: u64,
     tail: u64,
-) -> Result<Vec<DeliveryId>, S2Error> {
+) -> Result<(Vec<DeliveryId>, u64), S2Error> {
     let mut pos = from;
     let mut found = Vec::new();
     while pos < tail {
@@ -47,5 +61,29 @@ pub async fn ours_between(
                 .filter_map(|r| our_delivery_id(sink, &r.headers)),
         );
     }
-    Ok(found)
+    Ok((found, pos))
+}
+
+/// The delivery id in a record's headers when the record was written by `sink`.
+pub fn our_delivery_id(sink: &str, headers: &[(String, String)]) -> Option<DeliveryId> {
+    let mut is_ours = false;
+    let mut id = None;
+    for (k, v) in headers {
+        if k == HEADER_SINK {
+            is_ours = v == sink;
+        } else if k == HEADER_ID {
+            id = DeliveryId::parse(v);
+        }
+    }
+    if is_ours {
+        id
+    } else {
+        None
+    }
+}
+
+/// The queue message id (without epoch) in a record's headers when the record was written by
+/// `sink`: what the ingest API returned for it. Unique within one data directory's history.
+pub fn our_id(sink: &str, headers: &[(String, String)]) -> Option<u64> {
+    our_delivery_id(sink, headers).map(|d| d.id.0)
 }

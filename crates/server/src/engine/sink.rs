@@ -353,13 +353,13 @@ impl SinkLocal {
                 continue;
             }
             // A corrupt mark: that stream's writer refuses it and reports it.
-            let Ok(mark) = <[u8; 8]>::try_from(&mark[..]).map(u64::from_be_bytes) else {
+            let Some(mark) = scan::decode_mark(mark) else {
                 continue;
             };
             let tail = scan::tail_or_zero(&*io, route).await.map_err(s2)?;
             // A tail below the mark: reset, nothing of ours is left there.
             let from = mark.min(tail);
-            let found = scan::ours_between(&*io, sink, route, from, tail)
+            let (found, _) = scan::ours_between(&*io, sink, route, from, tail)
                 .await
                 .map_err(s2)?;
             if !found.is_empty() {

@@ -63,14 +63,9 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use super::io::StreamIo;
 use super::stats::SinkStats;
 use super::Clock;
+pub use crate::engine::scan::{our_delivery_id, our_id, HEADER_ID, HEADER_SINK};
 pub(crate) use stream::marker_key;
-pub use stream::{our_delivery_id, our_id};
 
-/// Record header naming the sink that wrote the record.
-pub const HEADER_SINK: &str = "s2sink-sink";
-/// Record header carrying the message's [`DeliveryId`] (`<epoch hex>-<id>`, or the plain
-/// decimal id for messages accepted before epochs existed).
-pub const HEADER_ID: &str = "s2sink-id";
 /// Record header carrying the envelope's `metadata.idempotency_key`, when present.
 pub const HEADER_IDEMPOTENCY_KEY: &str = "s2sink-idempotency-key";
 

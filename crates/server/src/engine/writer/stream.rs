@@ -4,16 +4,16 @@
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 
-use s2sink_client::S2Error;
 use s2sink_core::{ErrorClass, Route};
 use s2sink_queue::{DeliveryId, QueueError};
 use tokio::time::Instant;
 
-use super::{Failure, WriterCtx, HEADER_ID, HEADER_SINK};
+use super::{Failure, WriterCtx};
+use crate::engine::scan;
 
 /// The marker key of a stream's low-water mark.
 pub(crate) fn marker_key(sink: &str, route: &Route) -> String {
-    crate::engine::scan::lwm_key(sink, route)
+    scan::lwm_key(sink, route)
 }
 
 /// What a writer knows about its stream.
@@ -64,11 +64,9 @@ pub(super) async fn prepare(ctx: &WriterCtx, state: &mut State) -> Result<(), Fa
 /// streams on append, the first append (with `match_seq_num` 0) creates it; otherwise that
 /// append fails with S2's own 404, which is what the user should see.
 async fn tail(ctx: &WriterCtx) -> Result<u64, Failure> {
-    match ctx.io.check_tail(&ctx.route.basin, &ctx.route.stream).await {
-        Ok(t) => Ok(t),
-        Err(e) if e.code() == Some("stream_not_found") => Ok(0),
-        Err(e) => Err(Failure::from_s2(&e)),
-    }
+    scan::tail_or_zero(&*ctx.io, &ctx.route)
+        .await
+        .map_err(|e| Failure::from_s2(&e))
 }
 
 /// A queue error stops the process (unknown disk state); the run fails meanwhile.
@@ -80,9 +78,9 @@ pub(super) fn queue_failure(ctx: &WriterCtx, e: &QueueError) -> Failure {
 /// A stored mark is exactly 8 bytes; anything else is refused (reconciling from a wrong
 /// place could miss records and duplicate them).
 fn decode_marker(ctx: &WriterCtx, bytes: &[u8]) -> Result<u64, Failure> {
-    match <[u8; 8]>::try_from(bytes) {
-        Ok(b) => Ok(u64::from_be_bytes(b)),
-        Err(_) => {
+    match scan::decode_mark(bytes) {
+        Some(mark) => Ok(mark),
+        None => {
             let message = format!(
                 "the stored low-water mark of stream {} is corrupt ({} bytes, expected 8): \
                  delivery to this stream is stopped rather than reconciled from a wrong place \
@@ -122,8 +120,6 @@ pub(super) async fn reconcile(
     ctx: &WriterCtx,
     state: &mut State,
 ) -> Result<HashSet<DeliveryId>, Failure> {
-    let (basin, stream) = (&ctx.route.basin, &ctx.route.stream);
-    let fail = |e: S2Error| Failure::from_s2(&e);
     let tail = tail(ctx).await?;
     let mark = state.marker.unwrap_or(0);
     if tail < mark {
@@ -138,18 +134,11 @@ pub(super) async fn reconcile(
         ));
         persist_marker(ctx, state, tail).await?;
     }
-    let mut pos = state.marker.unwrap_or(0);
-    let mut found = HashSet::new();
-    while pos < tail {
-        let records = ctx.io.read(basin, stream, pos, 1000).await.map_err(fail)?;
-        let Some(last) = records.last() else { break };
-        pos = last.seq_num + 1;
-        for r in &records {
-            if let Some(id) = our_delivery_id(&ctx.sink, &r.headers) {
-                found.insert(id);
-            }
-        }
-    }
+    let from = state.marker.unwrap_or(0);
+    let (ids, pos) = scan::ours_between(&*ctx.io, &ctx.sink, &ctx.route, from, tail)
+        .await
+        .map_err(|e| Failure::from_s2(&e))?;
+    let found: HashSet<DeliveryId> = ids.into_iter().collect();
     if !found.is_empty() {
         let ids: Vec<DeliveryId> = found.iter().copied().collect();
         if let Err(e) = ctx.queue.ack_delivered(&ctx.sink, &ids) {
@@ -162,28 +151,4 @@ pub(super) async fn reconcile(
     state.needs_reconcile = false;
     state.next_seq = Some(pos.max(tail));
     Ok(found)
-}
-
-/// The delivery id in a record's headers when the record was written by `sink`.
-pub fn our_delivery_id(sink: &str, headers: &[(String, String)]) -> Option<DeliveryId> {
-    let mut is_ours = false;
-    let mut id = None;
-    for (k, v) in headers {
-        if k == HEADER_SINK {
-            is_ours = v == sink;
-        } else if k == HEADER_ID {
-            id = DeliveryId::parse(v);
-        }
-    }
-    if is_ours {
-        id
-    } else {
-        None
-    }
-}
-
-/// The queue message id (without epoch) in a record's headers when the record was written by
-/// `sink`: what the ingest API returned for it. Unique within one data directory's history.
-pub fn our_id(sink: &str, headers: &[(String, String)]) -> Option<u64> {
-    our_delivery_id(sink, headers).map(|d| d.id.0)
 }
