@@ -118,6 +118,19 @@ fn run_paused(retry_after_on: Option<(usize, Duration)>, attempts_wanted: usize)
             .ingest("s", vec![IngestItem::new(serde_json::json!({"a": 1}))])
             .await
             .unwrap();
+        // The first attempt waits on real disk I/O (the stream's low-water mark is flushed by
+        // the queue's own thread). Paused time would run on meanwhile and could use up the
+        // virtual deadline below before anything was sent, so wait for it in real time,
+        // without letting the virtual clock move (yielding keeps the runtime busy).
+        let real_deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while stub.attempts.borrow().is_empty() {
+            assert!(
+                std::time::Instant::now() < real_deadline,
+                "no first attempt within 30 s (real time)"
+            );
+            tokio::task::yield_now().await;
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         // Paused time: the runtime jumps to the next timer, so a regression that stops
         // retrying reaches this (virtual) deadline at once and fails instead of hanging.
         let reached = tokio::time::timeout(POLL_DEADLINE, async {
