@@ -3,8 +3,8 @@
 //! message still reaches S2 exactly once and in order per group.
 
 use std::collections::HashMap;
-use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use s2sink_queue::Queue;
@@ -41,7 +41,7 @@ impl Rig {
         settings.batch.max_run_records = 5;
         // A failing test drops the data dir under the running actors: report, do not exit.
         let options = EngineOptions {
-            on_fatal: Some(Rc::new(|e| eprintln!("fatal queue error: {e}"))),
+            on_fatal: Some(Arc::new(|e| eprintln!("fatal queue error: {e}"))),
             ..EngineOptions::default()
         };
         let engine = Engine::start(queue.clone(), vec![settings], options).unwrap();

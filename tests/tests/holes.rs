@@ -3,8 +3,8 @@
 //! message reaching `max_retry_count` after an append whose outcome is unknown.
 
 use std::collections::HashMap;
-use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::Duration;
 
 use s2sink_queue::Queue;
@@ -15,7 +15,7 @@ use s2sink_tests::{change, eventually, read_all, sink_settings, LiteServer};
 /// An engine over one sink; the caller adjusts the settings first.
 fn engine(queue: &Queue, settings: SinkSettings) -> Engine {
     let options = EngineOptions {
-        on_fatal: Some(Rc::new(|e| eprintln!("fatal queue error: {e}"))),
+        on_fatal: Some(Arc::new(|e| eprintln!("fatal queue error: {e}"))),
         ..EngineOptions::default()
     };
     Engine::start(queue.clone(), vec![settings], options).unwrap()

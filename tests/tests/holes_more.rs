@@ -5,7 +5,6 @@
 //! corrupt low-water mark with its way out (10). Two tests run the `s2-sink` binary
 //! (`S2SINK_BIN`): the reconcile-from-start route and the token rotated by SIGHUP.
 
-use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,7 +23,7 @@ use s2sink_tests::{change, eventually, read_all, sink_settings, LiteServer};
 /// An engine over one sink with the given options (fatal queue errors are printed).
 fn engine_with(queue: &Queue, settings: SinkSettings, options: EngineOptions) -> Engine {
     let options = EngineOptions {
-        on_fatal: Some(Rc::new(|e| eprintln!("fatal queue error: {e}"))),
+        on_fatal: Some(Arc::new(|e| eprintln!("fatal queue error: {e}"))),
         ..options
     };
     Engine::start(queue.clone(), vec![settings], options).unwrap()

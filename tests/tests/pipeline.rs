@@ -3,8 +3,8 @@
 //! append in the middle of the pipeline fails or its answer is lost.
 
 use std::collections::HashMap;
-use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::Duration;
 
 use s2sink_queue::Queue;
@@ -34,7 +34,7 @@ impl Rig {
         let mut settings = sink_settings(name, &proxy.endpoint(), &basin, &stream);
         tune(&mut settings);
         let options = EngineOptions {
-            on_fatal: Some(Rc::new(|e| eprintln!("fatal queue error: {e}"))),
+            on_fatal: Some(Arc::new(|e| eprintln!("fatal queue error: {e}"))),
             ..EngineOptions::default()
         };
         let engine = Engine::start(queue.clone(), vec![settings], options).unwrap();

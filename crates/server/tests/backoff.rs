@@ -2,8 +2,7 @@
 //! S2's Retry-After as a floor. S2 is a stub here (s2-lite cannot fail on demand, and paused
 //! time needs a stream that answers without real I/O).
 
-use std::cell::RefCell;
-use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use s2sink_client::{AppendAck, AppendInput, S2Config, S2Error, SequencedRecord};
@@ -15,7 +14,7 @@ use tokio::time::Instant;
 /// A stream that fails every append (503, or 429 with Retry-After when told) and records
 /// when each attempt happened.
 struct FailingStream {
-    attempts: RefCell<Vec<Instant>>,
+    attempts: Mutex<Vec<Instant>>,
     retry_after_on: Option<(usize, Duration)>,
 }
 
@@ -27,7 +26,7 @@ impl StreamIo for FailingStream {
         _: &'a AppendInput,
     ) -> BoxFuture<'a, Result<AppendAck, S2Error>> {
         let n = {
-            let mut a = self.attempts.borrow_mut();
+            let mut a = self.attempts.lock().unwrap();
             a.push(Instant::now());
             a.len()
         };
@@ -90,8 +89,8 @@ fn run_paused(retry_after_on: Option<(usize, Duration)>, attempts_wanted: usize)
     system.block_on(async move {
         let dir = tempfile::tempdir().unwrap();
         let queue = Queue::open(dir.path()).unwrap();
-        let stub = Rc::new(FailingStream {
-            attempts: RefCell::new(Vec::new()),
+        let stub = Arc::new(FailingStream {
+            attempts: Mutex::new(Vec::new()),
             retry_after_on,
         });
         let mut s = SinkSettings::new(
@@ -110,6 +109,8 @@ fn run_paused(retry_after_on: Option<(usize, Duration)>, attempts_wanted: usize)
             vec![s],
             EngineOptions {
                 io: Some(stub.clone()),
+                // Paused time is per runtime: the engine stays on this one.
+                threads: Some(1),
                 ..Default::default()
             },
         )
@@ -123,7 +124,7 @@ fn run_paused(retry_after_on: Option<(usize, Duration)>, attempts_wanted: usize)
         // virtual deadline below before anything was sent, so wait for it in real time,
         // without letting the virtual clock move (yielding keeps the runtime busy).
         let real_deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while stub.attempts.borrow().is_empty() {
+        while stub.attempts.lock().unwrap().is_empty() {
             assert!(
                 std::time::Instant::now() < real_deadline,
                 "no first attempt within 30 s (real time)"
@@ -134,16 +135,16 @@ fn run_paused(retry_after_on: Option<(usize, Duration)>, attempts_wanted: usize)
         // Paused time: the runtime jumps to the next timer, so a regression that stops
         // retrying reaches this (virtual) deadline at once and fails instead of hanging.
         let reached = tokio::time::timeout(POLL_DEADLINE, async {
-            while stub.attempts.borrow().len() < attempts_wanted {
+            while stub.attempts.lock().unwrap().len() < attempts_wanted {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         })
         .await;
-        let g = gaps(&stub.attempts.borrow());
+        let g = gaps(&stub.attempts.lock().unwrap());
         assert!(
             reached.is_ok(),
             "{} of {attempts_wanted} attempts within {POLL_DEADLINE:?} (paused time); gaps {g:?}",
-            stub.attempts.borrow().len()
+            stub.attempts.lock().unwrap().len()
         );
         g
     })

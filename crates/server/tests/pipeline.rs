@@ -3,8 +3,8 @@
 //! the linger, and with `max_appends_in_flight = 1` appends never overlap. S2 is an in-memory
 //! stream that answers every append after a fixed (virtual) round trip.
 
-use std::cell::{Cell, RefCell};
-use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use s2sink_client::{AppendAck, AppendInput, S2Config, S2Error, SequencedRecord, StreamPosition};
@@ -26,10 +26,10 @@ struct Sent {
 /// An in-memory stream: appends apply after [`ROUND_TRIP`] if their `match_seq_num` holds.
 #[derive(Default)]
 struct SlowStream {
-    records: RefCell<Vec<SequencedRecord>>,
-    sent: RefCell<Vec<Sent>>,
-    in_flight: Cell<usize>,
-    max_in_flight: Cell<usize>,
+    records: Mutex<Vec<SequencedRecord>>,
+    sent: Mutex<Vec<Sent>>,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
 }
 
 impl StreamIo for SlowStream {
@@ -39,18 +39,18 @@ impl StreamIo for SlowStream {
         _: &'a str,
         input: &'a AppendInput,
     ) -> BoxFuture<'a, Result<AppendAck, S2Error>> {
-        self.sent.borrow_mut().push(Sent {
+        self.sent.lock().unwrap().push(Sent {
             at: Instant::now(),
             match_seq_num: input.match_seq_num,
             records: input.records.len(),
         });
-        self.in_flight.set(self.in_flight.get() + 1);
+        self.in_flight.fetch_add(1, SeqCst);
         self.max_in_flight
-            .set(self.max_in_flight.get().max(self.in_flight.get()));
+            .fetch_max(self.in_flight.load(SeqCst), SeqCst);
         Box::pin(async move {
             tokio::time::sleep(ROUND_TRIP).await;
-            self.in_flight.set(self.in_flight.get() - 1);
-            let mut records = self.records.borrow_mut();
+            self.in_flight.fetch_sub(1, SeqCst);
+            let mut records = self.records.lock().unwrap();
             let tail = records.len() as u64;
             if input.match_seq_num.is_some_and(|m| m != tail) {
                 return Err(S2Error::SeqNumMismatch {
@@ -83,7 +83,7 @@ impl StreamIo for SlowStream {
     }
 
     fn check_tail<'a>(&'a self, _: &'a str, _: &'a str) -> BoxFuture<'a, Result<u64, S2Error>> {
-        Box::pin(async move { Ok(self.records.borrow().len() as u64) })
+        Box::pin(async move { Ok(self.records.lock().unwrap().len() as u64) })
     }
 
     fn read<'a>(
@@ -96,7 +96,8 @@ impl StreamIo for SlowStream {
         Box::pin(async move {
             Ok(self
                 .records
-                .borrow()
+                .lock()
+                .unwrap()
                 .iter()
                 .skip(start as usize)
                 .take(count)
@@ -116,7 +117,7 @@ fn run_paused(
     max_records: usize,
     linger: Duration,
     k: usize,
-) -> (Rc<SlowStream>, Instant) {
+) -> (Arc<SlowStream>, Instant) {
     let system = actix_rt::System::with_tokio_rt(|| {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -127,7 +128,7 @@ fn run_paused(
     system.block_on(async move {
         let dir = tempfile::tempdir().unwrap();
         let queue = Queue::open(dir.path()).unwrap();
-        let stub = Rc::new(SlowStream::default());
+        let stub = Arc::new(SlowStream::default());
         let mut s = SinkSettings::new(
             "s",
             Some(Route::new("test-basin", "events").unwrap()),
@@ -142,6 +143,8 @@ fn run_paused(
             vec![s],
             EngineOptions {
                 io: Some(stub.clone()),
+                // Paused time is per runtime: the engine stays on this one.
+                threads: Some(1),
                 ..Default::default()
             },
         )
@@ -153,7 +156,7 @@ fn run_paused(
         // Published to the group only now (after the flush): no append can be older.
         let ingested = Instant::now();
         let reached = tokio::time::timeout(POLL_DEADLINE, async {
-            while (stub.records.borrow().len() as u64) < messages {
+            while (stub.records.lock().unwrap().len() as u64) < messages {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         })
@@ -161,8 +164,8 @@ fn run_paused(
         assert!(
             reached.is_ok(),
             "{} of {messages} records within {POLL_DEADLINE:?}; sent {:?}",
-            stub.records.borrow().len(),
-            stub.sent.borrow()
+            stub.records.lock().unwrap().len(),
+            stub.sent.lock().unwrap()
         );
         (stub, ingested)
     })
@@ -171,7 +174,7 @@ fn run_paused(
 #[test]
 fn full_appends_go_out_at_once_two_in_flight_chained_by_match_seq_num() {
     let (stub, _) = run_paused(40, 10, Duration::from_secs(5), 2);
-    let sent = stub.sent.borrow();
+    let sent = stub.sent.lock().unwrap();
     assert_eq!(sent.len(), 4, "{sent:?}");
     // Chained: each append expects the tail the previous one leaves; nothing was refused.
     let matches: Vec<Option<u64>> = sent.iter().map(|s| s.match_seq_num).collect();
@@ -181,15 +184,15 @@ fn full_appends_go_out_at_once_two_in_flight_chained_by_match_seq_num() {
     // the 5 s linger: the whole thing took two round trips, not four (nor a linger).
     assert!(sent[1].at - sent[0].at < ROUND_TRIP, "{sent:?}");
     assert!(sent[3].at - sent[0].at < 2 * ROUND_TRIP, "{sent:?}");
-    assert_eq!(stub.max_in_flight.get(), 2);
+    assert_eq!(stub.max_in_flight.load(SeqCst), 2);
 }
 
 #[test]
 fn one_append_in_flight_waits_for_each_answer() {
     let (stub, _) = run_paused(40, 10, Duration::from_secs(5), 1);
-    let sent = stub.sent.borrow();
+    let sent = stub.sent.lock().unwrap();
     assert_eq!(sent.len(), 4, "{sent:?}");
-    assert_eq!(stub.max_in_flight.get(), 1);
+    assert_eq!(stub.max_in_flight.load(SeqCst), 1);
     for w in sent.windows(2) {
         assert!(w[1].at - w[0].at >= ROUND_TRIP, "{sent:?}");
     }
@@ -199,7 +202,7 @@ fn one_append_in_flight_waits_for_each_answer() {
 fn a_partial_append_waits_for_the_linger() {
     let linger = Duration::from_millis(700);
     let (stub, ingested) = run_paused(3, 10, linger, 2);
-    let sent = stub.sent.borrow();
+    let sent = stub.sent.lock().unwrap();
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert_eq!(sent[0].records, 3);
     // Not full: the append left only once the linger ended.

@@ -23,9 +23,7 @@
 //! dead-letter operation per stream runs at a time ([`DeadLetters::lock`]), so the mark never
 //! passes a record whose message is still queued.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
-use std::rc::Rc;
 
 use s2sink_client::{AppendInput, AppendRecord, BatchLimits, RecordCost, S2Error};
 use s2sink_core::{LastError, Route};
@@ -65,14 +63,16 @@ impl std::fmt::Display for DeadLetterError {
 /// One lock per dead-letter stream of a sink (see the module doc).
 #[derive(Default)]
 pub struct DeadLetters {
-    locks: RefCell<HashMap<Route, Rc<tokio::sync::Mutex<()>>>>,
+    /// Shared by every engine thread: groups of one sink dead-letter from several threads.
+    locks: std::sync::Mutex<HashMap<Route, std::sync::Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl DeadLetters {
     /// The lock serialising dead-letter operations on `dlq`.
-    pub fn lock(&self, dlq: &Route) -> Rc<tokio::sync::Mutex<()>> {
+    pub fn lock(&self, dlq: &Route) -> std::sync::Arc<tokio::sync::Mutex<()>> {
         self.locks
-            .borrow_mut()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
             .entry(dlq.clone())
             .or_default()
             .clone()

@@ -12,7 +12,7 @@ use s2sink_client::{AppendAck, AppendInput, ReadLimits, S2Client, S2Error, Seque
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
 
 /// Append, tail and read on S2 streams.
-pub trait StreamIo: 'static {
+pub trait StreamIo: Send + Sync + 'static {
     /// Appends a batch atomically.
     fn append<'a>(
         &'a self,

@@ -29,15 +29,15 @@ mod settings;
 mod sink;
 mod stats;
 mod supervisor;
+mod threads;
 mod writer;
 
 use std::collections::{BTreeMap, HashSet};
-use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Actor, Addr};
+use actix::Addr;
 use s2sink_client::S2Client;
 use s2sink_core::{Envelope, GroupKey};
 use s2sink_queue::{Idempotency, MessageId, NewMessage, Queue, QueueError, RequestKey};
@@ -52,7 +52,7 @@ pub use settings::{
 };
 pub use sink::{SinkLocal, SinkShared};
 pub use stats::{Histogram, SinkStats};
-pub use supervisor::{AllGroupsReady, GroupsReady, LiveGroups, LiveWriters, Supervisor};
+pub use supervisor::{AllGroupsReady, GroupsReady, LiveGroups, Supervisor};
 pub use writer::{
     our_delivery_id, our_id, Failure, HEADER_ID, HEADER_IDEMPOTENCY_KEY, HEADER_SINK,
 };
@@ -95,8 +95,8 @@ pub struct IngestOutcome {
     pub replayed: bool,
 }
 
-/// Called when the queue reports a fatal storage error.
-pub type FatalHook = Rc<dyn Fn(&QueueError)>;
+/// Called when the queue reports a fatal storage error (from any engine thread).
+pub type FatalHook = Arc<dyn Fn(&QueueError) + Send + Sync>;
 
 /// Engine-wide options that are not per sink.
 #[derive(Default)]
@@ -104,7 +104,7 @@ pub struct EngineOptions {
     /// Ingest answers back-pressure errors past this many pending messages (all sinks).
     pub max_pending: Option<u64>,
     /// Replaces the S2 client (engine unit tests only).
-    pub io: Option<Rc<dyn StreamIo>>,
+    pub io: Option<Arc<dyn StreamIo>>,
     /// Called on a fatal queue error; default logs and exits the process (code 74).
     pub on_fatal: Option<FatalHook>,
     /// How long a stream writer with nothing to send lives before it ends (its task and map
@@ -115,6 +115,11 @@ pub struct EngineOptions {
     /// for room before sending. Bounds memory when many streams pipeline. `None` =
     /// [`DEFAULT_MAX_IN_FLIGHT_BYTES`].
     pub max_in_flight_bytes: Option<u64>,
+    /// Engine threads: group actors (and stream writers) are spread over this many actix
+    /// arbiters, each with a supervisor shard per sink owning the groups that hash to it.
+    /// `Some(1)` runs everything on the arbiter that calls [`Engine::start`] and starts no
+    /// thread (tests with paused tokio time need that). `None` = the number of cores.
+    pub threads: Option<usize>,
 }
 
 /// Default engine-wide in-flight append budget: 64 MiB.
@@ -125,8 +130,10 @@ pub const DEFAULT_MAX_IN_FLIGHT_BYTES: u64 = 64 * 1024 * 1024;
 #[derive(Clone)]
 pub struct Engine {
     sinks: Arc<BTreeMap<String, Arc<SinkShared>>>,
-    /// Each sink's supervisor (same keys as `sinks`).
-    supervisors: Arc<BTreeMap<String, Addr<Supervisor>>>,
+    /// Each sink's supervisor shards, one per engine thread (same keys as `sinks`).
+    supervisors: Arc<BTreeMap<String, Vec<Addr<Supervisor>>>>,
+    /// The engine's arbiters; they stop when the last handle is dropped.
+    threads: Arc<threads::Threads>,
     queue: Queue,
     max_pending: Option<u64>,
     stopping: Arc<AtomicBool>,
@@ -150,9 +157,8 @@ impl Engine {
         let clock = Clock::new();
         let on_fatal = options
             .on_fatal
-            .unwrap_or_else(|| Rc::new(exit_on_fatal) as Rc<dyn Fn(&QueueError)>);
+            .unwrap_or_else(|| Arc::new(exit_on_fatal) as FatalHook);
         let mut map = BTreeMap::new();
-        let mut locals = Vec::new();
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let function_slots = Arc::new(tokio::sync::Semaphore::new(cores));
         // KiB permits; at least one maximal append (2 MiB JSON) must fit.
@@ -183,9 +189,9 @@ impl Engine {
                     source: Box::new(source),
                 }
             })?;
-            let io: Rc<dyn StreamIo> = match &options.io {
+            let io: Arc<dyn StreamIo> = match &options.io {
                 Some(io) => io.clone(),
-                None => Rc::new(S2Client::new(settings.s2.clone())?),
+                None => Arc::new(S2Client::new(settings.s2.clone())?),
             };
             let fixed_io = options.io.is_some();
             let shared = Arc::new(SinkShared::new(
@@ -193,32 +199,45 @@ impl Engine {
                 functions,
                 queue.clone(),
                 stopping.clone(),
-            ));
-            locals.push(Rc::new(SinkLocal::new(
-                shared.clone(),
                 io,
                 fixed_io,
-                clock,
-                on_fatal.clone(),
-                function_slots.clone(),
-                sink::WriterLimits {
-                    idle: options.writer_idle.unwrap_or(writer::IDLE),
-                    budget: budget.clone(),
-                    budget_kib,
-                },
-            )));
+            ));
             map.insert(name, shared);
         }
-        let supervisors = locals
-            .into_iter()
-            .map(|local| {
-                let name = local.shared.name.clone();
-                (name, Supervisor::new(local).start())
-            })
-            .collect();
+        let threads = Arc::new(threads::Threads::start(
+            options.threads.unwrap_or(cores),
+            stopping.clone(),
+        ));
+        let homes = threads.homes.clone();
+        let limits = sink::WriterLimits {
+            idle: options.writer_idle.unwrap_or(writer::IDLE),
+            budget,
+            budget_kib,
+        };
+        let mut supervisors = BTreeMap::new();
+        for (name, shared) in &map {
+            let shards = (0..homes.count())
+                .map(|shard| {
+                    let (shared, on_fatal, slots, limits, homes) = (
+                        shared.clone(),
+                        on_fatal.clone(),
+                        function_slots.clone(),
+                        limits.clone(),
+                        homes.clone(),
+                    );
+                    homes.clone().start_on(shard, move || {
+                        let local =
+                            SinkLocal::new(shared, clock, on_fatal, slots, limits, homes.clone());
+                        Supervisor::new(std::rc::Rc::new(local), shard, homes)
+                    })
+                })
+                .collect();
+            supervisors.insert(name.clone(), shards);
+        }
         Ok(Engine {
             sinks: Arc::new(map),
             supervisors: Arc::new(supervisors),
+            threads,
             queue,
             max_pending: options.max_pending,
             stopping,
@@ -239,9 +258,32 @@ impl Engine {
             })
     }
 
-    /// The supervisor of a sink that exists.
-    fn supervisor(&self, sink: &str) -> &Addr<Supervisor> {
+    /// The supervisor shards of a sink that exists.
+    fn supervisors(&self, sink: &str) -> &[Addr<Supervisor>] {
         &self.supervisors[sink]
+    }
+
+    /// Wakes groups of a sink, each on the shard that owns it. Waits while a shard's mailbox
+    /// is full: a slow engine slows ingest instead of growing memory.
+    async fn wake(&self, sink: &str, groups: Vec<s2sink_queue::GroupRef>) {
+        let shards = self.supervisors(sink);
+        let homes = &self.threads.homes;
+        let mut by_shard: Vec<Vec<s2sink_queue::GroupRef>> = vec![Vec::new(); shards.len()];
+        for g in groups {
+            by_shard[homes.shard_of(&g)].push(g);
+        }
+        for (addr, groups) in shards.iter().zip(by_shard) {
+            if !groups.is_empty() {
+                let _ = addr.send(GroupsReady(groups)).await;
+            }
+        }
+    }
+
+    /// Makes every pending group of a sink ready, on every shard.
+    async fn wake_all(&self, sink: &str) {
+        for addr in self.supervisors(sink) {
+            let _ = addr.send(AllGroupsReady).await;
+        }
     }
 
     /// True once shutdown began.
@@ -359,8 +401,7 @@ impl Engine {
                 .filter(|e| seen.insert(e.group.clone()))
                 .map(|e| e.group.clone())
                 .collect();
-            // Bounded mailbox: a slow engine slows ingest instead of growing memory.
-            let _ = self.supervisor(sink).send(GroupsReady(groups)).await;
+            self.wake(sink, groups).await;
         }
         Ok(IngestOutcome {
             ids,
@@ -382,7 +423,7 @@ impl Engine {
             None => {
                 let shared = self.sink(sink)?;
                 let n = self.queue.redeliver_all(sink).await?;
-                let _ = self.supervisor(&shared.name).send(AllGroupsReady).await;
+                self.wake_all(&shared.name).await;
                 Ok(n as u64)
             }
         }
@@ -432,10 +473,7 @@ impl Engine {
             });
         };
         act(&self.queue).await?;
-        let _ = self
-            .supervisor(sink)
-            .send(GroupsReady(vec![msg.group]))
-            .await;
+        self.wake(sink, vec![msg.group]).await;
         Ok(shared)
     }
 
@@ -476,7 +514,7 @@ impl Engine {
         }
         for (shared, settings, functions, client) in compiled {
             shared.replace(settings, functions, client);
-            let _ = self.supervisor(&shared.name).send(AllGroupsReady).await;
+            self.wake_all(&shared.name).await;
         }
         Ok(())
     }
@@ -485,12 +523,7 @@ impl Engine {
     /// `EngineOptions::writer_idle` end, so a fan-out over many streams does not keep a task
     /// per stream forever.
     pub async fn live_writers(&self, sink: &str) -> Result<usize, ServerError> {
-        let shared = self.sink(sink)?;
-        Ok(self
-            .supervisor(&shared.name)
-            .send(LiveWriters)
-            .await
-            .unwrap_or(0))
+        Ok(self.sink(sink)?.live_writers())
     }
 
     /// The way out of a corrupt low-water mark (delivery to that stream stops with
@@ -520,7 +553,7 @@ impl Engine {
     pub async fn shutdown(&self, timeout: Duration) {
         self.stopping.store(true, Relaxed);
         let deadline = tokio::time::Instant::now() + timeout;
-        for supervisor in self.supervisors.values() {
+        for supervisor in self.supervisors.values().flatten() {
             loop {
                 let live = supervisor.send(LiveGroups).await.unwrap_or(0);
                 if live == 0 || tokio::time::Instant::now() >= deadline {

@@ -1,9 +1,9 @@
-//! A sink's state: the thread-safe part shared with ingest and the API (`SinkShared`), and
-//! the engine-thread part (`SinkLocal`) holding the S2 connection and stream writers.
+//! A sink's state: the thread-safe part shared with ingest, the API and every engine thread
+//! (`SinkShared`: settings, the S2 connection, the stream writers), and the part one engine
+//! thread keeps for the groups of its shard (`SinkLocal`).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::rc::Rc;
 use std::sync::atomic::{
     AtomicBool, AtomicU64,
     Ordering::{Relaxed, Release},
@@ -21,8 +21,11 @@ use super::io::StreamIo;
 use super::scan;
 use super::settings::SinkSettings;
 use super::stats::SinkStats;
-use super::writer::{spawn_writer, Failure, Run, RunResult, WriterCtx, WriterGone, WriterHandle};
-use super::Clock;
+use super::threads::Homes;
+use super::writer::{
+    spawn_writer, Failure, Run, RunError, RunResult, WriterCtx, WriterGone, WriterHandle,
+};
+use super::{Clock, FatalHook};
 
 /// The part of a sink that ingest handlers and the management API use from any thread.
 pub struct SinkShared {
@@ -38,8 +41,14 @@ pub struct SinkShared {
     /// Bumped by every reload: writers of an older generation are replaced, with the new S2
     /// client (endpoint, token) and batch limits.
     generation: AtomicU64,
-    /// The S2 client built by the last reload, for the engine thread to pick up.
-    reloaded_client: Mutex<Option<S2Client>>,
+    /// The S2 connection delivery uses; a reload replaces it unless `fixed_io` (tests plug
+    /// in their own).
+    io: RwLock<Arc<dyn StreamIo>>,
+    fixed_io: bool,
+    /// The live stream writers, one per stream: shared by the groups of every engine thread
+    /// (one writer per stream keeps the `match_seq_num` chain).
+    writers: Mutex<HashMap<Route, WriterHandle>>,
+    dead_letters: DeadLetters,
 }
 
 impl SinkShared {
@@ -48,6 +57,8 @@ impl SinkShared {
         functions: Functions,
         queue: Queue,
         stopping: Arc<AtomicBool>,
+        io: Arc<dyn StreamIo>,
+        fixed_io: bool,
     ) -> SinkShared {
         SinkShared {
             name: settings.name.clone(),
@@ -58,7 +69,10 @@ impl SinkShared {
             stopping,
             last_failure: Mutex::new(None),
             generation: AtomicU64::new(0),
-            reloaded_client: Mutex::new(None),
+            io: RwLock::new(io),
+            fixed_io,
+            writers: Mutex::new(HashMap::new()),
+            dead_letters: DeadLetters::default(),
         }
     }
 
@@ -83,11 +97,25 @@ impl SinkShared {
     pub(crate) fn replace(&self, settings: SinkSettings, functions: Functions, client: S2Client) {
         *self.settings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(settings);
         *self.functions.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(functions);
-        *self
-            .reloaded_client
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(client);
+        if !self.fixed_io {
+            *self.io.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(client);
+        }
         self.generation.fetch_add(1, Relaxed);
+    }
+
+    /// The S2 connection delivery uses now (a reload replaces it).
+    pub fn io(&self) -> Arc<dyn StreamIo> {
+        self.io.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Live stream writers (a gauge, and for tests of idle writers ending).
+    pub fn live_writers(&self) -> usize {
+        self.writers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|w| !w.is_closed())
+            .count()
     }
 
     /// The most recent failed attempt of any message of this sink.
@@ -104,23 +132,20 @@ impl SinkShared {
     }
 }
 
-/// The engine-thread part of a sink.
+/// The part of a sink one engine thread keeps for the groups of its shard.
 pub struct SinkLocal {
     pub shared: Arc<SinkShared>,
-    /// The S2 connection; replaced on reload unless `fixed_io` (tests plug in their own).
-    io: RefCell<Rc<dyn StreamIo>>,
-    fixed_io: bool,
     pub clock: Clock,
-    pub on_fatal: Rc<dyn Fn(&QueueError)>,
+    pub on_fatal: FatalHook,
     /// Concurrent function evaluations on the blocking pool (shared by every sink).
     pub function_slots: Arc<tokio::sync::Semaphore>,
-    writers: RefCell<HashMap<Route, WriterHandle>>,
-    dead_letters: DeadLetters,
     /// Messages that may be in a stream other than where they go next: an append of theirs
     /// had an unknown outcome there and no read-back of that stream has settled it yet.
     /// `None` = not known which (after a restart): every stream with a mark of this sink.
     uncertain: RefCell<HashMap<MessageId, Option<Route>>>,
     writer_limits: WriterLimits,
+    /// Where stream writers run.
+    homes: Homes,
 }
 
 /// What every stream writer of the engine shares: how long an idle one lives, and the
@@ -138,48 +163,38 @@ pub(crate) struct WriterLimits {
 impl SinkLocal {
     pub(crate) fn new(
         shared: Arc<SinkShared>,
-        io: Rc<dyn StreamIo>,
-        fixed_io: bool,
         clock: Clock,
-        on_fatal: Rc<dyn Fn(&QueueError)>,
+        on_fatal: FatalHook,
         function_slots: Arc<tokio::sync::Semaphore>,
         writer_limits: WriterLimits,
+        homes: Homes,
     ) -> SinkLocal {
         SinkLocal {
             shared,
-            io: RefCell::new(io),
-            fixed_io,
             clock,
             on_fatal,
             function_slots,
-            writers: RefCell::new(HashMap::new()),
-            dead_letters: DeadLetters::default(),
             uncertain: RefCell::new(HashMap::new()),
             writer_limits,
+            homes,
         }
     }
 
-    /// The S2 connection delivery uses now (picks up a reloaded client).
-    pub fn io(&self) -> Rc<dyn StreamIo> {
-        if !self.fixed_io {
-            let new = self
-                .shared
-                .reloaded_client
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take();
-            if let Some(client) = new {
-                *self.io.borrow_mut() = Rc::new(client);
-            }
-        }
-        self.io.borrow().clone()
+    /// The S2 connection delivery uses now (a reload replaces it).
+    pub fn io(&self) -> Arc<dyn StreamIo> {
+        self.shared.io()
     }
 
-    /// The writer of a stream: started on first use, and again when the previous one ended
-    /// (idle) or belongs to settings replaced by a reload.
+    /// The writer of a stream: started on first use (on the engine thread the stream hashes
+    /// to), and again when the previous one ended (idle) or belongs to settings replaced by a
+    /// reload.
     pub fn writer(&self, route: &Route, settings: &SinkSettings) -> WriterHandle {
         let generation = self.shared.generation.load(Relaxed);
-        let mut writers = self.writers.borrow_mut();
+        let mut writers = self
+            .shared
+            .writers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if let Some(w) = writers.get(route) {
             if !w.is_closed() && w.generation == generation {
                 return w.clone();
@@ -187,7 +202,8 @@ impl SinkLocal {
         }
         // Forget ended writers of other streams too: the map stays as small as the tasks.
         writers.retain(|_, w| !w.is_closed());
-        let w = spawn_writer(WriterCtx {
+        let home = self.homes.shard_of(&(&self.shared.name, route));
+        let ctx = WriterCtx {
             sink: self.shared.name.clone(),
             route: route.clone(),
             io: self.io(),
@@ -205,18 +221,15 @@ impl SinkLocal {
                 .clamp(1, super::settings::MAX_APPENDS_IN_FLIGHT),
             budget: self.writer_limits.budget.clone(),
             budget_kib: self.writer_limits.budget_kib,
-        });
+        };
+        let w = spawn_writer(ctx, |start| self.homes.run_on(home, start));
         writers.insert(route.clone(), w.clone());
         w
     }
 
-    /// Live stream writers (a gauge, and for tests of idle writers ending).
+    /// Live stream writers of the sink.
     pub fn live_writers(&self) -> usize {
-        self.writers
-            .borrow()
-            .values()
-            .filter(|w| !w.is_closed())
-            .count()
+        self.shared.live_writers()
     }
 
     /// Sends a run to its stream's writer, starting a new writer if the one it had ended.
@@ -225,6 +238,8 @@ impl SinkLocal {
         loop {
             match self.writer(route, settings).submit(run).await {
                 Ok(result) => return result,
+                // The engine is going away (its threads stop): not a delivery failure.
+                Err(WriterGone(_)) if self.shared.is_stopping() => return Err(RunError::Requeued),
                 Err(WriterGone(back)) => run = back,
             }
         }
@@ -429,7 +444,7 @@ impl SinkLocal {
             Route::new(basin.clone(), stream.clone()).ok()
         });
         // Held through the discard: the stream's mark must not pass this record before.
-        let lock = dlq.as_ref().map(|d| self.dead_letters.lock(d));
+        let lock = dlq.as_ref().map(|d| self.shared.dead_letters.lock(d));
         let _guard = match &lock {
             Some(l) => Some(l.lock().await),
             None => None,

@@ -1,6 +1,8 @@
-//! Supervisor: one per sink. Starts a GroupActor for each group with ready messages, keeps at
-//! most `max_live_groups` alive (the rest wait in a FIFO ready queue), and wakes backing-off
-//! groups when their backoff ends or when someone asks to redeliver.
+//! Supervisor: one per sink and engine thread (a shard). Owns the groups that hash to its
+//! shard: starts a GroupActor on its thread for each of them with ready messages, keeps at
+//! most `max_live_groups` alive (the rest wait in a FIFO ready queue), restarts a group whose
+//! actor panicked, and wakes backing-off groups when their backoff ends or when someone asks
+//! to redeliver.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
@@ -13,6 +15,7 @@ use s2sink_queue::GroupRef;
 
 use super::group::{GroupActor, GroupDone, GroupOutcome};
 use super::sink::SinkLocal;
+use super::threads::Homes;
 
 /// New messages arrived for these groups (or their backoff was cleared).
 #[derive(Message)]
@@ -29,33 +32,35 @@ pub struct AllGroupsReady;
 #[rtype(result = "usize")]
 pub struct LiveGroups;
 
-/// Number of live stream writers of the sink (idle ones end: a gauge, and what tests of
-/// writers ending check).
-#[derive(Message)]
-#[rtype(result = "usize")]
-pub struct LiveWriters;
-
-/// The per-sink supervisor actor.
+/// The supervisor actor of one sink on one engine thread.
 pub struct Supervisor {
     local: Rc<SinkLocal>,
+    /// Which shard this is, and how groups map to shards (recovery keeps only its own).
+    shard: usize,
+    homes: Homes,
     ready: VecDeque<GroupRef>,
     queued: HashSet<GroupRef>,
     /// Live groups; `true` when new work arrived while the actor was running.
     live: HashMap<GroupRef, bool>,
     timers: BinaryHeap<Reverse<(UnixMillis, GroupRef)>>,
     timer: Option<(UnixMillis, SpawnHandle)>,
+    /// This shard's share of the sink's `live_groups` gauge.
+    counted: u64,
 }
 
 impl Supervisor {
-    /// A supervisor for one sink.
-    pub fn new(local: Rc<SinkLocal>) -> Supervisor {
+    /// The supervisor of one sink's groups that hash to `shard`.
+    pub(crate) fn new(local: Rc<SinkLocal>, shard: usize, homes: Homes) -> Supervisor {
         Supervisor {
             local,
+            shard,
+            homes,
             ready: VecDeque::new(),
             queued: HashSet::new(),
             live: HashMap::new(),
             timers: BinaryHeap::new(),
             timer: None,
+            counted: 0,
         }
     }
 
@@ -68,7 +73,8 @@ impl Supervisor {
     }
 
     fn pump(&mut self, ctx: &mut Context<Self>) {
-        let max = self.local.shared.settings().max_live_groups.max(1);
+        // The limit is the sink's: each shard gets its part.
+        let max = (self.local.shared.settings().max_live_groups / self.homes.count()).max(1);
         while self.live.len() < max && !self.local.shared.is_stopping() {
             let Some(group) = self.ready.pop_front() else {
                 break;
@@ -82,11 +88,15 @@ impl Supervisor {
             }
             .start();
         }
-        self.local
-            .shared
-            .stats
-            .live_groups
-            .store(self.live.len() as u64, Relaxed);
+        // The gauge is the sink's: add this shard's change.
+        let now = self.live.len() as u64;
+        let stats = &self.local.shared.stats;
+        if now >= self.counted {
+            stats.live_groups.fetch_add(now - self.counted, Relaxed);
+        } else {
+            stats.live_groups.fetch_sub(self.counted - now, Relaxed);
+        }
+        self.counted = now;
     }
 
     fn schedule(&mut self, at: UnixMillis, group: GroupRef, ctx: &mut Context<Self>) {
@@ -156,7 +166,9 @@ impl Handler<RecoverFrom> for Supervisor {
                     .then(|| page.last().cloned())
                     .flatten();
                 for g in page {
-                    self.make_ready(g);
+                    if self.homes.shard_of(&g) == self.shard {
+                        self.make_ready(g);
+                    }
                 }
                 self.pump(ctx);
                 if next.is_some() {
@@ -222,13 +234,5 @@ impl Handler<LiveGroups> for Supervisor {
 
     fn handle(&mut self, _: LiveGroups, _: &mut Self::Context) -> usize {
         self.live.len()
-    }
-}
-
-impl Handler<LiveWriters> for Supervisor {
-    type Result = usize;
-
-    fn handle(&mut self, _: LiveWriters, _: &mut Self::Context) -> usize {
-        self.local.live_writers()
     }
 }

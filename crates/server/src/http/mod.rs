@@ -155,6 +155,10 @@ impl AppState {
                 "server.max_in_flight_bytes",
                 old.max_in_flight_bytes != new.max_in_flight_bytes,
             ),
+            (
+                "server.engine_threads",
+                old.engine_threads != new.engine_threads,
+            ),
         ]
         .into_iter()
         .filter_map(|(k, changed)| changed.then_some(k))

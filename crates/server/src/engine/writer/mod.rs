@@ -50,7 +50,6 @@ mod append;
 mod pipeline;
 mod stream;
 
-use std::rc::Rc;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -196,13 +195,13 @@ impl WriterHandle {
 pub struct WriterCtx {
     pub sink: String,
     pub route: Route,
-    pub io: Rc<dyn StreamIo>,
+    pub io: Arc<dyn StreamIo>,
     pub queue: Queue,
     pub stats: Arc<SinkStats>,
     pub limits: BatchLimits,
     pub linger: Duration,
     pub clock: Clock,
-    pub on_fatal: Rc<dyn Fn(&s2sink_queue::QueueError)>,
+    pub on_fatal: super::FatalHook,
     pub generation: u64,
     /// How long the writer waits for a run before it ends.
     pub idle: Duration,
@@ -214,10 +213,13 @@ pub struct WriterCtx {
     pub budget_kib: u32,
 }
 
-/// Starts a writer task on the current actix/tokio local set.
-pub fn spawn_writer(ctx: WriterCtx) -> WriterHandle {
+/// Starts a writer task: `place` runs the given start-up on the engine thread the writer
+/// belongs to (the handle works from any thread at once; runs wait in the channel).
+pub fn spawn_writer(ctx: WriterCtx, place: impl FnOnce(Box<dyn FnOnce() + Send>)) -> WriterHandle {
     let (tx, rx) = mpsc::channel(1024);
     let generation = ctx.generation;
-    actix_rt::spawn(pipeline::writer_loop(ctx, rx));
+    place(Box::new(move || {
+        actix_rt::spawn(pipeline::writer_loop(ctx, rx));
+    }));
     WriterHandle { tx, generation }
 }
