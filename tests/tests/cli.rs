@@ -1,6 +1,7 @@
 //! The `s2-sink` CLI as users run it: a subprocess talking to a running server over HTTP
-//! (`send`, `sinks`, `messages …`), its exit codes and error messages, and `serve` refusing
-//! invalid configs before it listens.
+//! (`send`, `sinks`, `messages …`), its exit codes and error messages, its `--help`, typo
+//! suggestions and completion scripts, and `serve` refusing invalid configs before it listens.
+//! Also `s2-sink-bench --help`.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -154,6 +155,11 @@ async fn cli_commands_drive_a_running_server() {
     let r = cli_in(None, &refs, &[], Some(&arr)).await;
     r.ok();
     assert!(r.stdout.contains("accepted 5 messages"), "{r:?}");
+    // stderr is a pipe here, not a terminal: no progress line.
+    assert!(
+        !r.stderr.contains('\r') && !r.stderr.contains("msg/s"),
+        "progress on a pipe: {r:?}"
+    );
 
     // send and sinks with the URL and token from the environment.
     let env = [
@@ -318,8 +324,8 @@ async fn cli_commands_drive_a_running_server() {
     assert_ne!(r.code, Some(0), "{r:?}");
     assert!(r.stderr.contains("HTTP 404"), "{r:?}");
     let r = run(with(&["messages", "show", "--sink", "stuck"])).await;
-    assert_ne!(r.code, Some(0), "{r:?}");
-    assert!(r.stderr.contains("needs a message ID"), "{r:?}");
+    assert_eq!(r.code, Some(2), "{r:?}");
+    assert!(r.stderr.contains("<ID>"), "{r:?}");
     let r = run(with(&["send", "-"])).await;
     assert_ne!(r.code, Some(0), "{r:?}");
     assert!(r.stderr.contains("--sink"), "{r:?}");
@@ -329,16 +335,16 @@ async fn cli_commands_drive_a_running_server() {
 async fn cli_usage_errors_and_unreachable_server() {
     let r = cli(&[]).await;
     assert_eq!(r.code, Some(2), "{r:?}");
-    assert!(r.stderr.contains("USAGE"), "{r:?}");
+    assert!(r.stderr.contains("Usage:"), "{r:?}");
     let r = cli(&["frobnicate"]).await;
     assert_eq!(r.code, Some(2), "{r:?}");
     assert!(
-        r.stderr.contains("unknown command") && r.stderr.contains("frobnicate"),
+        r.stderr.contains("unrecognized subcommand") && r.stderr.contains("frobnicate"),
         "{r:?}"
     );
     let r = cli(&["--help"]).await;
     assert_eq!(r.code, Some(0), "{r:?}");
-    assert!(r.stdout.contains("USAGE"), "{r:?}");
+    assert!(r.stdout.contains("Usage:"), "{r:?}");
 
     // Nothing listens on this port.
     let url = format!("http://127.0.0.1:{}", free_port());
@@ -586,7 +592,10 @@ async fn the_systemd_unit_example_is_valid() {
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let run = cli_in(Some(dir.path()), &flags, &[], None).await;
     assert_eq!(run.code, Some(2), "{run:?}");
-    assert!(!run.stderr.contains("USAGE"), "a flag was refused: {run:?}");
+    assert!(
+        !run.stderr.contains("Usage:"),
+        "a flag was refused: {run:?}"
+    );
 
     let Ok(out) = std::process::Command::new("systemd-analyze")
         .arg("--version")
@@ -692,4 +701,172 @@ async fn reload_and_the_discarded_list_through_the_cli() {
 
     let r = cli_in(None, &["reload"], &env, None).await;
     assert_eq!(r.ok().json()["reloaded"], true);
+}
+
+/// Every command's `--help` exits 0, on stdout, and names the command's flags.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_command_has_help_naming_its_flags() {
+    const API: [&str; 4] = ["--url", "--token", "S2SINK_URL", "S2SINK_API_TOKEN"];
+    const ONE: [&str; 2] = ["--sink", "<ID>"];
+    let cases: &[(&[&str], &[&str])] = &[
+        (
+            &["--help"],
+            &[
+                "serve",
+                "check",
+                "send",
+                "sinks",
+                "reload",
+                "messages",
+                "completions",
+                "Exit status",
+                "69",
+            ],
+        ),
+        (&["serve", "--help"], &["--config", "--log-format", "json"]),
+        (
+            &["check", "--help"],
+            &["--config", "s2-sink.toml", "Exit status"],
+        ),
+        (
+            &["send", "--help"],
+            &["--sink", "--group", "--batch", "[FILE]"],
+        ),
+        (&["sinks", "--help"], &API),
+        (&["reload", "--help"], &API),
+        (
+            &["messages", "--help"],
+            &[
+                "list",
+                "show",
+                "ack",
+                "redeliver",
+                "discard",
+                "redeliver-all",
+            ],
+        ),
+        (
+            &["messages", "list", "--help"],
+            &[
+                "--sink",
+                "--state",
+                "backing_off",
+                "discarded",
+                "--group",
+                "--limit",
+                "--after",
+                "--before",
+                "--order",
+            ],
+        ),
+        (&["messages", "show", "--help"], &ONE),
+        (&["messages", "ack", "--help"], &ONE),
+        (&["messages", "redeliver", "--help"], &ONE),
+        (&["messages", "discard", "--help"], &ONE),
+        (&["messages", "redeliver-all", "--help"], &["--sink"]),
+        (&["completions", "--help"], &["bash", "zsh", "fish"]),
+        (&["help", "send"], &["--sink", "--batch"]),
+    ];
+    let env = [("S2SINK_API_TOKEN", "help-secret-7f3a")];
+    for (args, needles) in cases {
+        let r = cli_in(None, args, &env, None).await;
+        assert_eq!(r.code, Some(0), "{args:?}: {r:?}");
+        for n in *needles {
+            assert!(r.stdout.contains(n), "{args:?}: no `{n}` in:\n{}", r.stdout);
+        }
+        assert!(
+            !r.stdout.contains("help-secret-7f3a"),
+            "{args:?}: the token's value is shown: {}",
+            r.stdout
+        );
+    }
+    // Remote commands take --url and --token, with their variables.
+    for cmd in ["send", "messages"] {
+        let r = cli(&[cmd, "--help"]).await;
+        for n in API {
+            assert!(r.stdout.contains(n), "{cmd}: no `{n}`: {}", r.stdout);
+        }
+    }
+}
+
+/// A mistyped command or flag is a usage error (exit 2) with clap's suggestion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typos_exit_2_with_a_suggestion() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["sned"], "'send'"),
+        (&["mesages", "list"], "'messages'"),
+        (&["messages", "shwo", "--sink", "s", "1"], "'show'"),
+        (&["send", "--sink", "s", "--grup", "g"], "--group"),
+        (&["serve", "--confg", "x.toml"], "--config"),
+    ];
+    for (args, suggestion) in cases {
+        let r = cli(args).await;
+        assert_eq!(r.code, Some(2), "{args:?}: {r:?}");
+        assert!(
+            (r.stderr.contains("tip:") || r.stderr.contains("similar"))
+                && r.stderr.contains(suggestion),
+            "{args:?}: no suggestion of {suggestion}: {r:?}"
+        );
+        assert!(r.stdout.is_empty(), "{args:?}: {r:?}");
+    }
+    // Bad values name the valid ones.
+    let r = cli(&["messages", "list", "--sink", "s", "--state", "faild"]).await;
+    assert_eq!(r.code, Some(2), "{r:?}");
+    assert!(r.stderr.contains("failed"), "{r:?}");
+    let r = cli(&["completions", "tcsh"]).await;
+    assert_eq!(r.code, Some(2), "{r:?}");
+    assert!(r.stderr.contains("bash"), "{r:?}");
+}
+
+/// `s2-sink completions SHELL` prints a completion script for `s2-sink`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completions_print_a_script_per_shell() {
+    for (shell, needle) in [
+        ("bash", "-o default s2-sink"),
+        ("zsh", "#compdef s2-sink"),
+        ("fish", "complete -c s2-sink"),
+        ("elvish", "s2-sink"),
+        ("powershell", "s2-sink"),
+    ] {
+        let r = cli(&["completions", shell]).await;
+        assert_eq!(r.code, Some(0), "{shell}: {r:?}");
+        assert!(r.stdout.contains(needle), "{shell}: {}", r.stdout);
+        // The subcommands are in it.
+        assert!(r.stdout.contains("redeliver-all"), "{shell}: {}", r.stdout);
+    }
+    if let Ok(out) = std::process::Command::new("bash")
+        .arg("-n")
+        .arg("-c")
+        .arg(cli(&["completions", "bash"]).await.stdout)
+        .output()
+    {
+        assert!(
+            out.status.success(),
+            "bash -n: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// The load generator's `--help` prints its options and exits 0 (no panic).
+#[test]
+fn bench_help_exits_0() {
+    let bin = env!("CARGO_BIN_EXE_s2-sink-bench");
+    for flag in ["--help", "-h"] {
+        let out = std::process::Command::new(bin).arg(flag).output().unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert_eq!(out.status.code(), Some(0), "{flag}: {stdout}{stderr}");
+        for n in ["Usage: s2-sink-bench", "--rate", "--find-max", "--smoke"] {
+            assert!(stdout.contains(n), "{flag}: no `{n}`: {stdout}");
+        }
+        assert!(!stderr.contains("panicked"), "{flag}: {stderr}");
+    }
+    let out = std::process::Command::new(bin)
+        .arg("--nope")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
 }
