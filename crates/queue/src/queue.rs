@@ -487,18 +487,19 @@ impl Queue {
     }
 
     /// Bytes sled uses on disk (for monitoring and the disk-growth benchmark).
+    ///
+    /// Only reads file sizes, so a failure here (e.g. sled's blob directory unreadable) is
+    /// returned but does not stop the queue: a metrics scrape must never end the work.
     pub fn size_on_disk(&self) -> Result<u64> {
         self.check()?;
-        self.track(
-            self.inner
-                .db
-                .size_on_disk()
-                .map_err(|source| QueueError::Storage {
-                    op: "size_on_disk",
-                    sink: None,
-                    source,
-                }),
-        )
+        self.inner
+            .db
+            .size_on_disk()
+            .map_err(|source| QueueError::Storage {
+                op: "size_on_disk",
+                sink: None,
+                source,
+            })
     }
 
     /// Runs `f` on the sink (or returns `absent` when it never stored anything), stopping the

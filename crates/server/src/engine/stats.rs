@@ -1,8 +1,25 @@
 //! Per-sink counters and histograms, read by `/metrics` and by tests.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
 
-use s2sink_core::ErrorClass;
+use s2sink_core::{ErrorClass, Route};
+
+/// Most streams per sink counted one by one in [`SinkStats::appended`]; appends to streams
+/// past these are added up under [`OTHER_STREAMS`] so a routing function writing to very
+/// many streams cannot grow the map (and the metrics) without bound.
+pub const MAX_COUNTED_STREAMS: usize = 1000;
+/// The basin and stream name the streams past [`MAX_COUNTED_STREAMS`] are counted under (not
+/// a valid basin name, so never a real stream).
+pub const OTHER_STREAMS: &str = "*";
+
+/// Records and metered bytes S2 acknowledged on one stream.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub records: u64,
+    pub bytes: u64,
+}
 
 /// Counters of one sink. Monotonic unless named as a gauge.
 #[derive(Debug, Default)]
@@ -48,6 +65,8 @@ pub struct SinkStats {
     pub append_latency_ms: Histogram,
     /// Failed attempts by (class, HTTP status or 0 for local/transport failures).
     pub failures_by_status: std::sync::Mutex<std::collections::BTreeMap<(&'static str, u16), u64>>,
+    /// Records and metered bytes acknowledged, by basin then stream (see [`Self::count_append`]).
+    appended: Mutex<HashMap<String, HashMap<String, Appended>>>,
 }
 
 impl SinkStats {
@@ -65,6 +84,42 @@ impl SinkStats {
             ErrorClass::NeedsAttention => &self.failed_needs_attention,
         }
         .fetch_add(1, Relaxed);
+    }
+
+    /// Counts one append S2 acknowledged on `route`: once per append, not per message. The
+    /// lookup allocates only the first time a stream is seen.
+    pub fn count_append(&self, route: &Route, records: u64, bytes: u64) {
+        let mut map = self.appended.lock().unwrap_or_else(|e| e.into_inner());
+        let streams: usize = map.values().map(HashMap::len).sum();
+        let known = map
+            .get(&route.basin)
+            .is_some_and(|s| s.contains_key(&route.stream));
+        let (basin, stream) = if known || streams < MAX_COUNTED_STREAMS {
+            (route.basin.as_str(), route.stream.as_str())
+        } else {
+            (OTHER_STREAMS, OTHER_STREAMS)
+        };
+        if !map.contains_key(basin) {
+            map.insert(basin.to_owned(), HashMap::new());
+        }
+        let by_stream = map.get_mut(basin).expect("inserted above");
+        if !by_stream.contains_key(stream) {
+            by_stream.insert(stream.to_owned(), Appended::default());
+        }
+        let a = by_stream.get_mut(stream).expect("inserted above");
+        a.records += records;
+        a.bytes += bytes;
+    }
+
+    /// What [`Self::count_append`] counted: `(basin, stream, counts)` sorted by basin and stream.
+    pub fn appended_by_stream(&self) -> Vec<(String, String, Appended)> {
+        let map = self.appended.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<_> = map
+            .iter()
+            .flat_map(|(b, streams)| streams.iter().map(move |(s, a)| (b.clone(), s.clone(), *a)))
+            .collect();
+        out.sort_by(|x, y| (&x.0, &x.1).cmp(&(&y.0, &y.1)));
+        out
     }
 
     /// Reads a counter.
@@ -155,5 +210,64 @@ mod tests {
         assert_eq!(b[1], (10.0, 3));
         assert_eq!(b.last().unwrap(), &(1000.0, 4));
         assert_eq!((count, sum), (5, 5711));
+    }
+
+    #[test]
+    fn appends_add_up_per_stream_and_streams_past_the_cap_share_one_entry() {
+        let stats = SinkStats::new();
+        let a = Route::new("basin-aaa", "one").unwrap();
+        let b = Route::new("basin-aaa", "two").unwrap();
+        stats.count_append(&a, 3, 300);
+        stats.count_append(&b, 1, 50);
+        stats.count_append(&a, 2, 20);
+        assert_eq!(
+            stats.appended_by_stream(),
+            vec![
+                (
+                    "basin-aaa".into(),
+                    "one".into(),
+                    Appended {
+                        records: 5,
+                        bytes: 320
+                    }
+                ),
+                (
+                    "basin-aaa".into(),
+                    "two".into(),
+                    Appended {
+                        records: 1,
+                        bytes: 50
+                    }
+                ),
+            ]
+        );
+        for i in 2..MAX_COUNTED_STREAMS {
+            stats.count_append(&Route::new("basin-bbb", format!("s{i}")).unwrap(), 1, 1);
+        }
+        stats.count_append(&Route::new("basin-ccc", "late").unwrap(), 4, 40);
+        stats.count_append(&Route::new("basin-ccc", "later").unwrap(), 1, 10);
+        stats.count_append(&a, 1, 1);
+        let all = stats.appended_by_stream();
+        assert_eq!(all.len(), MAX_COUNTED_STREAMS + 1);
+        let of = |basin: &str, stream: &str| {
+            all.iter()
+                .find(|(b, s, _)| b == basin && s == stream)
+                .map(|x| x.2)
+        };
+        assert_eq!(
+            of(OTHER_STREAMS, OTHER_STREAMS),
+            Some(Appended {
+                records: 5,
+                bytes: 50
+            })
+        );
+        assert_eq!(
+            of("basin-aaa", "one"),
+            Some(Appended {
+                records: 6,
+                bytes: 321
+            })
+        );
+        assert_eq!(of("basin-ccc", "late"), None);
     }
 }

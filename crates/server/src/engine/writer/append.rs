@@ -73,6 +73,12 @@ pub(super) async fn append_with_conflicts(
                     .observe(started.elapsed().as_millis() as u64);
                 ctx.stats.batch_size.observe(dids.len() as u64);
                 ctx.stats.appends.fetch_add(1, Relaxed);
+                let bytes = records
+                    .iter()
+                    .map(|r| s2sink_core::metered_size(&r.headers, r.body.len()))
+                    .sum();
+                ctx.stats
+                    .count_append(&ctx.route, records.len() as u64, bytes);
                 let ids: Vec<MessageId> = dids.iter().map(|d| d.id).collect();
                 if let Err(e) = ctx.queue.ack(&ctx.sink, &ids) {
                     return Err(queue_failure(ctx, &e));

@@ -367,6 +367,9 @@ impl Writer<'_> {
             .observe(f.started.elapsed().as_millis() as u64);
         ctx.stats.batch_size.observe(f.dids.len() as u64);
         ctx.stats.appends.fetch_add(1, Relaxed);
+        let bytes = f.subs.iter().map(|s| s.run.metered).sum();
+        ctx.stats
+            .count_append(&ctx.route, f.dids.len() as u64, bytes);
         let ids: Vec<MessageId> = f.dids.iter().map(|d| d.id).collect();
         if let Err(e) = ctx.queue.ack(&ctx.sink, &ids) {
             let failure = queue_failure(ctx, &e);
