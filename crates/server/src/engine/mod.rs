@@ -52,7 +52,9 @@ pub use settings::{
 };
 pub use sink::{SinkLocal, SinkShared};
 pub use stats::{Histogram, SinkStats};
-pub use supervisor::{AllGroupsReady, GroupsReady, LiveGroups, Supervisor};
+pub use supervisor::{
+    AllGroupsReady, GetShardInfo, GroupsReady, LiveGroups, ShardInfo, Supervisor,
+};
 pub use writer::{
     our_delivery_id, our_id, Failure, HEADER_ID, HEADER_IDEMPOTENCY_KEY, HEADER_SINK,
 };
@@ -517,6 +519,19 @@ impl Engine {
             self.wake_all(&shared.name).await;
         }
         Ok(())
+    }
+
+    /// The sink's supervisor shards, one per engine thread: the thread each runs its group
+    /// actors on and how many it started (how the load spreads over the threads).
+    pub async fn shards(&self, sink: &str) -> Result<Vec<ShardInfo>, ServerError> {
+        let shared = self.sink(sink)?;
+        let mut out = Vec::new();
+        for addr in self.supervisors(&shared.name) {
+            if let Ok(info) = addr.send(GetShardInfo).await {
+                out.push(info);
+            }
+        }
+        Ok(out)
     }
 
     /// Live stream writers of a sink: one per stream with recent runs; writers idle for

@@ -32,6 +32,26 @@ pub struct AllGroupsReady;
 #[rtype(result = "usize")]
 pub struct LiveGroups;
 
+/// What one supervisor shard reports about itself (`Engine::shards`): which thread it runs
+/// its group actors on and how many it started, so operators and tests can see the load
+/// spread over the engine's threads.
+#[derive(Debug, Clone)]
+pub struct ShardInfo {
+    /// The shard's index.
+    pub shard: usize,
+    /// The thread its group actors run on.
+    pub thread: std::thread::ThreadId,
+    /// Group actors started since the engine started.
+    pub groups_started: u64,
+    /// Group actors alive now.
+    pub live_groups: usize,
+}
+
+/// Asks a supervisor shard for its [`ShardInfo`].
+#[derive(Message)]
+#[rtype(result = "ShardInfo")]
+pub struct GetShardInfo;
+
 /// The supervisor actor of one sink on one engine thread.
 pub struct Supervisor {
     local: Rc<SinkLocal>,
@@ -46,6 +66,8 @@ pub struct Supervisor {
     timer: Option<(UnixMillis, SpawnHandle)>,
     /// This shard's share of the sink's `live_groups` gauge.
     counted: u64,
+    /// Group actors started (see [`ShardInfo`]).
+    started: u64,
 }
 
 impl Supervisor {
@@ -61,6 +83,7 @@ impl Supervisor {
             timers: BinaryHeap::new(),
             timer: None,
             counted: 0,
+            started: 0,
         }
     }
 
@@ -81,6 +104,7 @@ impl Supervisor {
             };
             self.queued.remove(&group);
             self.live.insert(group.clone(), false);
+            self.started += 1;
             GroupActor {
                 local: self.local.clone(),
                 group,
@@ -234,5 +258,18 @@ impl Handler<LiveGroups> for Supervisor {
 
     fn handle(&mut self, _: LiveGroups, _: &mut Self::Context) -> usize {
         self.live.len()
+    }
+}
+
+impl Handler<GetShardInfo> for Supervisor {
+    type Result = MessageResult<GetShardInfo>;
+
+    fn handle(&mut self, _: GetShardInfo, _: &mut Self::Context) -> Self::Result {
+        MessageResult(ShardInfo {
+            shard: self.shard,
+            thread: std::thread::current().id(),
+            groups_started: self.started,
+            live_groups: self.live.len(),
+        })
     }
 }
