@@ -127,8 +127,8 @@ pub struct EngineOptions {
 /// Default engine-wide in-flight append budget: 64 MiB.
 pub const DEFAULT_MAX_IN_FLIGHT_BYTES: u64 = 64 * 1024 * 1024;
 
-/// A running engine. Cheap to share across threads (`Arc` inside); created on the actix
-/// System thread that will run the actors.
+/// A running engine. Cheap to share across threads (`Arc` inside); created inside an actix
+/// System. Dropping the last handle stops the engine's threads.
 #[derive(Clone)]
 pub struct Engine {
     sinks: Arc<BTreeMap<String, Arc<SinkShared>>>,
@@ -147,9 +147,9 @@ fn exit_on_fatal(e: &QueueError) {
 }
 
 impl Engine {
-    /// Compiles every sink's functions, starts one supervisor per sink (which recovers the
-    /// sink's pending groups from the queue) and returns the handle. Must run inside an actix
-    /// System.
+    /// Compiles every sink's functions, starts the engine threads with one supervisor shard
+    /// per sink on each (which recovers its share of the sink's pending groups from the
+    /// queue) and returns the handle. Must run inside an actix System.
     pub fn start(
         queue: Queue,
         sinks: Vec<SinkSettings>,
