@@ -163,11 +163,14 @@ impl Groups {
     }
 }
 
-/// Chunk bodies kept in memory so delivery serves payloads as slices of them, bounded in
-/// bytes (admission only: a body that does not fit is read from sled when its messages are
-/// needed). A body leaves the cache with its chunk, when its last message is done.
+/// Chunk bodies kept in memory so delivery serves payloads from them, bounded in bytes. When
+/// full it keeps the **oldest** chunks: groups deliver from their oldest pending message, so
+/// the chunks at the low end of the id range are the ones read next, while a chunk just
+/// enqueued behind a large backlog is read last. A body offered when the cache is full evicts
+/// newer bodies to fit, never older ones; a body that does not fit is read from sled when its
+/// messages are needed. A body also leaves with its chunk, when its last message is done.
 pub struct Cache {
-    map: HashMap<u64, Bytes>,
+    map: BTreeMap<u64, Bytes>,
     bytes: usize,
     cap: usize,
 }
@@ -175,7 +178,7 @@ pub struct Cache {
 impl Cache {
     pub fn new(cap: usize) -> Cache {
         Cache {
-            map: HashMap::new(),
+            map: BTreeMap::new(),
             bytes: 0,
             cap,
         }
@@ -186,12 +189,26 @@ impl Cache {
         self.map.get(&first)
     }
 
-    /// Keeps the body of chunk `first` if it fits.
+    /// Keeps the body of chunk `first` if it fits, evicting bodies of newer chunks for it.
     pub fn offer(&mut self, first: u64, body: Bytes) {
-        if self.bytes + body.len() <= self.cap && !self.map.contains_key(&first) {
-            self.bytes += body.len();
-            self.map.insert(first, body);
+        if body.len() > self.cap || self.map.contains_key(&first) {
+            return;
         }
+        if self.bytes + body.len() > self.cap {
+            // Only newer bodies may go: evict nothing unless that makes room.
+            let newer: usize = self.map.range(first + 1..).map(|(_, b)| b.len()).sum();
+            if self.bytes - newer + body.len() > self.cap {
+                return;
+            }
+        }
+        while self.bytes + body.len() > self.cap {
+            match self.map.last_key_value() {
+                Some((&newest, _)) if newest > first => self.remove(newest),
+                _ => return,
+            }
+        }
+        self.bytes += body.len();
+        self.map.insert(first, body);
     }
 
     /// Drops the body of chunk `first` (its chunk is gone).
@@ -203,6 +220,41 @@ impl Cache {
 
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use super::*;
+
+    fn body(n: usize) -> Bytes {
+        Bytes::from(vec![0u8; n])
+    }
+
+    #[test]
+    fn a_full_cache_keeps_the_oldest_chunks() {
+        let mut c = Cache::new(300);
+        c.offer(10, body(100));
+        c.offer(20, body(100));
+        c.offer(30, body(100));
+        // Newer than everything cached: not kept.
+        c.offer(40, body(100));
+        assert!(c.get(40).is_none());
+        // Older than what is cached: the newest goes.
+        c.offer(5, body(100));
+        assert!(c.get(5).is_some() && c.get(30).is_none());
+        assert_eq!(c.bytes(), 300);
+        // Would need older ones to go: not kept, and nothing evicted for it.
+        c.offer(15, body(200));
+        assert!(c.get(15).is_none() && c.get(20).is_some());
+        assert_eq!(c.bytes(), 300);
+        c.offer(15, body(100));
+        assert!(c.get(15).is_some() && c.get(20).is_none() && c.get(10).is_some());
+        assert!(c.get(5).is_some());
+        assert_eq!(c.bytes(), 300);
+        // Larger than the whole cache: never kept.
+        c.offer(1, body(301));
+        assert!(c.get(1).is_none() && c.get(5).is_some());
     }
 }
 
