@@ -350,8 +350,18 @@
     show($("pane-empty"), false);
     show($("pane-body"), false);
     show($("confirm-msg"), false);
-    setText($("pane-gone"), "Message #" + id + " is no longer queued: it was delivered, acknowledged or discarded.");
-    show($("pane-gone"), true);
+    const g = $("pane-gone");
+    const href = hashOf(Object.assign({}, route, { tab: "discarded", msg: id }));
+    if (g.dataset.href !== href) { // built once per message (a focused link survives refreshes)
+      g.dataset.href = href;
+      g.textContent = "";
+      const a = document.createElement("a");
+      a.href = href;
+      a.textContent = "look in the Discarded tab";
+      a.setAttribute("data-testid", "pane-gone-discarded");
+      g.append("Message #" + id + " is no longer queued: it was delivered, acknowledged or discarded (if discarded, ", a, ").");
+    }
+    show(g, true);
   }
   function renderNoSelection() {
     show($("pane-empty"), true);
