@@ -7,7 +7,8 @@
 // token prompt, overview, Messages tab filtered by Failed, the message pane's error, and
 // Acknowledge (with its confirmation step), after which the blocked group drains. A third sink
 // with `max_retry_count = 1` and a missing stream discards what it gets: the Discarded tab
-// lists them (paged), shows one's payload and error read-only; the view (sink, tab, filters,
+// lists them (paged), shows one's payload and error read-only, as it does a message discarded
+// from the Messages tab; the view (sink, tab, filters,
 // selected message) lives in the URL: back/forward, reload and a copied link in a fresh tab
 // open the same view, and the API token never appears in any URL.
 //
@@ -600,6 +601,26 @@ max_retry_count = 1
     await expectText("sink-pending", /^0$/, "the console to show pending 0");
     await selectState("good", "all");
     await tid("messages-empty").waitFor({ state: "visible" });
+  });
+
+  await step("Discard from the Messages tab: the message shows in the Discarded tab with its error", async () => {
+    const id = ids.typo[0];
+    await page.goto(`${sink.url}/#/sinks/typo/messages/${id}?state=failed`);
+    await expectText("msg-id", new RegExp(`#${id}$`));
+    await tid("btn-discard").click();
+    await tid("confirm-msg").getByTestId("confirm-yes").click();
+    await tid("pane-gone").waitFor({ state: "visible" });
+    await tid("pane-gone-discarded").click();
+    await waitFor("the URL to name the discarded message", async () =>
+      page.url().endsWith(`#/sinks/typo/discarded/${id}?state=failed`), { timeout: UI_TIMEOUT });
+    await tid("panel-discarded").waitFor({ state: "visible" });
+    await expectText("dmsg-id", new RegExp(`#${id}$`));
+    await expectText("derr-code", /^stream_not_found$/, "the error it had when discarded by hand");
+    assert.equal(await page.locator(`[data-testid="discarded-row"][data-id="${id}"].selected`).count(), 1);
+    await page.goBack();
+    await tid("pane-gone").waitFor({ state: "visible" });
+    assert.ok(await tid("panel-messages").isVisible(), "back on the Messages tab");
+    assertNoTokenInUrls(page);
     assert.deepEqual(page.pageErrors, [], "no JavaScript errors or CSP violations in the page");
   });
 }
