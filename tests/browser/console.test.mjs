@@ -5,7 +5,12 @@
 // does not exist (S2 answers 404 stream_not_found) and to a good sink (one message over
 // 1 MiB fails locally with record_too_large and blocks its group), then drives the console:
 // token prompt, overview, Messages tab filtered by Failed, the message pane's error, and
-// Acknowledge (with its confirmation step), after which the blocked group drains.
+// Acknowledge (with its confirmation step), after which the blocked group drains. A third sink
+// with `max_retry_count = 1` and a missing stream discards what it gets: the Discarded tab
+// lists them (paged), shows one's payload and error read-only, as it does a message discarded
+// from the Messages tab; the view (sink, tab, filters,
+// selected message) lives in the URL: back/forward, reload and a copied link in a fresh tab
+// open the same view, and the API token never appears in any URL.
 //
 // Env: S2_LITE_BIN (default ~/.cache/s2-sink-tools/bin/server), S2SINK_BIN (default
 // target/debug/s2-sink, built if missing), CHROMIUM_BIN (default /usr/bin/chromium),
@@ -147,6 +152,24 @@ test("web console: token prompt, failed messages and their S2 errors, acknowledg
   }
 });
 
+/** A console tab: records page errors, CSP violations and every URL it is at. */
+async function newConsolePage(ctx) {
+  const p = await ctx.newPage();
+  p.setDefaultTimeout(UI_TIMEOUT);
+  const pageErrors = [];
+  p.on("pageerror", (e) => pageErrors.push(e.message));
+  // The console runs under a strict Content-Security-Policy: any violation is an error.
+  p.on("console", (m) => {
+    if (/Content.Security.Policy/i.test(m.text())) pageErrors.push("CSP: " + m.text());
+  });
+  p.pageErrors = pageErrors;
+  p.seenUrls = [];
+  p.on("framenavigated", (f) => { if (f === p.mainFrame()) p.seenUrls.push(f.url()); });
+  // The console confirms in-page; a native dialog would also be accepted.
+  p.on("dialog", (d) => d.accept());
+  return p;
+}
+
 async function run() {
   const work = tmpDir("s2sink-console-");
 
@@ -202,6 +225,13 @@ endpoint = "${s2.url}"
 [sinks.backoff]
 base_ms = 200
 max_ms = 1000
+
+[[sinks]]
+name = "doomed"
+basin = "${basin}"
+stream = "missing"
+endpoint = "${s2.url}"
+max_retry_count = 1
 `;
     const cfgPath = path.join(work, "s2-sink.toml");
     fs.writeFileSync(cfgPath, config);
@@ -261,19 +291,14 @@ max_ms = 1000
         "--no-proxy-server"],
     });
     const ctx = browser;
-    const p = await ctx.newPage();
-    p.setDefaultTimeout(UI_TIMEOUT);
-    const pageErrors = [];
-    p.on("pageerror", (e) => pageErrors.push(e.message));
-    // The console runs under a strict Content-Security-Policy: any violation is an error.
-    p.on("console", (m) => {
-      if (/Content.Security.Policy/i.test(m.text())) pageErrors.push("CSP: " + m.text());
-    });
-    p.pageErrors = pageErrors;
-    // The console confirms in-page; a native dialog would also be accepted.
-    p.on("dialog", (d) => d.accept());
-    return p;
+    return newConsolePage(ctx);
   });
+
+  /** Every URL a page was at (hash changes and history entries included): the token must be in none. */
+  const seenUrls = (p) => p.seenUrls;
+  const assertNoTokenInUrls = (p) => {
+    for (const u of [...seenUrls(p), p.url()]) assert.ok(!u.includes(API_TOKEN), `the API token is in a URL: ${u}`);
+  };
 
   const tid = (id) => page.getByTestId(id);
   const expectText = async (testId, re, what) => {
@@ -325,7 +350,7 @@ max_ms = 1000
     assert.equal(await row(ids.after).count(), 0, "the message behind the oversized one is not in the Failed list");
     await row(ids.big).click();
     await waitFor("the hash route to name the message", async () =>
-      page.url().endsWith(`#/sinks/good/messages/${ids.big}`), { timeout: UI_TIMEOUT });
+      page.url().endsWith(`#/sinks/good/messages/${ids.big}?state=failed`), { timeout: UI_TIMEOUT });
     await expectText("msg-id", new RegExp(`#${ids.big}$`));
     await expectText("err-code", /^record_too_large$/, "the pane to show code record_too_large");
     const msg = await tid("err-message").textContent();
@@ -409,6 +434,152 @@ max_ms = 1000
     await tid("order-select").selectOption("oldest");
   });
 
+  const discardedIds = await step("doomed sink (max_retry_count = 1, missing stream): 25 messages discarded", async () => {
+    const plain = Array.from({ length: 24 }, (_, i) => ({ n: i }));
+    const first = (await http("POST", `${sink.url}/api/sinks/doomed/messages`, { body: plain, headers: auth, expect: 202 })).json.ids;
+    const marked = (await http("POST", `${sink.url}/api/sinks/doomed/messages?group=${encodeURIComponent("public.orders/9")}`, {
+      body: { marker: "discarded-marker-<b>kept as text</b>" }, headers: auth, expect: 202 })).json.ids[0];
+    await waitFor("all 25 in the discarded list (API)", async () =>
+      (await apiGet("/api/sinks/doomed/discarded?limit=100")).messages.length === 25, { child: sink.child });
+    const all = (await apiGet("/api/sinks/doomed/discarded?limit=100")).messages;
+    const m = all.find((x) => x.id === marked);
+    assert.equal(m.last_error && m.last_error.code, "stream_not_found", "discarded with its last error");
+    return { first, marked, all };
+  });
+
+  const rowD = (id) => page.locator(`[data-testid="discarded-row"][data-id="${id}"]`);
+  const loaded = (n) => page.locator(`[data-testid="discarded-table"][data-sink="doomed"][data-loaded="${n}"]`);
+
+  await step("Discarded tab: paged list, a message's payload and error, read-only", async () => {
+    await tid("home-link").click();
+    await tid("view-overview").waitFor({ state: "visible" });
+    await page.locator('[data-testid="sink-row"][data-sink="doomed"] [data-testid="sink-link"]').click();
+    await expectText("sink-name", /^doomed$/);
+    await tid("panel-messages").waitFor({ state: "visible" });
+    await tid("tab-discarded").click();
+    await tid("panel-discarded").waitFor({ state: "visible" });
+    assert.ok(await tid("panel-messages").isHidden(), "the Messages panel is hidden on the Discarded tab");
+    assert.equal(await tid("tab-discarded").getAttribute("aria-selected"), "true");
+    assert.equal(await tid("tab-messages").getAttribute("aria-selected"), "false");
+    assert.equal(await tid("tab-discarded").getAttribute("role"), "tab");
+    assert.ok(page.url().endsWith("#/sinks/doomed/discarded"), `tab in the URL: ${page.url()}`);
+    // First page (20), then "Load older" fetches the rest with the API's cursor.
+    await loaded(20).waitFor();
+    assert.equal(await page.locator('[data-testid="discarded-row"]').count(), 20);
+    assert.ok(!(await tid("discarded-older").isDisabled()), "older ones to load");
+    await tid("discarded-older").click();
+    await loaded(25).waitFor();
+    assert.ok(await tid("discarded-older").isDisabled(), "no older ones after the last page");
+    await waitFor("Load older to say the list ends", async () => /no older/.test(await tid("discarded-info").textContent()), { timeout: UI_TIMEOUT });
+    const shown = await page.locator('[data-testid="discarded-row"]').evaluateAll((rs) => rs.map((r) => Number(r.dataset.id)));
+    assert.deepEqual(shown, discardedIds.all.map((m) => m.id), "newest first, as the API lists them");
+
+    const r = rowD(discardedIds.marked);
+    await waitFor("the row to show its error", async () => /stream_not_found/.test(await r.textContent()), { timeout: UI_TIMEOUT });
+    assert.match(await r.textContent(), /public\.orders\/9/, "group shown");
+    assert.match(await r.textContent(), /ago/, "when discarded");
+    await r.click();
+    await waitFor("the URL to name the discarded message", async () =>
+      page.url().endsWith(`#/sinks/doomed/discarded/${discardedIds.marked}`), { timeout: UI_TIMEOUT });
+    await expectText("dmsg-id", new RegExp(`#${discardedIds.marked}$`));
+    await expectText("derr-code", /^stream_not_found$/, "the discarded message's S2 code");
+    await expectText("derr-status", /^404$/);
+    assert.equal(await tid("dmsg-attempts").textContent(), "1", "one attempt (max_retry_count = 1)");
+    assert.match(await tid("dmsg-discarded-at").getAttribute("title") || "", /^\d{4}-\d\d-\d\dT/);
+    assert.match(await tid("dmsg-payload").textContent(), /discarded-marker-<b>kept as text<\/b>/, "payload shown as text");
+    assert.equal(await page.locator("#discarded-pane b, #discarded-body b").count(), 0, "no injected elements");
+    assert.equal(await tid("discarded-pane").locator("button").count(), 0, "read-only: no actions");
+    assert.equal(await r.getAttribute("aria-selected"), "true");
+    // Keyboard: rows are focusable and Enter selects.
+    await rowD(discardedIds.first[0]).focus();
+    await page.keyboard.press("Enter");
+    await expectText("dmsg-id", new RegExp(`#${discardedIds.first[0]}$`), "Enter to select the focused row");
+    await page.goBack();
+    await expectText("dmsg-id", new RegExp(`#${discardedIds.marked}$`), "back to the previously selected message");
+  });
+
+  await step("back/forward walk the views (message, tab, sink)", async () => {
+    await page.goBack(); // the Discarded tab, nothing selected
+    await tid("dpane-empty").waitFor({ state: "visible" });
+    assert.ok(page.url().endsWith("#/sinks/doomed/discarded"), page.url());
+    await page.goBack(); // the Messages tab
+    await tid("panel-messages").waitFor({ state: "visible" });
+    assert.equal(await tid("tab-messages").getAttribute("aria-selected"), "true");
+    await page.goForward();
+    await tid("panel-discarded").waitFor({ state: "visible" });
+    await page.goForward();
+    await expectText("dmsg-id", new RegExp(`#${discardedIds.marked}$`));
+    await expectText("derr-code", /^stream_not_found$/);
+    assert.ok(page.seenUrls.some((u) => u.includes(`/discarded/${discardedIds.marked}`)), "in-page navigations are recorded");
+    assertNoTokenInUrls(page);
+  });
+
+  await step("a copied URL (sink, tab, filters, message) opens the same view in a fresh tab; the token is in no URL", async () => {
+    // Set up a view on the typo sink: Failed, one group, newest first, a message selected.
+    await page.goto(`${sink.url}/#/sinks/typo`);
+    await expectText("sink-name", /^typo$/);
+    await selectState("typo", "failed");
+    await tid("order-select").selectOption("newest");
+    await tid("group-filter").fill("public.orders/2");
+    await waitFor("the group filter in the URL", async () => page.url().includes("group=public.orders%2F2"), { timeout: UI_TIMEOUT });
+    await row(ids.typo[1]).waitFor();
+    await row(ids.typo[1]).click();
+    await expectText("msg-id", new RegExp(`#${ids.typo[1]}$`));
+    const copied = page.url();
+    assert.match(copied, new RegExp(`#/sinks/typo/messages/${ids.typo[1]}\\?`), copied);
+    for (const part of ["state=failed", "group=public.orders%2F2", "order=newest"]) assert.ok(copied.includes(part), `${part} in ${copied}`);
+
+    // Reload keeps the view.
+    await page.reload();
+    await expectText("msg-id", new RegExp(`#${ids.typo[1]}$`), "the selected message after a reload");
+    assert.equal(await tid("state-filter").inputValue(), "failed");
+    assert.equal(await tid("group-filter").inputValue(), "public.orders/2");
+    assert.equal(await tid("order-select").inputValue(), "newest");
+
+    // A fresh tab has no token (sessionStorage is per tab): prompt, then the same view.
+    const p2 = await newConsolePage(browser);
+    try {
+      const t2 = (id) => p2.getByTestId(id);
+      await p2.goto(copied);
+      await t2("auth-form").waitFor({ state: "visible" });
+      await t2("token-input").fill(API_TOKEN);
+      await t2("token-submit").click();
+      await t2("view-sink").waitFor({ state: "visible" });
+      await p2.locator('[data-testid="messages-table"][data-sink="typo"][data-filter-state="failed"]').waitFor();
+      await waitFor("the fresh tab to show the selected message", async () =>
+        new RegExp(`#${ids.typo[1]}$`).test(await t2("msg-id").textContent()), { timeout: UI_TIMEOUT });
+      await waitFor("its S2 error", async () => /^stream_not_found$/.test(await t2("err-code").textContent()), { timeout: UI_TIMEOUT });
+      assert.ok(await p2.locator("#pane-body").isVisible(), "the message detail is visible");
+      assert.equal(await t2("sink-name").textContent(), "typo");
+      assert.equal(await t2("tab-messages").getAttribute("aria-selected"), "true");
+      assert.equal(await t2("state-filter").inputValue(), "failed");
+      assert.equal(await t2("group-filter").inputValue(), "public.orders/2");
+      assert.equal(await t2("order-select").inputValue(), "newest");
+      const shown = await p2.locator('[data-testid="message-row"]').evaluateAll((rs) => rs.map((r) => Number(r.dataset.id)));
+      assert.deepEqual(shown, [ids.typo[1]], "the group filter applies");
+      assert.equal(await p2.locator(`[data-testid="message-row"][data-id="${ids.typo[1]}"].selected`).count(), 1, "row selected");
+      assert.equal(p2.url(), copied, "the URL is still the copied one");
+
+      // A copied Discarded-tab link with a message from an older page (loaded until found).
+      const oldest = discardedIds.all[discardedIds.all.length - 1].id;
+      await p2.goto(`${sink.url}/#/sinks/doomed/discarded/${oldest}`);
+      await t2("panel-discarded").waitFor({ state: "visible" });
+      await waitFor("the linked discarded message's detail", async () =>
+        new RegExp(`#${oldest}$`).test(await t2("dmsg-id").textContent()), { timeout: UI_TIMEOUT });
+      await waitFor("its S2 error", async () => /^stream_not_found$/.test(await t2("derr-code").textContent()), { timeout: UI_TIMEOUT });
+      assert.equal(await p2.locator(`[data-testid="discarded-row"][data-id="${oldest}"].selected`).count(), 1, "row selected");
+      assert.equal(await t2("tab-discarded").getAttribute("aria-selected"), "true");
+      assertNoTokenInUrls(p2);
+      assert.deepEqual(p2.pageErrors, [], "no JavaScript errors or CSP violations in the fresh tab");
+    } finally {
+      await p2.close();
+    }
+    assertNoTokenInUrls(page);
+    // Back to the defaults for the next step.
+    await page.goto(`${sink.url}/#/sinks/typo`);
+    await expectText("sink-name", /^typo$/);
+  });
+
   await step("Acknowledge the oversized message: it leaves the Failed list, its group drains", async () => {
     await page.goto(`${sink.url}/#/sinks/good/messages/${ids.big}`);
     await tid("view-sink").waitFor({ state: "visible" });
@@ -430,6 +601,26 @@ max_ms = 1000
     await expectText("sink-pending", /^0$/, "the console to show pending 0");
     await selectState("good", "all");
     await tid("messages-empty").waitFor({ state: "visible" });
+  });
+
+  await step("Discard from the Messages tab: the message shows in the Discarded tab with its error", async () => {
+    const id = ids.typo[0];
+    await page.goto(`${sink.url}/#/sinks/typo/messages/${id}?state=failed`);
+    await expectText("msg-id", new RegExp(`#${id}$`));
+    await tid("btn-discard").click();
+    await tid("confirm-msg").getByTestId("confirm-yes").click();
+    await tid("pane-gone").waitFor({ state: "visible" });
+    await tid("pane-gone-discarded").click();
+    await waitFor("the URL to name the discarded message", async () =>
+      page.url().endsWith(`#/sinks/typo/discarded/${id}?state=failed`), { timeout: UI_TIMEOUT });
+    await tid("panel-discarded").waitFor({ state: "visible" });
+    await expectText("dmsg-id", new RegExp(`#${id}$`));
+    await expectText("derr-code", /^stream_not_found$/, "the error it had when discarded by hand");
+    assert.equal(await page.locator(`[data-testid="discarded-row"][data-id="${id}"].selected`).count(), 1);
+    await page.goBack();
+    await tid("pane-gone").waitFor({ state: "visible" });
+    assert.ok(await tid("panel-messages").isVisible(), "back on the Messages tab");
+    assertNoTokenInUrls(page);
     assert.deepEqual(page.pageErrors, [], "no JavaScript errors or CSP violations in the page");
   });
 }

@@ -6,6 +6,8 @@
   const $ = (id) => document.getElementById(id);
   const TOKEN_KEY = "s2sink.apiToken";
   const PAGE_SIZE = 50;
+  const DISCARDED_PAGE = 20; // the discarded list carries payloads: smaller pages
+  const STATES = ["all", "pending", "backing_off", "failed"];
   const REFRESH_MS = 2000;
   const MAX_SHOWN_STRING = 4000; // long strings are cut for display only
 
@@ -89,21 +91,57 @@
   const enc = encodeURIComponent;
 
   // ---------- routing ----------
+  // The view lives in the URL's hash, so a copied link opens the same view, reload keeps it and
+  // back/forward walk between views:
+  //   #/                                         overview
+  //   #/sinks/{sink}[/messages/{id}][?filters]   Messages tab (and the selected message)
+  //   #/sinks/{sink}/discarded[/{id}][?filters]  Discarded tab (and the selected message)
+  // filters: state, group, order (the Messages tab's; kept while on the Discarded tab).
+  // Views (sink, tab, message) are new history entries; filter changes replace the current one.
+  // The API token never goes into the URL: it stays in sessionStorage.
   function parseRoute() {
-    const h = location.hash.replace(/^#/, "");
+    let h = location.hash.replace(/^#/, "");
+    let qs = "";
+    const qi = h.indexOf("?");
+    if (qi >= 0) { qs = h.slice(qi + 1); h = h.slice(0, qi); }
     const parts = h.split("/").filter(Boolean).map((p) => { try { return decodeURIComponent(p); } catch (e) { return p; } });
     if (parts[0] === "sinks" && parts[1] != null) {
-      if (parts[2] === "messages" && parts[3] != null && /^\d+$/.test(parts[3])) {
-        return { view: "sink", sink: parts[1], msg: Number(parts[3]) };
-      }
-      return { view: "sink", sink: parts[1], msg: null };
+      const q = new URLSearchParams(qs);
+      const tab = parts[2] === "discarded" ? "discarded" : "messages";
+      const msg = parts[3] != null && /^\d+$/.test(parts[3]) ? Number(parts[3]) : null;
+      const state = STATES.includes(q.get("state")) ? q.get("state") : "all";
+      const order = q.get("order") === "newest" ? "newest" : "oldest";
+      const group = (q.get("group") || "").trim();
+      return { view: "sink", sink: parts[1], tab, msg, state, group, order };
     }
     return { view: "overview" };
   }
+  function hashOf(r) {
+    if (r.view !== "sink") return "#/";
+    let h = "#/sinks/" + enc(r.sink);
+    if (r.tab === "discarded") h += "/discarded";
+    else if (r.msg != null) h += "/messages";
+    if (r.msg != null) h += "/" + r.msg;
+    const q = new URLSearchParams();
+    if (r.state && r.state !== "all") q.set("state", r.state);
+    if (r.group) q.set("group", r.group);
+    if (r.order && r.order !== "oldest") q.set("order", r.order);
+    const qs = q.toString();
+    return qs ? h + "?" + qs : h;
+  }
+  /** Goes to the view `changes` make of the current one: a new history entry, or (replace) this one changed. */
+  function navigate(changes, replace) {
+    const h = hashOf(Object.assign({}, route, changes));
+    if (h === location.hash) return;
+    if (replace) { history.replaceState(history.state, "", h); routeChanged(); }
+    else location.hash = h; // hashchange → routeChanged
+  }
   let route = parseRoute();
 
-  // Per-page list state (kept across refreshes).
-  const list = { sink: null, state: "all", group: "", order: "oldest", cursors: [null], nextAfter: null };
+  // Per-page list state (kept across refreshes); its filters come from the route.
+  const list = { sink: null, key: null, cursors: [null], nextAfter: null };
+  // Discarded tab: the pages loaded so far (newest first) and the cursor for older ones.
+  const disc = { sink: null, items: [], nextBefore: null, wantOlder: false };
 
   function resetPaging() { list.cursors = [null]; list.nextAfter = null; }
 
@@ -159,6 +197,15 @@
     return tr;
   }
 
+  /** A list row that selects its message: by click, or Enter/Space when focused (rows are in the tab order). */
+  function selectable(tr, select) {
+    tr.tabIndex = 0;
+    tr.addEventListener("click", select);
+    tr.addEventListener("keydown", (ev) => {
+      if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); select(); }
+    });
+  }
+
   function renderOverview(sinks) {
     const body = $("sinks-body");
     reconcile(body, sinks, (s) => s.name,
@@ -212,7 +259,8 @@
     setText($("sink-endpoint"), s.endpoint);
     setText($("sink-max-retry"), s.max_retry_count == null ? "unlimited" : s.max_retry_count);
     setText($("sink-dlq"), s.dead_letter_stream || "none");
-    setAttr($("tab-messages"), "href", "#/sinks/" + enc(s.name));
+    setAttr($("tab-messages"), "href", hashOf(Object.assign({}, route, { tab: "messages", msg: null })));
+    setAttr($("tab-discarded"), "href", hashOf(Object.assign({}, route, { tab: "discarded", msg: null })));
     $("redeliver-all").disabled = s.counts.failing === 0;
   }
 
@@ -225,9 +273,7 @@
         tr.setAttribute("data-testid", "message-row");
         const badge = document.createElement("span");
         tr.children[1].appendChild(badge);
-        tr.addEventListener("click", () => {
-          location.hash = "#/sinks/" + enc(list.sink) + "/messages/" + tr.dataset.key;
-        });
+        selectable(tr, () => navigate({ tab: "messages", msg: Number(tr.dataset.key) }));
         return tr;
       },
       (tr, m) => {
@@ -257,6 +303,20 @@
     setText($("page-info"), "page " + page + " · " + msgs.length + " shown");
   }
 
+  /** The "Last S2 error" box of a pane; `p` is its ids' prefix ("" message pane, "d" discarded pane). */
+  function renderError(p, e) {
+    show($(p + "err-none"), !e);
+    show($(p + "err-box"), !!e);
+    if (e) {
+      setText($(p + "err-class"), e.class);
+      setText($(p + "err-status"), e.status == null ? "no HTTP response (failed locally or before an answer)" : e.status);
+      setText($(p + "err-code"), e.code == null ? "—" : e.code);
+      setText($(p + "err-message"), e.message);
+      setTime($(p + "err-at"), e.at_ms);
+      setText($(p + "err-body"), prettyBody(e.body));
+    }
+  }
+
   function renderDetail(m) {
     show($("pane-empty"), false);
     show($("pane-gone"), false);
@@ -272,17 +332,7 @@
     setTime($("msg-last-attempt"), m.last_attempt_at);
     setTime($("msg-next-attempt"), m.not_visible_until);
 
-    const e = m.last_error;
-    show($("err-none"), !e);
-    show($("err-box"), !!e);
-    if (e) {
-      setText($("err-class"), e.class);
-      setText($("err-status"), e.status == null ? "no HTTP response (failed locally or before an answer)" : e.status);
-      setText($("err-code"), e.code == null ? "—" : e.code);
-      setText($("err-message"), e.message);
-      setTime($("err-at"), e.at_ms);
-      setText($("err-body"), prettyBody(e.body));
-    }
+    renderError("", m.last_error);
 
     const d = m.delivery || {};
     show($("delivery-error"), d.error != null);
@@ -300,8 +350,18 @@
     show($("pane-empty"), false);
     show($("pane-body"), false);
     show($("confirm-msg"), false);
-    setText($("pane-gone"), "Message #" + id + " is no longer queued: it was delivered, acknowledged or discarded.");
-    show($("pane-gone"), true);
+    const g = $("pane-gone");
+    const href = hashOf(Object.assign({}, route, { tab: "discarded", msg: id }));
+    if (g.dataset.href !== href) { // built once per message (a focused link survives refreshes)
+      g.dataset.href = href;
+      g.textContent = "";
+      const a = document.createElement("a");
+      a.href = href;
+      a.textContent = "look in the Discarded tab";
+      a.setAttribute("data-testid", "pane-gone-discarded");
+      g.append("Message #" + id + " is no longer queued: it was delivered, acknowledged or discarded (if discarded, ", a, ").");
+    }
+    show(g, true);
   }
   function renderNoSelection() {
     show($("pane-empty"), true);
@@ -309,6 +369,82 @@
     show($("pane-gone"), false);
     show($("confirm-msg"), false);
   }
+
+  // ---------- Discarded tab ----------
+  function renderDiscarded() {
+    const body = $("discarded-body");
+    reconcile(body, disc.items, (m) => m.id,
+      (m) => {
+        const tr = cells(document.createElement("tr"), 5, ["num mono", "mono", "nowrap", "num", "ellipsis err-text"]);
+        tr.className = "clickable";
+        tr.setAttribute("data-testid", "discarded-row");
+        selectable(tr, () => navigate({ tab: "discarded", msg: Number(tr.dataset.key) }));
+        return tr;
+      },
+      (tr, m) => {
+        setAttr(tr, "data-id", m.id);
+        const sel = route.msg === m.id;
+        tr.classList.toggle("selected", sel);
+        setAttr(tr, "aria-selected", sel ? "true" : "false");
+        setText(tr.children[0], m.id);
+        setText(tr.children[1], m.group == null ? "(none)" : m.group);
+        setTime(tr.children[2], m.discarded_at);
+        setText(tr.children[3], m.deliver_count);
+        const le = m.last_error ? errSummary(m.last_error) : "";
+        setText(tr.children[4], le || "—");
+        setAttr(tr.children[4], "title", le);
+      });
+    show($("discarded-empty"), disc.items.length === 0);
+    $("discarded-older").disabled = disc.nextBefore == null;
+    setText($("discarded-info"), disc.items.length + " shown" + (disc.nextBefore == null ? " · no older ones" : ""));
+    setAttr($("discarded-table"), "data-sink", disc.sink);
+    setAttr($("discarded-table"), "data-loaded", disc.items.length);
+
+    const id = route.msg;
+    const m = id == null ? null : disc.items.find((x) => x.id === id);
+    show($("dpane-empty"), id == null);
+    show($("dpane-missing"), id != null && !m);
+    show($("dpane-body"), !!m);
+    if (id != null && !m) {
+      setText($("dpane-missing"), "Message #" + id + " is not in the discarded list (the server keeps the newest 1000 per sink).");
+    }
+    if (m) {
+      setText($("dmsg-id"), "#" + m.id);
+      setText($("dmsg-group"), m.group == null ? "(none)" : m.group);
+      setText($("dmsg-attempts"), m.deliver_count);
+      setTime($("dmsg-enqueued"), m.enqueued_at);
+      setTime($("dmsg-last-attempt"), m.last_attempt_at);
+      setTime($("dmsg-discarded-at"), m.discarded_at);
+      renderError("d", m.last_error);
+      setText($("dmsg-payload"), prettyJSON(m.message));
+    }
+  }
+
+  /** Puts a fresh first page on top of the pages loaded so far (new discards come in at the top). */
+  function mergeFirstPage(page) {
+    const fresh = page.messages;
+    if (page.next_before == null || disc.items.length <= fresh.length) {
+      disc.items = fresh;
+      disc.nextBefore = page.next_before;
+      return;
+    }
+    // Older pages were loaded: keep them under the fresh page where the two join up.
+    const k = disc.items.findIndex((m) => m.id === fresh[fresh.length - 1].id);
+    if (k < 0) { disc.items = fresh; disc.nextBefore = page.next_before; return; }
+    const seen = new Set(fresh.map((m) => m.id));
+    disc.items = fresh.concat(disc.items.slice(k + 1).filter((m) => !seen.has(m.id)));
+  }
+  function appendOlder(page) {
+    const seen = new Set(disc.items.map((m) => m.id));
+    disc.items = disc.items.concat(page.messages.filter((m) => !seen.has(m.id)));
+    disc.nextBefore = page.next_before;
+  }
+
+  $("discarded-older").addEventListener("click", () => {
+    if (disc.nextBefore == null) return;
+    disc.wantOlder = true;
+    refresh(true);
+  });
 
   // ---------- confirmation steps ----------
   function askConfirm(box, text, label, onYes) {
@@ -363,18 +499,24 @@
     }));
 
   // ---------- filters and paging ----------
-  $("state-filter").addEventListener("change", () => {
-    list.state = $("state-filter").value;
-    $("messages-table").removeAttribute("data-filter-state");
-    resetPaging();
-    refresh(true);
-  });
-  $("order-select").addEventListener("change", () => { list.order = $("order-select").value; resetPaging(); refresh(true); });
+  // A filter change rewrites the current history entry (not a new one per keystroke).
+  $("state-filter").addEventListener("change", () => navigate({ state: $("state-filter").value }, true));
+  $("order-select").addEventListener("change", () => navigate({ order: $("order-select").value }, true));
   let groupTimer = null;
   $("group-filter").addEventListener("input", () => {
     clearTimeout(groupTimer);
-    groupTimer = setTimeout(() => { list.group = $("group-filter").value.trim(); resetPaging(); refresh(true); }, 300);
+    groupTimer = setTimeout(() => navigate({ group: $("group-filter").value.trim() }, true), 300);
   });
+  /** Shows the route's filters in the controls (after a link, reload or back/forward). */
+  function syncControls() {
+    if (route.view !== "sink") return;
+    if ($("state-filter").value !== route.state) $("state-filter").value = route.state;
+    if ($("order-select").value !== route.order) $("order-select").value = route.order;
+    // Not while the user types there (the box may hold a trailing space not in the route yet).
+    if ($("group-filter").value.trim() !== route.group && document.activeElement !== $("group-filter")) {
+      $("group-filter").value = route.group;
+    }
+  }
   $("page-next").addEventListener("click", () => {
     if (list.nextAfter == null) return;
     list.cursors.push(list.nextAfter);
@@ -398,14 +540,17 @@
       document.title = "Sinks · s2-sink";
       return;
     }
+    if (r.tab === "discarded") return loadDiscarded(r);
     if (list.sink !== r.sink) {
       list.sink = r.sink;
       resetPaging();
       show($("confirm-all"), false);
       $("messages-body").textContent = "";
     }
-    const q = new URLSearchParams({ state: list.state, order: list.order, limit: String(PAGE_SIZE) });
-    if (list.group) q.set("group", list.group);
+    const key = [r.state, r.group, r.order].join("\n");
+    if (list.key !== key) { list.key = key; resetPaging(); }
+    const q = new URLSearchParams({ state: r.state, order: r.order, limit: String(PAGE_SIZE) });
+    if (r.group) q.set("group", r.group);
     const after = list.cursors[list.cursors.length - 1];
     if (after != null) q.set("after", String(after));
     const base = "/api/sinks/" + enc(r.sink);
@@ -415,8 +560,7 @@
     const [sink, page, detail] = await Promise.all([api("GET", base), api("GET", base + "/messages?" + q), detailP]);
     clockOffset = sink.now - Date.now();
     if (r !== route) return;
-    show($("view-overview"), false);
-    show($("view-sink"), true);
+    showSinkTab("messages");
     document.title = sink.name + " · s2-sink";
     list.nextAfter = page.next_after;
     renderSinkHeader(sink);
@@ -427,6 +571,47 @@
     if (r.msg == null) renderNoSelection();
     else if (detail === null) renderGone(r.msg);
     else renderDetail(detail);
+  }
+
+  function showSinkTab(tab) {
+    show($("view-overview"), false);
+    show($("view-sink"), true);
+    for (const t of ["messages", "discarded"]) {
+      const on = t === tab;
+      $("tab-" + t).classList.toggle("active", on);
+      setAttr($("tab-" + t), "aria-selected", on ? "true" : "false");
+      show($("panel-" + t), on);
+    }
+  }
+
+  async function loadDiscarded(r) {
+    const base = "/api/sinks/" + enc(r.sink);
+    const [sink, first] = await Promise.all([api("GET", base), api("GET", base + "/discarded?limit=" + DISCARDED_PAGE)]);
+    clockOffset = sink.now - Date.now();
+    if (r !== route) return;
+    if (disc.sink !== r.sink) {
+      disc.sink = r.sink;
+      disc.items = [];
+      disc.nextBefore = null;
+      $("discarded-body").textContent = "";
+    }
+    mergeFirstPage(first);
+    // "Load older", or a linked message not loaded yet: older pages until it shows or the list ends.
+    let pages = 0;
+    while (disc.nextBefore != null && pages < 60 &&
+           (disc.wantOlder || (r.msg != null && !disc.items.some((m) => m.id === r.msg)))) {
+      disc.wantOlder = false;
+      const older = await api("GET", base + "/discarded?limit=" + (r.msg != null ? 100 : DISCARDED_PAGE) +
+        "&before=" + enc(disc.nextBefore));
+      if (r !== route || disc.sink !== r.sink) return;
+      appendOlder(older);
+      pages++;
+    }
+    disc.wantOlder = false;
+    showSinkTab("discarded");
+    document.title = sink.name + " · Discarded · s2-sink";
+    renderSinkHeader(sink);
+    renderDiscarded();
   }
 
   async function refresh(force) {
@@ -455,18 +640,21 @@
     return inFlight;
   }
 
-  window.addEventListener("hashchange", () => {
+  function routeChanged() {
     const prev = route;
     route = parseRoute();
-    if (prev.msg !== route.msg || prev.sink !== route.sink) show($("confirm-msg"), false);
+    if (prev.msg !== route.msg || prev.sink !== route.sink || prev.tab !== route.tab) show($("confirm-msg"), false);
+    if (prev.state !== route.state) $("messages-table").removeAttribute("data-filter-state");
+    syncControls();
     // Highlight the new selection at once, before the data arrives.
-    for (const tr of $("messages-body").children) tr.classList.toggle("selected", String(route.msg) === tr.dataset.key);
+    const body = route.tab === "discarded" ? $("discarded-body") : $("messages-body");
+    for (const tr of body.children) tr.classList.toggle("selected", String(route.msg) === tr.dataset.key);
     if (!authShown) refresh(true);
-  });
+  }
+  window.addEventListener("hashchange", routeChanged);
   setInterval(() => { if ($("auto-refresh").checked && !document.hidden) refresh(false); }, REFRESH_MS);
 
-  // Keep the filter controls in sync with the list state.
-  $("state-filter").value = list.state;
-  $("order-select").value = list.order;
+  // The filter controls show the route's filters (a copied link, a reload).
+  syncControls();
   refresh(true);
 })();
