@@ -2,7 +2,7 @@
 //! of each group, the chunks and their done bitmaps, failed messages' state, and a bounded
 //! payload cache. Rebuilt from sled on open; delivery reads only this on its hot path.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use bytes::Bytes;
 use s2sink_core::UnixMillis;
