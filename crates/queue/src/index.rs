@@ -223,41 +223,6 @@ impl Cache {
     }
 }
 
-#[cfg(test)]
-mod cache_tests {
-    use super::*;
-
-    fn body(n: usize) -> Bytes {
-        Bytes::from(vec![0u8; n])
-    }
-
-    #[test]
-    fn a_full_cache_keeps_the_oldest_chunks() {
-        let mut c = Cache::new(300);
-        c.offer(10, body(100));
-        c.offer(20, body(100));
-        c.offer(30, body(100));
-        // Newer than everything cached: not kept.
-        c.offer(40, body(100));
-        assert!(c.get(40).is_none());
-        // Older than what is cached: the newest goes.
-        c.offer(5, body(100));
-        assert!(c.get(5).is_some() && c.get(30).is_none());
-        assert_eq!(c.bytes(), 300);
-        // Would need older ones to go: not kept, and nothing evicted for it.
-        c.offer(15, body(200));
-        assert!(c.get(15).is_none() && c.get(20).is_some());
-        assert_eq!(c.bytes(), 300);
-        c.offer(15, body(100));
-        assert!(c.get(15).is_some() && c.get(20).is_none() && c.get(10).is_some());
-        assert!(c.get(5).is_some());
-        assert_eq!(c.bytes(), 300);
-        // Larger than the whole cache: never kept.
-        c.offer(1, body(301));
-        assert!(c.get(1).is_none() && c.get(5).is_some());
-    }
-}
-
 /// Where a removed message was.
 pub enum Place {
     /// In chunk `first` (now marked done there).
@@ -412,5 +377,40 @@ impl Index {
     /// Published messages that failed at least once.
     pub fn failing(&self) -> u64 {
         self.failed.len() as u64
+    }
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use super::*;
+
+    fn body(n: usize) -> Bytes {
+        Bytes::from(vec![0u8; n])
+    }
+
+    #[test]
+    fn a_full_cache_keeps_the_oldest_chunks() {
+        let mut c = Cache::new(300);
+        c.offer(10, body(100));
+        c.offer(20, body(100));
+        c.offer(30, body(100));
+        // Newer than everything cached: not kept.
+        c.offer(40, body(100));
+        assert!(c.get(40).is_none());
+        // Older than what is cached: the newest goes.
+        c.offer(5, body(100));
+        assert!(c.get(5).is_some() && c.get(30).is_none());
+        assert_eq!(c.bytes(), 300);
+        // Would need older ones to go: not kept, and nothing evicted for it.
+        c.offer(15, body(200));
+        assert!(c.get(15).is_none() && c.get(20).is_some());
+        assert_eq!(c.bytes(), 300);
+        c.offer(15, body(100));
+        assert!(c.get(15).is_some() && c.get(20).is_none() && c.get(10).is_some());
+        assert!(c.get(5).is_some());
+        assert_eq!(c.bytes(), 300);
+        // Larger than the whole cache: never kept.
+        c.offer(1, body(301));
+        assert!(c.get(1).is_none() && c.get(5).is_some());
     }
 }
