@@ -52,6 +52,21 @@ struct Inner {
     stopped: AtomicBool,
 }
 
+impl Drop for Inner {
+    /// Deferred acks are written when the last handle goes (a clean close loses none).
+    fn drop(&mut self) {
+        let sinks = self.sinks.get_mut().unwrap_or_else(|p| p.into_inner());
+        for s in sinks.values() {
+            if let Err(e) = s.persist_acks() {
+                tracing::warn!(sink = %s.name, error = %e, "could not write deferred acks on close; they are found again in S2 after the restart");
+            }
+        }
+        if let Err(e) = self.db.flush() {
+            tracing::warn!(error = %e, "final flush on close failed");
+        }
+    }
+}
+
 /// How long [`Queue::open_with`] took, by phase.
 #[derive(Debug, Clone, Copy)]
 pub struct OpenTimes {
@@ -295,11 +310,16 @@ impl Queue {
     }
 
     /// Removes delivered messages (ids not in the queue are ignored) and counts them as
-    /// delivered; returns how many were removed. One atomic batch: per chunk touched, its
-    /// bitmap, or its removal with its last message.
+    /// delivered; returns how many were removed. At once in memory (delivery never sees them
+    /// again); on disk with the sink's next batch that settles chunks, the next
+    /// [`put_marker`](Queue::put_marker) or [`flush`](Queue::flush), or when the queue is
+    /// dropped — many S2 appends touch the same chunks, so their bitmaps are written once
+    /// for all of them. A crash can bring back acks not yet written: callers must be able to
+    /// find such messages delivered again (the engine reads its streams back from a mark
+    /// stored only after the acks behind it).
     pub fn ack(&self, sink: &str, ids: &[MessageId]) -> Result<usize> {
         self.with_sink(sink, 0, |s| {
-            s.remove(ids, Removal::Delivered, now_millis(), usize::MAX, "ack")
+            s.remove(ids, Removal::Acked, now_millis(), usize::MAX, "ack")
                 .map(|r| r.len())
         })
     }
@@ -424,10 +444,21 @@ impl Queue {
         self.read_sinks().values().map(|s| s.pending()).sum()
     }
 
-    /// Waits until every change made before this call is on disk (shares the enqueue flush).
+    /// Waits until every change made before this call is on disk (shares the enqueue flush),
+    /// deferred acks included.
     pub async fn flush(&self) -> Result<()> {
         self.check()?;
+        self.persist_acks()?;
         self.wait_flush("flush", None).await
+    }
+
+    /// Writes every sink's deferred acks (see [`Queue::ack`]) without waiting for the disk.
+    fn persist_acks(&self) -> Result<()> {
+        let sinks: Vec<Arc<Sink>> = self.read_sinks().values().cloned().collect();
+        for s in sinks {
+            self.track(s.persist_acks())?;
+        }
+        Ok(())
     }
 
     /// How many disk flushes the queue has done since it was opened: with group commit this
@@ -437,9 +468,11 @@ impl Queue {
     }
 
     /// Stores a small durable value for other crates (e.g. a stream's low-water mark) and
-    /// returns once it is on disk.
+    /// returns once it is on disk. Deferred acks are written before it, so a mark that may
+    /// only pass acked messages never lands on disk ahead of their acks.
     pub async fn put_marker(&self, name: &str, value: &[u8]) -> Result<()> {
         self.check()?;
+        self.persist_acks()?;
         self.track(
             self.inner
                 .markers

@@ -1,7 +1,7 @@
 //! One sink: its sled tree and its in-memory [`Index`], changed together under one lock so
 //! that every state change is one atomic sled batch mirrored exactly in memory.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -28,7 +28,11 @@ type Result<T> = std::result::Result<T, QueueError>;
 /// Why a message leaves the queue.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Removal {
+    /// Delivered, written in the same batch (manual acknowledge).
     Delivered,
+    /// Delivered, its bitmap write deferred to the sink's next batch or
+    /// [`Sink::persist_acks`] (acks of S2 appends: many appends touch the same chunks).
+    Acked,
     Discarded,
 }
 
@@ -49,6 +53,14 @@ pub enum Keyed {
 pub struct State {
     pub meta: Meta,
     pub index: Index,
+    /// Chunks changed by deferred acks ([`Removal::Acked`]) and not yet written: `None` =
+    /// write its bitmap, `Some((head_parts, body_parts))` = it ended, remove its keys. Every
+    /// batch of the sink that settles chunks writes them all, so what is on disk is always
+    /// the in-memory acks as of some moment (a group's later message is never gone while an
+    /// earlier one is back after a crash).
+    pub unwritten: BTreeMap<u64, Option<(u16, u16)>>,
+    /// The totals changed by deferred acks and are not yet written.
+    pub totals_unwritten: bool,
 }
 
 /// A sink's storage.
@@ -90,6 +102,8 @@ impl Sink {
             state: Mutex::new(State {
                 meta: Meta::new(epoch),
                 index: Index::new(cache_bytes),
+                unwritten: BTreeMap::new(),
+                totals_unwritten: false,
             }),
             enqueue_order: Mutex::new(Keys::new(key_cap)),
             pending: AtomicU64::new(0),
@@ -184,7 +198,12 @@ impl Sink {
         for id in ids {
             index.publish_one(id);
         }
-        Ok(State { meta, index })
+        Ok(State {
+            meta,
+            index,
+            unwritten: BTreeMap::new(),
+            totals_unwritten: false,
+        })
     }
 
     /// Locks the sink's state.
@@ -771,23 +790,64 @@ impl Sink {
     /// Writes the done bitmap of each touched chunk, or removes a chunk whose messages are all
     /// done, in `batch`.
     fn settle_chunks(st: &mut State, batch: &mut Batch, touched: &BTreeSet<u64>) {
+        Self::settle_in_memory(st, touched);
+        Self::write_unwritten(st, batch);
+    }
+
+    /// Chunk bookkeeping after messages left `touched` chunks, in memory: an ended chunk
+    /// leaves the index and the cache; what must be written is recorded in `unwritten`.
+    fn settle_in_memory(st: &mut State, touched: &BTreeSet<u64>) {
         for &first in touched {
             let Some(c) = st.index.chunks.get(&first) else {
                 continue;
             };
             if c.live == 0 {
-                parts::remove(batch, &keys::base(keys::HEAD, first), c.head_parts);
-                parts::remove(batch, &keys::base(keys::BODY, first), c.body_parts);
-                batch.remove(&keys::base(keys::DONE, first));
+                let parts = (c.head_parts, c.body_parts);
                 st.index.chunks.remove(&first);
                 st.index.cache.remove(first);
+                st.unwritten.insert(first, Some(parts));
             } else {
-                batch.insert(
-                    &keys::base(keys::DONE, first),
-                    codec::encode_bitmap(&c.done),
-                );
+                st.unwritten.entry(first).or_insert(None);
             }
         }
+    }
+
+    /// Writes every unwritten chunk change (bitmaps, ended chunks' removal) and the totals
+    /// into `batch`.
+    fn write_unwritten(st: &mut State, batch: &mut Batch) {
+        for (first, ended) in std::mem::take(&mut st.unwritten) {
+            match ended {
+                Some((head_parts, body_parts)) => {
+                    parts::remove(batch, &keys::base(keys::HEAD, first), head_parts);
+                    parts::remove(batch, &keys::base(keys::BODY, first), body_parts);
+                    batch.remove(&keys::base(keys::DONE, first));
+                }
+                None => {
+                    if let Some(c) = st.index.chunks.get(&first) {
+                        batch.insert(
+                            &keys::base(keys::DONE, first),
+                            codec::encode_bitmap(&c.done),
+                        );
+                    }
+                }
+            }
+        }
+        batch.insert(keys::TOTALS, &st.meta.encode_totals()[..]);
+        st.totals_unwritten = false;
+    }
+
+    /// Writes the deferred acks (see [`Removal::Acked`]), if any. Called before a marker is
+    /// stored (a stream's low-water mark may only pass acks that are on disk), before a
+    /// flush, and when the queue closes.
+    pub fn persist_acks(&self) -> Result<()> {
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        if st.unwritten.is_empty() && !st.totals_unwritten {
+            return Ok(());
+        }
+        let mut batch = Batch::default();
+        Self::write_unwritten(st, &mut batch);
+        self.apply(batch, "ack")
     }
 
     /// The record of a stored message, for moving it out of its chunk.
@@ -823,6 +883,8 @@ impl Sink {
         let mut touched = BTreeSet::new();
         let mut seen = HashSet::with_capacity(ids.len());
         let mut removed = Vec::with_capacity(ids.len());
+        // Whether the batch holds more than chunk changes (discarded copies, failed keys).
+        let mut keyed = false;
         for &id in ids {
             if !seen.insert(id) {
                 continue;
@@ -838,6 +900,7 @@ impl Sink {
                 let n = parts::put(&mut batch, &keys::base(keys::DISCARDED, seq), &entry, 0);
                 st.index.discarded.push_back((seq, n));
                 meta.discarded += 1;
+                keyed = true;
             } else {
                 meta.delivered += 1;
             }
@@ -846,6 +909,7 @@ impl Sink {
                     touched.insert(first);
                 }
                 Some((m, Place::Failed(f))) => {
+                    keyed = true;
                     parts::remove(&mut batch, &keys::base(keys::STATE, id.0), f.state_parts);
                     parts::remove(
                         &mut batch,
@@ -858,6 +922,14 @@ impl Sink {
             removed.push(id);
         }
         if removed.is_empty() {
+            return Ok(removed);
+        }
+        // Acks of chunk messages only: nothing is written now (see `Removal::Acked`).
+        if kind == Removal::Acked && !keyed {
+            Self::settle_in_memory(st, &touched);
+            st.meta = meta;
+            st.totals_unwritten = true;
+            self.sync_pending(st);
             return Ok(removed);
         }
         Self::settle_chunks(st, &mut batch, &touched);
@@ -893,7 +965,7 @@ impl Sink {
         };
         // Between the two locks only this sink's own removals can run; `remove` skips ids
         // that are gone, and a message never changes epoch.
-        self.remove(&matching, Removal::Delivered, now, usize::MAX, "ack")
+        self.remove(&matching, Removal::Acked, now, usize::MAX, "ack")
     }
 
     /// Records a failed attempt; moves the message out of its chunk on its first failure.
