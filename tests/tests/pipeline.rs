@@ -187,13 +187,14 @@ async fn two_groups_behind_a_fault(
 
 #[actix_rt::test]
 async fn a_failed_append_sends_the_one_behind_it_back_uncharged() {
-    // Append k is refused (429) only after 300 ms, when k+1 is surely on the wire; k+1 reaches
+    // Append k is refused (429) only after 1.5 s, when k+1 is surely on the wire (also on a
+    // loaded machine, with the two groups on different engine threads); k+1 reaches
     // S2 first with match_seq_num = k's end and gets 412. The group of k is charged (and, with
     // max_retry_count = 1, its head discarded); the group of k+1 is not charged at all.
     let (rig, mut expected) = two_groups_behind_a_fault(
         "refused",
         vec![Fault::Late(
-            Duration::from_millis(300),
+            Duration::from_millis(1500),
             Box::new(Fault::throttled(0)),
         )],
     )
@@ -239,15 +240,18 @@ async fn a_failed_append_sends_the_one_behind_it_back_uncharged() {
 
 #[actix_rt::test]
 async fn a_lost_answer_with_the_next_append_landing_behind_it_is_not_duplicated() {
-    // Append k is applied after 300 ms but its answer is dropped (outcome unknown); k+1 is
-    // held 600 ms and then lands right behind k (its match_seq_num holds). The writer applies
+    // Append k is applied after 1 s but its answer is dropped (outcome unknown); k+1 is
+    // held 2 s and then lands right behind k (its match_seq_num holds). The writer applies
     // k+1's ack, reconciles from the mark (which did not move past k) and finds k: nothing
     // is sent twice, nothing is charged.
     let (rig, expected) = two_groups_behind_a_fault(
         "lost",
         vec![
-            Fault::Late(Duration::from_millis(300), Box::new(Fault::ForwardThenDrop)),
-            Fault::Delay(Duration::from_millis(600)),
+            Fault::Late(
+                Duration::from_millis(1000),
+                Box::new(Fault::ForwardThenDrop),
+            ),
+            Fault::Delay(Duration::from_millis(2000)),
         ],
     )
     .await;
@@ -286,12 +290,12 @@ async fn a_lost_answer_with_the_next_append_landing_behind_it_is_not_duplicated(
 
 #[actix_rt::test]
 async fn a_lost_answer_whose_follower_got_412_resends_only_the_follower() {
-    // Append k is applied after 300 ms, answer dropped; k+1 passes at once, reaches S2 before
-    // k and gets 412. Reconciliation finds k; k+1's run goes back uncharged and lands once.
+    // Append k is applied after 1.5 s (room for k+1 to be sent on a loaded machine), answer
+    // dropped; k+1 passes at once, reaches S2 before k and gets 412. Reconciliation finds k; k+1's run goes back uncharged and lands once.
     let (rig, expected) = two_groups_behind_a_fault(
         "lost412",
         vec![Fault::Late(
-            Duration::from_millis(300),
+            Duration::from_millis(1500),
             Box::new(Fault::ForwardThenDrop),
         )],
     )
