@@ -102,11 +102,11 @@ fn parse_state(s: Option<&str>) -> Result<StateFilter, ApiError> {
     summary = "List the messages in a sink's queue",
     params(
         super::openapi::SinkParam,
-        ("state" = Option<String>, Query, description = "`pending`, `delivering`, `backing_off`, `failed` (or `failing`) or `all` (default)"),
+        ("state" = Option<super::openapi::StateFilter>, Query, description = "Only messages in this state (default `all`; `delivering` lists as `pending`, `failing` = `failed`)"),
         ("group" = Option<String>, Query, description = "Only this group's messages"),
         ("limit" = Option<u64>, Query, minimum = 1, maximum = 1000, description = "Messages per page (1-1000, default 50)"),
         ("after" = Option<u64>, Query, minimum = 0, description = "The previous page's `next_after`"),
-        ("order" = Option<String>, Query, description = "`oldest` (default) or `newest` first"),
+        ("order" = Option<super::openapi::Order>, Query, description = "`oldest` (default) or `newest` first"),
     ),
     responses(
         (status = 200, description = "A page of messages (no payloads)", body = MessagePage),
@@ -159,10 +159,15 @@ pub async fn list_messages(
     }))
 }
 
+/// A message id from the path: an integer from 0 to `i64::MAX` (as documented: `int64`).
 fn parse_id(raw: &str) -> Result<MessageId, ApiError> {
-    raw.parse::<u64>()
-        .map(MessageId)
-        .map_err(|_| ApiError::bad_request(format!("message id `{raw}` is not a number")))
+    match raw.parse::<u64>() {
+        Ok(n) if n <= i64::MAX as u64 => Ok(MessageId(n)),
+        _ => Err(ApiError::bad_request(format!(
+            "message id `{raw}` is not an integer from 0 to {}",
+            i64::MAX
+        ))),
+    }
 }
 
 /// `GET /api/sinks/{sink}/messages/{id}`
@@ -174,7 +179,7 @@ fn parse_id(raw: &str) -> Result<MessageId, ApiError> {
     params(super::openapi::SinkParam, super::openapi::IdParam),
     responses(
         (status = 200, description = "The message", body = MessageDetail),
-        (status = 400, description = "`id` is not a number", body = ErrorBody),
+        (status = 400, description = "`id` is not an integer from 0 to 2^63-1", body = ErrorBody),
         (status = 401, description = "`unauthorized`: missing or wrong API token (when `server.api_token` is set)", body = ErrorBody),
         (status = 404, description = "`unknown_sink`, or `unknown_message` (not in the queue: delivered, discarded or never accepted)", body = ErrorBody),
         (status = 503, description = "`storage`: the queue could not be read", body = ErrorBody),
@@ -209,7 +214,7 @@ pub async fn get_message(state: web::Data<AppState>, path: web::Path<(String, St
     ),
     responses(
         (status = 200, description = "Done", body = ActionDone),
-        (status = 400, description = "`id` is not a number", body = ErrorBody),
+        (status = 400, description = "`id` is not an integer from 0 to 2^63-1", body = ErrorBody),
         (status = 401, description = "`unauthorized`: missing or wrong API token (when `server.api_token` is set)", body = ErrorBody),
         (status = 403, description = "`cross_site`: a browser request from another site", body = ErrorBody),
         (status = 404, description = "`unknown_sink`, `unknown_message`, or an unknown action", body = ErrorBody),

@@ -31,7 +31,8 @@ pub struct SinkParam {
 pub struct IdParam {
     /// The message id (from the 202 of the ingest request, or a listing).
     #[allow(dead_code)]
-    id: u64,
+    #[param(minimum = 0)]
+    id: i64,
 }
 
 /// What `POST /api/sinks/{sink}/messages/{id}/{action}` does.
@@ -47,6 +48,28 @@ pub enum Action {
     Discard,
 }
 
+/// `state` of `GET /api/sinks/{sink}/messages`.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum StateFilter {
+    All,
+    Pending,
+    Delivering,
+    BackingOff,
+    Failed,
+    Failing,
+}
+
+/// `order` of `GET /api/sinks/{sink}/messages`.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub enum Order {
+    Oldest,
+    Newest,
+}
+
 /// One message: any JSON object. The Sequin change-message fields are checked when present
 /// (a wrong type is 400 `invalid_message`); every other field is kept and delivered verbatim.
 #[derive(Serialize, ToSchema)]
@@ -54,11 +77,9 @@ pub enum Action {
 pub struct IngestMessage {
     /// `insert`, `update`, `delete` or `read` for CDC messages; free-form otherwise.
     action: Option<String>,
-    /// The row (for a delete: the old row).
-    #[schema(value_type = Option<Object>)]
+    /// The row (for a delete: the old row); any JSON value.
     record: Option<Value>,
-    /// Old values of changed columns for an update.
-    #[schema(value_type = Option<Object>)]
+    /// Old values of changed columns for an update; any JSON value.
     changes: Option<Value>,
     metadata: Option<IngestMetadata>,
     /// Any other field, kept verbatim.
@@ -138,7 +159,7 @@ Every error is `{\"error\":{\"code\",\"message\"}}` (schema `ErrorBody`). Beside
         super::manage::discarded,
         super::manage::reload,
     ),
-    components(schemas(views::ErrorBody, IngestBody, IngestMessage)),
+    components(schemas(views::ErrorBody, IngestBody, IngestMessage, Action, StateFilter, Order)),
     modifiers(&BearerAuth),
     tags(
         (name = "messages", description = "Ingest, list and manage messages"),
