@@ -109,7 +109,7 @@ pub struct IngestMetadata {
 #[serde(untagged)]
 #[allow(dead_code)]
 pub enum IngestBody {
-    One(IngestMessage),
+    One(Box<IngestMessage>),
     Many(Vec<IngestMessage>),
 }
 
