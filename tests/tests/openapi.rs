@@ -18,6 +18,9 @@ use s2sink_tests::{eventually, ids_in, read_all, LiteServer};
 use serde_json::Value;
 
 const SINK: &str = "fuzz";
+/// A sink whose stream does not exist: its messages stay queued (failing, then discarded
+/// after `max_retry_count`), so the message routes and actions meet real messages.
+const STUCK: &str = "stuck";
 const API_TOKEN: &str = "api-tok-openapi-5e1d";
 
 /// The Schemathesis CLI (`st`) of the venv whose python is `S2SINK_PYTHON`.
@@ -89,11 +92,16 @@ async fn schemathesis_finds_nothing_and_nothing_accepted_is_lost() {
     let cfg = TestConfig::new()
         .api_token(API_TOKEN)
         .sink(SinkConfig::new(SINK, &lite.endpoint(), &basin, "events").backoff(50, 200))
+        .sink(
+            SinkConfig::new(STUCK, &lite.endpoint(), &basin, "does-not-exist")
+                .set("max_retry_count", "3")
+                .backoff(200, 1000),
+        )
         .render();
     let server = ServerProcess::start(dir.path(), &cfg, &[]).await;
 
-    // `{sink}` is the configured sink (otherwise nearly every request would be a 404
-    // `unknown_sink` and ingest would never be exercised); `{basin}` is the sink's.
+    // `{sink}` is one of the configured sinks (otherwise nearly every request would be a 404
+    // `unknown_sink` and ingest would never be exercised); `{basin}` is theirs.
     //
     // positive_data_acceptance on ingest also accepts 422: a generated `Idempotency-Key`
     // that an earlier request with another body already used is correctly answered 422
@@ -104,8 +112,11 @@ async fn schemathesis_finds_nothing_and_nothing_accepted_is_lost() {
         &config,
         format!(
             r#"
+[dictionaries.sinks]
+values = ["{SINK}", "{STUCK}"]
+
 [parameters]
-"path.sink" = "{SINK}"
+"path.sink" = {{ dictionary = "sinks" }}
 "path.basin" = "{basin}"
 
 [[operations]]
@@ -160,37 +171,49 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404",
     }
     println!("{stdout}");
 
-    // What the run was told was accepted, and what it acknowledged itself.
+    // What the run was told was accepted, and what it acknowledged itself, per sink.
     let har: Value = serde_json::from_slice(&std::fs::read(&har).expect("the HAR report"))
         .expect("the HAR report is JSON");
-    let ingest_url = format!("{}/api/sinks/{SINK}/messages", server.url);
-    let mut accepted = BTreeSet::new();
-    let mut acknowledged = BTreeSet::new();
+    let mut accepted: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+    let mut acknowledged: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
     for entry in har["log"]["entries"].as_array().expect("HAR entries") {
         let (req, resp) = (&entry["request"], &entry["response"]);
         let url = req["url"].as_str().unwrap_or("");
-        let path = url.split('?').next().unwrap_or("");
+        let path = url
+            .strip_prefix(&server.url)
+            .unwrap_or("")
+            .split('?')
+            .next()
+            .unwrap_or("");
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         let status = resp["status"].as_u64().unwrap_or(0);
-        let body = || -> Value {
-            serde_json::from_str(resp["content"]["text"].as_str().unwrap_or("null"))
-                .unwrap_or(Value::Null)
-        };
-        if req["method"] == "POST" && path == ingest_url && status == 202 {
-            let ids = body()["ids"]
-                .as_array()
-                .unwrap_or_else(|| panic!("202 without ids in the report: {entry}"))
-                .iter()
-                .map(|v| v.as_u64().unwrap())
-                .collect::<Vec<_>>();
-            accepted.extend(ids);
+        if req["method"] != "POST" || !(200..300).contains(&status) {
+            continue;
         }
-        if req["method"] == "POST" && path.ends_with("/acknowledge") && status == 200 {
-            acknowledged.insert(body()["id"].as_u64().unwrap());
+        let body: Value = serde_json::from_str(resp["content"]["text"].as_str().unwrap_or("null"))
+            .unwrap_or(Value::Null);
+        match segments.as_slice() {
+            ["api", "sinks", sink, "messages"] => {
+                let ids = body["ids"]
+                    .as_array()
+                    .unwrap_or_else(|| panic!("202 without ids in the report: {entry}"));
+                accepted
+                    .entry(sink.to_string())
+                    .or_default()
+                    .extend(ids.iter().map(|v| v.as_u64().unwrap()));
+            }
+            ["api", "sinks", sink, "messages", _, "acknowledge"] => {
+                acknowledged
+                    .entry(sink.to_string())
+                    .or_default()
+                    .insert(body["id"].as_u64().unwrap());
+            }
+            _ => {}
         }
     }
     assert!(
-        !accepted.is_empty(),
-        "the run never got a 202 from ingest; output:\n{stdout}"
+        accepted.get(SINK).is_some_and(|a| !a.is_empty()),
+        "the run never got a 202 from ingest into {SINK}; output:\n{stdout}"
     );
 
     let api = Api::new(&server, Some(API_TOKEN));
@@ -204,48 +227,56 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404",
     let in_stream: BTreeSet<u64> = ids_in(&read_all(&lite.client(), &basin, "events").await, SINK)
         .into_iter()
         .collect();
-    let mut discarded = BTreeSet::new();
-    let mut before = String::new();
-    loop {
-        let a = api
-            .get(&format!("/api/sinks/{SINK}/discarded?limit=100{before}"))
-            .await;
-        assert_eq!(a.status.as_u16(), 200, "{}", a.body);
-        discarded.extend(
-            a.body["messages"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|m| m["id"].as_u64().unwrap()),
-        );
-        match a.body["next_before"].as_u64() {
-            Some(b) => before = format!("&before={b}"),
-            None => break,
-        }
-    }
     let mut lost = BTreeMap::new();
-    for id in &accepted {
-        if in_stream.contains(id) || discarded.contains(id) || acknowledged.contains(id) {
-            continue;
+    for (sink, ids) in &accepted {
+        let mut discarded = BTreeSet::new();
+        let mut before = String::new();
+        loop {
+            let a = api
+                .get(&format!("/api/sinks/{sink}/discarded?limit=100{before}"))
+                .await;
+            assert_eq!(a.status.as_u16(), 200, "{}", a.body);
+            discarded.extend(
+                a.body["messages"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|m| m["id"].as_u64().unwrap()),
+            );
+            match a.body["next_before"].as_u64() {
+                Some(b) => before = format!("&before={b}"),
+                None => break,
+            }
         }
-        let a = api.get(&format!("/api/sinks/{SINK}/messages/{id}")).await;
-        if a.status.as_u16() != 200 {
-            lost.insert(*id, a.body);
+        let acked = acknowledged.get(sink).cloned().unwrap_or_default();
+        let (mut streamed, mut dropped, mut queued) = (0, 0, 0);
+        for id in ids {
+            if sink == SINK && in_stream.contains(id) {
+                streamed += 1;
+                continue;
+            }
+            if discarded.contains(id) || acked.contains(id) {
+                dropped += 1;
+                continue;
+            }
+            let a = api.get(&format!("/api/sinks/{sink}/messages/{id}")).await;
+            if a.status.as_u16() == 200 {
+                queued += 1;
+            } else {
+                lost.insert(format!("{sink}/{id}"), a.body);
+            }
         }
+        println!(
+            "{sink}: {} accepted ids: {streamed} in the stream, {queued} queued, {dropped} \
+             discarded or acknowledged by the run",
+            ids.len()
+        );
     }
     assert!(
         lost.is_empty(),
-        "{} of {} accepted messages are neither in the stream, nor queued, discarded or \
+        "{} accepted messages are neither in the stream, nor queued, discarded or \
          acknowledged: {lost:#?}\n--- server log:\n{}",
         lost.len(),
-        accepted.len(),
         server.log()
-    );
-    println!(
-        "{} accepted ids: {} in the stream, {} discarded, {} acknowledged, rest queued",
-        accepted.len(),
-        accepted.intersection(&in_stream).count(),
-        accepted.intersection(&discarded).count(),
-        accepted.intersection(&acknowledged).count()
     );
 }
