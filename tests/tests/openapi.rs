@@ -130,7 +130,10 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404",
     let hooks = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemathesis_hooks.py");
     let har = dir.path().join("run.har");
     let mut cmd = tokio::process::Command::new(&st);
-    cmd.env("SCHEMATHESIS_HOOKS", &hooks)
+    // Run in the temp dir: Schemathesis keeps a cache (`.schemathesis/`) in its working
+    // directory, which must not land in the source tree.
+    cmd.current_dir(dir.path())
+        .env("SCHEMATHESIS_HOOKS", &hooks)
         .arg("--config-file")
         .arg(&config)
         .arg("run")
