@@ -9,13 +9,16 @@ export S2_LITE_BIN
 echo "using s2-lite at $S2_LITE_BIN"
 
 # Python's prometheus_client parses the real /metrics output in tests/tests/metrics.rs (an
-# independent parser for both exposition formats). A venv under target/, reused when it holds
-# the pinned version.
+# independent parser for both exposition formats); Schemathesis (its `st` command next to the
+# venv's python) tests the live API against /api/openapi.json in tests/tests/openapi.rs.
+# A venv under target/, reused when it holds the pinned versions.
 PROMETHEUS_CLIENT_PY=0.26.0
+SCHEMATHESIS_PY=4.32.5
 S2SINK_PYTHON="$PWD/target/py-venv/bin/python"
-if ! "$S2SINK_PYTHON" -c "import importlib.metadata as m, sys; sys.exit(m.version('prometheus_client') != '$PROMETHEUS_CLIENT_PY')" 2>/dev/null; then
+if ! "$S2SINK_PYTHON" -c "import importlib.metadata as m, sys; sys.exit(m.version('prometheus_client') != '$PROMETHEUS_CLIENT_PY' or m.version('schemathesis') != '$SCHEMATHESIS_PY')" 2>/dev/null; then
   python3 -m venv target/py-venv
-  "$S2SINK_PYTHON" -m pip install --quiet --disable-pip-version-check "prometheus_client==$PROMETHEUS_CLIENT_PY"
+  "$S2SINK_PYTHON" -m pip install --quiet --disable-pip-version-check \
+    "prometheus_client==$PROMETHEUS_CLIENT_PY" "schemathesis==$SCHEMATHESIS_PY"
 fi
 export S2SINK_PYTHON
 
@@ -27,8 +30,8 @@ cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 
 echo "== the engine embeds without the HTTP server (feature \`server\` off: no actix-web, no config)"
 cargo check --locked -p s2sink-server --no-default-features --lib
-if cargo tree --locked -p s2sink-server --no-default-features -e normal --prefix none | grep -Eq '^(actix-web|config|tracing-subscriber|prometheus-client|clap) '; then
-  echo "s2sink-server without default features still depends on actix-web / config / tracing-subscriber / prometheus-client / clap" >&2
+if cargo tree --locked -p s2sink-server --no-default-features -e normal --prefix none | grep -Eq '^(actix-web|config|tracing-subscriber|prometheus-client|clap|utoipa) '; then
+  echo "s2sink-server without default features still depends on actix-web / config / tracing-subscriber / prometheus-client / clap / utoipa" >&2
   exit 1
 fi
 

@@ -24,6 +24,13 @@ fn secured(mut b: HttpResponseBuilder) -> HttpResponseBuilder {
 }
 
 /// `GET /`
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "console",
+    summary = "The web console (HTML)",
+    responses((status = 200, description = "The console page", content_type = "text/html", body = String))
+)]
 pub async fn index() -> HttpResponse {
     secured(HttpResponse::Ok())
         .content_type("text/html; charset=utf-8")
@@ -31,6 +38,13 @@ pub async fn index() -> HttpResponse {
 }
 
 /// `GET /console.js`
+#[utoipa::path(
+    get,
+    path = "/console.js",
+    tag = "console",
+    summary = "The web console's script",
+    responses((status = 200, description = "JavaScript", content_type = "text/javascript", body = String))
+)]
 pub async fn script() -> HttpResponse {
     secured(HttpResponse::Ok())
         .content_type("text/javascript; charset=utf-8")

@@ -2,7 +2,8 @@
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
-use serde_json::json;
+
+use super::views::{ErrorBody, ErrorDetail};
 
 use crate::ServerError;
 
@@ -88,7 +89,12 @@ impl ResponseError for ApiError {
         if let Some(allow) = &self.allow {
             resp.insert_header((header::ALLOW, allow.clone()));
         }
-        resp.json(json!({"error": {"code": self.code, "message": self.message}}))
+        resp.json(ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message.clone(),
+            },
+        })
     }
 }
 

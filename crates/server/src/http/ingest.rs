@@ -17,10 +17,11 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use serde_json::value::RawValue;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::error::ApiError;
 use super::params::Params;
+use super::views::{ErrorBody, IngestAccepted};
 use super::AppState;
 use crate::engine::IngestItem;
 use crate::ServerError;
@@ -395,11 +396,11 @@ fn process(job: Job) -> Result<Answer, ApiError> {
             ),
             other => other.into(),
         })?;
-    let body = serde_json::to_vec(&json!({
-        "accepted": outcome.ids.len(),
-        "ids": outcome.ids.iter().map(|id| id.0).collect::<Vec<_>>(),
-        "duplicates": outcome.duplicates,
-    }))
+    let body = serde_json::to_vec(&IngestAccepted {
+        accepted: outcome.ids.len(),
+        ids: outcome.ids.iter().map(|id| id.0).collect(),
+        duplicates: outcome.duplicates,
+    })
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     Ok(Answer {
         body,
@@ -410,6 +411,44 @@ fn process(job: Job) -> Result<Answer, ApiError> {
 /// The ingest handler: checks what can be checked from the head (sink, query, Content-Type,
 /// Content-Encoding), takes an ingest slot, reads the body within the timeout, then decodes,
 /// parses and enqueues on the blocking pool.
+#[utoipa::path(
+    post,
+    path = "/api/sinks/{sink}/messages",
+    tag = "messages",
+    summary = "Ingest messages (a JSON object, a JSON array of objects, or NDJSON)",
+    description = "All or nothing: any invalid message is a 400 naming its index (JSON array, from 0) or line (NDJSON, from 1), and nothing of the request is stored. A 202 means every message is durably queued. The body may be compressed: `Content-Encoding: gzip` or `zstd` (anything else is 415; an undecodable body is 400). With an `Idempotency-Key`, a retry of an accepted request gets the original answer (`Idempotent-Replayed: true`) and stores nothing.",
+    params(
+        super::openapi::SinkParam,
+        ("group" = Option<String>, Query, min_length = 1, description = "Put every message of the request in this group (default: each message's own `metadata.record_pks` / table)"),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[ -~]+$", description = "1-255 printable ASCII characters, once: a retry with the same key and request within the sink's idempotency window is answered with the original 202 and stores nothing"),
+    ),
+    request_body(
+        description = "One message (an object), an array of messages, or NDJSON (one object per line)",
+        content(
+            (super::openapi::IngestBody = "application/json"),
+            // The messages of an NDJSON body, one JSON object per line (described as the array
+            // of its lines' values: OpenAPI has no line-framing schema).
+            (Vec<super::openapi::IngestMessage> = "application/x-ndjson"),
+        ),
+    ),
+    responses(
+        (status = 202, description = "Every message is durably queued", body = IngestAccepted,
+            headers(("Idempotent-Replayed" = String, description = "`true` when this is the original answer to an earlier request with the same Idempotency-Key"))),
+        (status = 400, description = "`bad_request` (bad query, header, encoding or JSON) or `invalid_message` (naming the message or line); nothing stored", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: missing or wrong API token (when `server.api_token` is set)", body = ErrorBody),
+        (status = 403, description = "`cross_site`: a browser request from another site", body = ErrorBody),
+        (status = 404, description = "`unknown_sink`", body = ErrorBody),
+        (status = 408, description = "`request_timeout`: the body did not arrive within `server.body_timeout_ms`", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: the body (or decoded body) exceeds `server.max_body_bytes`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: Content-Type is not JSON or NDJSON, or Content-Encoding is not gzip/zstd", body = ErrorBody),
+        (status = 422, description = "`idempotency_conflict`: the Idempotency-Key was used for a different request; nothing stored", body = ErrorBody),
+        (status = 429, description = "`backpressure`: the queue is full (`server.max_pending`); retry after `Retry-After` seconds", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "`busy` (no free ingest slot within `server.ingest_queue_timeout_ms`; with `Retry-After`), `shutting_down` or `storage`", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait (with `busy`)"))),
+    ),
+    security(("api_token" = []))
+)]
 pub async fn ingest(
     state: web::Data<AppState>,
     path: web::Path<String>,

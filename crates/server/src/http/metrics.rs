@@ -13,6 +13,7 @@ use prometheus_client::encoding::{prometheus_text, text, DescriptorEncoder, NoLa
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use super::views::Health;
 use super::AppState;
 use crate::engine::{Histogram, SinkStats};
 
@@ -499,6 +500,17 @@ pub fn render(state: &AppState) -> String {
 }
 
 /// `GET /metrics`: the Prometheus text format, or OpenMetrics when `Accept` asks for it.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "server",
+    summary = "Prometheus metrics",
+    description = "Prometheus text format 0.0.4, or OpenMetrics 1.0.0 when `Accept` asks for `application/openmetrics-text` (see docs/METRICS.md). No token needed.",
+    responses(
+        (status = 200, description = "The metrics",
+            content((String = "text/plain"), (String = "application/openmetrics-text"))),
+    )
+)]
 pub async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let accept = req
         .headers()
@@ -512,11 +524,21 @@ pub async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpRespon
 }
 
 /// `GET /healthz`: 200 while the engine takes work, 503 while shutting down.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "server",
+    summary = "Liveness: 200 while the engine takes work, 503 while shutting down",
+    responses(
+        (status = 200, description = "`{\"status\":\"ok\"}`", body = Health),
+        (status = 503, description = "`{\"status\":\"stopping\"}`", body = Health),
+    )
+)]
 pub async fn healthz(state: web::Data<AppState>) -> HttpResponse {
     if state.engine.is_stopping() {
-        HttpResponse::ServiceUnavailable().json(serde_json::json!({"status": "stopping"}))
+        HttpResponse::ServiceUnavailable().json(Health { status: "stopping" })
     } else {
-        HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+        HttpResponse::Ok().json(Health { status: "ok" })
     }
 }
 

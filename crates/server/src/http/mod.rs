@@ -14,6 +14,7 @@ mod guard;
 mod ingest;
 mod manage;
 mod metrics;
+mod openapi;
 mod params;
 mod views;
 
@@ -206,74 +207,103 @@ impl AppState {
     }
 }
 
+/// Paths with the methods each takes and their handlers.
+type Routes = Vec<(&'static str, Vec<(&'static str, actix_web::Route)>)>;
+
+/// The routes outside `/api` (no token), plus the OpenAPI document.
+fn open_routes() -> Routes {
+    vec![
+        ("/healthz", vec![("GET", web::get().to(metrics::healthz))]),
+        ("/metrics", vec![("GET", web::get().to(metrics::metrics))]),
+        ("/", vec![("GET", web::get().to(console::index))]),
+        ("/console.js", vec![("GET", web::get().to(console::script))]),
+        // Registered before the `/api` scope, so it needs no token.
+        (
+            "/api/openapi.json",
+            vec![("GET", web::get().to(openapi::openapi_json))],
+        ),
+    ]
+}
+
+/// The routes under `/api` (bearer token when `server.api_token` is set).
+fn api_routes() -> Routes {
+    vec![
+        ("/sinks", vec![("GET", web::get().to(manage::list_sinks))]),
+        (
+            "/sinks/{sink}",
+            vec![("GET", web::get().to(manage::get_sink))],
+        ),
+        (
+            "/sinks/{sink}/messages",
+            vec![
+                ("GET", web::get().to(manage::list_messages)),
+                ("POST", web::post().to(ingest::ingest)),
+            ],
+        ),
+        (
+            "/sinks/{sink}/messages/{id}",
+            vec![("GET", web::get().to(manage::get_message))],
+        ),
+        (
+            "/sinks/{sink}/messages/{id}/{action}",
+            vec![("POST", web::post().to(manage::message_action))],
+        ),
+        (
+            "/sinks/{sink}/redeliver",
+            vec![("POST", web::post().to(manage::redeliver_all))],
+        ),
+        (
+            "/sinks/{sink}/streams/{basin}/{stream}/reconcile-from-start",
+            vec![("POST", web::post().to(manage::reconcile_from_start))],
+        ),
+        (
+            "/sinks/{sink}/discarded",
+            vec![("GET", web::get().to(manage::discarded))],
+        ),
+        ("/reload", vec![("POST", web::post().to(manage::reload))]),
+    ]
+}
+
+/// Every registered route as (full path, methods), for checking the OpenAPI document.
+pub fn route_table() -> Vec<(String, Vec<&'static str>)> {
+    let methods = |routes: &Vec<(&'static str, actix_web::Route)>| {
+        routes.iter().map(|(m, _)| *m).collect::<Vec<_>>()
+    };
+    open_routes()
+        .iter()
+        .map(|(p, r)| (p.to_string(), methods(r)))
+        .chain(
+            api_routes()
+                .iter()
+                .map(|(p, r)| (format!("/api{p}"), methods(r))),
+        )
+        .collect()
+}
+
+/// The OpenAPI document served at `GET /api/openapi.json`.
+pub fn openapi_document() -> &'static str {
+    openapi::document()
+}
+
 /// Registers every route on an actix-web app (wrap the app with [`middleware`]). A known path
 /// asked with a method it does not take answers `405 method_not_allowed` with `Allow`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.app_data(params::query_config())
         .app_data(params::path_config())
-        .app_data(params::json_config())
-        .service(resource(
-            "/healthz",
-            vec![("GET", web::get().to(metrics::healthz))],
-        ))
-        .service(resource(
-            "/metrics",
-            vec![("GET", web::get().to(metrics::metrics))],
-        ))
-        .service(resource("/", vec![("GET", web::get().to(console::index))]))
-        .service(resource(
-            "/console.js",
-            vec![("GET", web::get().to(console::script))],
-        ))
-        .service(
-            web::scope("/api")
-                .wrap(from_fn(auth::require_token))
-                .service(resource(
-                    "/sinks",
-                    vec![("GET", web::get().to(manage::list_sinks))],
-                ))
-                .service(resource(
-                    "/sinks/{sink}",
-                    vec![("GET", web::get().to(manage::get_sink))],
-                ))
-                .service(resource(
-                    "/sinks/{sink}/messages",
-                    vec![
-                        ("GET", web::get().to(manage::list_messages)),
-                        ("POST", web::post().to(ingest::ingest)),
-                    ],
-                ))
-                .service(resource(
-                    "/sinks/{sink}/messages/{id}",
-                    vec![("GET", web::get().to(manage::get_message))],
-                ))
-                .service(resource(
-                    "/sinks/{sink}/messages/{id}/{action}",
-                    vec![("POST", web::post().to(manage::message_action))],
-                ))
-                .service(resource(
-                    "/sinks/{sink}/redeliver",
-                    vec![("POST", web::post().to(manage::redeliver_all))],
-                ))
-                .service(resource(
-                    "/sinks/{sink}/streams/{basin}/{stream}/reconcile-from-start",
-                    vec![("POST", web::post().to(manage::reconcile_from_start))],
-                ))
-                .service(resource(
-                    "/sinks/{sink}/discarded",
-                    vec![("GET", web::get().to(manage::discarded))],
-                ))
-                .service(resource(
-                    "/reload",
-                    vec![("POST", web::post().to(manage::reload))],
-                ))
-                .default_service(web::to(|| async {
-                    Err::<actix_web::HttpResponse, _>(ApiError::not_found("no such API route"))
-                })),
-        )
-        .default_service(web::to(|| async {
-            Err::<actix_web::HttpResponse, _>(ApiError::not_found("no such route"))
-        }));
+        .app_data(params::json_config());
+    for (path, routes) in open_routes() {
+        cfg.service(resource(path, routes));
+    }
+    let mut api = web::scope("/api").wrap(from_fn(auth::require_token));
+    for (path, routes) in api_routes() {
+        api = api.service(resource(path, routes));
+    }
+    cfg.service(api.default_service(web::to(|| async {
+        Err::<actix_web::HttpResponse, _>(ApiError::not_found("no such API route"))
+    })))
+    .default_service(web::to(|| async {
+        Err::<actix_web::HttpResponse, _>(ApiError::not_found("no such route"))
+    }));
 }
 
 /// One path with the routes it takes; any other method gets 405 naming the allowed ones.

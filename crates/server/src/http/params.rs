@@ -59,15 +59,19 @@ impl Params {
         }
     }
 
-    /// An optional unsigned integer parameter (a cursor).
+    /// An optional cursor parameter: an integer from 0 to `i64::MAX` (ids and sequence
+    /// numbers are 63-bit: what the OpenAPI document promises as `int64`, and what every JSON
+    /// client can send back).
     pub fn cursor(&self, key: &str) -> Result<Option<u64>, ApiError> {
         match self.0.get(key) {
             None => Ok(None),
-            Some(raw) => raw.parse::<u64>().map(Some).map_err(|_| {
-                ApiError::bad_request(format!(
-                    "query parameter `{key}` must be a non-negative integer (the cursor of the previous page), got `{raw}`"
-                ))
-            }),
+            Some(raw) => match raw.parse::<u64>() {
+                Ok(n) if n <= i64::MAX as u64 => Ok(Some(n)),
+                _ => Err(ApiError::bad_request(format!(
+                    "query parameter `{key}` must be an integer from 0 to {} (the cursor of the previous page), got `{raw}`",
+                    i64::MAX
+                ))),
+            },
         }
     }
 }
