@@ -38,6 +38,8 @@ pub struct Chunk {
     pub done: Vec<u64>,
     pub head_parts: u16,
     pub body_parts: u16,
+    /// Bytes of the chunk's body (what a cache miss reads).
+    pub body_len: u32,
 }
 
 impl Chunk {

@@ -49,6 +49,10 @@ pub enum Keyed {
     },
 }
 
+/// How many times the payload bytes a head run returns it may read from sled for chunk bodies
+/// that are not cached (its first message is always served).
+const READ_AMPLIFICATION: usize = 4;
+
 /// What the sink's lock protects.
 pub struct State {
     pub meta: Meta,
@@ -163,6 +167,7 @@ impl Sink {
                 done,
                 head_parts,
                 body_parts: parts::count(body_len as usize),
+                body_len: body_len as u32,
             };
             let mut off = 0u32;
             for (i, (group, len)) in head.entries.iter().enumerate() {
@@ -459,6 +464,7 @@ impl Sink {
                 done: vec![0; count.div_ceil(64)],
                 head_parts,
                 body_parts,
+                body_len: entries.iter().map(|(_, l)| *l).sum(),
             };
             chunks.push((first, info, body.bytes));
         }
@@ -606,12 +612,39 @@ impl Sink {
             ids.push(id);
         }
         let mut out = Vec::with_capacity(ids.len());
+        // Bytes read from sled for this run (chunk bodies not in the cache) and payload bytes
+        // returned: a group whose messages are spread over many uncached chunks (many
+        // interleaved groups, a backlog larger than the cache) would read a whole chunk body
+        // per message. The run stops before a read that would take more than
+        // `READ_AMPLIFICATION` times what it returns; the next run goes on from there.
+        let (mut read, mut got) = (0usize, 0usize);
         for id in ids {
+            if let Some(cost) = Self::miss_cost(st, id) {
+                if !out.is_empty() && read + cost > READ_AMPLIFICATION * got {
+                    break;
+                }
+                read += cost;
+            }
             if let Some(m) = self.stored(st, id)? {
+                got += m.payload.len();
                 out.push(m);
             }
         }
         Ok(out)
+    }
+
+    /// Bytes of the sled read that serving message `id` needs (its chunk body is not cached),
+    /// or `None` when it needs none worth counting.
+    fn miss_cost(st: &State, id: u64) -> Option<usize> {
+        let m = st.index.msgs.get(&id)?;
+        if m.failed {
+            return None;
+        }
+        let (first, chunk) = st.index.chunk_of(id)?;
+        if st.index.cache.get(first).is_some() {
+            return None;
+        }
+        Some(chunk.body_len as usize)
     }
 
     /// See [`Queue::pending_groups_page`](crate::Queue::pending_groups_page).

@@ -299,3 +299,70 @@ fn size_on_disk_reports_bytes_and_a_failed_read_does_not_stop_the_queue() {
         .unwrap();
     assert_eq!(q.counts("s").pending, 2);
 }
+
+/// A group spread over many chunks that are not cached (many interleaved groups, a backlog
+/// larger than the payload cache) must not read a whole chunk body per message: a head run
+/// stops before reads of more than a few times what it returns, and goes on with the next run.
+/// With the chunks cached, the whole group comes in one run.
+#[test]
+fn head_runs_do_not_read_a_chunk_per_message_when_the_cache_is_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = s2sink_queue::QueueOptions {
+        payload_cache_bytes: 100 * 1024,
+        ..Default::default()
+    };
+    let q = Queue::open_with(dir.path(), options).unwrap();
+    let rt = rt();
+    // 20 requests of 60 messages of 1 KiB: each request is one chunk; group "g" has one
+    // message in each, the rest belong to other groups.
+    let pad = vec![b'x'; 1024];
+    for r in 0..20 {
+        let batch = (0..60)
+            .map(|i| {
+                let group = if i == 0 {
+                    "g".to_string()
+                } else {
+                    format!("o{r}-{i}")
+                };
+                msg(Some(&group), &pad)
+            })
+            .collect();
+        rt.block_on(q.enqueue("s", batch)).unwrap();
+    }
+    let g = GroupRef::from(GroupKey("g".into()));
+    let mut seen = Vec::new();
+    let mut runs = 0;
+    while seen.len() < 20 {
+        let run = q.head_run("s", &g, 1000, usize::MAX).unwrap();
+        assert!(!run.is_empty(), "a run always serves its head");
+        assert!(
+            run.len() <= 2,
+            "read a chunk per message: {} messages",
+            run.len()
+        );
+        q.ack("s", &run.iter().map(|m| m.id).collect::<Vec<_>>())
+            .unwrap();
+        seen.extend(run.iter().map(|m| m.id));
+        runs += 1;
+    }
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "in order: {seen:?}");
+    assert!(runs >= 10);
+
+    // Everything cached (a large cache): one run holds the whole group.
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path()).unwrap();
+    for r in 0..20 {
+        let batch = (0..60)
+            .map(|i| {
+                let group = if i == 0 {
+                    "g".to_string()
+                } else {
+                    format!("o{r}-{i}")
+                };
+                msg(Some(&group), &pad)
+            })
+            .collect();
+        rt.block_on(q.enqueue("s", batch)).unwrap();
+    }
+    assert_eq!(q.head_run("s", &g, 1000, usize::MAX).unwrap().len(), 20);
+}
