@@ -191,17 +191,23 @@ impl Cache {
         self.map.get(&first)
     }
 
+    /// Whether [`offer`](Cache::offer) would keep a body of `len` bytes for chunk `first`.
+    pub fn would_keep(&self, first: u64, len: usize) -> bool {
+        if len > self.cap {
+            return false;
+        }
+        if self.bytes + len <= self.cap {
+            return true;
+        }
+        // Only newer bodies may go: room only if evicting them makes enough.
+        let newer: usize = self.map.range(first + 1..).map(|(_, b)| b.len()).sum();
+        self.bytes - newer + len <= self.cap
+    }
+
     /// Keeps the body of chunk `first` if it fits, evicting bodies of newer chunks for it.
     pub fn offer(&mut self, first: u64, body: Bytes) {
-        if body.len() > self.cap || self.map.contains_key(&first) {
+        if self.map.contains_key(&first) || !self.would_keep(first, body.len()) {
             return;
-        }
-        if self.bytes + body.len() > self.cap {
-            // Only newer bodies may go: evict nothing unless that makes room.
-            let newer: usize = self.map.range(first + 1..).map(|(_, b)| b.len()).sum();
-            if self.bytes - newer + body.len() > self.cap {
-                return;
-            }
         }
         while self.bytes + body.len() > self.cap {
             match self.map.last_key_value() {

@@ -612,11 +612,13 @@ impl Sink {
             ids.push(id);
         }
         let mut out = Vec::with_capacity(ids.len());
-        // Bytes read from sled for this run (chunk bodies not in the cache) and payload bytes
-        // returned: a group whose messages are spread over many uncached chunks (many
-        // interleaved groups, a backlog larger than the cache) would read a whole chunk body
-        // per message. The run stops before a read that would take more than
-        // `READ_AMPLIFICATION` times what it returns; the next run goes on from there.
+        // Bytes read from sled for this run and not kept by the cache, and payload bytes
+        // returned: a group whose messages are spread over many chunks the cache will not
+        // keep (many interleaved groups, a backlog larger than the cache) would read a whole
+        // chunk body per message and drop it. The run stops before such a read that would
+        // take more than `READ_AMPLIFICATION` times what it returns; the next run goes on
+        // from there. Reads the cache keeps (older chunks: the delivery frontier) serve other
+        // groups too and are not limited.
         let (mut read, mut got) = (0usize, 0usize);
         for id in ids {
             if let Some(cost) = Self::miss_cost(st, id) {
@@ -633,15 +635,16 @@ impl Sink {
         Ok(out)
     }
 
-    /// Bytes of the sled read that serving message `id` needs (its chunk body is not cached),
-    /// or `None` when it needs none worth counting.
+    /// Bytes of the sled read that serving message `id` needs when the cache will not keep
+    /// what it reads (its chunk body is not cached, and newer than what is), or `None`.
     fn miss_cost(st: &State, id: u64) -> Option<usize> {
         let m = st.index.msgs.get(&id)?;
         if m.failed {
             return None;
         }
         let (first, chunk) = st.index.chunk_of(id)?;
-        if st.index.cache.get(first).is_some() {
+        let cache = &st.index.cache;
+        if cache.get(first).is_some() || cache.would_keep(first, chunk.body_len as usize) {
             return None;
         }
         Some(chunk.body_len as usize)
