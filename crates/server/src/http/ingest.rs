@@ -418,17 +418,17 @@ fn process(job: Job) -> Result<Answer, ApiError> {
     summary = "Ingest messages (a JSON object, a JSON array of objects, or NDJSON)",
     description = "All or nothing: any invalid message is a 400 naming its index (JSON array, from 0) or line (NDJSON, from 1), and nothing of the request is stored. A 202 means every message is durably queued. The body may be compressed: `Content-Encoding: gzip` or `zstd` (anything else is 415; an undecodable body is 400). With an `Idempotency-Key`, a retry of an accepted request gets the original answer (`Idempotent-Replayed: true`) and stores nothing.",
     params(
-        super::openapi::SinkParam,
+        super::schema::SinkParam,
         ("group" = Option<String>, Query, min_length = 1, description = "Put every message of the request in this group (default: each message's own `metadata.record_pks` / table)"),
         ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[ -~]+$", description = "1-255 printable ASCII characters, once: a retry with the same key and request within the sink's idempotency window is answered with the original 202 and stores nothing"),
     ),
     request_body(
         description = "One message (an object), an array of messages, or NDJSON (one object per line)",
         content(
-            (super::openapi::IngestBody = "application/json"),
+            (super::schema::IngestBody = "application/json"),
             // The messages of an NDJSON body, one JSON object per line (described as the array
             // of its lines' values: OpenAPI has no line-framing schema).
-            (Vec<super::openapi::IngestMessage> = "application/x-ndjson"),
+            (Vec<super::schema::IngestMessage> = "application/x-ndjson"),
         ),
     ),
     responses(

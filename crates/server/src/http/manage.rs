@@ -65,7 +65,7 @@ pub async fn list_sinks(state: web::Data<AppState>, req: HttpRequest) -> Res {
     path = "/api/sinks/{sink}",
     tag = "sinks",
     summary = "One sink: config (S2 token redacted), counts, health, last error",
-    params(super::openapi::SinkParam),
+    params(super::schema::SinkParam),
     responses(
         (status = 200, description = "The sink", body = SinkView),
         (status = 401, description = "`unauthorized`: missing or wrong API token (when `server.api_token` is set)", body = ErrorBody),
@@ -101,12 +101,12 @@ fn parse_state(s: Option<&str>) -> Result<StateFilter, ApiError> {
     tag = "messages",
     summary = "List the messages in a sink's queue",
     params(
-        super::openapi::SinkParam,
-        ("state" = Option<super::openapi::StateFilter>, Query, description = "Only messages in this state (default `all`; `delivering` lists as `pending`, `failing` = `failed`)"),
+        super::schema::SinkParam,
+        ("state" = Option<super::schema::StateFilter>, Query, description = "Only messages in this state (default `all`; `delivering` lists as `pending`, `failing` = `failed`)"),
         ("group" = Option<String>, Query, description = "Only this group's messages"),
         ("limit" = Option<u64>, Query, minimum = 1, maximum = 1000, description = "Messages per page (1-1000, default 50)"),
         ("after" = Option<u64>, Query, minimum = 0, description = "The previous page's `next_after`"),
-        ("order" = Option<super::openapi::Order>, Query, description = "`oldest` (default) or `newest` first"),
+        ("order" = Option<super::schema::Order>, Query, description = "`oldest` (default) or `newest` first"),
     ),
     responses(
         (status = 200, description = "A page of messages (no payloads)", body = MessagePage),
@@ -176,7 +176,7 @@ fn parse_id(raw: &str) -> Result<MessageId, ApiError> {
     path = "/api/sinks/{sink}/messages/{id}",
     tag = "messages",
     summary = "One queued message with its payload and what delivery would do with it",
-    params(super::openapi::SinkParam, super::openapi::IdParam),
+    params(super::schema::SinkParam, super::schema::IdParam),
     responses(
         (status = 200, description = "The message", body = MessageDetail),
         (status = 400, description = "`id` is not an integer from 0 to 2^63-1", body = ErrorBody),
@@ -208,9 +208,9 @@ pub async fn get_message(state: web::Data<AppState>, path: web::Path<(String, St
     tag = "messages",
     summary = "Acknowledge (drop as delivered), redeliver now, or discard one queued message",
     params(
-        super::openapi::SinkParam,
-        super::openapi::IdParam,
-        ("action" = super::openapi::Action, Path, description = "What to do with the message"),
+        super::schema::SinkParam,
+        super::schema::IdParam,
+        ("action" = super::schema::Action, Path, description = "What to do with the message"),
     ),
     responses(
         (status = 200, description = "Done", body = ActionDone),
@@ -253,7 +253,7 @@ pub async fn message_action(
     path = "/api/sinks/{sink}/redeliver",
     tag = "messages",
     summary = "Make every failing or backing-off message of a sink ready now",
-    params(super::openapi::SinkParam),
+    params(super::schema::SinkParam),
     responses(
         (status = 200, description = "Done", body = Redelivered),
         (status = 401, description = "`unauthorized`: missing or wrong API token (when `server.api_token` is set)", body = ErrorBody),
@@ -277,7 +277,7 @@ pub async fn redeliver_all(state: web::Data<AppState>, path: web::Path<String>) 
     summary = "Make the next reconcile of a stream read it from its first record",
     description = "The way out of a corrupt low-water mark: the sink's next reconcile of this stream reads it from sequence number 0 instead of the stored mark.",
     params(
-        super::openapi::SinkParam,
+        super::schema::SinkParam,
         ("basin" = String, Path, description = "S2 basin name"),
         ("stream" = String, Path, description = "S2 stream name"),
     ),
@@ -317,7 +317,7 @@ const DISCARDED_PAGE_BYTES: usize = 8 * 1024 * 1024;
     tag = "messages",
     summary = "The newest discarded messages with their payloads, newest first",
     params(
-        super::openapi::SinkParam,
+        super::schema::SinkParam,
         ("limit" = Option<u64>, Query, minimum = 1, maximum = 100, description = "Messages per page (1-100, default 20)"),
         ("before" = Option<u64>, Query, minimum = 0, description = "The previous page's `next_before`"),
     ),

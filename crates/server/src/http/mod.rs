@@ -16,6 +16,7 @@ mod manage;
 mod metrics;
 mod openapi;
 mod params;
+mod schema;
 mod views;
 
 use std::net::SocketAddr;
