@@ -227,11 +227,6 @@ impl SinkLocal {
         w
     }
 
-    /// Live stream writers of the sink.
-    pub fn live_writers(&self) -> usize {
-        self.shared.live_writers()
-    }
-
     /// Sends a run to its stream's writer, starting a new writer if the one it had ended.
     pub async fn submit(&self, route: &Route, settings: &SinkSettings, run: Run) -> RunResult {
         let mut run = run;
