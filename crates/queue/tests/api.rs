@@ -313,22 +313,7 @@ fn head_runs_do_not_read_a_chunk_per_message_when_the_cache_is_full() {
     };
     let q = Queue::open_with(dir.path(), options).unwrap();
     let rt = rt();
-    // 20 requests of 60 messages of 1 KiB: each request is one chunk; group "g" has one
-    // message in each, the rest belong to other groups.
-    let pad = vec![b'x'; 1024];
-    for r in 0..20 {
-        let batch = (0..60)
-            .map(|i| {
-                let group = if i == 0 {
-                    "g".to_string()
-                } else {
-                    format!("o{r}-{i}")
-                };
-                msg(Some(&group), &pad)
-            })
-            .collect();
-        rt.block_on(q.enqueue("s", batch)).unwrap();
-    }
+    fill_spread(&rt, &q);
     let g = GroupRef::from(GroupKey("g".into()));
     let mut seen = Vec::new();
     let mut runs = 0;
@@ -351,6 +336,14 @@ fn head_runs_do_not_read_a_chunk_per_message_when_the_cache_is_full() {
     // Everything cached (a large cache): one run holds the whole group.
     let dir = tempfile::tempdir().unwrap();
     let q = Queue::open(dir.path()).unwrap();
+    fill_spread(&rt, &q);
+    assert_eq!(q.head_run("s", &g, 1000, usize::MAX).unwrap().len(), 20);
+}
+
+/// 20 requests of 60 messages of 1 KiB: each request is one chunk; group "g" has one message
+/// in each, the rest belong to other groups.
+fn fill_spread(rt: &tokio::runtime::Runtime, q: &Queue) {
+    let pad = vec![b'x'; 1024];
     for r in 0..20 {
         let batch = (0..60)
             .map(|i| {
@@ -364,5 +357,4 @@ fn head_runs_do_not_read_a_chunk_per_message_when_the_cache_is_full() {
             .collect();
         rt.block_on(q.enqueue("s", batch)).unwrap();
     }
-    assert_eq!(q.head_run("s", &g, 1000, usize::MAX).unwrap().len(), 20);
 }
