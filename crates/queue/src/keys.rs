@@ -13,6 +13,7 @@
 //! | `f` id(8) part(2) | a failed message's payload |
 //! | `d` seq(8) part(2) | a discarded message, newest has the highest seq |
 //! | `k` seq(8) part(2) | an idempotency record of one enqueue: its request key and answer, its message keys and their ids, expiry (see [`crate::idem`]) |
+//! | `p` name | a source's position: how far a producer (e.g. a Postgres slot) has stored, written in the same batch as the messages it covers |
 
 /// The key of the sink's next id and epoch.
 pub const META: &[u8] = b"#";
@@ -32,6 +33,16 @@ pub const FAILED: u8 = b'f';
 pub const DISCARDED: u8 = b'd';
 /// Idempotency records, in acceptance order.
 pub const IDEM: u8 = b'k';
+/// Source positions, by source name.
+pub const POSITION: u8 = b'p';
+
+/// The key of the position of source `name`.
+pub fn position(name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + name.len());
+    k.push(POSITION);
+    k.extend_from_slice(name.as_bytes());
+    k
+}
 
 /// Largest stored value. sled 0.34 writes a node larger than a quarter of its segment to a
 /// separate blob file that its flush does not fsync; the queue's segment is 8 MiB and a leaf

@@ -75,7 +75,7 @@ pub use queue::{OpenTimes, Queue};
 pub use types::{
     Accepted, Counts, DeliveryId, DeliveryState, DiscardedMessage, EnqueueOutcome, Enqueued,
     GroupRef, Idempotency, ListFilter, MessageId, NewMessage, QueueOptions, RequestKey,
-    StateFilter, StoredMessage,
+    SourcePosition, StateFilter, StoredMessage,
 };
 
 /// The README's examples, compiled and run as doc tests.

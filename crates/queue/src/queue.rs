@@ -12,7 +12,7 @@ use crate::sink::{Keyed, Removal, Sink, TREE_PREFIX};
 use crate::{
     upgrade, Accepted, Counts, DeliveryId, DeliveryState, DiscardedMessage, EnqueueOutcome,
     Enqueued, GroupRef, Idempotency, ListFilter, MessageId, NewMessage, QueueError, QueueOptions,
-    StoredMessage,
+    SourcePosition, StoredMessage,
 };
 
 const MARKERS_TREE: &[u8] = b"markers";
@@ -186,6 +186,34 @@ impl Queue {
         self.wait_flush("enqueue", Some(sink)).await?;
         s.publish(first);
         Ok(out)
+    }
+
+    /// Stores `msgs` for `sink` like [`enqueue`](Queue::enqueue), together with a source's
+    /// position in the same atomic batch: after a crash either both the messages and the
+    /// position are on disk or neither is. A producer that reads its position back with
+    /// [`source_position`](Queue::source_position) on restart and skips what lies at or before
+    /// it thus stores every message exactly once (the Postgres source does this with its
+    /// slot's commit positions). `msgs` may be empty to move only the position.
+    pub async fn enqueue_at(
+        &self,
+        sink: &str,
+        msgs: Vec<NewMessage>,
+        position: SourcePosition<'_>,
+    ) -> Result<Vec<Enqueued>> {
+        self.check()?;
+        let s = self.sink_or_create(sink)?;
+        let (out, first) = self.track(s.enqueue_at(msgs, Some(position), now_millis()))?;
+        self.wait_flush("enqueue", Some(sink)).await?;
+        if let Some(first) = first {
+            s.publish(first);
+        }
+        Ok(out)
+    }
+
+    /// The position `source` last stored for `sink` with [`enqueue_at`](Queue::enqueue_at), if
+    /// any.
+    pub fn source_position(&self, sink: &str, source: &str) -> Result<Option<Vec<u8>>> {
+        self.with_sink(sink, None, |s| s.position(source))
     }
 
     /// Stores `msgs` for `sink` like [`enqueue`](Queue::enqueue), but idempotently, so that a

@@ -17,7 +17,7 @@ use crate::keys;
 use crate::parts::{self, ScanError};
 use crate::{
     Accepted, Counts, DeliveryId, DeliveryState, DiscardedMessage, Enqueued, GroupRef, Idempotency,
-    ListFilter, MessageId, NewMessage, QueueError, StateFilter, StoredMessage,
+    ListFilter, MessageId, NewMessage, QueueError, SourcePosition, StateFilter, StoredMessage,
 };
 
 /// Prefix of the sled tree names that hold sinks.
@@ -265,10 +265,43 @@ impl Sink {
     pub fn enqueue(&self, msgs: Vec<NewMessage>, now: UnixMillis) -> Result<(Vec<Enqueued>, u64)> {
         // Chunk boundaries and bodies depend only on sizes: built before taking the lock, so
         // delivery (which reads under the same lock) waits only for ids, headers and the apply.
+        self.enqueue_at(msgs, None, now)
+            .map(|(out, first)| (out, first.unwrap_or(0)))
+    }
+
+    /// [`Sink::enqueue`] that also writes a source's position (see
+    /// [`Queue::enqueue_at`](crate::Queue::enqueue_at)) in the same batch, so a crash keeps
+    /// both or neither. `msgs` may be empty (only the position moves); the first id is then
+    /// `None`: nothing to publish.
+    pub fn enqueue_at(
+        &self,
+        msgs: Vec<NewMessage>,
+        position: Option<SourcePosition<'_>>,
+        now: UnixMillis,
+    ) -> Result<(Vec<Enqueued>, Option<u64>)> {
+        // Chunk boundaries and bodies depend only on sizes: built before taking the lock, so
+        // delivery (which reads under the same lock) waits only for ids, headers and the apply.
         let spans = Self::spans(&msgs);
+        let mut batch = Batch::default();
+        if let Some(p) = position {
+            batch.insert(keys::position(p.source), p.value);
+        }
         let _order = self.order();
-        let (out, first, ()) = self.store(msgs, spans, now, Batch::default(), |_, _| ())?;
-        Ok((out, first))
+        if msgs.is_empty() {
+            self.apply(batch, "enqueue")?;
+            return Ok((Vec::new(), None));
+        }
+        let (out, first, ()) = self.store(msgs, spans, now, batch, |_, _| ())?;
+        Ok((out, Some(first)))
+    }
+
+    /// The position last stored for `source` by [`Sink::enqueue_at`].
+    pub fn position(&self, source: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .tree
+            .get(keys::position(source))
+            .map_err(self.storage("position"))?
+            .map(|v| v.to_vec()))
     }
 
     /// [`Sink::enqueue`] with idempotency: the request key and the messages' keys are checked

@@ -189,6 +189,18 @@ impl NewMessage {
     }
 }
 
+/// How far a producer outside the queue (e.g. a Postgres replication slot) has stored, written
+/// by [`Queue::enqueue_at`](crate::Queue::enqueue_at) atomically with the messages it covers,
+/// so the producer can resume after a crash without storing anything twice. The value is the
+/// producer's own encoding; the queue never interprets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourcePosition<'a> {
+    /// The producer's name (unique per sink).
+    pub source: &'a str,
+    /// The position, opaque to the queue.
+    pub value: &'a [u8],
+}
+
 /// The idempotency of one [`Queue::enqueue_idempotent`](crate::Queue::enqueue_idempotent)
 /// call: the request's own key (if any), and how long the keys it accepts are remembered.
 #[derive(Debug, Clone, PartialEq, Eq)]

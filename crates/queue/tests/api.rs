@@ -2,7 +2,9 @@
 //! run limits, markers, ids across restarts, error classes.
 
 use s2sink_core::GroupKey;
-use s2sink_queue::{GroupRef, ListFilter, MessageId, NewMessage, Queue, QueueError};
+use s2sink_queue::{
+    GroupRef, ListFilter, MessageId, NewMessage, Queue, QueueError, SourcePosition,
+};
 
 fn msg(group: Option<&str>, payload: &[u8]) -> NewMessage {
     NewMessage::new(group.map(|g| GroupKey(g.into())), payload.to_vec())
@@ -149,6 +151,47 @@ fn markers_are_durable_and_survive_reopen() {
         Some(b"43".to_vec())
     );
     assert!(q.sinks().is_empty(), "markers are not a sink");
+}
+
+#[test]
+fn source_positions_are_stored_with_their_messages_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let at = |value: &'static [u8]| SourcePosition {
+        source: "db",
+        value,
+    };
+    {
+        let q = Queue::open(dir.path()).unwrap();
+        assert_eq!(q.source_position("s", "db").unwrap(), None);
+        let stored = rt
+            .block_on(q.enqueue_at(
+                "s",
+                vec![msg(Some("g"), b"1"), msg(Some("g"), b"2")],
+                at(b"p1"),
+            ))
+            .unwrap();
+        assert_eq!(stored.len(), 2);
+        assert_eq!(q.source_position("s", "db").unwrap(), Some(b"p1".to_vec()));
+        // Visible to delivery once stored, like a plain enqueue.
+        let run = q.head_run("s", &stored[0].group, 10, usize::MAX).unwrap();
+        assert_eq!(run.len(), 2);
+        // Only the position moves.
+        assert!(rt
+            .block_on(q.enqueue_at("s", Vec::new(), at(b"p2")))
+            .unwrap()
+            .is_empty());
+        // Positions are per sink and per source.
+        assert_eq!(q.source_position("other", "db").unwrap(), None);
+        assert_eq!(q.source_position("s", "db2").unwrap(), None);
+    }
+    let q = Queue::open(dir.path()).unwrap();
+    assert_eq!(q.source_position("s", "db").unwrap(), Some(b"p2".to_vec()));
+    assert_eq!(
+        q.counts("s").pending,
+        2,
+        "the messages came back with the position"
+    );
 }
 
 #[test]
