@@ -42,6 +42,19 @@ pub struct Chunk {
     pub body_len: u32,
 }
 
+impl Msg {
+    /// A message of group `slot` at `off..off + len` of its chunk's body, not yet published.
+    pub fn stored(group: u32, off: u32, len: u32) -> Msg {
+        Msg {
+            group,
+            off,
+            len,
+            published: false,
+            failed: false,
+        }
+    }
+}
+
 impl Chunk {
     pub fn is_done(&self, i: usize) -> bool {
         self.done[i / 64] & (1 << (i % 64)) != 0
@@ -104,6 +117,12 @@ impl Groups {
                 s
             }
         };
+        self.slots[slot as usize].refs += 1;
+        slot
+    }
+
+    /// One more message refers to `slot` (a slot [`Groups::add_ref`] returned before).
+    pub fn bump(&mut self, slot: u32) -> u32 {
         self.slots[slot as usize].refs += 1;
         slot
     }
@@ -284,6 +303,25 @@ impl Index {
         if published {
             self.publish_one(id);
         }
+    }
+
+    /// Loads every message of a freshly opened sink, all published (they are on disk), from
+    /// `entries` in ascending id order: one bulk build of the maps, and each group's ids pushed
+    /// in order.
+    pub fn load_published(&mut self, mut entries: Vec<(u64, Msg)>) {
+        debug_assert!(self.msgs.is_empty(), "only on an empty index");
+        debug_assert!(entries.windows(2).all(|w| w[0].0 < w[1].0), "ascending ids");
+        let mut solos = Vec::new();
+        for (id, m) in &mut entries {
+            m.published = true;
+            if m.group == SOLO {
+                solos.push(*id);
+            } else {
+                self.groups.push(m.group, *id);
+            }
+        }
+        self.solos = solos.into_iter().collect();
+        self.msgs = entries.into_iter().collect();
     }
 
     /// Makes message `id` visible to its group (ids must be published in ascending order).
