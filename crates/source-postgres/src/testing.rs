@@ -142,7 +142,6 @@ impl TempPostgres {
             ("max_replication_slots", "10"),
             ("max_wal_senders", "10"),
             ("fsync", "off"),
-            ("synchronous_commit", "off"),
             ("full_page_writes", "off"),
             ("shared_buffers", "32MB"),
         ]

@@ -248,3 +248,308 @@ async fn envelopes_for_insert_update_delete() {
     .await;
     r.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_large_transaction_arrives_complete_and_in_order() {
+    let pg = TempPostgres::start().await;
+    pg.execute("CREATE TABLE big (id int PRIMARY KEY, v text)")
+        .await;
+    let sink = MemSink::new();
+    let r = start(config(&pg, "big", &["big"]), sink.clone());
+    wait_streaming(&r).await;
+    pg.execute("INSERT INTO big SELECT g, 'v' || g FROM generate_series(1, 5000) g")
+        .await;
+    wait_for("5000 changes", 30, || sink.len() >= 5000).await;
+    let changes = sink.changes();
+    assert_eq!(changes.len(), 5000);
+    let lsn = changes[0].position.commit_lsn;
+    for (i, c) in changes.iter().enumerate() {
+        assert_eq!(
+            c.position,
+            Position {
+                commit_lsn: lsn,
+                commit_idx: i as u64
+            }
+        );
+        assert_eq!(c.envelope["record"]["id"], json!(i + 1));
+        assert_eq!(c.envelope["metadata"]["commit_idx"], json!(i));
+    }
+    r.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn alter_table_mid_stream() {
+    let pg = TempPostgres::start().await;
+    pg.execute("CREATE TABLE t (id int PRIMARY KEY, v int)")
+        .await;
+    let sink = MemSink::new();
+    let r = start(config(&pg, "alter", &["t"]), sink.clone());
+    wait_streaming(&r).await;
+    for sql in [
+        "INSERT INTO t VALUES (1, 10)",
+        "ALTER TABLE t ADD COLUMN c text DEFAULT 'x'",
+        "INSERT INTO t VALUES (2, 20, 'y')",
+        "UPDATE t SET v = 11 WHERE id = 1",
+        "ALTER TABLE t DROP COLUMN v",
+        "INSERT INTO t VALUES (3, 'z')",
+    ] {
+        pg.execute(sql).await;
+    }
+    wait_for("4 changes", 20, || sink.len() >= 4).await;
+    let records: Vec<Value> = sink
+        .changes()
+        .iter()
+        .map(|c| c.envelope["record"].clone())
+        .collect();
+    assert_eq!(
+        records,
+        vec![
+            json!({"id": 1, "v": 10}),
+            json!({"id": 2, "v": 20, "c": "y"}),
+            json!({"id": 1, "v": 11, "c": "x"}),
+            json!({"id": 3, "c": "z"}),
+        ]
+    );
+    r.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn backfill_reads_existing_rows_once_before_streaming() {
+    let pg = TempPostgres::start().await;
+    pg.execute(
+        "CREATE TABLE t (id int PRIMARY KEY, v text);
+         INSERT INTO t VALUES (2, 'b'), (1, 'a'), (3, NULL);",
+    )
+    .await;
+    let sink = MemSink::new();
+    let mut cfg = config(&pg, "bf", &["t"]);
+    cfg.backfill = true;
+    cfg.max_batch = 2;
+    let r = start(cfg.clone(), sink.clone());
+    wait_streaming(&r).await;
+    pg.execute("INSERT INTO t VALUES (4, 'd')").await;
+    wait_for("4 changes", 20, || sink.len() >= 4).await;
+    let changes = sink.changes();
+    let actions: Vec<&str> = changes
+        .iter()
+        .map(|c| c.envelope["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["read", "read", "read", "insert"]);
+    let ids: Vec<Value> = changes
+        .iter()
+        .map(|c| c.envelope["record"]["id"].clone())
+        .collect();
+    assert_eq!(ids, [json!(1), json!(2), json!(3), json!(4)]);
+    assert_eq!(changes[2].envelope["record"], json!({"id": 3, "v": null}));
+    for (i, c) in changes[..3].iter().enumerate() {
+        let meta = &c.envelope["metadata"];
+        assert_eq!(meta["commit_lsn"], Value::Null);
+        assert_eq!(meta["commit_idx"], Value::Null);
+        assert_eq!(meta["record_pks"], json!([(i + 1).to_string()]));
+        assert_eq!(c.position.commit_lsn, 0);
+        assert_eq!(c.position.commit_idx & !Position::BACKFILL_DONE, i as u64);
+        assert!(meta["commit_timestamp"].as_str().unwrap().ends_with('Z'));
+        assert!(meta["idempotency_key"].as_str().is_some());
+    }
+    assert_ne!(changes[2].position.commit_idx & Position::BACKFILL_DONE, 0);
+    assert!(changes[3].position.commit_lsn > 0);
+    let snap = r.status.snapshot();
+    assert!(snap.backfill.as_ref().unwrap().done);
+    assert_eq!(snap.backfill.unwrap().rows_stored, 3);
+    r.stop().await.unwrap();
+
+    // A restart does not backfill again.
+    let r = start(cfg, sink.clone());
+    wait_streaming(&r).await;
+    pg.execute("INSERT INTO t VALUES (5, 'e')").await;
+    wait_for("5 changes", 20, || sink.len() >= 5).await;
+    r.stop().await.unwrap();
+    let changes = sink.changes();
+    assert_eq!(changes.len(), 5);
+    assert_eq!(changes[4].envelope["action"], json!("insert"));
+}
+
+/// 10 transactions of 10 rows: ids `round * 100 + 1 ..= round * 100 + 100`.
+async fn insert_round(pg: &TempPostgres, round: i64) {
+    for tx in 0..10 {
+        let first = round * 100 + tx * 10 + 1;
+        pg.execute(&format!(
+            "INSERT INTO t SELECT g, g FROM generate_series({first}, {}) g",
+            first + 9
+        ))
+        .await;
+    }
+}
+
+/// Every inserted id exactly once, positions strictly increasing.
+fn assert_exactly_once(changes: &[Change], expected: usize) {
+    let positions: Vec<Position> = changes.iter().map(|c| c.position).collect();
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "positions not strictly increasing"
+    );
+    let mut ids: Vec<i64> = changes
+        .iter()
+        .map(|c| c.envelope["record"]["id"].as_i64().unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, (1..=expected as i64).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn exactly_once_across_sink_failures_source_drops_and_postgres_restarts() {
+    let mut pg = TempPostgres::start().await;
+    pg.execute("CREATE TABLE t (id int PRIMARY KEY, v int)")
+        .await;
+    let sink = MemSink::new();
+    let mut cfg = config(&pg, "eo", &["t"]);
+    cfg.max_batch = 7;
+
+    // 1. The sink fails after 3 stores: the source retries until it heals.
+    sink.fail_after(3);
+    let r = start(cfg.clone(), sink.clone());
+    wait_streaming(&r).await;
+    insert_round(&pg, 0).await;
+    let status = r.status.clone();
+    wait_for("a failed store", 20, || {
+        status
+            .snapshot()
+            .last_error
+            .is_some_and(|e| e.contains("injected"))
+    })
+    .await;
+    assert!(sink.len() < 100, "stored past the injected failure");
+    sink.heal();
+    wait_for("round 0", 20, || sink.len() >= 100).await;
+    assert_exactly_once(&sink.changes(), 100);
+
+    // 2. The source is dropped mid-stream (like a crash) and started again.
+    insert_round(&pg, 1).await;
+    wait_for("some of round 1", 20, || sink.len() > 100).await;
+    r.handle.abort();
+    let _ = r.handle.await;
+    let r = start(cfg.clone(), sink.clone());
+    wait_for("round 1", 30, || sink.len() >= 200).await;
+    assert_exactly_once(&sink.changes(), 200);
+
+    // 3. PostgreSQL restarts (immediate shutdown, like a crash) mid-stream.
+    insert_round(&pg, 2).await;
+    pg.restart(true).await;
+    insert_round(&pg, 3).await;
+    wait_for("rounds 2 and 3", 30, || sink.len() >= 400).await;
+    // Give a duplicate a chance to show up before checking.
+    let status = r.status.clone();
+    wait_for("streaming again", 20, || {
+        status.snapshot().state == SourceState::Streaming
+    })
+    .await;
+    pg.execute("INSERT INTO t VALUES (401, 0)").await;
+    wait_for("the last row", 20, || sink.len() >= 401).await;
+    r.stop().await.unwrap();
+    assert_exactly_once(&sink.changes(), 401);
+}
+
+#[tokio::test]
+async fn clear_errors() {
+    let pg = TempPostgres::start().await;
+    pg.execute(
+        "CREATE TABLE nopk (x int);
+         CREATE TABLE ok (id int PRIMARY KEY);",
+    )
+    .await;
+    let err = start(config(&pg, "e1", &["nopk"]), MemSink::new())
+        .handle
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, SourceError::NoPrimaryKey { .. }), "{err}");
+    assert!(err.to_string().contains("public.nopk"), "{err}");
+    assert!(err.to_string().contains("`e1`"), "{err}");
+
+    let err = start(config(&pg, "e2", &["missing"]), MemSink::new())
+        .handle
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("public.missing") && err.to_string().contains("does not exist"),
+        "{err}"
+    );
+
+    let mut cfg = config(&pg, "e3", &["ok"]);
+    cfg.url = None;
+    cfg.url_env = Some("S2SINK_TEST_UNSET_URL_VAR".into());
+    let err = start(cfg, MemSink::new())
+        .handle
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("S2SINK_TEST_UNSET_URL_VAR"),
+        "{err}"
+    );
+
+    // The slot is held by a running source: a second consumer is refused.
+    let holder = start(config(&pg, "held", &["ok"]), MemSink::new());
+    wait_streaming(&holder).await;
+    let mut cfg = config(&pg, "other", &["ok"]);
+    cfg.slot = "held_slot".into();
+    cfg.publication = "held_pub".into();
+    let err = start(cfg, MemSink::new())
+        .handle
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, SourceError::SlotActive { .. }), "{err}");
+    assert!(err.to_string().contains("held_slot"), "{err}");
+    holder.stop().await.unwrap();
+
+    let replica = TempPostgres::start_with(&[("wal_level", "replica")]).await;
+    replica
+        .execute("CREATE TABLE ok (id int PRIMARY KEY)")
+        .await;
+    let r = start(config(&replica, "e4", &["ok"]), MemSink::new());
+    let status = r.status.clone();
+    let err = r.handle.await.unwrap().unwrap_err();
+    assert!(matches!(err, SourceError::WalLevel { .. }), "{err}");
+    assert!(err.to_string().contains("wal_level"), "{err}");
+    let snap = status.snapshot();
+    assert_eq!(snap.state, SourceState::Error);
+    assert!(snap.last_error.unwrap().contains("wal_level"));
+}
+
+#[test]
+fn config_debug_and_errors_never_show_the_password() {
+    let cfg: PostgresSourceConfig = serde_json::from_value(json!({
+        "name": "s", "url": "postgres://app:hunter2@127.0.0.1:5432/app",
+        "publication": "p", "slot": "s_slot", "tables": ["t"], "sink": "k"
+    }))
+    .unwrap();
+    cfg.validate().unwrap();
+    let debug = format!("{cfg:?}");
+    assert!(!debug.contains("hunter2"), "{debug}");
+    assert!(debug.contains("app:***@127.0.0.1"), "{debug}");
+    assert_eq!(cfg.max_batch, 1000);
+
+    let mut bad = cfg.clone();
+    bad.url = Some("postgres://app:hunter2@127.0.0.1:notaport/app".into());
+    let err = bad.validate().unwrap_err().to_string();
+    assert!(!err.contains("hunter2") && err.contains("`url`"), "{err}");
+
+    let mut both = cfg.clone();
+    both.url_env = Some("X".into());
+    assert!(both
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("exactly one"));
+    let mut slot = cfg;
+    slot.slot = "Bad-Slot".into();
+    assert!(slot.validate().unwrap_err().to_string().contains("`slot`"));
+
+    let unknown = serde_json::from_value::<PostgresSourceConfig>(json!({
+        "name": "s", "url": "postgres://a@h/d", "publication": "p", "slot": "s",
+        "tables": ["t"], "sink": "k", "colour": "red"
+    }));
+    assert!(unknown.is_err());
+}
