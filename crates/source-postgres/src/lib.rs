@@ -108,3 +108,8 @@ mod tests {
         assert_eq!(Position::from_bytes(&[0; 15]), None);
     }
 }
+
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -206,12 +206,11 @@ fn build_record(rel: &Relation, new: &[Cell], old: Option<&[Cell]>) -> Map<Strin
     for (i, col) in rel.columns.iter().enumerate() {
         let cell = new.get(i).unwrap_or(&Cell::Null);
         match cell {
-            Cell::Unchanged => match old.and_then(|o| o.get(i)) {
-                Some(c @ (Cell::Text(_) | Cell::Null)) => {
+            Cell::Unchanged => {
+                if let Some(c @ (Cell::Text(_) | Cell::Null)) = old.and_then(|o| o.get(i)) {
                     record.insert(col.name.clone(), cell_value(col, c));
                 }
-                _ => {}
-            },
+            }
             c => {
                 record.insert(col.name.clone(), cell_value(col, c));
             }
