@@ -246,7 +246,18 @@ async fn envelopes_for_insert_update_delete() {
         status.snapshot().confirmed_flush_lsn.unwrap_or(0) > last_commit
     })
     .await;
+    let snap = r.status.snapshot();
+    assert_eq!(snap.state, SourceState::Streaming);
+    assert_eq!(snap.changes_stored, 6);
+    assert_eq!(snap.last_stored, Some(changes[5].position));
+    assert!(
+        snap.server_wal_lsn.is_some() && snap.lag_bytes.is_some(),
+        "{snap:?}"
+    );
+    assert!(snap.lag_seconds >= 0.0);
+    let status = r.status.clone();
     r.stop().await.unwrap();
+    assert_eq!(status.snapshot().state, SourceState::Stopped);
 }
 
 #[tokio::test]
@@ -503,6 +514,19 @@ async fn clear_errors() {
     assert!(matches!(err, SourceError::SlotActive { .. }), "{err}");
     assert!(err.to_string().contains("held_slot"), "{err}");
     holder.stop().await.unwrap();
+
+    // A user without REPLICATION (trust auth lets it log in).
+    pg.execute("CREATE ROLE norep LOGIN; GRANT SELECT ON ok TO norep;")
+        .await;
+    let mut cfg = config(&pg, "e5", &["ok"]);
+    cfg.url = Some(pg.url().replace("postgres@", "norep@"));
+    let err = start(cfg, MemSink::new())
+        .handle
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, SourceError::Privileges { .. }), "{err}");
+    assert!(err.to_string().contains("REPLICATION"), "{err}");
 
     let replica = TempPostgres::start_with(&[("wal_level", "replica")]).await;
     replica
