@@ -22,6 +22,17 @@ if ! "$S2SINK_PYTHON" -c "import importlib.metadata as m, sys; sys.exit(m.versio
 fi
 export S2SINK_PYTHON
 
+# PostgreSQL (Debian's package) for the Postgres source's tests: each test starts a throwaway
+# server with wal_level=logical in a temporary data dir on a free 127.0.0.1 port.
+if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
+  echo "installing PostgreSQL (Debian package postgresql)"
+  if [ "$(id -u)" = 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  else
+    sudo DEBIAN_FRONTEND=noninteractive apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  fi
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 

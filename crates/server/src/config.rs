@@ -13,6 +13,8 @@ use s2sink_core::{validate_basin, validate_stream, BackoffPolicy, GroupColumns, 
 use s2sink_transform::{FunctionSource, FunctionsConfig, SandboxLimits, TransformSpec};
 use serde::Deserialize;
 
+use s2sink_source_postgres::PostgresSourceConfig;
+
 use crate::engine::{BatchSettings, SinkSettings, MAX_APPENDS_IN_FLIGHT};
 use crate::ServerError;
 
@@ -27,6 +29,9 @@ pub struct FileConfig {
     pub server: ServerSection,
     #[serde(default)]
     pub sinks: Vec<SinkSection>,
+    /// `[[sources]]`, kept as raw values until [`source_config`] checks `kind` and the fields.
+    #[serde(default)]
+    pub sources: Vec<serde_json::Value>,
 }
 
 /// `[server]`.
@@ -194,6 +199,8 @@ impl Default for BatchSection {
 pub struct Config {
     pub server: ServerSection,
     pub sinks: Vec<SinkSettings>,
+    /// Built-in sources; each `url_env` is already resolved into `url`.
+    pub sources: Vec<PostgresSourceConfig>,
 }
 
 fn cfg_err(key: impl Into<String>, reason: impl Into<String>) -> ServerError {
@@ -297,7 +304,77 @@ fn validate(
         }
         sinks.push(sink_settings(s, base, env)?);
     }
-    Ok(Config { server, sinks })
+    let mut sources: Vec<PostgresSourceConfig> = Vec::new();
+    for (i, raw) in file.sources.into_iter().enumerate() {
+        let source = source_config(i, raw, env)?;
+        let key = |k: &str| format!("sources.{}.{k}", source.name);
+        if sources.iter().any(|s| s.name == source.name) {
+            return Err(cfg_err(key("name"), "source names must be unique"));
+        }
+        if !names.contains(&source.sink) {
+            return Err(cfg_err(
+                key("sink"),
+                format!("`{}` is not the name of a [[sinks]] entry", source.sink),
+            ));
+        }
+        sources.push(source);
+    }
+    Ok(Config {
+        server,
+        sinks,
+        sources,
+    })
+}
+
+/// One `[[sources]]` entry: `kind` must be `"postgres"` (the only kind so far); the rest is a
+/// [`PostgresSourceConfig`], validated by its crate. `url_env` is resolved here from `env`, so
+/// a missing variable fails at load, naming it (never the url's value).
+fn source_config(
+    index: usize,
+    mut raw: serde_json::Value,
+    env: &HashMap<String, String>,
+) -> Result<PostgresSourceConfig, ServerError> {
+    let label = raw
+        .get("name")
+        .and_then(|n| n.as_str())
+        .map(str::to_string)
+        .unwrap_or_else(|| index.to_string());
+    let key = |k: &str| format!("sources.{label}.{k}");
+    let Some(obj) = raw.as_object_mut() else {
+        return Err(cfg_err(format!("sources.{index}"), "must be a table"));
+    };
+    match obj.remove("kind") {
+        Some(serde_json::Value::String(k)) if k == "postgres" => {}
+        Some(other) => {
+            return Err(cfg_err(
+                key("kind"),
+                format!("unknown source kind {other}; the only kind is \"postgres\""),
+            ))
+        }
+        None => return Err(cfg_err(key("kind"), "missing (kind = \"postgres\")")),
+    }
+    let mut source: PostgresSourceConfig = serde_json::from_value(raw)
+        .map_err(|e| cfg_err(format!("sources.{label}"), e.to_string()))?;
+    if let Some(var) = source.url_env.clone() {
+        if source.url.is_some() {
+            return Err(cfg_err(
+                key("url_env"),
+                "give either url or url_env, not both",
+            ));
+        }
+        let url = env.get(&var).ok_or_else(|| {
+            cfg_err(
+                key("url_env"),
+                format!("the environment variable `{var}` is not set"),
+            )
+        })?;
+        source.url = Some(url.clone());
+        source.url_env = None;
+    }
+    source
+        .validate()
+        .map_err(|e| cfg_err(format!("sources.{label}"), e.to_string()))?;
+    Ok(source)
 }
 
 /// Limits that make no sense at zero are refused (zero would refuse every request or hang).
@@ -767,5 +844,91 @@ endpoint = "http://127.0.0.1:8080"
         )
         .unwrap();
         assert_eq!(ok.server.allowed_hosts, ["sink.internal"]);
+    }
+
+    const SOURCE: &str = r#"
+[[sources]]
+name = "app-db"
+kind = "postgres"
+url_env = "APP_DB_URL"
+publication = "pub"
+slot = "slot"
+tables = ["public.orders"]
+sink = "orders"
+"#;
+
+    #[test]
+    fn sources_are_checked_and_url_env_is_resolved_without_showing_the_password() {
+        let url = "postgres://app:sekret-pg@127.0.0.1:5432/app";
+        let c = load_str(&format!("{OK}{SOURCE}"), &[("APP_DB_URL", url)]).unwrap();
+        assert_eq!(c.sources.len(), 1);
+        assert_eq!(c.sources[0].url.as_deref(), Some(url));
+        assert_eq!(c.sources[0].sink, "orders");
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("sekret-pg"), "{dbg}");
+
+        let e = load_str(&format!("{OK}{SOURCE}"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("sources.app-db.url_env") && e.contains("APP_DB_URL"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{OK}{}",
+            SOURCE.replace("\"postgres\"", "\"mysql\"")
+        ));
+        assert!(
+            e.contains("sources.app-db.kind") && e.contains("mysql"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{OK}{}",
+            SOURCE.replace("kind = \"postgres\"\n", "")
+        ));
+        assert!(
+            e.contains("sources.app-db.kind") && e.contains("missing"),
+            "{e}"
+        );
+        let e = load_str(
+            &format!(
+                "{OK}{}",
+                SOURCE.replace("sink = \"orders\"", "sink = \"nope\"")
+            ),
+            &[("APP_DB_URL", url)],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("sources.app-db.sink") && e.contains("nope"),
+            "{e}"
+        );
+        let e = load_str(&format!("{OK}{SOURCE}{SOURCE}"), &[("APP_DB_URL", url)])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("sources.app-db.name") && e.contains("unique"),
+            "{e}"
+        );
+        let e = load_str(
+            &format!("{OK}{}", SOURCE.replace("slot = ", "slott = ")),
+            &[("APP_DB_URL", url)],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("sources.app-db") && e.contains("slott"), "{e}");
+        let e = load_str(
+            &format!(
+                "{OK}{}",
+                SOURCE.replace(
+                    "url_env = \"APP_DB_URL\"",
+                    &format!("url = \"{url}\"\nurl_env = \"APP_DB_URL\"")
+                )
+            ),
+            &[("APP_DB_URL", url)],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("url") && !e.contains("sekret-pg"), "{e}");
     }
 }

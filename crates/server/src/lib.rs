@@ -18,6 +18,8 @@ mod error;
 pub mod http;
 #[cfg(feature = "server")]
 pub mod serve;
+#[cfg(feature = "server")]
+pub mod sources;
 
 pub use error::ServerError;
 

@@ -15,6 +15,7 @@ use tokio::net::TcpStream;
 use crate::config::Config;
 use crate::engine::{Engine, EngineOptions};
 use crate::http::{self, AppState, JsonCodecErrors};
+use crate::sources::Sources;
 use crate::ServerError;
 
 /// Opens the listening socket, or [`ServerError::Listen`] naming the address and the cause.
@@ -124,11 +125,16 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Ser
             ..Default::default()
         },
     )?;
+    for s in &config.sources {
+        tracing::info!(source = %s.name, sink = %s.sink, tables = ?s.tables, "source configured");
+    }
+    let sources = Sources::start(&engine, config.sources.clone());
     let state = web::Data::new(AppState::new(
         engine.clone(),
         &server_cfg,
         listen,
         config_path,
+        (sources, config.sources),
     ));
     let server = http_server(state.clone(), listener, listen)
         .map_err(|e| ServerError::Listen {
@@ -163,6 +169,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Ser
         }
         tracing::info!("stopping: intake closed, waiting for in-flight appends");
         handle.pause().await;
+        state.sources.stop();
         engine.shutdown(timeout).await;
         handle.stop(true).await;
     });

@@ -155,7 +155,7 @@ pub(crate) fn build_engine(limits: &SandboxLimits) -> Engine {
             c.set(n);
             n
         });
-        if reads % FULL_SIZE_CHECK_EVERY == 0 {
+        if reads.is_multiple_of(FULL_SIZE_CHECK_EVERY) {
             for (_, _, value) in scope.iter_raw() {
                 engine.ensure_data_size_within_limits(value)?;
             }

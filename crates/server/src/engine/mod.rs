@@ -40,7 +40,9 @@ use std::time::Duration;
 use actix::Addr;
 use s2sink_client::S2Client;
 use s2sink_core::{Envelope, GroupKey};
-use s2sink_queue::{Idempotency, MessageId, NewMessage, Queue, QueueError, RequestKey};
+use s2sink_queue::{
+    Enqueued, Idempotency, MessageId, NewMessage, Queue, QueueError, RequestKey, SourcePosition,
+};
 use s2sink_transform::Functions;
 use serde_json::Value;
 
@@ -333,37 +335,7 @@ impl Engine {
             }
         }
         let settings = shared.settings();
-        let mut msgs = Vec::with_capacity(items.len());
-        for (index, item) in items.into_iter().enumerate() {
-            let envelope =
-                Envelope::from_value(&item.message).map_err(|e| ServerError::InvalidMessage {
-                    index,
-                    reason: e.to_string(),
-                })?;
-            let explicit = item.group.or_else(|| {
-                item.message
-                    .pointer("/metadata/group_id")
-                    .and_then(|g| g.as_str())
-                    .map(str::to_string)
-            });
-            let group = GroupKey::derive(&envelope, explicit.as_deref(), &settings.group_columns);
-            let payload = match item.raw {
-                Some(raw) => raw.into_bytes(),
-                None => {
-                    serde_json::to_vec(&item.message).map_err(|e| ServerError::InvalidMessage {
-                        index,
-                        reason: e.to_string(),
-                    })?
-                }
-            };
-            let mut msg = NewMessage::new(group, payload);
-            // An empty key would make every keyless-looking message a duplicate of the first.
-            let key = envelope.idempotency_key().filter(|k| !k.is_empty());
-            if let Some(key) = key.filter(|_| settings.dedup_message_keys) {
-                msg = msg.with_idempotency_key(key);
-            }
-            msgs.push(msg);
-        }
+        let msgs = prepare(&settings, items, settings.dedup_message_keys)?;
         if msgs.is_empty() && request.is_none() {
             return Ok(IngestOutcome::default());
         }
@@ -391,25 +363,58 @@ impl Engine {
                 .ingest_duplicates
                 .fetch_add(duplicates as u64, Relaxed);
         }
-        if !outcome.stored.is_empty() {
-            shared
-                .stats
-                .ingested
-                .fetch_add(outcome.stored.len() as u64, Relaxed);
-            let mut seen = HashSet::new();
-            let groups: Vec<_> = outcome
-                .stored
-                .iter()
-                .filter(|e| seen.insert(e.group.clone()))
-                .map(|e| e.group.clone())
-                .collect();
-            self.wake(sink, groups).await;
-        }
+        self.stored(sink, shared, &outcome.stored).await;
         Ok(IngestOutcome {
             ids,
             duplicates,
             replayed: outcome.replayed,
         })
+    }
+
+    /// [`Engine::ingest`] for a producer that tracks its own position (the Postgres source):
+    /// the messages and `position` are stored in one atomic batch (see
+    /// [`Queue::enqueue_at`]), so after a crash the producer resumes right after what was
+    /// stored. Message keys are not deduplicated here: the position already makes a re-read
+    /// store nothing twice. `items` may be empty to move only the position. Back-pressure
+    /// applies as for [`Engine::ingest`].
+    pub async fn ingest_at(
+        &self,
+        sink: &str,
+        items: Vec<IngestItem>,
+        position: SourcePosition<'_>,
+    ) -> Result<Vec<MessageId>, ServerError> {
+        if self.stopping.load(Relaxed) {
+            return Err(ServerError::ShuttingDown);
+        }
+        let shared = self.sink(sink)?;
+        if let Some(limit) = self.max_pending {
+            let pending = self.queue.total_pending();
+            if pending >= limit {
+                return Err(ServerError::Backpressure { pending, limit });
+            }
+        }
+        let msgs = prepare(&shared.settings(), items, false)?;
+        let stored = self.queue.enqueue_at(sink, msgs, position).await?;
+        self.stored(sink, shared, &stored).await;
+        Ok(stored.iter().map(|e| e.id).collect())
+    }
+
+    /// Counts newly stored messages and wakes their groups.
+    async fn stored(&self, sink: &str, shared: &SinkShared, stored: &[Enqueued]) {
+        if stored.is_empty() {
+            return;
+        }
+        shared
+            .stats
+            .ingested
+            .fetch_add(stored.len() as u64, Relaxed);
+        let mut seen = HashSet::new();
+        let groups: Vec<_> = stored
+            .iter()
+            .filter(|e| seen.insert(e.group.clone()))
+            .map(|e| e.group.clone())
+            .collect();
+        self.wake(sink, groups).await;
     }
 
     /// Clears the backoff of one message (or of all, with `None`) and wakes the groups.
@@ -581,4 +586,44 @@ impl Engine {
             tracing::error!(error = %e, "final queue flush failed");
         }
     }
+}
+
+/// Validates and groups `items` into queue messages (the payload is the producer's exact text
+/// when given); an invalid message fails the whole call, naming its index. `dedup_keys`: carry
+/// `metadata.idempotency_key` into the queue's deduplication.
+fn prepare(
+    settings: &SinkSettings,
+    items: Vec<IngestItem>,
+    dedup_keys: bool,
+) -> Result<Vec<NewMessage>, ServerError> {
+    let mut msgs = Vec::with_capacity(items.len());
+    for (index, item) in items.into_iter().enumerate() {
+        let envelope =
+            Envelope::from_value(&item.message).map_err(|e| ServerError::InvalidMessage {
+                index,
+                reason: e.to_string(),
+            })?;
+        let explicit = item.group.or_else(|| {
+            item.message
+                .pointer("/metadata/group_id")
+                .and_then(|g| g.as_str())
+                .map(str::to_string)
+        });
+        let group = GroupKey::derive(&envelope, explicit.as_deref(), &settings.group_columns);
+        let payload = match item.raw {
+            Some(raw) => raw.into_bytes(),
+            None => serde_json::to_vec(&item.message).map_err(|e| ServerError::InvalidMessage {
+                index,
+                reason: e.to_string(),
+            })?,
+        };
+        let mut msg = NewMessage::new(group, payload);
+        // An empty key would make every keyless-looking message a duplicate of the first.
+        let key = envelope.idempotency_key().filter(|k| !k.is_empty());
+        if let Some(key) = key.filter(|_| dedup_keys) {
+            msg = msg.with_idempotency_key(key);
+        }
+        msgs.push(msg);
+    }
+    Ok(msgs)
 }

@@ -216,6 +216,7 @@ struct SinkValues {
 #[derive(Debug)]
 struct Snapshot {
     sinks: Vec<SinkValues>,
+    sources: Vec<super::sources::SourceView>,
     queue_disk_bytes: Option<u64>,
     process: ProcessValues,
 }
@@ -258,6 +259,7 @@ impl Snapshot {
             .collect();
         Snapshot {
             sinks,
+            sources: state.source_views(),
             queue_disk_bytes: queue.size_on_disk().ok(),
             process: ProcessValues::read(),
         }
@@ -396,6 +398,55 @@ impl Collector for Snapshot {
             }
         }
 
+        if !self.sources.is_empty() {
+            let mut family = enc.encode_descriptor(
+                "s2sink_source_changes_stored",
+                "Changes a source stored in its sink's queue since the server started (backfill rows included).",
+                None,
+                MetricType::Counter,
+            )?;
+            for src in &self.sources {
+                family
+                    .encode_family(&[("source", src.name.as_str())])?
+                    .encode_counter::<NoLabelSet, _, u64>(&src.changes_stored, None)?;
+            }
+            let mut family = enc.encode_descriptor(
+                "s2sink_source_up",
+                "1 while a source is backfilling or streaming, 0 while it starts, retries or has stopped.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for src in &self.sources {
+                let up = matches!(src.state.as_str(), "backfilling" | "streaming") as u64;
+                family
+                    .encode_family(&[("source", src.name.as_str())])?
+                    .encode_gauge(&up)?;
+            }
+            let mut family = enc.encode_descriptor(
+                "s2sink_source_lag_bytes",
+                "WAL the source's replication slot retains (the database's WAL position minus the slot's confirmed flush position).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for src in &self.sources {
+                if let Some(lag) = src.lag_bytes {
+                    family
+                        .encode_family(&[("source", src.name.as_str())])?
+                        .encode_gauge(&lag)?;
+                }
+            }
+            let mut family = enc.encode_descriptor(
+                "s2sink_source_lag_seconds",
+                "Age of the commit of the last change a source stored, while changes flow; 0 when caught up.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for src in &self.sources {
+                family
+                    .encode_family(&[("source", src.name.as_str())])?
+                    .encode_gauge(&src.lag_seconds)?;
+            }
+        }
         if let Some(bytes) = self.queue_disk_bytes {
             enc.encode_descriptor(
                 "s2sink_queue_disk_bytes",

@@ -17,6 +17,7 @@ mod metrics;
 mod openapi;
 mod params;
 mod schema;
+pub mod sources;
 mod views;
 
 use std::net::SocketAddr;
@@ -32,8 +33,11 @@ pub use error::ApiError;
 pub use ingest::parse_messages;
 pub use metrics::render as render_metrics;
 
+use s2sink_source_postgres::PostgresSourceConfig;
+
 use crate::config::ServerSection;
 use crate::engine::{Clock, Engine};
+use crate::sources::Sources;
 use crate::ServerError;
 
 /// `[server]` settings that a reload applies without a restart.
@@ -85,6 +89,9 @@ pub struct AppState {
     running: Mutex<ServerSection>,
     /// Ingest requests being processed (bounded: `server.max_concurrent_ingest`).
     ingest_slots: Arc<tokio::sync::Semaphore>,
+    /// The built-in sources (`[[sources]]`) and the config they started with.
+    pub sources: Sources,
+    running_sources: Vec<PostgresSourceConfig>,
 }
 
 impl AppState {
@@ -94,8 +101,11 @@ impl AppState {
         server: &ServerSection,
         listen: SocketAddr,
         config_path: Option<PathBuf>,
+        sources: (Sources, Vec<PostgresSourceConfig>),
     ) -> AppState {
         AppState {
+            sources: sources.0,
+            running_sources: sources.1,
             engine,
             listen,
             config_path,
@@ -104,6 +114,16 @@ impl AppState {
             running: Mutex::new(server.clone()),
             ingest_slots: Arc::new(tokio::sync::Semaphore::new(server.max_concurrent_ingest)),
         }
+    }
+
+    /// Every source's status as the API shows it (`GET /api/sources`, the console, metrics).
+    pub fn source_views(&self) -> Vec<sources::SourceView> {
+        self.sources
+            .statuses()
+            .iter()
+            .zip(&self.running_sources)
+            .map(|(s, c)| sources::SourceView::of(s.snapshot(), &c.sink))
+            .collect()
     }
 
     fn running_max_concurrent_ingest(&self) -> usize {
@@ -132,6 +152,7 @@ impl AppState {
         let env: std::collections::HashMap<String, String> = std::env::vars().collect();
         let config = crate::config::load(path, &env)?;
         let new = config.server;
+        let sources_changed = !crate::sources::same_configs(&self.running_sources, &config.sources);
         let old = self
             .running
             .lock()
@@ -161,6 +182,7 @@ impl AppState {
                 "server.engine_threads",
                 old.engine_threads != new.engine_threads,
             ),
+            ("sources", sources_changed),
         ]
         .into_iter()
         .filter_map(|(k, changed)| changed.then_some(k))
@@ -262,6 +284,10 @@ fn api_routes() -> Routes {
             vec![("GET", web::get().to(manage::discarded))],
         ),
         ("/reload", vec![("POST", web::post().to(manage::reload))]),
+        (
+            "/sources",
+            vec![("GET", web::get().to(sources::list_sources))],
+        ),
     ]
 }
 

@@ -59,6 +59,7 @@ Every error is `{\"error\":{\"code\",\"message\"}}` (schema `ErrorBody`). Beside
         super::manage::reconcile_from_start,
         super::manage::discarded,
         super::manage::reload,
+        super::sources::list_sources,
     ),
     components(schemas(views::ErrorBody, IngestBody, IngestMessage, Action, StateFilter, Order)),
     modifiers(&BearerAuth),
@@ -67,6 +68,7 @@ Every error is `{\"error\":{\"code\",\"message\"}}` (schema `ErrorBody`). Beside
         (name = "sinks", description = "Sinks and their state"),
         (name = "streams", description = "Per-stream operations"),
         (name = "server", description = "Health, metrics, reload"),
+        (name = "sources", description = "Built-in sources (Postgres replication slots)"),
         (name = "console", description = "The web console"),
     )
 )]
