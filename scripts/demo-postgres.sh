@@ -52,6 +52,8 @@ psql_app() { psql -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres -
 psql_app <<'SQL'
 CREATE TABLE customers (id int PRIMARY KEY, name text NOT NULL);
 CREATE TABLE orders (id bigint PRIMARY KEY, customer_id int REFERENCES customers, total numeric(10,2), status text, placed_at timestamptz DEFAULT now());
+-- Full old rows in the WAL: updates carry the old values of changed columns, deletes the whole row.
+ALTER TABLE orders REPLICA IDENTITY FULL;
 INSERT INTO customers VALUES (1, 'Ada'), (2, 'Grace');
 SQL
 
