@@ -22,7 +22,9 @@ const SESSION_OPTIONS: &str =
 const SLOT_BUSY_WAIT: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// How long a non-empty batch waits for more data before it is stored.
+/// How long a batch may wait, from its first change, for more before it is stored: what
+/// batching adds to the commit → S2 latency at most. Changes already received are taken
+/// without waiting, so under load batches still fill up to `max_batch`.
 const BATCH_LINGER: Duration = Duration::from_millis(5);
 /// How often the server's WAL position and the slot's confirmed flush LSN are polled.
 const LAG_POLL: Duration = Duration::from_secs(2);
@@ -680,6 +682,8 @@ impl Session<'_> {
         let mut tx: Option<(u64, i64, u64)> = None;
         let mut batch: Vec<Change> = Vec::new();
         let mut batch_commit_micros: Option<i64> = None;
+        // When the current batch must be stored (set by its first change).
+        let mut batch_deadline: Option<tokio::time::Instant> = None;
         // End LSN of the last commit whose changes are all in `batch` or stored.
         let mut pending_ack: Option<u64> = None;
         let mut acked: u64 = 0;
@@ -700,7 +704,8 @@ impl Session<'_> {
                     _ = tokio::time::sleep_until((last_poll + LAG_POLL).into()) => None,
                 }
             } else {
-                tokio::time::timeout(BATCH_LINGER, repl.recv()).await.ok()
+                let deadline = batch_deadline.unwrap_or_else(tokio::time::Instant::now);
+                tokio::time::timeout_at(deadline, repl.recv()).await.ok()
             };
             let full = batch.len() >= cfg.max_batch;
             let event = match event {
@@ -714,6 +719,7 @@ impl Session<'_> {
                     continue;
                 };
                 let n = batch.len();
+                batch_deadline = None;
                 self.sink
                     .store(std::mem::take(&mut batch), last)
                     .await
@@ -835,6 +841,9 @@ impl Session<'_> {
                         EnvelopeOf::Delete(old) => pgoutput::delete_envelope(rel, old, &ctx),
                     };
                     batch_commit_micros = Some(*commit_time);
+                    if batch.is_empty() {
+                        batch_deadline = Some(tokio::time::Instant::now() + BATCH_LINGER);
+                    }
                     batch.push(Change { envelope, position });
                 }
                 Some(_) => {}
