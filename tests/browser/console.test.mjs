@@ -8,7 +8,8 @@
 // Acknowledge (with its confirmation step), after which the blocked group drains. A third sink
 // with `max_retry_count = 1` and a missing stream discards what it gets: the Discarded tab
 // lists them (paged), shows one's payload and error read-only, as it does a message discarded
-// from the Messages tab; the view (sink, tab, filters,
+// from the Messages tab; a Postgres source that cannot connect shows in the overview with its
+// error and without its password; the view (sink, tab, filters,
 // selected message) lives in the URL: back/forward, reload and a copied link in a fresh tab
 // open the same view, and the API token never appears in any URL.
 //
@@ -34,6 +35,7 @@ const SCREENSHOTS = ["1", "true", "yes"].includes((process.env.S2SINK_SCREENSHOT
 const API_TOKEN = "console-test-token-" + Math.random().toString(36).slice(2);
 const UI_TIMEOUT = 15_000;
 const HOSTILE_GROUP = '<img src=x onerror="window.__xss=1">';
+const PG_PASSWORD = "pg-sekret-" + Math.random().toString(36).slice(2);
 
 const children = [];
 const tmpDirs = [];
@@ -232,6 +234,17 @@ basin = "${basin}"
 stream = "missing"
 endpoint = "${s2.url}"
 max_retry_count = 1
+
+# A Postgres source whose database does not answer (a port nothing listens on): the overview
+# shows it retrying with its error, never the URL's password.
+[[sources]]
+name = "app-db"
+kind = "postgres"
+url = "postgres://app:${PG_PASSWORD}@127.0.0.1:${await freePort()}/app"
+publication = "pub"
+slot = "slot"
+tables = ["public.orders"]
+sink = "good"
 `;
     const cfgPath = path.join(work, "s2-sink.toml");
     fs.writeFileSync(cfgPath, config);
@@ -328,6 +341,12 @@ max_retry_count = 1
     }, { timeout: UI_TIMEOUT });
     await waitFor("good sink row to show record_too_large", async () => /record_too_large/.test(await good.textContent()), { timeout: UI_TIMEOUT });
     assert.match(await good.textContent(), new RegExp(`${basin} / events`));
+    const source = page.locator('[data-testid="source-row"][data-source="app-db"]');
+    await waitFor("the source row to show its connection error", async () => {
+      const t = await source.textContent();
+      return /app-db \(postgres\)/.test(t) && /good/.test(t) && /(starting|error)/.test(t) && /connect|refused/i.test(t);
+    }, { timeout: UI_TIMEOUT });
+    assert.ok(!(await page.content()).includes(PG_PASSWORD), "the source's password must not reach the page");
     if (SCREENSHOTS) await page.screenshot({ path: path.join(ROOT, "docs/console-overview.png") });
   });
 

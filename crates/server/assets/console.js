@@ -244,6 +244,35 @@
     show($("sinks-empty"), sinks.length === 0);
   }
 
+  /** The `[[sources]]` table under the sinks (hidden when there are none). */
+  function renderSources(sources) {
+    show($("sources-block"), sources.length > 0);
+    reconcile($("sources-body"), sources, (s) => s.name,
+      (s) => {
+        const tr = cells(document.createElement("tr"), 8, [null, null, null, "num", "num", "num", "mono", "ellipsis err-text"]);
+        tr.setAttribute("data-testid", "source-row");
+        const badge = document.createElement("span");
+        tr.children[2].appendChild(badge);
+        return tr;
+      },
+      (tr, s) => {
+        setAttr(tr, "data-source", s.name);
+        setText(tr.children[0], s.name + (s.kind ? " (" + s.kind + ")" : ""));
+        setText(tr.children[1], s.sink);
+        const badge = tr.children[2].firstChild;
+        setText(badge, s.state);
+        setClass(badge, "badge " + (s.state === "streaming" || s.state === "backfilling" ? "health-ok" : s.state === "error" ? "health-failing" : "state-pending"));
+        setAttr(badge, "data-testid", "source-state");
+        setText(tr.children[3], s.changes_stored);
+        setText(tr.children[4], s.lag_bytes == null ? "—" : s.lag_bytes);
+        setText(tr.children[5], s.lag_seconds.toFixed(1));
+        setText(tr.children[6], s.confirmed_flush_lsn || "—");
+        setText(tr.children[7], s.last_error || "—");
+        setAttr(tr.children[7], "title", s.last_error || "");
+        tr.children[7].className = s.last_error ? "ellipsis err-text" : "muted";
+      });
+  }
+
   // ---------- sink page ----------
   function renderSinkHeader(s) {
     setText($("sink-name"), s.name);
@@ -531,12 +560,13 @@
   async function load() {
     const r = route;
     if (r.view === "overview") {
-      const data = await api("GET", "/api/sinks");
+      const [data, sources] = await Promise.all([api("GET", "/api/sinks"), api("GET", "/api/sources")]);
       if (data.sinks.length) clockOffset = data.sinks[0].now - Date.now();
       if (r !== route) return;
       show($("view-sink"), false);
       show($("view-overview"), true);
       renderOverview(data.sinks);
+      renderSources(sources.sources);
       document.title = "Sinks · s2-sink";
       return;
     }
