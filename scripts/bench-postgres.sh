@@ -12,25 +12,22 @@ cd "$(dirname "$0")/.."
 ROOT="$PWD"
 SECS="${1:-10}"; RATE="${2:-2000}"; CLIENTS="${3:-8}"
 LITE_BIN="$(bash scripts/install-s2-lite.sh)"
-PG_BIN="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
+. scripts/lib/throwaway-pg.sh
+PG_BIN="$(pg_bin_dir)"
 cargo build -q --release -p s2sink-server --bin s2-sink
 SINK="$ROOT/target/release/s2-sink"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-WORK="$(mktemp -d)"; chmod 755 "$WORK"
+WORK="$(mktemp -d)"
 LITE_PID=""; SERVER_PID=""; PG_UP=""
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 cleanup() {
   [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null || true
   [ -n "$LITE_PID" ] && kill "$LITE_PID" 2>/dev/null || true
-  [ -n "$PG_UP" ] && as_pg "$PG_BIN/pg_ctl" -D "$WORK/pg" -m immediate stop >/dev/null 2>&1 || true
+  [ -n "$PG_UP" ] && pg_stop "$PG_BIN" "$WORK/pg"
   rm -rf "$WORK"
 }
 trap cleanup EXIT
 PG_PORT=$(free_port); LITE_PORT=$(free_port); API_PORT=$(free_port)
-mkdir "$WORK/pg"; [ "$(id -u)" = 0 ] && chown postgres "$WORK/pg"
-as_pg "$PG_BIN/initdb" -D "$WORK/pg" -U postgres --auth=trust >/dev/null
 # Durable commits (fsync on, as in production): the commit rate is what this disk gives.
-as_pg "$PG_BIN/pg_ctl" -D "$WORK/pg" -l "$WORK/pg/log" -w -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -k $WORK/pg -c wal_level=logical -c max_connections=50" start >/dev/null
+pg_start "$PG_BIN" "$WORK/pg" "$PG_PORT" -c max_connections=50
 PG_UP=1
 PSQL=(psql -qtA -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres)
 "${PSQL[@]}" -c "CREATE TABLE bench (id bigserial PRIMARY KEY, payload text NOT NULL, created_at timestamptz NOT NULL DEFAULT now())"

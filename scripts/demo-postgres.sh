@@ -8,16 +8,8 @@ cd "$(dirname "$0")/.."
 ROOT="$PWD"
 PORT=8080
 LITE_BIN="$(bash scripts/install-s2-lite.sh)"
-PG_BIN="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)"
-if [ -z "$PG_BIN" ]; then
-  if [ "$(id -u)" = 0 ]; then
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
-    PG_BIN="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)"
-  else
-    echo "error: PostgreSQL is not installed (apt-get install postgresql)" >&2
-    exit 1
-  fi
-fi
+. scripts/lib/throwaway-pg.sh
+PG_BIN="$(pg_bin_dir)"
 for p in "$PORT" 7376; do
   if curl -s -o /dev/null "http://127.0.0.1:$p/"; then
     echo "error: something already listens on 127.0.0.1:$p; stop it first" >&2
@@ -29,24 +21,18 @@ cargo build -q -p s2sink-server --bin s2-sink
 SINK="$ROOT/target/debug/s2-sink"
 
 WORK="$(mktemp -d)"
-chmod 755 "$WORK"
 LITE_PID=""; SERVER_PID=""; PG_UP=""
-# initdb and postgres refuse to run as root: as root they run as the `postgres` user.
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 cleanup() {
   [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null || true
   [ -n "$LITE_PID" ] && kill "$LITE_PID" 2>/dev/null || true
-  [ -n "$PG_UP" ] && as_pg "$PG_BIN/pg_ctl" -D "$WORK/pg" -m immediate stop >/dev/null 2>&1 || true
+  [ -n "$PG_UP" ] && pg_stop "$PG_BIN" "$WORK/pg"
   rm -rf "$WORK"
 }
 trap cleanup EXIT
 
-PG_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+PG_PORT="$(free_port)"
 echo "== starting PostgreSQL on 127.0.0.1:$PG_PORT (throwaway, wal_level=logical)"
-mkdir "$WORK/pg"
-[ "$(id -u)" = 0 ] && chown postgres "$WORK/pg"
-as_pg "$PG_BIN/initdb" -D "$WORK/pg" -U postgres --auth=trust >/dev/null
-as_pg "$PG_BIN/pg_ctl" -D "$WORK/pg" -l "$WORK/pg/log" -w -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -k $WORK/pg -c wal_level=logical" start >/dev/null
+pg_start "$PG_BIN" "$WORK/pg" "$PG_PORT"
 PG_UP=1
 psql_app() { psql -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres "$@"; }
 psql_app <<'SQL'

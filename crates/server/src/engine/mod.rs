@@ -324,16 +324,7 @@ impl Engine {
         items: Vec<IngestItem>,
         request: Option<RequestKey>,
     ) -> Result<IngestOutcome, ServerError> {
-        if self.stopping.load(Relaxed) {
-            return Err(ServerError::ShuttingDown);
-        }
-        let shared = self.sink(sink)?;
-        if let Some(limit) = self.max_pending {
-            let pending = self.queue.total_pending();
-            if pending >= limit {
-                return Err(ServerError::Backpressure { pending, limit });
-            }
-        }
+        let shared = self.admit(sink)?;
         let settings = shared.settings();
         let msgs = prepare(&settings, items, settings.dedup_message_keys)?;
         if msgs.is_empty() && request.is_none() {
@@ -383,6 +374,15 @@ impl Engine {
         items: Vec<IngestItem>,
         position: SourcePosition<'_>,
     ) -> Result<Vec<MessageId>, ServerError> {
+        let shared = self.admit(sink)?;
+        let msgs = prepare(&shared.settings(), items, false)?;
+        let stored = self.queue.enqueue_at(sink, msgs, position).await?;
+        self.stored(sink, shared, &stored).await;
+        Ok(stored.iter().map(|e| e.id).collect())
+    }
+
+    /// The sink an ingest may store into now: not while stopping, not past `max_pending`.
+    fn admit(&self, sink: &str) -> Result<&Arc<SinkShared>, ServerError> {
         if self.stopping.load(Relaxed) {
             return Err(ServerError::ShuttingDown);
         }
@@ -393,10 +393,7 @@ impl Engine {
                 return Err(ServerError::Backpressure { pending, limit });
             }
         }
-        let msgs = prepare(&shared.settings(), items, false)?;
-        let stored = self.queue.enqueue_at(sink, msgs, position).await?;
-        self.stored(sink, shared, &stored).await;
-        Ok(stored.iter().map(|e| e.id).collect())
+        Ok(shared)
     }
 
     /// Counts newly stored messages and wakes their groups.
