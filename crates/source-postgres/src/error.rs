@@ -63,6 +63,13 @@ pub enum SourceError {
         slot: String,
         pid: String,
     },
+    /// The server refused the login itself: wrong password, unknown role or database.
+    /// Retrying with the same URL cannot succeed.
+    #[error("postgres source `{source_name}`: the server refused the connection: {message}")]
+    Rejected {
+        source_name: String,
+        message: String,
+    },
     /// A query or the connection failed; retried with backoff.
     #[error("postgres source `{source_name}`: {context}: {message}")]
     Connection {

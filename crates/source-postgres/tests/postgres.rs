@@ -500,6 +500,25 @@ async fn clear_errors() {
         "{err}"
     );
 
+    // The server refuses the login (unknown role, unknown database): not retried forever.
+    for (url, needle) in [
+        (pg.url().replace("postgres@", "nobody@"), "nobody"),
+        (
+            format!("{}_missing", pg.url().trim_end_matches('/')),
+            "postgres_missing",
+        ),
+    ] {
+        let mut cfg = config(&pg, "e4", &["ok"]);
+        cfg.url = Some(url);
+        let err = start(cfg, MemSink::new())
+            .handle
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(matches!(err, SourceError::Rejected { .. }), "{err}");
+        assert!(err.to_string().contains(needle), "{err}");
+    }
+
     // The slot is held by a running source: a second consumer is refused.
     let holder = start(config(&pg, "held", &["ok"]), MemSink::new());
     wait_streaming(&holder).await;

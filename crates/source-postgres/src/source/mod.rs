@@ -186,10 +186,21 @@ impl Session<'_> {
         pg.options(SESSION_OPTIONS)
             .application_name(self.application_name())
             .connect_timeout(Duration::from_secs(10));
-        let (client, connection) = pg
-            .connect(NoTls)
-            .await
-            .map_err(|e| self.conn_err("connect", describe(&e)))?;
+        let (client, connection) = pg.connect(NoTls).await.map_err(|e| {
+            use tokio_postgres::error::SqlState;
+            let refused = [
+                SqlState::INVALID_PASSWORD,
+                SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+                SqlState::INVALID_CATALOG_NAME,
+            ];
+            match e.code() {
+                Some(code) if refused.contains(code) => SourceError::Rejected {
+                    source_name: self.config.name.clone(),
+                    message: describe(&e),
+                },
+                _ => self.conn_err("connect", describe(&e)),
+            }
+        })?;
         let name = self.config.name.clone();
         tokio::spawn(async move {
             if let Err(e) = connection.await {
