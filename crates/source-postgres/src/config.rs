@@ -253,6 +253,15 @@ impl PostgresSourceConfig {
             Some(tokio_postgres::config::Host::Unix(p)) => p.to_string_lossy().into_owned(),
             None => return Err(self.err(field, "the URL names no host")),
         };
+        if pg.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+            // Connecting without TLS where the URL demands it would be wrong, and retrying
+            // would never help: say so at load.
+            return Err(self.err(
+                field,
+                "sslmode=require: TLS connections to PostgreSQL are not supported yet; \
+                 connect over a trusted network or a local TLS tunnel with sslmode=disable",
+            ));
+        }
         let port = pg.get_ports().first().copied().unwrap_or(5432);
         let Some(user) = pg.get_user().map(str::to_string) else {
             return Err(self.err(field, "the URL names no user"));
@@ -291,6 +300,24 @@ mod tests {
             redact_url("host=h user=u password=secret dbname=d"),
             "host=h user=u password=*** dbname=d"
         );
+    }
+
+    #[test]
+    fn tls_required_is_refused_at_load() {
+        let cfg = PostgresSourceConfig {
+            name: "db".into(),
+            url: Some("postgres://u:secret@h/db?sslmode=require".into()),
+            url_env: None,
+            publication: "p".into(),
+            slot: "s".into(),
+            tables: vec!["t".into()],
+            sink: "k".into(),
+            backfill: false,
+            max_batch: 1000,
+        };
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("sslmode=require") && e.contains("`db`"), "{e}");
+        assert!(!e.contains("secret"), "{e}");
     }
 
     #[test]
