@@ -41,8 +41,8 @@ cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 
 echo "== the engine embeds without the HTTP server (feature \`server\` off: no actix-web, no config)"
 cargo check --locked -p s2sink-server --no-default-features --lib
-if cargo tree --locked -p s2sink-server --no-default-features -e normal --prefix none | grep -Eq '^(actix-web|config|tracing-subscriber|prometheus-client|clap|utoipa) '; then
-  echo "s2sink-server without default features still depends on actix-web / config / tracing-subscriber / prometheus-client / clap / utoipa" >&2
+if cargo tree --locked -p s2sink-server --no-default-features -e normal --prefix none | grep -Eq '^(actix-web|config|tracing-subscriber|prometheus-client|clap|utoipa|s2sink-source-postgres|tokio-postgres) '; then
+  echo "s2sink-server without default features still depends on actix-web / config / tracing-subscriber / prometheus-client / clap / utoipa / the Postgres source" >&2
   exit 1
 fi
 
