@@ -273,9 +273,12 @@ fn split_checked(body: &[u8], ndjson: bool) -> Result<Vec<(usize, String)>, ApiE
     Ok(out)
 }
 
-/// The messages' texts with their index (array, from 0) or line (NDJSON, from 1), and
-/// whether they came from a JSON array (whose split already checked each item is JSON).
-fn split(body: &[u8], ndjson: bool) -> Result<(Vec<(usize, &str)>, bool), ApiError> {
+/// Each message's text with its index (array, from 0) or line (NDJSON, from 1).
+type Texts<'a> = Vec<(usize, &'a str)>;
+
+/// The messages' texts, and whether they came from a JSON array (whose split already checked
+/// each item is JSON).
+fn split(body: &[u8], ndjson: bool) -> Result<(Texts<'_>, bool), ApiError> {
     let text = std::str::from_utf8(body).map_err(|e| {
         ApiError::bad_request(format!(
             "request body is not valid UTF-8 (invalid byte at offset {})",
