@@ -98,7 +98,19 @@ impl S2Client {
         input: &AppendInput,
     ) -> Result<AppendAck, S2Error> {
         let context = format!("append to stream `{stream}` in basin `{basin}`");
-        let body = serde_json::to_vec(input)
+        // Sized up front: an append body is up to ~1 MiB, and growing it by doubling copies it
+        // again each time and asks the allocator for fresh (zeroed) pages per append.
+        let estimate = 64
+            + input
+                .records
+                .iter()
+                .map(|r| {
+                    let headers: usize = r.headers.iter().map(|(k, v)| k.len() + v.len() + 8).sum();
+                    r.body.len() + r.body.len() / 8 + headers + 48
+                })
+                .sum::<usize>();
+        let mut body = Vec::with_capacity(estimate);
+        serde_json::to_writer(&mut body, input)
             .map_err(|e| S2Error::InvalidConfig(format!("{context}: serialize: {e}")))?;
         let target = self.records_target(basin, stream, "");
         let req = self

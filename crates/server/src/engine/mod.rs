@@ -30,6 +30,7 @@ mod sink;
 mod stats;
 mod supervisor;
 mod threads;
+mod view;
 mod writer;
 
 use std::collections::{BTreeMap, HashSet};
@@ -66,7 +67,9 @@ use crate::ServerError;
 /// One message handed to the engine.
 #[derive(Debug, Clone)]
 pub struct IngestItem {
-    /// The JSON message (Sequin envelope or any object).
+    /// The JSON message (Sequin envelope or any object). May be `Value::Null` when `raw` is
+    /// given: the engine then reads the fields it needs from `raw` without building the tree
+    /// (what HTTP ingest does; the text must be one JSON value).
     pub message: Value,
     /// The producer's exact text of the message, stored instead of re-serializing `message`
     /// (keeps numbers beyond i64/u64/f64 exact).
@@ -594,25 +597,36 @@ fn prepare(
     dedup_keys: bool,
 ) -> Result<Vec<NewMessage>, ServerError> {
     let mut msgs = Vec::with_capacity(items.len());
-    for (index, item) in items.into_iter().enumerate() {
-        let envelope =
-            Envelope::from_value(&item.message).map_err(|e| ServerError::InvalidMessage {
-                index,
-                reason: e.to_string(),
-            })?;
-        let explicit = item.group.or_else(|| {
-            item.message
-                .pointer("/metadata/group_id")
-                .and_then(|g| g.as_str())
-                .map(str::to_string)
-        });
+    let with_record = !settings.group_columns.is_empty();
+    for (index, mut item) in items.into_iter().enumerate() {
+        let invalid = |reason: String| ServerError::InvalidMessage { index, reason };
+        // Given as text only (HTTP ingest): read the few fields grouping needs from the text,
+        // without building the tree; anything unusual takes the full path below.
+        let light = match (&item.raw, item.message.is_null()) {
+            (Some(raw), true) => view::light_envelope(raw, with_record),
+            _ => None,
+        };
+        let (envelope, explicit) = match light {
+            Some((envelope, group_id)) => (envelope, item.group.or(group_id)),
+            None => {
+                if let (Some(raw), true) = (&item.raw, item.message.is_null()) {
+                    item.message = serde_json::from_str(raw).map_err(|e| invalid(e.to_string()))?;
+                }
+                let envelope =
+                    Envelope::from_value(&item.message).map_err(|e| invalid(e.to_string()))?;
+                let explicit = item.group.or_else(|| {
+                    item.message
+                        .pointer("/metadata/group_id")
+                        .and_then(|g| g.as_str())
+                        .map(str::to_string)
+                });
+                (envelope, explicit)
+            }
+        };
         let group = GroupKey::derive(&envelope, explicit.as_deref(), &settings.group_columns);
         let payload = match item.raw {
             Some(raw) => raw.into_bytes(),
-            None => serde_json::to_vec(&item.message).map_err(|e| ServerError::InvalidMessage {
-                index,
-                reason: e.to_string(),
-            })?,
+            None => serde_json::to_vec(&item.message).map_err(|e| invalid(e.to_string()))?,
         };
         let mut msg = NewMessage::new(group, payload);
         // An empty key would make every keyless-looking message a duplicate of the first.

@@ -157,12 +157,16 @@ fn prepare(
     if functions.is_noop() {
         // Nothing to run: send the stored bytes, reading only the idempotency key.
         let route = default_route.cloned().ok_or_else(no_route(&id))?;
-        let body = String::from_utf8_lossy(&msg.payload).into_owned();
-        let key = serde_json::from_slice::<Peek>(&msg.payload)
-            .ok()
-            .and_then(|p| p.metadata)
-            .and_then(|m| m.idempotency_key)
-            .map(|k| k.into_owned());
+        let body = payload_text(&msg.payload);
+        let key = if may_have_idempotency_key(&msg.payload) {
+            serde_json::from_slice::<Peek>(&msg.payload)
+                .ok()
+                .and_then(|p| p.metadata)
+                .and_then(|m| m.idempotency_key)
+                .map(|k| k.into_owned())
+        } else {
+            None
+        };
         return Ok(Some((route, record(sink, msg, key, body))));
     }
     let value: serde_json::Value = serde_json::from_slice(&msg.payload).map_err(|e| {
@@ -183,9 +187,7 @@ fn prepare(
         .ok_or_else(no_route(&id))?;
     let body = match body {
         // Untransformed: send the producer's bytes as they were stored.
-        Cow::Borrowed(b) if std::ptr::eq(b, &value) => {
-            String::from_utf8_lossy(&msg.payload).into_owned()
-        }
+        Cow::Borrowed(b) if std::ptr::eq(b, &value) => payload_text(&msg.payload),
         other => other.to_string(),
     };
     let key = value
@@ -193,6 +195,27 @@ fn prepare(
         .and_then(|k| k.as_str())
         .map(str::to_string);
     Ok(Some((route, record(sink, msg, key, body))))
+}
+
+/// The stored payload as the record body. Ingest stored valid UTF-8 (the producer's JSON
+/// text), so this is one validation and one copy; the lossy conversion is only a fallback.
+fn payload_text(payload: &[u8]) -> String {
+    match std::str::from_utf8(payload) {
+        Ok(s) => s.to_owned(),
+        Err(_) => String::from_utf8_lossy(payload).into_owned(),
+    }
+}
+
+/// Whether `payload` can hold a `metadata.idempotency_key` at all: the key's name appears
+/// in it literally, or it has a `\u` escape (which could spell the name). Most messages
+/// have neither, and skip the parse.
+fn may_have_idempotency_key(payload: &[u8]) -> bool {
+    use std::sync::LazyLock;
+    static NAME: LazyLock<memchr::memmem::Finder<'static>> =
+        LazyLock::new(|| memchr::memmem::Finder::new(b"idempotency_key"));
+    static ESCAPE: LazyLock<memchr::memmem::Finder<'static>> =
+        LazyLock::new(|| memchr::memmem::Finder::new(b"\\u"));
+    NAME.find(payload).is_some() || ESCAPE.find(payload).is_some()
 }
 
 /// Only the field the headers need, read without building the whole JSON tree.
@@ -241,5 +264,74 @@ fn error_code(e: &TransformError) -> &'static str {
         | TransformError::Runtime { kind, .. }
         | TransformError::Limit { kind, .. }
         | TransformError::InvalidOutput { kind, .. } => kind.fn_name(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use s2sink_queue::{DeliveryState, GroupRef};
+    use s2sink_transform::FunctionsConfig;
+
+    fn msg(id: u64, payload: &[u8]) -> StoredMessage {
+        StoredMessage {
+            id: MessageId(id),
+            epoch: 7,
+            group: GroupRef::of(None, MessageId(id)),
+            payload: payload.to_vec().into(),
+            enqueued_at: 0,
+            state: DeliveryState::default(),
+        }
+    }
+
+    fn key_header(payload: &[u8]) -> Option<String> {
+        let functions = Functions::compile(&FunctionsConfig::default()).unwrap();
+        assert!(functions.is_noop());
+        let route = Route {
+            basin: "b".into(),
+            stream: "s".into(),
+        };
+        let plan = plan_run(
+            "sink",
+            Some(&route),
+            &functions,
+            &BatchLimits::default(),
+            &[msg(1, payload)],
+            0,
+            0,
+        );
+        let Next::Send { run, .. } = plan.next else {
+            panic!("expected a run, got {:?}", plan.next);
+        };
+        let record = &run.records[0];
+        assert_eq!(
+            record.body.as_bytes(),
+            payload,
+            "the stored bytes are the body"
+        );
+        record
+            .headers
+            .iter()
+            .find(|(k, _)| k == HEADER_IDEMPOTENCY_KEY)
+            .map(|(_, v)| v.clone())
+    }
+
+    #[test]
+    fn identity_runs_carry_the_idempotency_key_however_it_is_spelled() {
+        assert_eq!(key_header(br#"{"record":{"id":1},"pad":"xx"}"#), None);
+        assert_eq!(
+            key_header(br#"{"metadata":{"idempotency_key":"k1"}}"#).as_deref(),
+            Some("k1")
+        );
+        // The name spelled with a `\u` escape is the same JSON key: still found.
+        assert_eq!(
+            key_header(br#"{"metadata":{"idempotency\u005fkey":"k2"}}"#).as_deref(),
+            Some("k2")
+        );
+        // The words elsewhere (a value) are no key.
+        assert_eq!(
+            key_header(br#"{"note":"idempotency_key","metadata":{}}"#),
+            None
+        );
     }
 }

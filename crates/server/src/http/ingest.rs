@@ -209,18 +209,20 @@ async fn read_body(
     limit: usize,
     timeout: std::time::Duration,
 ) -> Result<web::Bytes, ApiError> {
-    if let Some(len) = req
+    let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-    {
+        .and_then(|v| v.parse::<usize>().ok());
+    if let Some(len) = declared {
         if len > limit {
             return Err(too_large(len, limit, "request body"));
         }
     }
     let read = async {
-        let mut body = web::BytesMut::new();
+        // Sized from Content-Length (already checked against the limit): a 500 KB body read
+        // into a growing buffer is copied ~10 times and asks for fresh pages each time.
+        let mut body = web::BytesMut::with_capacity(declared.unwrap_or(0));
         while let Some(chunk) = payload.next().await {
             let chunk =
                 chunk.map_err(|e| ApiError::bad_request(format!("reading request body: {e}")))?;
@@ -252,56 +254,93 @@ pub fn parse_messages(body: &[u8], ndjson: bool) -> Result<Vec<(String, Value)>,
         .collect())
 }
 
-/// [`parse_messages`] plus each message's index / line number.
-fn parse_numbered(body: &[u8], ndjson: bool) -> Result<Vec<(usize, String, Value)>, ApiError> {
+/// Splits a body into messages as text, checked to be JSON objects (the same checks and
+/// errors as [`parse_messages`]) without building their trees: the engine reads what it needs
+/// from the text (see [`crate::engine::IngestItem::message`]). Each with its index / line.
+fn split_checked(body: &[u8], ndjson: bool) -> Result<Vec<(usize, String)>, ApiError> {
+    let (raws, array) = split(body, ndjson)?;
+    let mut out = Vec::with_capacity(raws.len());
+    for (index, raw) in raws {
+        // Array items were checked to be JSON by the split; other texts are checked here.
+        let valid = raw.starts_with('{')
+            && (array || serde_json::from_str::<serde::de::IgnoredAny>(raw).is_ok());
+        if !valid {
+            // The full parse names what is wrong, exactly as before.
+            check_message(index, raw, ndjson)?;
+        }
+        out.push((index, raw.to_string()));
+    }
+    Ok(out)
+}
+
+/// Each message's text with its index (array, from 0) or line (NDJSON, from 1).
+type Texts<'a> = Vec<(usize, &'a str)>;
+
+/// The messages' texts, and whether they came from a JSON array (whose split already checked
+/// each item is JSON).
+fn split(body: &[u8], ndjson: bool) -> Result<(Texts<'_>, bool), ApiError> {
     let text = std::str::from_utf8(body).map_err(|e| {
         ApiError::bad_request(format!(
             "request body is not valid UTF-8 (invalid byte at offset {})",
             e.valid_up_to()
         ))
     })?;
-    let raws: Vec<(usize, &str)> = if ndjson {
-        text.lines()
+    if ndjson {
+        let lines = text
+            .lines()
             .enumerate()
             .filter(|(_, l)| !l.trim().is_empty())
             .map(|(i, l)| (i + 1, l.trim()))
-            .collect()
+            .collect();
+        return Ok((lines, false));
+    }
+    let trimmed = text.trim_start();
+    if trimmed.is_empty() {
+        return Err(ApiError::bad_request(
+            "request body is empty; send a JSON object, a JSON array or NDJSON",
+        ));
+    }
+    if trimmed.starts_with('[') {
+        let items: Vec<&RawValue> = serde_json::from_str(text)
+            .map_err(|e| ApiError::bad_request(format!("request body is not valid JSON: {e}")))?;
+        Ok((
+            items.into_iter().map(|r| r.get()).enumerate().collect(),
+            true,
+        ))
     } else {
-        let trimmed = text.trim_start();
-        if trimmed.is_empty() {
-            return Err(ApiError::bad_request(
-                "request body is empty; send a JSON object, a JSON array or NDJSON",
-            ));
-        }
-        if trimmed.starts_with('[') {
-            let items: Vec<&RawValue> = serde_json::from_str(text).map_err(|e| {
-                ApiError::bad_request(format!("request body is not valid JSON: {e}"))
-            })?;
-            items.into_iter().map(|r| r.get()).enumerate().collect()
-        } else {
-            vec![(0, text.trim())]
-        }
-    };
+        Ok((vec![(0, text.trim())], false))
+    }
+}
+
+/// Parses one message, which must be a JSON object; the error names it.
+fn check_message(index: usize, raw: &str, ndjson: bool) -> Result<Value, ApiError> {
+    let what = if ndjson { "line" } else { "message" };
+    let value: Value = serde_json::from_str(raw).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_message",
+            format!("{what} {index}: not valid JSON: {e}"),
+        )
+    })?;
+    if !value.is_object() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_message",
+            format!(
+                "{what} {index}: expected a JSON object, got {}",
+                s2sink_core::envelope::json_type(&value)
+            ),
+        ));
+    }
+    Ok(value)
+}
+
+/// [`parse_messages`] plus each message's index / line number.
+fn parse_numbered(body: &[u8], ndjson: bool) -> Result<Vec<(usize, String, Value)>, ApiError> {
+    let (raws, _) = split(body, ndjson)?;
     let mut out = Vec::with_capacity(raws.len());
     for (index, raw) in raws {
-        let what = if ndjson { "line" } else { "message" };
-        let value: Value = serde_json::from_str(raw).map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_message",
-                format!("{what} {index}: not valid JSON: {e}"),
-            )
-        })?;
-        if !value.is_object() {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_message",
-                format!(
-                    "{what} {index}: expected a JSON object, got {}",
-                    s2sink_core::envelope::json_type(&value)
-                ),
-            ));
-        }
+        let value = check_message(index, raw, ndjson)?;
         out.push((index, raw.to_string(), value));
     }
     Ok(out)
@@ -371,13 +410,13 @@ fn process(job: Job) -> Result<Answer, ApiError> {
         fingerprint: fingerprint(kind, group.as_deref(), &body),
     });
     let ndjson = kind == BodyKind::Ndjson;
-    let messages = parse_numbered(&body, ndjson)?;
+    let messages = split_checked(&body, ndjson)?;
     drop(body);
-    let numbers: Vec<usize> = messages.iter().map(|(n, _, _)| *n).collect();
+    let numbers: Vec<usize> = messages.iter().map(|(n, _)| *n).collect();
     let items: Vec<IngestItem> = messages
         .into_iter()
-        .map(|(_, raw, message)| IngestItem {
-            message,
+        .map(|(_, raw)| IngestItem {
+            message: Value::Null,
             raw: Some(raw),
             group: group.clone(),
         })
@@ -513,6 +552,35 @@ mod tests {
         assert_eq!(arr[1].0, r#"{"b":18446744073709551616}"#);
         let nd = parse_messages(b"{\"a\":1}\n\n{\"a\":2}\n", true).unwrap();
         assert_eq!(nd.len(), 2);
+    }
+
+    #[test]
+    fn the_text_split_checks_and_answers_like_the_full_parse() {
+        let bodies: [(&[u8], bool); 12] = [
+            (br#"{"a":1}"#, false),
+            (br#"  {"a":1}  "#, false),
+            (br#"[{"a":1}, {"b":18446744073709551616}]"#, false),
+            (b"{\"a\":1}\n\n{\"a\":2}\n", true),
+            (br#"[{"a":1}, 5]"#, false),
+            (b"{\"a\":1}\n{oops", true),
+            (b"{\"a\":1} x\n", true),
+            (b"5\n", true),
+            (b"{\"a\":1}{", false),
+            (b"\xff\xfe", false),
+            (b"[", false),
+            (b"", false),
+        ];
+        for (body, ndjson) in bodies {
+            let full = parse_numbered(body, ndjson)
+                .map(|v| {
+                    v.into_iter()
+                        .map(|(i, raw, _)| (i, raw))
+                        .collect::<Vec<_>>()
+                })
+                .map_err(|e| (e.status, e.code, e.message));
+            let split = split_checked(body, ndjson).map_err(|e| (e.status, e.code, e.message));
+            assert_eq!(split, full, "{:?}", String::from_utf8_lossy(body));
+        }
     }
 
     #[test]

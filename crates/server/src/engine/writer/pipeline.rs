@@ -22,6 +22,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::Ordering::{self, Relaxed};
+use std::sync::Arc;
 
 use s2sink_client::{AppendAck, AppendInput, AppendRecord, S2Error, BATCH_JSON_OVERHEAD};
 use s2sink_core::ErrorClass;
@@ -37,7 +38,10 @@ use super::{Failure, RunError, Submission, WriterCtx, MARKER_INTERVAL};
 
 /// One append sent and not yet applied.
 struct InFlight {
+    /// Its runs; their records were moved into `input` (see [`InFlight::take_subs`]).
     subs: Vec<Submission>,
+    /// The append as sent, shared with its task: the records are not copied per append.
+    input: Arc<AppendInput>,
     dids: Vec<DeliveryId>,
     /// The `match_seq_num` it was sent with: where it lands if it lands.
     start: u64,
@@ -46,6 +50,20 @@ struct InFlight {
     sent_behind: bool,
     started: Instant,
     handle: JoinHandle<Result<AppendAck, S2Error>>,
+}
+
+impl InFlight {
+    /// Its runs with their records back (copied from the append; only after a failure, when
+    /// they may be sent again).
+    fn take_subs(self) -> Vec<Submission> {
+        let mut records = self.input.records.iter();
+        let mut subs = self.subs;
+        for s in &mut subs {
+            s.run.records = records.by_ref().take(s.run.ids.len()).cloned().collect();
+        }
+        debug_assert!(records.next().is_none(), "one record per id");
+        subs
+    }
 }
 
 /// Why an append in flight did not succeed.
@@ -285,9 +303,11 @@ impl Writer<'_> {
             .state
             .next_seq
             .expect("prepare leaves the tail known; appends in flight keep it known");
+        // Moved, not copied: only a failed append gives them back to its runs (`take_subs`).
+        let mut subs = subs;
         let records: Vec<AppendRecord> = subs
-            .iter()
-            .flat_map(|s| s.run.records.iter().cloned())
+            .iter_mut()
+            .flat_map(|s| std::mem::take(&mut s.run.records))
             .collect();
         let dids: Vec<DeliveryId> = subs
             .iter()
@@ -304,11 +324,11 @@ impl Writer<'_> {
             .await
             .expect("the in-flight byte budget is never closed");
         let n = records.len() as u64;
-        let input = AppendInput {
+        let input = Arc::new(AppendInput {
             records,
             match_seq_num: Some(start),
             fencing_token: None,
-        };
+        });
         // One span per append: sink, stream, records, outcome (never payloads or tokens).
         let span = tracing::info_span!(
             "append",
@@ -317,14 +337,15 @@ impl Writer<'_> {
             records = n,
             start,
         );
-        let (io, basin, stream) = (
+        let (io, basin, stream, sent) = (
             ctx.io.clone(),
             ctx.route.basin.clone(),
             ctx.route.stream.clone(),
+            input.clone(),
         );
         let handle = actix_rt::spawn(
             async move {
-                let r = io.append(&basin, &stream, &input).await;
+                let r = io.append(&basin, &stream, &sent).await;
                 drop(permit);
                 r
             }
@@ -334,6 +355,7 @@ impl Writer<'_> {
         let sent_behind = !self.inflight.is_empty();
         self.inflight.push_back(InFlight {
             subs,
+            input,
             dids,
             start,
             sent_behind,
@@ -460,7 +482,7 @@ impl Writer<'_> {
                 reject(s, reply.clone());
             }
         }
-        let subs = first.subs;
+        let subs = first.take_subs();
         match found {
             Some(Err(rf)) => {
                 // Cannot read the stream: a conflict reports the read error; an uncertain
