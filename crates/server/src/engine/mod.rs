@@ -58,6 +58,7 @@ pub use stats::{Histogram, SinkStats};
 pub use supervisor::{
     AllGroupsReady, GetShardInfo, GroupsReady, LiveGroups, ShardInfo, Supervisor,
 };
+pub use view::valid_json;
 pub use writer::{
     our_delivery_id, our_id, Failure, HEADER_ID, HEADER_IDEMPOTENCY_KEY, HEADER_SINK,
 };

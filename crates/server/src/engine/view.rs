@@ -12,7 +12,7 @@ use std::borrow::Cow;
 use std::fmt;
 
 use s2sink_core::envelope::{Envelope, Metadata};
-use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -60,6 +60,60 @@ pub fn light_envelope(raw: &str, with_record: bool) -> Option<(Envelope, Option<
     Some((envelope, group_id))
 }
 
+/// Whether `raw` is exactly one JSON value that a `serde_json::Value` parse accepts (the same
+/// parser paths: numbers in range, escapes and surrogates, the nesting limit), without
+/// building it: strings are visited in place, nothing is kept.
+pub fn valid_json(raw: &str) -> bool {
+    serde_json::from_str::<Valid>(raw).is_ok()
+}
+
+/// Any JSON value, checked as [`Value`] would be and dropped.
+struct Valid;
+
+impl<'de> Deserialize<'de> for Valid {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Valid;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Valid, E> {
+                Ok(Valid)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Valid, E> {
+                Ok(Valid)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Valid, E> {
+                Ok(Valid)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Valid, E> {
+                Ok(Valid)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Valid, E> {
+                Ok(Valid)
+            }
+            fn visit_unit<E>(self) -> Result<Valid, E> {
+                Ok(Valid)
+            }
+            fn visit_none<E>(self) -> Result<Valid, E> {
+                Ok(Valid)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Valid, A::Error> {
+                while seq.next_element::<Valid>()?.is_some() {}
+                Ok(Valid)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Valid, A::Error> {
+                while map.next_key::<Valid>()?.is_some() {
+                    map.next_value::<Valid>()?;
+                }
+                Ok(Valid)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 /// The top level: must be an object; the three fields kept as raw text, the rest skipped.
 #[derive(Default)]
 struct Top<'a> {
@@ -85,8 +139,9 @@ impl<'de> Deserialize<'de> for Top<'de> {
                         "action" => top.action = Some(map.next_value()?),
                         "record" => top.record = Some(map.next_value()?),
                         "metadata" => top.metadata = Some(map.next_value()?),
+                        // Checked as a tree parse would (numbers, escapes, nesting).
                         _ => {
-                            map.next_value::<IgnoredAny>()?;
+                            map.next_value::<Valid>()?;
                         }
                     }
                 }
@@ -187,6 +242,24 @@ mod tests {
                 );
             }
         }
+        // Deep nesting is the full path's to refuse (its tree parse has a depth limit).
+        let deep = format!("{{\"a\":{}{}}}", "[".repeat(200), "]".repeat(200));
+        assert!(light_envelope(&deep, false).is_none());
+        assert!(full(&deep).is_err());
+        for bad in [
+            r#"{"n":1e400}"#,
+            r#"{"s":"\ud800"}"#,
+            r#"{"a":1"#,
+            r#"{"a":1} x"#,
+        ] {
+            assert!(!valid_json(bad), "{bad}");
+            assert!(light_envelope(bad, false).is_none(), "{bad}");
+            assert!(full(bad).is_err(), "{bad}");
+        }
+        assert!(!valid_json(&deep));
+        assert!(valid_json(
+            r#"{"n":18446744073709551616,"s":"\ud83d\ude00","a":[null,true,-1,1.5]}"#
+        ));
         // The usual message takes the light path.
         assert!(light_envelope(cases[0], false).is_some());
         assert!(light_envelope(cases[2], true).is_some());

@@ -258,12 +258,12 @@ pub fn parse_messages(body: &[u8], ndjson: bool) -> Result<Vec<(String, Value)>,
 /// errors as [`parse_messages`]) without building their trees: the engine reads what it needs
 /// from the text (see [`crate::engine::IngestItem::message`]). Each with its index / line.
 fn split_checked(body: &[u8], ndjson: bool) -> Result<Vec<(usize, String)>, ApiError> {
-    let (raws, array) = split(body, ndjson)?;
+    let raws = split(body, ndjson)?;
     let mut out = Vec::with_capacity(raws.len());
     for (index, raw) in raws {
-        // Array items were checked to be JSON by the split; other texts are checked here.
-        let valid = raw.starts_with('{')
-            && (array || serde_json::from_str::<serde::de::IgnoredAny>(raw).is_ok());
+        // Checked as a tree parse checks (numbers in range, escapes, the nesting limit; the
+        // split's own skipping pass checks none of these), without building the tree.
+        let valid = raw.starts_with('{') && crate::engine::valid_json(raw);
         if !valid {
             // The full parse names what is wrong, exactly as before.
             check_message(index, raw, ndjson)?;
@@ -276,9 +276,8 @@ fn split_checked(body: &[u8], ndjson: bool) -> Result<Vec<(usize, String)>, ApiE
 /// Each message's text with its index (array, from 0) or line (NDJSON, from 1).
 type Texts<'a> = Vec<(usize, &'a str)>;
 
-/// The messages' texts, and whether they came from a JSON array (whose split already checked
-/// each item is JSON).
-fn split(body: &[u8], ndjson: bool) -> Result<(Texts<'_>, bool), ApiError> {
+/// The messages' texts (array items are checked to be JSON by the split, nothing more).
+fn split(body: &[u8], ndjson: bool) -> Result<Texts<'_>, ApiError> {
     let text = std::str::from_utf8(body).map_err(|e| {
         ApiError::bad_request(format!(
             "request body is not valid UTF-8 (invalid byte at offset {})",
@@ -292,7 +291,7 @@ fn split(body: &[u8], ndjson: bool) -> Result<(Texts<'_>, bool), ApiError> {
             .filter(|(_, l)| !l.trim().is_empty())
             .map(|(i, l)| (i + 1, l.trim()))
             .collect();
-        return Ok((lines, false));
+        return Ok(lines);
     }
     let trimmed = text.trim_start();
     if trimmed.is_empty() {
@@ -303,12 +302,9 @@ fn split(body: &[u8], ndjson: bool) -> Result<(Texts<'_>, bool), ApiError> {
     if trimmed.starts_with('[') {
         let items: Vec<&RawValue> = serde_json::from_str(text)
             .map_err(|e| ApiError::bad_request(format!("request body is not valid JSON: {e}")))?;
-        Ok((
-            items.into_iter().map(|r| r.get()).enumerate().collect(),
-            true,
-        ))
+        Ok(items.into_iter().map(|r| r.get()).enumerate().collect())
     } else {
-        Ok((vec![(0, text.trim())], false))
+        Ok(vec![(0, text.trim())])
     }
 }
 
@@ -337,7 +333,7 @@ fn check_message(index: usize, raw: &str, ndjson: bool) -> Result<Value, ApiErro
 
 /// [`parse_messages`] plus each message's index / line number.
 fn parse_numbered(body: &[u8], ndjson: bool) -> Result<Vec<(usize, String, Value)>, ApiError> {
-    let (raws, _) = split(body, ndjson)?;
+    let raws = split(body, ndjson)?;
     let mut out = Vec::with_capacity(raws.len());
     for (index, raw) in raws {
         let value = check_message(index, raw, ndjson)?;
@@ -570,7 +566,17 @@ mod tests {
             (b"[", false),
             (b"", false),
         ];
-        for (body, ndjson) in bodies {
+        let deep = format!("{{\"a\":{}{}}}", "[".repeat(10_000), "]".repeat(10_000));
+        let deep_array = format!("[{deep}]");
+        let more: [(&[u8], bool); 6] = [
+            (deep.as_bytes(), false),
+            (deep.as_bytes(), true),
+            (deep_array.as_bytes(), false),
+            (br#"{"n": 1e400}"#, false),
+            (br#"[{"n": 1e400}]"#, false),
+            (br#"{"s": "\ud800"}"#, true),
+        ];
+        for (body, ndjson) in bodies.into_iter().chain(more) {
             let full = parse_numbered(body, ndjson)
                 .map(|v| {
                     v.into_iter()
