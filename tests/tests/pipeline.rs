@@ -158,8 +158,9 @@ async fn one_append_in_flight_is_still_one() {
     assert_eq!(wire_max, 1);
 }
 
-/// Two groups, five messages each, appends of five records: one run per append, so group A's
-/// run is append k and group B's is append k+1, sent while k is still in flight.
+/// Two groups, five messages each, appends of five records: one run per append, so one
+/// group's run is append k and the other's is append k+1, sent while k is still in flight.
+/// `faults[i]` applies to the append at chain position i (match_seq_num 5·i), once.
 async fn two_groups_behind_a_fault(
     name: &'static str,
     faults: Vec<Fault>,
@@ -173,7 +174,21 @@ async fn two_groups_behind_a_fault(
         s.max_retry_count = Some(1);
     })
     .await;
-    rig.proxy.push_faults(faults);
+    // Faults go by the append's place in the chain (its `match_seq_num`: 0 for k, 5 for k+1),
+    // not by arrival order: k and k+1 travel on two connections, and k+1 may reach the proxy
+    // first. Each fault applies once; resends pass.
+    let by_position = std::sync::Mutex::new(
+        faults
+            .into_iter()
+            .enumerate()
+            .map(|(i, f)| (5 * i as u64, f))
+            .collect::<HashMap<u64, Fault>>(),
+    );
+    rig.proxy.set_policy(move |info| {
+        info.match_seq_num
+            .and_then(|m| by_position.lock().unwrap().remove(&m))
+            .unwrap_or(Fault::Pass)
+    });
     let mut items = Vec::new();
     for seq in 0..5 {
         items.push((1, seq));
