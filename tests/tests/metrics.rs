@@ -242,6 +242,8 @@ async fn metrics_parse_as_prometheus_text_and_openmetrics_and_count_what_was_app
             ("s2sink_append_latency_ms", "histogram"),
             ("s2sink_batch_records", "histogram"),
             ("s2sink_queue_disk_bytes", "gauge"),
+            ("s2sink_held_bytes", "gauge"),
+            ("s2sink_held_bytes_budget", "gauge"),
             ("process_resident_memory_bytes", "gauge"),
             ("process_cpu_seconds", "counter"),
         ];
@@ -344,6 +346,10 @@ async fn metrics_parse_as_prometheus_text_and_openmetrics_and_count_what_was_app
             );
         }
         assert!(v("s2sink_queue_disk_bytes", "s2sink_queue_disk_bytes", &[]) > 0.0);
+        // The default budget; what is held stays within it.
+        let budget = v("s2sink_held_bytes_budget", "s2sink_held_bytes_budget", &[]);
+        assert_eq!(budget, 64.0 * 1024.0 * 1024.0);
+        assert!(v("s2sink_held_bytes", "s2sink_held_bytes", &[]) <= budget);
         assert!(
             v(
                 "process_resident_memory_bytes",

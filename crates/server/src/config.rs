@@ -68,6 +68,9 @@ pub struct ServerSection {
     /// Bytes of appends in flight at once across every sink and stream (default 64 MiB); a
     /// stream writer waits for room before sending, so pipelined appends bound memory.
     pub max_in_flight_bytes: u64,
+    /// Payload bytes group actors hold at once across every sink (default 64 MiB): read
+    /// from the queue and not yet delivered. Bounds memory whatever the backlog.
+    pub max_held_bytes: u64,
     /// Engine threads: group actors and stream writers are spread over this many (each with
     /// a supervisor shard per sink); unset = the number of cores.
     pub engine_threads: Option<usize>,
@@ -90,6 +93,7 @@ impl Default for ServerSection {
             ingest_queue_timeout_ms: 2_000,
             idempotency_max_keys: 1_000_000,
             max_in_flight_bytes: crate::engine::DEFAULT_MAX_IN_FLIGHT_BYTES,
+            max_held_bytes: crate::engine::DEFAULT_MAX_HELD_BYTES,
             engine_threads: None,
         }
     }
@@ -112,6 +116,7 @@ impl std::fmt::Debug for ServerSection {
             .field("ingest_queue_timeout_ms", &self.ingest_queue_timeout_ms)
             .field("idempotency_max_keys", &self.idempotency_max_keys)
             .field("max_in_flight_bytes", &self.max_in_flight_bytes)
+            .field("max_held_bytes", &self.max_held_bytes)
             .field("engine_threads", &self.engine_threads)
             .finish()
     }
@@ -379,7 +384,7 @@ fn source_config(
 
 /// Limits that make no sense at zero are refused (zero would refuse every request or hang).
 fn validate_server_limits(server: &ServerSection) -> Result<(), ServerError> {
-    let positive: [(&str, u64); 9] = [
+    let positive: [(&str, u64); 10] = [
         ("server.max_pending", server.max_pending.unwrap_or(1)),
         ("server.max_body_bytes", server.max_body_bytes as u64),
         ("server.body_timeout_ms", server.body_timeout_ms),
@@ -397,6 +402,7 @@ fn validate_server_limits(server: &ServerSection) -> Result<(), ServerError> {
             server.idempotency_max_keys as u64,
         ),
         ("server.max_in_flight_bytes", server.max_in_flight_bytes),
+        ("server.max_held_bytes", server.max_held_bytes),
         (
             "server.engine_threads",
             server.engine_threads.unwrap_or(1) as u64,
@@ -808,6 +814,7 @@ endpoint = "http://127.0.0.1:8080"
             "max_concurrent_ingest",
             "ingest_queue_timeout_ms",
             "max_in_flight_bytes",
+            "max_held_bytes",
             "engine_threads",
         ] {
             let e = err(&OK.replace("[server]", &format!("[server]\n{key} = 0")));

@@ -121,6 +121,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Ser
         EngineOptions {
             max_pending: server_cfg.max_pending,
             max_in_flight_bytes: Some(server_cfg.max_in_flight_bytes),
+            max_held_bytes: Some(server_cfg.max_held_bytes),
             threads: server_cfg.engine_threads,
             ..Default::default()
         },

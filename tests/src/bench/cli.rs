@@ -81,6 +81,11 @@ pub struct Cli {
     #[arg(long, value_name = "TOML")]
     pub sink_option: Vec<String>,
 
+    /// Extra `key = value` TOML line for the server config's `[server]` table (repeatable),
+    /// e.g. `--server-option 'max_held_bytes = 16777216'`.
+    #[arg(long, value_name = "TOML")]
+    pub server_option: Vec<String>,
+
     /// Recovery mode: fill the queue with N messages while delivery is throttled, SIGKILL the
     /// server, restart it normally and time healthy / first new record / drained.
     #[arg(long, value_name = "N", conflicts_with_all = ["rate", "find_max"])]
@@ -136,6 +141,7 @@ pub struct Opts {
     pub server_bin: Option<PathBuf>,
     pub live_groups: Option<u64>,
     pub sink_options: Vec<String>,
+    pub server_options: Vec<String>,
     pub restart_pending: Option<u64>,
     pub find_max: bool,
     pub start_rate: u64,
@@ -201,6 +207,7 @@ impl From<Cli> for Opts {
             server_bin: c.server_bin,
             live_groups: c.live_groups,
             sink_options: c.sink_option,
+            server_options: c.server_option,
             restart_pending: c.restart_pending,
             find_max: c.find_max,
             start_rate: c.start_rate,

@@ -133,9 +133,15 @@ pub async fn start(o: &Opts) -> Result<Env, String> {
 
 /// The server config: one sink `bench` to `STREAM`, plus `extra` lines in the sink's table.
 pub fn server_config(o: &Opts, env: &Env, extra: &str) -> String {
-    let mut c = format!(
-        "[server]\nlisten = \"127.0.0.1:{{port}}\"\ndata_dir = \"data\"\nmax_pending = 5000000\n\n\
-         [[sinks]]\nname = \"{SINK}\"\nbasin = \"{}\"\nstream = \"{STREAM}\"\nendpoint = \"{}\"\n",
+    let mut c = String::from(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"data\"\nmax_pending = 5000000\n",
+    );
+    for line in &o.server_options {
+        c.push_str(line);
+        c.push('\n');
+    }
+    c += &format!(
+        "\n[[sinks]]\nname = \"{SINK}\"\nbasin = \"{}\"\nstream = \"{STREAM}\"\nendpoint = \"{}\"\n",
         env.basin,
         env.lite.endpoint()
     );

@@ -86,11 +86,22 @@ pub async fn deliver_group(local: &SinkLocal, group: &GroupRef) -> GroupOutcome 
         // With pipelining, read enough for a second run behind the first.
         let lookahead = settings.batch.max_appends_in_flight > 1;
         let reads = if lookahead { 2 } else { 1 };
+        // Room in the engine-wide budget of held payload bytes first, for as much as the read
+        // may return (at most a quarter of the budget, so several groups read at once even
+        // with a small one); then only what it did return stays taken, until this run is
+        // settled (dropped at the end of the iteration, with the messages and the writer's
+        // copy). A head larger than that is still read whole: a group always moves.
+        let budget = local.held_budget();
+        let want = (limits.max_metered_bytes as usize * reads).min(budget.capacity() / 4);
+        let mut held = budget.take(want).await;
+        if shared.is_stopping() {
+            return GroupOutcome::Stopped;
+        }
         let all = match shared.queue.head_run(
             &shared.name,
             group,
             settings.batch.max_run_records * reads,
-            limits.max_metered_bytes as usize * reads,
+            held.bytes(),
         ) {
             Ok(m) => m,
             Err(e) => {
@@ -98,6 +109,7 @@ pub async fn deliver_group(local: &SinkLocal, group: &GroupRef) -> GroupOutcome 
                 return GroupOutcome::Stopped;
             }
         };
+        held.keep(all.iter().map(|m| m.payload.len()).sum());
         // `msgs`: what the first run is planned from; `all`: also what lies behind it.
         let (msgs, all) = if lookahead && all.len() > settings.batch.max_run_records {
             (all[..settings.batch.max_run_records].to_vec(), all)

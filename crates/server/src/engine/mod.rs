@@ -19,6 +19,7 @@
 //! # let _ = ids; Ok(()) }
 //! ```
 
+mod budget;
 mod clock;
 mod dead_letter;
 mod group;
@@ -47,6 +48,7 @@ use s2sink_queue::{
 use s2sink_transform::Functions;
 use serde_json::Value;
 
+pub use budget::{ByteBudget, Held};
 pub use clock::Clock;
 pub use group::{deliver_group, GroupDone, GroupOutcome};
 pub use io::{BoxFuture, StreamIo};
@@ -128,10 +130,17 @@ pub struct EngineOptions {
     /// `Some(1)` runs everything on the arbiter that calls [`Engine::start`] and starts no
     /// thread (tests with paused tokio time need that). `None` = the number of cores.
     pub threads: Option<usize>,
+    /// Payload bytes group actors hold at once across every sink (read from the queue, not
+    /// yet delivered or failed); a group waits for room before reading its head. Bounds
+    /// memory whatever the backlog. `None` = [`DEFAULT_MAX_HELD_BYTES`].
+    pub max_held_bytes: Option<u64>,
 }
 
 /// Default engine-wide in-flight append budget: 64 MiB.
 pub const DEFAULT_MAX_IN_FLIGHT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Default engine-wide budget of payload bytes held by group actors: 64 MiB.
+pub const DEFAULT_MAX_HELD_BYTES: u64 = 64 * 1024 * 1024;
 
 /// A running engine. Cheap to share across threads (`Arc` inside); created inside an actix
 /// System. Dropping the last handle stops the engine's threads.
@@ -145,6 +154,7 @@ pub struct Engine {
     queue: Queue,
     max_pending: Option<u64>,
     stopping: Arc<AtomicBool>,
+    held: ByteBudget,
 }
 
 fn exit_on_fatal(e: &QueueError) {
@@ -169,13 +179,12 @@ impl Engine {
         let mut map = BTreeMap::new();
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let function_slots = Arc::new(tokio::sync::Semaphore::new(cores));
-        // KiB permits; at least one maximal append (2 MiB JSON) must fit.
-        let budget_kib = (options
-            .max_in_flight_bytes
-            .unwrap_or(DEFAULT_MAX_IN_FLIGHT_BYTES)
-            / 1024)
-            .clamp(1, u32::MAX as u64 / 2) as u32;
-        let budget = Arc::new(tokio::sync::Semaphore::new(budget_kib as usize));
+        let in_flight = ByteBudget::new(
+            options
+                .max_in_flight_bytes
+                .unwrap_or(DEFAULT_MAX_IN_FLIGHT_BYTES),
+        );
+        let held = ByteBudget::new(options.max_held_bytes.unwrap_or(DEFAULT_MAX_HELD_BYTES));
         for settings in sinks {
             let name = settings.name.clone();
             if map.contains_key(&name) {
@@ -217,10 +226,10 @@ impl Engine {
             stopping.clone(),
         ));
         let homes = threads.homes.clone();
-        let limits = sink::WriterLimits {
+        let limits = sink::EngineLimits {
             idle: options.writer_idle.unwrap_or(writer::IDLE),
-            budget,
-            budget_kib,
+            in_flight,
+            held: held.clone(),
         };
         let mut supervisors = BTreeMap::new();
         for (name, shared) in &map {
@@ -249,6 +258,7 @@ impl Engine {
             queue,
             max_pending: options.max_pending,
             stopping,
+            held,
         })
     }
 
@@ -297,6 +307,12 @@ impl Engine {
     /// True once shutdown began.
     pub fn is_stopping(&self) -> bool {
         self.stopping.load(Relaxed)
+    }
+
+    /// The budget of payload bytes group actors hold (`EngineOptions::max_held_bytes`):
+    /// what is held now and the most held at once, for metrics and tests.
+    pub fn held_budget(&self) -> &ByteBudget {
+        &self.held
     }
 
     /// The durable queue.

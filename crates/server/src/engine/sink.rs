@@ -143,21 +143,28 @@ pub struct SinkLocal {
     /// had an unknown outcome there and no read-back of that stream has settled it yet.
     /// `None` = not known which (after a restart): every stream with a mark of this sink.
     uncertain: RefCell<HashMap<MessageId, Option<Route>>>,
-    writer_limits: WriterLimits,
+    limits: EngineLimits,
     /// Where stream writers run.
     homes: Homes,
 }
 
+impl SinkLocal {
+    /// The engine-wide budget of payload bytes group actors hold.
+    pub fn held_budget(&self) -> &super::ByteBudget {
+        &self.limits.held
+    }
+}
+
 /// What every stream writer of the engine shares: how long an idle one lives, and the
-/// engine-wide in-flight append byte budget.
+/// engine-wide byte budgets.
 #[derive(Clone)]
-pub(crate) struct WriterLimits {
+pub(crate) struct EngineLimits {
     /// `EngineOptions::writer_idle`.
     pub idle: std::time::Duration,
-    /// KiB permits, shared by every sink.
-    pub budget: Arc<tokio::sync::Semaphore>,
-    /// The budget's size in KiB.
-    pub budget_kib: u32,
+    /// JSON bytes of appends in flight (`EngineOptions::max_in_flight_bytes`).
+    pub in_flight: super::ByteBudget,
+    /// Payload bytes group actors hold (`EngineOptions::max_held_bytes`).
+    pub held: super::ByteBudget,
 }
 
 impl SinkLocal {
@@ -166,7 +173,7 @@ impl SinkLocal {
         clock: Clock,
         on_fatal: FatalHook,
         function_slots: Arc<tokio::sync::Semaphore>,
-        writer_limits: WriterLimits,
+        limits: EngineLimits,
         homes: Homes,
     ) -> SinkLocal {
         SinkLocal {
@@ -175,7 +182,7 @@ impl SinkLocal {
             on_fatal,
             function_slots,
             uncertain: RefCell::new(HashMap::new()),
-            writer_limits,
+            limits,
             homes,
         }
     }
@@ -214,13 +221,12 @@ impl SinkLocal {
             clock: self.clock,
             on_fatal: self.on_fatal.clone(),
             generation,
-            idle: self.writer_limits.idle,
+            idle: self.limits.idle,
             max_in_flight: settings
                 .batch
                 .max_appends_in_flight
                 .clamp(1, super::settings::MAX_APPENDS_IN_FLIGHT),
-            budget: self.writer_limits.budget.clone(),
-            budget_kib: self.writer_limits.budget_kib,
+            budget: self.limits.in_flight.clone(),
         };
         let w = spawn_writer(ctx, |start| self.homes.run_on(home, start));
         writers.insert(route.clone(), w.clone());

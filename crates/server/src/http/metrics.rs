@@ -218,6 +218,8 @@ struct Snapshot {
     sinks: Vec<SinkValues>,
     sources: Vec<super::sources::SourceView>,
     queue_disk_bytes: Option<u64>,
+    /// Payload bytes group actors hold now, and the budget (`server.max_held_bytes`).
+    held_bytes: (u64, u64),
     process: ProcessValues,
 }
 
@@ -261,6 +263,10 @@ impl Snapshot {
             sinks,
             sources: state.source_views(),
             queue_disk_bytes: queue.size_on_disk().ok(),
+            held_bytes: {
+                let b = state.engine.held_budget();
+                (b.held() as u64, b.capacity() as u64)
+            },
             process: ProcessValues::read(),
         }
     }
@@ -456,6 +462,21 @@ impl Collector for Snapshot {
             )?
             .encode_gauge(&bytes)?;
         }
+        let (held, budget) = self.held_bytes;
+        enc.encode_descriptor(
+            "s2sink_held_bytes",
+            "Message bytes group actors hold now (read from the queue, not yet in S2), all sinks together.",
+            None,
+            MetricType::Gauge,
+        )?
+        .encode_gauge(&held)?;
+        enc.encode_descriptor(
+            "s2sink_held_bytes_budget",
+            "The most message bytes group actors may hold at once (server.max_held_bytes); at the budget, groups wait for room before reading.",
+            None,
+            MetricType::Gauge,
+        )?
+        .encode_gauge(&budget)?;
         if let Some(rss) = self.process.resident_memory_bytes {
             enc.encode_descriptor(
                 "process_resident_memory_bytes",

@@ -179,6 +179,10 @@ impl AppState {
                 old.max_in_flight_bytes != new.max_in_flight_bytes,
             ),
             (
+                "server.max_held_bytes",
+                old.max_held_bytes != new.max_held_bytes,
+            ),
+            (
                 "server.engine_threads",
                 old.engine_threads != new.engine_threads,
             ),

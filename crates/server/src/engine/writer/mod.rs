@@ -57,7 +57,7 @@ use std::time::Duration;
 use s2sink_client::{AppendRecord, BatchLimits, S2Error};
 use s2sink_core::{ErrorClass, LastError, Route};
 use s2sink_queue::{DeliveryId, Queue};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 
 use super::io::StreamIo;
 use super::stats::SinkStats;
@@ -207,10 +207,8 @@ pub struct WriterCtx {
     pub idle: Duration,
     /// Appends in flight at once on this stream (1..=16).
     pub max_in_flight: usize,
-    /// The engine-wide in-flight byte budget, in KiB permits (shared by every writer).
-    pub budget: Arc<Semaphore>,
-    /// The budget's size in KiB (one append never asks for more).
-    pub budget_kib: u32,
+    /// The engine-wide in-flight byte budget (shared by every writer).
+    pub budget: super::ByteBudget,
 }
 
 /// Starts a writer task: `place` runs the given start-up on the engine thread the writer

@@ -315,14 +315,8 @@ impl Writer<'_> {
             .collect();
         let json: usize =
             subs.iter().map(|s| s.run.json_bytes).sum::<usize>() + BATCH_JSON_OVERHEAD;
-        // The budget is counted in KiB; one append never needs more than the whole budget.
-        let kib = json.div_ceil(1024).clamp(1, ctx.budget_kib as usize) as u32;
-        let permit = ctx
-            .budget
-            .clone()
-            .acquire_many_owned(kib)
-            .await
-            .expect("the in-flight byte budget is never closed");
+        // One append never needs more than the whole budget (`ByteBudget::take`).
+        let permit = ctx.budget.take(json).await;
         let n = records.len() as u64;
         let input = Arc::new(AppendInput {
             records,
