@@ -63,6 +63,12 @@ fn open(path: &Path) -> Queue {
     {
         o.payload_cache_bytes = mb << 20;
     }
+    if let Some(mb) = std::env::var("QUEUE_BENCH_SLED_CACHE_MB")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        o.cache_capacity = mb << 20;
+    }
     Queue::open_with(path, o).unwrap()
 }
 
@@ -271,6 +277,43 @@ fn reopen(rt: &tokio::runtime::Runtime, total: usize, groups: u64) {
         start.elapsed(),
         mib(dir_size(dir.path()))
     );
+    println!("reopen   RSS before reopening {} MiB", rss_mib());
+    if std::env::var("QUEUE_BENCH_SLED_SCAN").is_ok() {
+        // Experiment: read every value straight from sled (same config as the queue's).
+        let db = sled::Config::new()
+            .path(dir.path().join("queue-v2"))
+            .cache_capacity(
+                std::env::var("QUEUE_BENCH_SLED_CACHE_MB")
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(64)
+                    << 20,
+            )
+            .segment_size(8 << 20)
+            .open()
+            .unwrap();
+        println!("sledscan opened; RSS {} MiB", rss_mib());
+        let mut bytes = 0usize;
+        for name in db.tree_names() {
+            for (i, kv) in db.open_tree(name).unwrap().iter().enumerate() {
+                bytes += kv.unwrap().1.len();
+                if std::env::var("QUEUE_BENCH_EBR_FLUSH").is_ok() && i % 64 == 0 {
+                    sled::pin().flush();
+                }
+            }
+        }
+        println!(
+            "sledscan read {} MiB of values; RSS {} MiB (peak {} MiB; anon {} MiB, file {} MiB)",
+            bytes >> 20,
+            rss_mib(),
+            peak_rss_mib(),
+            status_kib("RssAnon:") / 1024,
+            status_kib("RssFile:") / 1024
+        );
+        drop(db);
+        println!("sledscan dropped the db; RSS {} MiB", rss_mib());
+        return;
+    }
     let start = Instant::now();
     let q = open(dir.path());
     let opened = start.elapsed();
@@ -279,11 +322,24 @@ fn reopen(rt: &tokio::runtime::Runtime, total: usize, groups: u64) {
     let counts = q.counts(SINK);
     let t = q.open_times();
     println!(
-        "reopen   open {opened:.2?} (sled recovery {:.2?}, index rebuild {:.2?}), + pending_groups ({} groups) = {listed:.2?}; pending={}",
+        "reopen   open {opened:.2?} (sled recovery {:.2?}, index rebuild {:.2?}), + pending_groups ({} groups) = {listed:.2?}; pending={}; RSS {} MiB",
         t.recovery,
         t.rebuild,
         g.len(),
-        counts.pending
+        counts.pending,
+        rss_mib()
+    );
+    // Every group's head run once (what delivery reads first after a restart).
+    let start = Instant::now();
+    let mut read = 0usize;
+    for group in &g {
+        read += q.head_run(SINK, group, 1000, 1 << 20).unwrap().len();
+    }
+    println!(
+        "reopen   every group's head run ({read} msgs) {:.2?}; RSS {} MiB (peak {} MiB)",
+        start.elapsed(),
+        rss_mib(),
+        peak_rss_mib()
     );
     drop(q);
     let start = Instant::now();
@@ -346,6 +402,26 @@ fn dir_size(p: &Path) -> u64 {
             }
         })
         .sum()
+}
+
+/// The process's resident memory now (`VmRSS`), MiB.
+fn rss_mib() -> u64 {
+    status_kib("VmRSS:") / 1024
+}
+
+/// The process's peak resident memory (`VmHWM`), MiB.
+fn peak_rss_mib() -> u64 {
+    status_kib("VmHWM:") / 1024
+}
+
+fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with(field))?.to_string();
+            line[field.len()..].split_whitespace().next()?.parse().ok()
+        })
+        .unwrap_or(0)
 }
 
 fn mib(b: u64) -> String {

@@ -53,6 +53,13 @@ pub enum Keyed {
 /// that are not cached (its first message is always served).
 const READ_AMPLIFICATION: usize = 4;
 
+/// Chunk bodies one head run reads from sled at most (its first message is always served).
+/// A run is read on an engine thread: right after a restart, with nothing cached and a
+/// group's messages spread over a hundred chunks, one unbounded read took 15–70 ms and a
+/// few hundred of them delayed the stream writers on the same thread (and the first append)
+/// by most of a second. The chunks read stay cached for the groups that read next.
+const MAX_CHUNK_READS: usize = 8;
+
 /// What the sink's lock protects.
 pub struct State {
     pub meta: Meta,
@@ -673,8 +680,14 @@ impl Sink {
         // take more than `READ_AMPLIFICATION` times what it returns; the next run goes on
         // from there. Reads the cache keeps (older chunks: the delivery frontier) serve other
         // groups too and are not limited.
-        let (mut read, mut got) = (0usize, 0usize);
+        let (mut read, mut got, mut reads) = (0usize, 0usize, 0usize);
         for id in ids {
+            if Self::needs_read(st, id) {
+                if !out.is_empty() && reads == MAX_CHUNK_READS {
+                    break;
+                }
+                reads += 1;
+            }
             if let Some(cost) = Self::miss_cost(st, id) {
                 if !out.is_empty() && read + cost > READ_AMPLIFICATION * got {
                     break;
@@ -687,6 +700,19 @@ impl Sink {
             }
         }
         Ok(out)
+    }
+
+    /// Whether serving message `id` reads its chunk body from sled (not cached; a failed
+    /// message has its own key and is not counted).
+    fn needs_read(st: &State, id: u64) -> bool {
+        let Some(m) = st.index.msgs.get(&id) else {
+            return false;
+        };
+        !m.failed
+            && st
+                .index
+                .chunk_of(id)
+                .is_some_and(|(first, _)| st.index.cache.get(first).is_none())
     }
 
     /// Bytes of the sled read that serving message `id` needs when the cache will not keep

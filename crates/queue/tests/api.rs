@@ -401,3 +401,31 @@ fn fill_spread(rt: &tokio::runtime::Runtime, q: &Queue) {
         rt.block_on(q.enqueue("s", batch)).unwrap();
     }
 }
+
+/// Right after a reopen nothing is cached: a group spread over 20 chunks would read all 20
+/// bodies from sled in one head run (on an engine thread, delaying everything else there).
+/// A run reads at most 8 chunk bodies; those stay cached, so the next run serves them from
+/// memory and reads 8 more.
+#[test]
+fn a_head_run_reads_at_most_eight_chunk_bodies_from_sled() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    {
+        let q = Queue::open(dir.path()).unwrap();
+        fill_spread(&rt, &q);
+        // Cached at enqueue: the whole group in one run.
+        let g = GroupRef::from(GroupKey("g".into()));
+        assert_eq!(q.head_run("s", &g, 1000, usize::MAX).unwrap().len(), 20);
+    }
+    let q = Queue::open(dir.path()).unwrap();
+    let g = GroupRef::from(GroupKey("g".into()));
+    let first = q.head_run("s", &g, 1000, usize::MAX).unwrap();
+    assert_eq!(first.len(), 8, "one cold run reads 8 chunk bodies");
+    let second = q.head_run("s", &g, 1000, usize::MAX).unwrap();
+    assert_eq!(second.len(), 16, "8 served from the cache, 8 more read");
+    assert_eq!(
+        second[..8].iter().map(|m| m.id).collect::<Vec<_>>(),
+        first.iter().map(|m| m.id).collect::<Vec<_>>()
+    );
+    assert_eq!(q.head_run("s", &g, 1000, usize::MAX).unwrap().len(), 20);
+}

@@ -86,6 +86,11 @@ pub struct Cli {
     #[arg(long, value_name = "TOML")]
     pub server_option: Vec<String>,
 
+    /// Keep the server's log in this file (appended), with the engine's debug lines (each
+    /// append), to see where time goes.
+    #[arg(long, value_name = "PATH")]
+    pub server_log: Option<PathBuf>,
+
     /// Recovery mode: fill the queue with N messages while delivery is throttled, SIGKILL the
     /// server, restart it normally and time healthy / first new record / drained.
     #[arg(long, value_name = "N", conflicts_with_all = ["rate", "find_max"])]
@@ -142,6 +147,7 @@ pub struct Opts {
     pub live_groups: Option<u64>,
     pub sink_options: Vec<String>,
     pub server_options: Vec<String>,
+    pub server_log: Option<PathBuf>,
     pub restart_pending: Option<u64>,
     pub find_max: bool,
     pub start_rate: u64,
@@ -208,6 +214,7 @@ impl From<Cli> for Opts {
             live_groups: c.live_groups,
             sink_options: c.sink_option,
             server_options: c.server_option,
+            server_log: c.server_log,
             restart_pending: c.restart_pending,
             find_max: c.find_max,
             start_rate: c.start_rate,

@@ -34,7 +34,7 @@ struct Step {
 /// Runs the steps; returns whether the delivery was clean over all of them.
 pub async fn find_max(o: &Opts, env: &Env, rep: &mut Report) -> Result<bool, String> {
     let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
-    let server = setup::start_server(dir.path(), &setup::server_config(o, env, "")).await;
+    let server = setup::start_server(o, dir.path(), &setup::server_config(o, env, "")).await;
     let spid = server.pid();
     let client = env.lite.client();
     let mut reader = StreamReader::new(&env.basin, STREAM);

@@ -28,7 +28,7 @@ pub async fn restart_with_pending(
         env,
         "max_live_groups = 1\n[sinks.batch]\nmax_records = 1\nlinger_ms = 100\n",
     );
-    let mut server = setup::start_server(dir.path(), &slow).await;
+    let mut server = setup::start_server(o, dir.path(), &slow).await;
     let spec = o.load_spec(&server.url, 0, 7);
     let per_lane = n.div_ceil(o.producers as u64);
     eprintln!("filling {} messages", per_lane * o.producers as u64);
@@ -43,7 +43,7 @@ pub async fn restart_with_pending(
         .seq_num;
 
     let restart = Instant::now();
-    let server = setup::start_server(dir.path(), &normal).await;
+    let server = setup::start_server(o, dir.path(), &normal).await;
     let spid = server.pid();
     let c0 = CpuSnapshot::take(spid, env.lite_pid);
     let healthy_secs = restart.elapsed().as_secs_f64();

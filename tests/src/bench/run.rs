@@ -14,7 +14,7 @@ use super::verify::{check, Latency, StreamReader};
 /// Runs one closed- or open-loop measurement; returns whether the delivery was clean.
 pub async fn run(o: &Opts, env: &Env, rep: &mut Report) -> Result<bool, String> {
     let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
-    let server = setup::start_server(dir.path(), &setup::server_config(o, env, "")).await;
+    let server = setup::start_server(o, dir.path(), &setup::server_config(o, env, "")).await;
     let spid = server.pid();
     let spec = o.load_spec(&server.url, 0, 1);
     let duration = Duration::from_secs_f64(o.duration);

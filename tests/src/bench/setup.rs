@@ -156,9 +156,23 @@ pub fn server_config(o: &Opts, env: &Env, extra: &str) -> String {
     c
 }
 
-/// Starts the server with `config` in `dir`.
-pub async fn start_server(dir: &std::path::Path, config: &str) -> ServerProcess {
-    ServerProcess::start(dir, config, &[]).await
+/// Starts the server with `config` in `dir`; with `--server-log`, its log (engine at debug)
+/// goes to that file through a link, so it outlives the temporary directory.
+pub async fn start_server(o: &Opts, dir: &std::path::Path, config: &str) -> ServerProcess {
+    let Some(keep) = &o.server_log else {
+        return ServerProcess::start(dir, config, &[]).await;
+    };
+    let link = dir.join("server.log");
+    if !link.exists() {
+        let keep = std::path::absolute(keep).expect("--server-log path");
+        std::os::unix::fs::symlink(keep, &link).expect("link the server log");
+    }
+    ServerProcess::start(
+        dir,
+        config,
+        &[("RUST_LOG", "info,s2sink_server::engine=debug")],
+    )
+    .await
 }
 
 /// Polls the sink's pending count every 100 ms until it is 0 or `timeout` passes.

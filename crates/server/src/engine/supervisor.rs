@@ -68,7 +68,16 @@ pub struct Supervisor {
     counted: u64,
     /// Group actors started (see [`ShardInfo`]).
     started: u64,
+    /// A [`Supervisor::pump`] continuation is scheduled (more groups wait to start).
+    pump_scheduled: bool,
 }
+
+/// Group actors a supervisor starts per turn of its engine thread. Each new actor first
+/// reads its head from disk; starting thousands at once (a restart with a large backlog)
+/// would queue all those reads ahead of the stream writers on the same thread, so the
+/// first append would wait for every one of them (1.5 s for 10k groups over 1M messages).
+/// The rest start on the next turns, after whatever else is ready to run.
+const START_PER_TURN: usize = 16;
 
 impl Supervisor {
     /// The supervisor of one sink's groups that hash to `shard`.
@@ -84,6 +93,7 @@ impl Supervisor {
             timer: None,
             counted: 0,
             started: 0,
+            pump_scheduled: false,
         }
     }
 
@@ -98,10 +108,24 @@ impl Supervisor {
     fn pump(&mut self, ctx: &mut Context<Self>) {
         // The limit is the sink's: each shard gets its part.
         let max = (self.local.shared.settings().max_live_groups / self.homes.count()).max(1);
+        let mut this_turn = 0;
         while self.live.len() < max && !self.local.shared.is_stopping() {
+            if this_turn == START_PER_TURN {
+                // The rest after the thread ran what else is ready (a timer, so the
+                // continuation really yields to the other tasks).
+                if !self.pump_scheduled && !self.ready.is_empty() {
+                    self.pump_scheduled = true;
+                    ctx.run_later(std::time::Duration::ZERO, |act, ctx| {
+                        act.pump_scheduled = false;
+                        act.pump(ctx);
+                    });
+                }
+                break;
+            }
             let Some(group) = self.ready.pop_front() else {
                 break;
             };
+            this_turn += 1;
             self.queued.remove(&group);
             self.live.insert(group.clone(), false);
             self.started += 1;
@@ -196,7 +220,11 @@ impl Handler<RecoverFrom> for Supervisor {
                 }
                 self.pump(ctx);
                 if next.is_some() {
-                    ctx.notify(RecoverFrom(next));
+                    // On a later turn (a timer, not `notify`, which the actor may handle in
+                    // this same poll): the groups just started read and send meanwhile.
+                    ctx.run_later(std::time::Duration::ZERO, move |_, ctx| {
+                        ctx.notify(RecoverFrom(next))
+                    });
                 }
             }
             Err(e) => (self.local.on_fatal)(&e),

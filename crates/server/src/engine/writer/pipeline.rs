@@ -177,6 +177,7 @@ enum Event {
 
 /// The writer task.
 pub(super) async fn writer_loop(ctx: WriterCtx, mut rx: mpsc::Receiver<Submission>) {
+    tracing::debug!(sink = %ctx.sink, stream = %ctx.route, "writer started");
     let mut w = Writer {
         ctx: &ctx,
         state: State::new(),

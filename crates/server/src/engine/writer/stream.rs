@@ -55,7 +55,9 @@ pub(super) async fn prepare(ctx: &WriterCtx, state: &mut State) -> Result<(), Fa
         }
     }
     if state.needs_reconcile {
+        let started = std::time::Instant::now();
         reconcile(ctx, state).await?;
+        tracing::debug!(sink = %ctx.sink, stream = %ctx.route, mark = ?state.marker, tail = ?state.next_seq, ms = started.elapsed().as_millis() as u64, "reconciled");
     }
     Ok(())
 }
