@@ -111,11 +111,10 @@ impl Supervisor {
         let mut this_turn = 0;
         while self.live.len() < max && !self.local.shared.is_stopping() {
             if this_turn == START_PER_TURN {
-                // The rest after the thread ran what else is ready (a timer, so the
-                // continuation really yields to the other tasks).
+                // The rest after the thread ran what else is ready.
                 if !self.pump_scheduled && !self.ready.is_empty() {
                     self.pump_scheduled = true;
-                    ctx.run_later(std::time::Duration::ZERO, |act, ctx| {
+                    after_a_turn(ctx, |act, ctx| {
                         act.pump_scheduled = false;
                         act.pump(ctx);
                     });
@@ -190,6 +189,20 @@ impl Supervisor {
     }
 }
 
+/// Runs `f` on the actor after its thread ran every other task that is ready now: the actor
+/// yields (`tokio::task::yield_now` puts it at the back of the run queue). Not `notify`,
+/// which the actor may handle in the same poll, and not a zero timer, which waits for the
+/// timer wheel (a millisecond or more) and throttled group starts under load.
+fn after_a_turn(
+    ctx: &mut Context<Supervisor>,
+    f: impl FnOnce(&mut Supervisor, &mut Context<Supervisor>) + 'static,
+) {
+    ctx.spawn(
+        actix::fut::wrap_future::<_, Supervisor>(tokio::task::yield_now())
+            .map(move |_, act, ctx| f(act, ctx)),
+    );
+}
+
 /// Groups listed per step of [`Supervisor::all_pending`]. Small, so that the stream writers
 /// get their turn on the engine thread between steps (each new group actor first reads its
 /// head from disk) and a restart with a large backlog appends within moments.
@@ -220,11 +233,8 @@ impl Handler<RecoverFrom> for Supervisor {
                 }
                 self.pump(ctx);
                 if next.is_some() {
-                    // On a later turn (a timer, not `notify`, which the actor may handle in
-                    // this same poll): the groups just started read and send meanwhile.
-                    ctx.run_later(std::time::Duration::ZERO, move |_, ctx| {
-                        ctx.notify(RecoverFrom(next))
-                    });
+                    // On a later turn: the groups just started read and send meanwhile.
+                    after_a_turn(ctx, move |_, ctx| ctx.notify(RecoverFrom(next)));
                 }
             }
             Err(e) => (self.local.on_fatal)(&e),
