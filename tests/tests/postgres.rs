@@ -236,6 +236,7 @@ async fn database_changes_reach_s2_once_in_commit_order_with_the_envelope() {
     // The source's status and metrics say where it is.
     let status = source_status(&server.url).await;
     assert_eq!(status["state"], "streaming");
+    assert_eq!(status["up"], true);
     assert_eq!(status["sink"], "app");
     assert_eq!(status["changes_stored"], want as u64);
     assert!(

@@ -21,6 +21,24 @@ pub enum SourceState {
     Stopped,
 }
 
+impl SourceState {
+    /// The name the API and the console show (the serde name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceState::Starting => "starting",
+            SourceState::Backfilling => "backfilling",
+            SourceState::Streaming => "streaming",
+            SourceState::Error => "error",
+            SourceState::Stopped => "stopped",
+        }
+    }
+
+    /// Whether changes flow (backfilling or streaming): the `s2sink_source_up` gauge.
+    pub fn is_up(self) -> bool {
+        matches!(self, SourceState::Backfilling | SourceState::Streaming)
+    }
+}
+
 /// How far the backfill got.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct BackfillProgress {
@@ -176,5 +194,24 @@ impl SourceStatus {
 
     pub(crate) fn update_backfill(&self, f: impl FnOnce(&mut BackfillProgress)) {
         self.with(|i| f(i.backfill.get_or_insert_with(BackfillProgress::default)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SourceState;
+
+    #[test]
+    fn state_names_are_the_serde_names_and_up_means_changes_flow() {
+        for (state, up) in [
+            (SourceState::Starting, false),
+            (SourceState::Backfilling, true),
+            (SourceState::Streaming, true),
+            (SourceState::Error, false),
+            (SourceState::Stopped, false),
+        ] {
+            assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
+            assert_eq!(state.is_up(), up, "{state:?}");
+        }
     }
 }

@@ -423,7 +423,7 @@ impl Collector for Snapshot {
                 MetricType::Gauge,
             )?;
             for src in &self.sources {
-                let up = matches!(src.state.as_str(), "backfilling" | "streaming") as u64;
+                let up = src.up as u64;
                 family
                     .encode_family(&[("source", src.name.as_str())])?
                     .encode_gauge(&up)?;

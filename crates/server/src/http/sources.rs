@@ -31,6 +31,8 @@ pub struct SourceView {
     /// `stopped`.
     #[schema(example = "streaming")]
     pub state: String,
+    /// True while changes flow (backfilling or streaming).
+    pub up: bool,
     /// Why the last attempt failed (never contains a password).
     pub last_error: Option<String>,
     /// Changes stored by this process since it started (backfill rows included).
@@ -70,10 +72,8 @@ impl SourceView {
             name: s.name,
             sink: sink.to_string(),
             kind: "postgres",
-            state: serde_json::to_value(s.state)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
+            state: s.state.as_str().to_string(),
+            up: s.state.is_up(),
             last_error: s.last_error,
             changes_stored: s.changes_stored,
             last_stored_lsn: streamed.map(|p| lsn_text(p.commit_lsn)),
