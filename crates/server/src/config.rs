@@ -69,7 +69,7 @@ pub struct ServerSection {
     /// stream writer waits for room before sending, so pipelined appends bound memory.
     pub max_in_flight_bytes: u64,
     /// Payload bytes group actors hold at once across every sink (default 64 MiB): read
-    /// from the queue and not yet delivered. Bounds memory whatever the backlog.
+    /// from the queue and not yet delivered. Bounds what delivery holds whatever the backlog.
     pub max_held_bytes: u64,
     /// Engine threads: group actors and stream writers are spread over this many (each with
     /// a supervisor shard per sink); unset = the number of cores.

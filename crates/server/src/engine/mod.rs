@@ -132,7 +132,8 @@ pub struct EngineOptions {
     pub threads: Option<usize>,
     /// Payload bytes group actors hold at once across every sink (read from the queue, not
     /// yet delivered or failed); a group waits for room before reading its head. Bounds
-    /// memory whatever the backlog. `None` = [`DEFAULT_MAX_HELD_BYTES`].
+    /// what delivery holds whatever the backlog (sled's own memory is separate).
+    /// `None` = [`DEFAULT_MAX_HELD_BYTES`].
     pub max_held_bytes: Option<u64>,
 }
 
