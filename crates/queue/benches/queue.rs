@@ -57,19 +57,18 @@ fn batch(n: usize, groups: u64, seq: &mut u64) -> Vec<NewMessage> {
 /// The queue options of every part: defaults, or `QUEUE_BENCH_CACHE_MB` of payload cache.
 fn open(path: &Path) -> Queue {
     let mut o = QueueOptions::default();
-    if let Some(mb) = std::env::var("QUEUE_BENCH_CACHE_MB")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-    {
-        o.payload_cache_bytes = mb << 20;
+    if let Some(mb) = env_mb("QUEUE_BENCH_CACHE_MB") {
+        o.payload_cache_bytes = (mb << 20) as usize;
     }
-    if let Some(mb) = std::env::var("QUEUE_BENCH_SLED_CACHE_MB")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-    {
+    if let Some(mb) = env_mb("QUEUE_BENCH_SLED_CACHE_MB") {
         o.cache_capacity = mb << 20;
     }
     Queue::open_with(path, o).unwrap()
+}
+
+/// A size in MiB from the environment variable `name`, when set and a number.
+fn env_mb(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -282,13 +281,7 @@ fn reopen(rt: &tokio::runtime::Runtime, total: usize, groups: u64) {
         // Experiment: read every value straight from sled (same config as the queue's).
         let db = sled::Config::new()
             .path(dir.path().join("queue-v2"))
-            .cache_capacity(
-                std::env::var("QUEUE_BENCH_SLED_CACHE_MB")
-                    .ok()
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .unwrap_or(64)
-                    << 20,
-            )
+            .cache_capacity(env_mb("QUEUE_BENCH_SLED_CACHE_MB").unwrap_or(64) << 20)
             .segment_size(8 << 20)
             .open()
             .unwrap();

@@ -60,6 +60,14 @@ const READ_AMPLIFICATION: usize = 4;
 /// by most of a second. The chunks read stay cached for the groups that read next.
 const MAX_CHUNK_READS: usize = 8;
 
+/// A chunk body a head run would read from sled for one message.
+struct BodyRead {
+    bytes: usize,
+    /// The cache keeps it (an older chunk: the delivery frontier, which serves other groups
+    /// too); otherwise it is read and dropped.
+    kept: bool,
+}
+
 /// What the sink's lock protects.
 pub struct State {
     pub meta: Meta,
@@ -679,20 +687,19 @@ impl Sink {
         // chunk body per message and drop it. The run stops before such a read that would
         // take more than `READ_AMPLIFICATION` times what it returns; the next run goes on
         // from there. Reads the cache keeps (older chunks: the delivery frontier) serve other
-        // groups too and are not limited.
-        let (mut read, mut got, mut reads) = (0usize, 0usize, 0usize);
+        // groups too and are not limited by that rule; any run reads at most
+        // `MAX_CHUNK_READS` bodies from sled.
+        let (mut unkept, mut got, mut reads) = (0usize, 0usize, 0usize);
         for id in ids {
-            if Self::needs_read(st, id) {
-                if !out.is_empty() && reads == MAX_CHUNK_READS {
+            if let Some(r) = Self::body_read(st, id) {
+                let amplified = !r.kept && unkept + r.bytes > READ_AMPLIFICATION * got;
+                if !out.is_empty() && (reads == MAX_CHUNK_READS || amplified) {
                     break;
                 }
                 reads += 1;
-            }
-            if let Some(cost) = Self::miss_cost(st, id) {
-                if !out.is_empty() && read + cost > READ_AMPLIFICATION * got {
-                    break;
+                if !r.kept {
+                    unkept += r.bytes;
                 }
-                read += cost;
             }
             if let Some(m) = self.stored(st, id)? {
                 got += m.payload.len();
@@ -702,32 +709,23 @@ impl Sink {
         Ok(out)
     }
 
-    /// Whether serving message `id` reads its chunk body from sled (not cached; a failed
-    /// message has its own key and is not counted).
-    fn needs_read(st: &State, id: u64) -> bool {
-        let Some(m) = st.index.msgs.get(&id) else {
-            return false;
-        };
-        !m.failed
-            && st
-                .index
-                .chunk_of(id)
-                .is_some_and(|(first, _)| st.index.cache.get(first).is_none())
-    }
-
-    /// Bytes of the sled read that serving message `id` needs when the cache will not keep
-    /// what it reads (its chunk body is not cached, and newer than what is), or `None`.
-    fn miss_cost(st: &State, id: u64) -> Option<usize> {
+    /// The sled read serving message `id` needs: `None` when its chunk body is cached (or
+    /// it is a failed message, which has its own key).
+    fn body_read(st: &State, id: u64) -> Option<BodyRead> {
         let m = st.index.msgs.get(&id)?;
         if m.failed {
             return None;
         }
         let (first, chunk) = st.index.chunk_of(id)?;
         let cache = &st.index.cache;
-        if cache.get(first).is_some() || cache.would_keep(first, chunk.body_len as usize) {
+        if cache.get(first).is_some() {
             return None;
         }
-        Some(chunk.body_len as usize)
+        let bytes = chunk.body_len as usize;
+        Some(BodyRead {
+            bytes,
+            kept: cache.would_keep(first, bytes),
+        })
     }
 
     /// See [`Queue::pending_groups_page`](crate::Queue::pending_groups_page).

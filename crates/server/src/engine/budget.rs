@@ -44,7 +44,11 @@ impl ByteBudget {
 
     /// Bytes held now.
     pub fn held(&self) -> usize {
-        (self.kib as usize - self.sem.available_permits()) * 1024
+        self.held_kib() * 1024
+    }
+
+    fn held_kib(&self) -> usize {
+        self.kib as usize - self.sem.available_permits()
     }
 
     /// The most bytes held at once so far.
@@ -67,8 +71,7 @@ impl ByteBudget {
     }
 
     fn note_high_water(&self) {
-        let held = (self.kib as usize - self.sem.available_permits()) as u64;
-        self.high_water.fetch_max(held, Relaxed);
+        self.high_water.fetch_max(self.held_kib() as u64, Relaxed);
     }
 
     fn kib_of(bytes: usize) -> u32 {
