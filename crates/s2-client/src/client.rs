@@ -1,6 +1,8 @@
 //! The S2 REST client: append, read, check tail, ensure basin/stream, list streams.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
@@ -8,7 +10,9 @@ use reqwest::{Method, RequestBuilder};
 use serde::de::DeserializeOwned;
 
 use crate::config::{encode_path_segment, Endpoint, S2Config, Target};
-use crate::error::{from_response, parse_retry_after, truncate_body, S2Error};
+use crate::error::{from_response, parse_retry_after, transport_error, truncate_body, S2Error};
+use crate::proto;
+use crate::session::{SessionTarget, Sessions};
 use crate::types::{
     AppendAck, AppendInput, ListStreamsResponse, ReadBatch, ReadLimits, SequencedRecord,
     StreamPosition, TailResponse,
@@ -26,6 +30,8 @@ pub struct S2Client {
 struct Inner {
     http: reqwest::Client,
     config: S2Config,
+    sessions: Arc<Sessions>,
+    session_target: Arc<SessionTarget>,
 }
 
 impl fmt::Debug for S2Client {
@@ -66,18 +72,34 @@ impl S2Client {
             value.set_sensitive(true);
             headers.insert(AUTHORIZATION, value);
         }
-        let mut builder = reqwest::Client::builder()
-            .default_headers(headers)
-            .connect_timeout(config.connect_timeout)
-            .timeout(config.request_timeout);
-        if config.endpoint.is_loopback() {
-            builder = builder.no_proxy();
-        }
-        let http = builder
-            .build()
-            .map_err(|e| S2Error::InvalidConfig(format!("HTTP client: {e}")))?;
+        let base = || {
+            let builder = reqwest::Client::builder()
+                .default_headers(headers.clone())
+                .connect_timeout(config.connect_timeout);
+            if config.endpoint.is_loopback() {
+                builder.no_proxy()
+            } else {
+                builder
+            }
+        };
+        let built = |b: reqwest::ClientBuilder| {
+            b.build()
+                .map_err(|e| S2Error::InvalidConfig(format!("HTTP client: {e}")))
+        };
+        let http = built(base().timeout(config.request_timeout))?;
+        // Sessions are long-lived streaming requests: HTTP/2 always, no whole-request
+        // timeout (each append's ack has its own deadline).
+        let session_target = Arc::new(SessionTarget {
+            http: built(base().http2_prior_knowledge())?,
+            ack_timeout: config.request_timeout,
+        });
         Ok(S2Client {
-            inner: Arc::new(Inner { http, config }),
+            inner: Arc::new(Inner {
+                http,
+                config,
+                sessions: Arc::default(),
+                session_target,
+            }),
         })
     }
 
@@ -119,6 +141,58 @@ impl S2Client {
             .body(body);
         let resp = self.send(&context, req, input.match_seq_num).await?;
         decode(&context, &resp)
+    }
+
+    /// Appends `input` so that appends to one stream submitted one after another reach S2
+    /// in that order, even while earlier ones are still unanswered.
+    ///
+    /// The append is queued before this returns (not when the future is first polled), on
+    /// the stream's append session ([`S2Config::append_session`]; see `session`). With
+    /// sessions off it is a unary [`S2Client::append`], which gives no such order.
+    pub fn append_ordered(
+        &self,
+        basin: &str,
+        stream: &str,
+        input: Arc<AppendInput>,
+    ) -> Pin<Box<dyn Future<Output = Result<AppendAck, S2Error>> + Send + 'static>> {
+        if !self.inner.config.append_session {
+            let (this, basin, stream) = (self.clone(), basin.to_owned(), stream.to_owned());
+            return Box::pin(async move { this.append(&basin, &stream, &input).await });
+        }
+        let context = format!("append to stream `{stream}` in basin `{basin}`");
+        let Some(frame) = proto::append_frame(&input) else {
+            return Box::pin(std::future::ready(Err(S2Error::GroupTooLarge {
+                index: 0,
+                records: input.records.len(),
+                reason: format!(
+                    "the append exceeds the session frame limit of {} bytes",
+                    proto::MAX_FRAME_BYTES
+                ),
+            })));
+        };
+        let target = self.records_target(basin, stream, "");
+        let request = Self::with_basin(self.inner.session_target.http.post(&target.url), &target);
+        let reply = self.inner.sessions.submit(
+            &self.inner.session_target,
+            request,
+            (basin.to_owned(), stream.to_owned()),
+            frame,
+            input.match_seq_num,
+        );
+        Box::pin(async move {
+            reply.await.unwrap_or_else(|_| {
+                Err(S2Error::SessionEnded {
+                    context,
+                    reason: "the session's task stopped (its runtime shut down)".into(),
+                    may_have_applied: true,
+                })
+            })
+        })
+    }
+
+    /// Number of append sessions open now (each one a streaming request to S2).
+    pub fn open_sessions(&self) -> usize {
+        self.inner.sessions.len()
     }
 
     /// The stream's tail: the seq num the next record will get and the last timestamp.
@@ -266,7 +340,10 @@ impl S2Client {
     }
 
     fn basin_request(&self, method: Method, target: &Target) -> RequestBuilder {
-        let req = self.inner.http.request(method, &target.url);
+        Self::with_basin(self.inner.http.request(method, &target.url), target)
+    }
+
+    fn with_basin(req: RequestBuilder, target: &Target) -> RequestBuilder {
         match &target.basin_header {
             Some(basin) => req.header("s2-basin", basin),
             None => req,
@@ -296,20 +373,6 @@ impl S2Client {
                 expected_seq_num,
             ))
         }
-    }
-}
-
-fn transport_error(context: &str, e: reqwest::Error) -> S2Error {
-    // The URL holds no secret (the token travels in a header), but drop it anyway: the
-    // context already names the target, and URLs may carry userinfo.
-    let source = e.without_url();
-    let context = context.to_string();
-    if source.is_connect() {
-        S2Error::Connect { context, source }
-    } else if source.is_timeout() {
-        S2Error::Timeout { context, source }
-    } else {
-        S2Error::Transport { context, source }
     }
 }
 

@@ -112,7 +112,13 @@ pub struct S2Config {
     /// Time allowed to establish a connection (nothing was sent if it elapses).
     pub connect_timeout: Duration,
     /// Time allowed for a whole request; after it elapses an append's outcome is unknown.
+    /// In an append session, the time one append may wait for its ack.
     pub request_timeout: Duration,
+    /// Send ordered appends ([`crate::S2Client::append_ordered`]) on S2's append session
+    /// (one HTTP/2 streaming request per stream, applied and acknowledged in order) rather
+    /// than as unary requests. On by default; turn it off only when something between
+    /// s2-sink and S2 cannot carry HTTP/2 (an HTTP/1.1-only proxy).
+    pub append_session: bool,
 }
 
 /// Default connect timeout (the official SDK's value).
@@ -128,6 +134,7 @@ impl S2Config {
             access_token: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            append_session: true,
         }
     }
 
@@ -156,6 +163,12 @@ impl S2Config {
     /// Sets the request timeout (builder style).
     pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
+        self
+    }
+
+    /// Turns append sessions on or off (builder style; see [`S2Config::append_session`]).
+    pub fn with_append_session(mut self, on: bool) -> Self {
+        self.append_session = on;
         self
     }
 }

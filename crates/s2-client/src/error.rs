@@ -90,6 +90,16 @@ pub enum S2Error {
         #[source]
         source: reqwest::Error,
     },
+    /// An append session ended before S2 acknowledged this append (S2 ended it, an earlier
+    /// append in it failed, or the ack did not come within the request timeout).
+    #[error("{context}: the append was not acknowledged: {reason}")]
+    SessionEnded {
+        context: String,
+        reason: String,
+        /// False when the append certainly never reached S2 (it was queued behind the end,
+        /// or S2 refused the whole session), so resending cannot duplicate it.
+        may_have_applied: bool,
+    },
     /// One record's metered size exceeds the per-record/per-batch limit; refused locally.
     #[error("record {index} is too large: metered size {metered} bytes exceeds the limit of {limit} bytes")]
     RecordTooLarge {
@@ -139,6 +149,15 @@ impl S2Error {
             S2Error::Decode { .. } => ErrorClass::OutcomeUnknown,
             S2Error::Connect { .. } => ErrorClass::Retryable,
             S2Error::Timeout { .. } | S2Error::Transport { .. } => ErrorClass::OutcomeUnknown,
+            S2Error::SessionEnded {
+                may_have_applied, ..
+            } => {
+                if *may_have_applied {
+                    ErrorClass::OutcomeUnknown
+                } else {
+                    ErrorClass::Retryable
+                }
+            }
             S2Error::RecordTooLarge { .. }
             | S2Error::RecordJsonTooLarge { .. }
             | S2Error::GroupTooLarge { .. }
@@ -177,6 +196,7 @@ impl S2Error {
             S2Error::Connect { .. } => "connect",
             S2Error::Timeout { .. } => "timeout",
             S2Error::Transport { .. } => "transport",
+            S2Error::SessionEnded { .. } => "session_ended",
             S2Error::RecordTooLarge { .. } | S2Error::RecordJsonTooLarge { .. } => {
                 "record_too_large"
             }
@@ -262,6 +282,22 @@ fn parse_retry_after_at(
         .and_then(|v| v.parse::<u64>().ok())
         .map(Duration::from_millis);
     secs.max(ms)
+}
+
+/// The error for a request reqwest could not complete: connect failures (nothing was sent)
+/// apart from timeouts and mid-request failures (it may have been).
+pub(crate) fn transport_error(context: &str, e: reqwest::Error) -> S2Error {
+    // The URL holds no secret (the token travels in a header), but drop it anyway: the
+    // context already names the target, and URLs may carry userinfo.
+    let source = e.without_url();
+    let context = context.to_string();
+    if source.is_connect() {
+        S2Error::Connect { context, source }
+    } else if source.is_timeout() {
+        S2Error::Timeout { context, source }
+    } else {
+        S2Error::Transport { context, source }
+    }
 }
 
 /// Builds the error for a non-success response from its status, headers and body.

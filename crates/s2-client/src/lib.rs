@@ -12,6 +12,8 @@ pub mod batch;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod proto;
+mod session;
 #[cfg(feature = "test-util")]
 pub mod testing;
 pub mod types;

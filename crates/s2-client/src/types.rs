@@ -93,7 +93,7 @@ pub struct StreamPosition {
 }
 
 /// S2's acknowledgement of a successful append.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct AppendAck {
     /// Position of the first appended record.
     pub start: StreamPosition,
