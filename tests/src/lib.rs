@@ -11,6 +11,7 @@ use s2sink_server::engine::{our_id, SinkSettings};
 pub use s2sink_client::testing::{unique_name, LiteServer};
 
 pub mod client;
+pub mod cutter;
 pub mod process;
 pub mod proxy;
 
@@ -23,6 +24,21 @@ pub fn sink_settings(name: &str, endpoint: &str, basin: &str, stream: &str) -> S
         max_ms: 500,
         jitter: 0.15,
     };
+    s
+}
+
+/// [`sink_settings`] for a sink writing through the fault proxy ([`proxy::Proxy`]), which
+/// reads HTTP/1.1 requests one by one to fault them: appends go unary, not on S2's append
+/// session (HTTP/2). Sessions are tested against s2-lite directly and through
+/// [`cutter::TcpCutter`].
+pub fn proxied_sink_settings(
+    name: &str,
+    proxy: &proxy::Proxy,
+    basin: &str,
+    stream: &str,
+) -> SinkSettings {
+    let mut s = sink_settings(name, &proxy.endpoint(), basin, stream);
+    s.s2 = s.s2.with_append_session(false);
     s
 }
 

@@ -24,6 +24,8 @@ fn config(endpoint: &str, basin: &str, stream: &str) -> String {
     TestConfig::new()
         .sink(
             SinkConfig::new(SINK, endpoint, basin, stream)
+                // The fault proxy faults HTTP/1.1 requests: appends go unary here.
+                .set("append_session", "false")
                 .set("request_timeout_ms", "500")
                 .backoff(20, 200)
                 .table("batch", &[("max_records", "100")]),

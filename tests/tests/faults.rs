@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use s2sink_queue::Queue;
 use s2sink_server::engine::{Engine, EngineOptions, IngestItem, SinkShared};
 use s2sink_tests::proxy::{Fault, Proxy, ProxyStats};
-use s2sink_tests::{change, eventually, ids_in, read_all, sink_settings, verify, LiteServer};
+use s2sink_tests::{
+    change, eventually, ids_in, proxied_sink_settings, read_all, verify, LiteServer,
+};
 
 /// Request timeout of the sink's S2 client; [`Fault::Hang`] and long delays exceed it.
 const TIMEOUT: Duration = Duration::from_millis(500);
@@ -34,7 +36,7 @@ impl Rig {
         let proxy = Proxy::start(&lite.endpoint()).await;
         let dir = tempfile::tempdir().unwrap();
         let queue = Queue::open(dir.path()).unwrap();
-        let mut settings = sink_settings(name, &proxy.endpoint(), &basin, &stream);
+        let mut settings = proxied_sink_settings(name, &proxy, &basin, &stream);
         settings.s2 = settings.s2.with_request_timeout(TIMEOUT);
         // Small appends, so thousands of messages make hundreds of appends to fail.
         settings.batch.limits.max_records = 25;

@@ -8,7 +8,9 @@ use std::time::Duration;
 use s2sink_queue::Queue;
 use s2sink_server::engine::{Engine, EngineOptions, IngestItem};
 use s2sink_tests::proxy::{Fault, Proxy};
-use s2sink_tests::{change, eventually, ids_in, read_all, sink_settings, verify, LiteServer};
+use s2sink_tests::{
+    change, eventually, ids_in, proxied_sink_settings, read_all, verify, LiteServer,
+};
 
 #[actix_rt::test]
 async fn group_actors_hold_no_more_than_the_budget_and_deliver_everything_in_order() {
@@ -20,7 +22,7 @@ async fn group_actors_hold_no_more_than_the_budget_and_deliver_everything_in_ord
     proxy.set_policy(|_| Fault::Delay(Duration::from_millis(30)));
     let dir = tempfile::tempdir().unwrap();
     let queue = Queue::open(dir.path()).unwrap();
-    let settings = sink_settings("held", &proxy.endpoint(), &basin, &stream);
+    let settings = proxied_sink_settings("held", &proxy, &basin, &stream);
     let options = EngineOptions {
         max_held_bytes: Some(BUDGET),
         threads: Some(2),

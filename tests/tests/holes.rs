@@ -10,7 +10,9 @@ use std::time::Duration;
 use s2sink_queue::Queue;
 use s2sink_server::engine::{Engine, EngineOptions, IngestItem, SinkSettings};
 use s2sink_tests::proxy::{Fault, Proxy};
-use s2sink_tests::{change, eventually, read_all, sink_settings, LiteServer};
+use s2sink_tests::{
+    change, eventually, proxied_sink_settings, read_all, sink_settings, LiteServer,
+};
 
 /// An engine over one sink; the caller adjusts the settings first.
 fn engine(queue: &Queue, settings: SinkSettings) -> Engine {
@@ -132,7 +134,7 @@ async fn a_message_whose_last_allowed_append_may_have_landed_is_not_discarded() 
     let proxy = Proxy::start(&lite.endpoint()).await;
     let dir = tempfile::tempdir().unwrap();
     let queue = Queue::open(dir.path()).unwrap();
-    let mut settings = sink_settings("unknown", &proxy.endpoint(), &basin, &stream);
+    let mut settings = proxied_sink_settings("unknown", &proxy, &basin, &stream);
     settings.s2 = settings.s2.with_request_timeout(Duration::from_millis(500));
     settings.max_retry_count = Some(1);
     settings.dead_letter_stream = Some("unknown-dlq".into());
@@ -184,7 +186,7 @@ async fn a_dead_letter_append_whose_answer_was_lost_lands_once() {
     let dir = tempfile::tempdir().unwrap();
     let queue = Queue::open(dir.path()).unwrap();
     // Its own stream does not exist: every delivery attempt fails with 404.
-    let mut settings = sink_settings("dl", &proxy.endpoint(), &basin, "missing");
+    let mut settings = proxied_sink_settings("dl", &proxy, &basin, "missing");
     settings.max_retry_count = Some(2);
     settings.dead_letter_stream = Some("dlq".into());
     // The first dead-letter append reaches s2-lite and its answer is lost.
@@ -382,7 +384,7 @@ async fn a_route_change_while_an_outcome_is_unknown_re_reads_the_old_stream_firs
     });
     let dir = tempfile::tempdir().unwrap();
     let queue = Queue::open(dir.path()).unwrap();
-    let settings = sink_settings("moving", &proxy.endpoint(), &basin, &first);
+    let settings = proxied_sink_settings("moving", &proxy, &basin, &first);
     let engine = engine(&queue, settings.clone());
     let m = engine
         .ingest("moving", vec![IngestItem::new(change(1, 1, 10))])

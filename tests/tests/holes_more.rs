@@ -18,7 +18,9 @@ use s2sink_server::engine::{
 use s2sink_tests::client::{toml_str, Api, SinkConfig, TestConfig};
 use s2sink_tests::process::ServerProcess;
 use s2sink_tests::proxy::{Fault, Proxy, RequestInfo, Scope};
-use s2sink_tests::{change, eventually, read_all, sink_settings, LiteServer};
+use s2sink_tests::{
+    change, eventually, proxied_sink_settings, read_all, sink_settings, LiteServer,
+};
 
 /// An engine over one sink with the given options (fatal queue errors are printed).
 fn engine_with(queue: &Queue, settings: SinkSettings, options: EngineOptions) -> Engine {
@@ -104,7 +106,7 @@ async fn appends_of_a_split_batch_after_an_ambiguous_failure_carry_match_seq_num
     });
     let dir = tempfile::tempdir().unwrap();
     let queue = Queue::open(dir.path()).unwrap();
-    let mut settings = sink_settings("split", &proxy.endpoint(), &basin, &stream);
+    let mut settings = proxied_sink_settings("split", &proxy, &basin, &stream);
     // All five runs in the first append.
     settings.batch.linger = Duration::from_millis(300);
     let engine = engine(&queue, settings);
@@ -166,7 +168,7 @@ async fn a_412_that_finds_part_of_the_batch_charges_no_other_group() {
     });
     let dir = tempfile::tempdir().unwrap();
     let queue = Queue::open(dir.path()).unwrap();
-    let mut settings = sink_settings("partial", &proxy.endpoint(), &basin, &stream);
+    let mut settings = proxied_sink_settings("partial", &proxy, &basin, &stream);
     settings.s2 = settings.s2.with_request_timeout(Duration::from_millis(500));
     settings.max_retry_count = Some(1);
     // The retries of the first ten groups (after a 20 ms backoff) and the ten new ones share
@@ -231,7 +233,7 @@ async fn a_token_rotated_by_reload_is_used_without_a_restart() {
     });
     let dir = tempfile::tempdir().unwrap();
     let queue = Queue::open(dir.path()).unwrap();
-    let mut settings = sink_settings("token", &proxy.endpoint(), &basin, &stream);
+    let mut settings = proxied_sink_settings("token", &proxy, &basin, &stream);
     settings.s2 = settings.s2.with_access_token("old-token");
     let engine = engine(&queue, settings.clone());
     ingest_groups(&engine, "token", 1..6).await;
@@ -461,6 +463,7 @@ async fn a_token_rotated_in_the_config_file_is_used_after_sighup() {
         TestConfig::new()
             .sink(
                 SinkConfig::new("hup", &proxy.endpoint(), &basin, &stream)
+                    .set("append_session", "false")
                     .set("access_token", &toml_str(token))
                     .backoff(20, 100),
             )

@@ -29,6 +29,8 @@ fn config(endpoint: &str, basin: &str, stream: &str) -> String {
         .server("max_pending", &MAX_PENDING.to_string())
         .sink(
             SinkConfig::new(SINK, endpoint, basin, stream)
+                // The fault proxy faults HTTP/1.1 requests: appends go unary here.
+                .set("append_session", "false")
                 .table("batch", &[("max_records", "10"), ("linger_ms", "50")])
                 .backoff(20, 200),
         )

@@ -10,7 +10,9 @@ use std::time::Duration;
 use s2sink_queue::Queue;
 use s2sink_server::engine::{Engine, EngineOptions, IngestItem, SinkSettings, SinkShared};
 use s2sink_tests::proxy::{Fault, Proxy};
-use s2sink_tests::{change, eventually, ids_in, read_all, sink_settings, verify, LiteServer};
+use s2sink_tests::{
+    change, eventually, ids_in, proxied_sink_settings, read_all, verify, LiteServer,
+};
 
 /// One sink `name` writing through a fault proxy in front of s2-lite.
 struct Rig {
@@ -31,7 +33,7 @@ impl Rig {
         let proxy = Proxy::start(&lite.endpoint()).await;
         let dir = tempfile::tempdir().unwrap();
         let queue = Queue::open(dir.path()).unwrap();
-        let mut settings = sink_settings(name, &proxy.endpoint(), &basin, &stream);
+        let mut settings = proxied_sink_settings(name, &proxy, &basin, &stream);
         tune(&mut settings);
         let options = EngineOptions {
             on_fatal: Some(Arc::new(|e| eprintln!("fatal queue error: {e}"))),

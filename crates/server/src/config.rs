@@ -149,6 +149,9 @@ pub struct SinkSection {
     pub max_live_groups: Option<usize>,
     pub connect_timeout_ms: Option<u64>,
     pub request_timeout_ms: Option<u64>,
+    /// `false`: pipelined appends go as unary requests instead of on S2's append session
+    /// (HTTP/2); only for an HTTP/1.1-only proxy in between. Default `true`.
+    pub append_session: Option<bool>,
     /// Per-call wall-clock limit of functions.
     pub function_timeout_ms: Option<u64>,
     /// How long an accepted `Idempotency-Key` / `metadata.idempotency_key` makes a repeat a
@@ -524,6 +527,9 @@ fn sink_settings(
     }
     if let Some(ms) = s.request_timeout_ms {
         s2 = s2.with_request_timeout(Duration::from_millis(ms));
+    }
+    if let Some(on) = s.append_session {
+        s2 = s2.with_append_session(on);
     }
     let limits = BatchLimits {
         max_records: s.batch.max_records,

@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use s2sink_client::{AppendAck, AppendInput, ReadLimits, S2Client, S2Error, SequencedRecord};
 
@@ -20,6 +21,18 @@ pub trait StreamIo: Send + Sync + 'static {
         stream: &'a str,
         input: &'a AppendInput,
     ) -> BoxFuture<'a, Result<AppendAck, S2Error>>;
+    /// Appends a batch so that batches of one stream submitted one after another reach S2 in
+    /// that order, even while earlier ones are unanswered: the writer's pipelined appends.
+    /// The batch is queued before this returns. The default sends a unary append when the
+    /// future is first polled, which keeps no order between concurrent calls.
+    fn append_ordered(
+        self: Arc<Self>,
+        basin: String,
+        stream: String,
+        input: Arc<AppendInput>,
+    ) -> BoxFuture<'static, Result<AppendAck, S2Error>> {
+        Box::pin(async move { self.append(&basin, &stream, &input).await })
+    }
     /// The next sequence number the stream will assign.
     fn check_tail<'a>(
         &'a self,
@@ -44,6 +57,15 @@ impl StreamIo for S2Client {
         input: &'a AppendInput,
     ) -> BoxFuture<'a, Result<AppendAck, S2Error>> {
         Box::pin(S2Client::append(self, basin, stream, input))
+    }
+
+    fn append_ordered(
+        self: Arc<Self>,
+        basin: String,
+        stream: String,
+        input: Arc<AppendInput>,
+    ) -> BoxFuture<'static, Result<AppendAck, S2Error>> {
+        S2Client::append_ordered(&self, &basin, &stream, input)
     }
 
     fn check_tail<'a>(

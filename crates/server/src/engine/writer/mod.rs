@@ -23,17 +23,16 @@
 //! the same writer behind its current one (never in another writer); both share
 //! [`Run::chain`], so the later one is never sent after the earlier one failed.
 //!
-//! Order on the wire: the appends go out as unary requests on the sink's reqwest client. On
-//! HTTP/1.1 (direct `http://` endpoints such as s2-lite) concurrent requests use separate
-//! pooled connections, and hyper cannot pipeline requests on one connection, so append k+1
-//! can reach S2 before k; over HTTPS (S2 cloud) ALPN picks HTTP/2 and they share one
-//! connection in send order, but S2 may still handle the two streams concurrently. Truly
-//! ordered sending needs S2's append session (a streaming protocol this client does not
-//! implement yet). So ordering is not assumed: an overtaking append fails with 412 (its
-//! `match_seq_num` is ahead of the tail), which is definite — it did not land — so the writer
-//! resends it from the tail its predecessor's ack proved, without a reconciliation read, and
-//! counts it in `pipeline_reorders` (measured in docs/BENCHMARKS.md). Nothing is lost or
-//! duplicated either way; a reorder costs one extra round trip.
+//! Order on the wire: appends go out with [`StreamIo::append_ordered`], which queues each
+//! one before it returns. With the default transport, S2's append session (one HTTP/2
+//! streaming request per stream, `S2Config::append_session`), S2 applies and acknowledges
+//! them in that order, and after a failure nothing behind it lands. With sessions off
+//! (`append_session = false`, for an HTTP/1.1-only proxy) they are unary requests on pooled
+//! connections, and append k+1 can reach S2 before k. So ordering is still not assumed: an
+//! overtaking append fails with 412 (its `match_seq_num` is ahead of the tail), which is
+//! definite — it did not land — so the writer resends it from the tail its predecessor's ack
+//! proved, without a reconciliation read, and counts it in `pipeline_reorders` (0 on
+//! sessions; measured in docs/BENCHMARKS.md). Nothing is lost or duplicated either way.
 //!
 //! Memory: every append holds its JSON size in KiB of the engine-wide in-flight budget
 //! (`EngineOptions::max_in_flight_bytes`, default 64 MiB) until it is answered; a writer

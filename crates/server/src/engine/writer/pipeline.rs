@@ -332,15 +332,17 @@ impl Writer<'_> {
             records = n,
             start,
         );
-        let (io, basin, stream, sent) = (
-            ctx.io.clone(),
-            ctx.route.basin.clone(),
-            ctx.route.stream.clone(),
-            input.clone(),
-        );
+        // Queued on the stream's session here, in send order (not when the task first runs).
+        let answer = span.in_scope(|| {
+            ctx.io.clone().append_ordered(
+                ctx.route.basin.clone(),
+                ctx.route.stream.clone(),
+                input.clone(),
+            )
+        });
         let handle = actix_rt::spawn(
             async move {
-                let r = io.append(&basin, &stream, &sent).await;
+                let r = answer.await;
                 drop(permit);
                 r
             }
