@@ -152,7 +152,9 @@ async fn disk_full_gets_no_202_and_recovers_after_space_is_freed() {
     // Fill the disk.
     let started = Instant::now();
     let mut accepted: HashSet<u64> = HashSet::new();
-    // Messages of requests that got no answer (the server may exit on a full disk).
+    // Messages of requests whose outcome is unknown: no answer (the server may exit on a
+    // full disk), or `503 storage` (the disk failed during the write, which may or may not
+    // have reached the disk: docs/API.md).
     let mut unanswered: HashSet<u64> = HashSet::new();
     let mut statuses: BTreeMap<String, u64> = BTreeMap::new();
     let mut first_error: Option<(u16, Value)> = None;
@@ -184,6 +186,9 @@ async fn disk_full_gets_no_202_and_recovers_after_space_is_freed() {
                         accepted.insert(id.as_u64().unwrap());
                     }
                 } else {
+                    if status == 503 && v["error"]["code"] == "storage" {
+                        unanswered.extend(seq + 1 - BATCH..=seq);
+                    }
                     first_error.get_or_insert((status, v));
                 }
             }

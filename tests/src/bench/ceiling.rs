@@ -11,11 +11,22 @@ use s2sink_client::{AppendInput, AppendRecord, BatchLimits, S2Client};
 use super::load::{message, now_us};
 use super::procstat::{CpuDelta, CpuSnapshot};
 
+/// How the ceiling's appends travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Unary JSON requests, one loop per append in flight (HTTP/1.1 connections).
+    Unary,
+    /// S2's append session (protobuf over HTTP/2), as the sink sends by default: one session
+    /// keeping this many appends unanswered.
+    Session,
+}
+
 /// One ceiling measurement.
 #[derive(Debug, Clone, Copy)]
 pub struct Ceiling {
-    /// Appends in flight at once (concurrent append loops on one stream, no `match_seq_num`).
+    /// Appends in flight at once on one stream, no `match_seq_num`.
     pub in_flight: usize,
+    pub transport: Transport,
     pub records_per_s: f64,
     pub records: u64,
     /// Records per append (the fullest batch within S2's limits).
@@ -27,9 +38,13 @@ impl Ceiling {
     /// One line for the report.
     pub fn describe(&self) -> String {
         format!(
-            "{:.0} records/s ({} in flight, {}-record appends; s2-lite {:.1} µs CPU/record; {})",
+            "{:.0} records/s ({} in flight, {}, {}-record appends; s2-lite {:.1} µs CPU/record; {})",
             self.records_per_s,
             self.in_flight,
+            match self.transport {
+                Transport::Unary => "unary JSON",
+                Transport::Session => "append session",
+            },
             self.batch_records,
             CpuDelta::us_per(self.cpu.lite_s, self.records),
             self.cpu.percents()
@@ -64,13 +79,16 @@ pub fn sink_shaped_batch(sink: &str, size: usize, groups: u64) -> Vec<AppendReco
         .swap_remove(0)
 }
 
-/// Appends `batch` back to back to `stream` from `in_flight` concurrent loops for `secs`.
+/// Appends `batch` back to back to `stream` for `secs`, `in_flight` at once: from as many
+/// concurrent unary loops, or on one append session.
+#[allow(clippy::too_many_arguments)]
 pub async fn measure(
     client: &S2Client,
     basin: &str,
     stream: &str,
     batch: &[AppendRecord],
     in_flight: usize,
+    transport: Transport,
     secs: f64,
     pids: (Option<u32>, Option<u32>),
 ) -> Result<Ceiling, String> {
@@ -84,7 +102,27 @@ pub async fn measure(
     let start = Instant::now();
     let until = start + Duration::from_secs_f64(secs);
     let mut loops = Vec::new();
+    if transport == Transport::Session {
+        let (client, input, records) = (client.clone(), input.clone(), records.clone());
+        let (basin, stream) = (basin.to_string(), stream.to_string());
+        loops.push(tokio::spawn(async move {
+            let mut unanswered = std::collections::VecDeque::new();
+            loop {
+                while unanswered.len() < in_flight && Instant::now() < until {
+                    unanswered.push_back(client.append_ordered(&basin, &stream, input.clone()));
+                }
+                let Some(next) = unanswered.pop_front() else {
+                    return Ok::<(), String>(());
+                };
+                next.await.map_err(|e| format!("ceiling append: {e}"))?;
+                records.fetch_add(input.records.len() as u64, Relaxed);
+            }
+        }));
+    }
     for _ in 0..in_flight {
+        if transport == Transport::Session {
+            break;
+        }
         let (client, input, records) = (client.clone(), input.clone(), records.clone());
         let (basin, stream) = (basin.to_string(), stream.to_string());
         loops.push(tokio::spawn(async move {
@@ -106,6 +144,7 @@ pub async fn measure(
     let n = records.load(Relaxed);
     Ok(Ceiling {
         in_flight,
+        transport,
         records_per_s: n as f64 / elapsed,
         records: n,
         batch_records: batch.len(),

@@ -57,8 +57,8 @@ pub struct Cli {
     #[arg(long)]
     pub hot: bool,
 
-    /// Seconds of each ceiling measurement (one with 1 append in flight, one with 2); 0 skips
-    /// the ceiling. [default: 10; --smoke: 1]
+    /// Seconds of each ceiling measurement (unary appends 1 and 2 in flight, and 2 in flight
+    /// on an append session); 0 skips the ceiling. [default: 10; --smoke: 1]
     #[arg(long, value_name = "SECS")]
     pub ceiling_secs: Option<f64>,
 

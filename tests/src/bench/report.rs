@@ -4,10 +4,11 @@
 use serde_json::{json, Map, Value};
 
 /// Keys every JSON report carries (null when a mode has no such figure).
-const REQUIRED: [&str; 13] = [
+const REQUIRED: [&str; 14] = [
     "delivered_per_s",
     "ceiling_per_s",
     "ceiling_1_per_s",
+    "ceiling_session_per_s",
     "ratio",
     "server_cpu_us_per_msg",
     "s2lite_cpu_us_per_msg",

@@ -8,7 +8,7 @@ use s2sink_client::testing::lite_binary;
 use s2sink_tests::process::{pending, ServerProcess};
 use s2sink_tests::LiteServer;
 
-use super::ceiling::{self, Ceiling};
+use super::ceiling::{self, Ceiling, Transport};
 use super::cli::Opts;
 use super::procstat;
 use super::report::Report;
@@ -23,21 +23,31 @@ pub struct Env {
     pub lite: LiteServer,
     pub basin: String,
     pub lite_pid: Option<u32>,
-    /// 1 and 2 appends in flight; `None` with `--ceiling-secs 0`.
+    /// Unary appends 1 and 2 in flight, and 2 in flight on an append session (the sink's
+    /// default transport); `None` with `--ceiling-secs 0`.
     pub ceiling_1: Option<Ceiling>,
     pub ceiling_2: Option<Ceiling>,
+    pub ceiling_session: Option<Ceiling>,
 }
 
 impl Env {
-    /// The 2-in-flight ceiling in records/s (0 when skipped).
+    /// The 2-in-flight ceiling in records/s, the higher of unary and session (0 when skipped).
     pub fn ceiling_per_s(&self) -> f64 {
-        self.ceiling_2.map_or(0.0, |c| c.records_per_s)
+        [self.ceiling_2, self.ceiling_session]
+            .iter()
+            .flatten()
+            .map(|c| c.records_per_s)
+            .fold(0.0, f64::max)
     }
 
     /// Table rows and JSON fields of the ceilings, and `ratio` of `delivered_per_s` to the
-    /// 2-in-flight ceiling.
+    /// higher 2-in-flight ceiling.
     pub fn report_ceiling(&self, rep: &mut Report, delivered_per_s: f64) {
-        for (name, c) in [("1", &self.ceiling_1), ("2", &self.ceiling_2)] {
+        for (name, c) in [
+            ("1 unary", &self.ceiling_1),
+            ("2 unary", &self.ceiling_2),
+            ("2 on a session", &self.ceiling_session),
+        ] {
             if let Some(c) = c {
                 rep.row(
                     format!("s2-lite ceiling, {name} in flight (same run, sink-shaped records)"),
@@ -45,10 +55,13 @@ impl Env {
                 );
             }
         }
+        if let Some(c) = self.ceiling_session {
+            rep.set("ceiling_session_per_s", c.records_per_s);
+        }
         let ceiling = self.ceiling_per_s();
         if ceiling > 0.0 {
             rep.row(
-                "delivered / ceiling (2 in flight)",
+                "delivered / ceiling (2 in flight, the higher)",
                 format!("**{:.1}%**", 100.0 * delivered_per_s / ceiling),
             );
             rep.set("ratio", delivered_per_s / ceiling);
@@ -98,23 +111,28 @@ pub async fn start(o: &Opts) -> Result<Env, String> {
         eprintln!("warning: s2-lite's pid not found; its CPU is reported as 0");
     }
     let basin = lite.fresh_basin().await;
-    let (mut ceiling_1, mut ceiling_2) = (None, None);
+    let (mut ceiling_1, mut ceiling_2, mut ceiling_session) = (None, None, None);
     if o.ceiling_secs > 0.0 {
         let batch = ceiling::sink_shaped_batch(SINK, o.size, o.effective_groups());
         let client = lite.client();
-        for (n, slot) in [(1, &mut ceiling_1), (2, &mut ceiling_2)] {
-            let stream = format!("ceiling-{n}");
+        for (n, transport, slot) in [
+            (1, Transport::Unary, &mut ceiling_1),
+            (2, Transport::Unary, &mut ceiling_2),
+            (2, Transport::Session, &mut ceiling_session),
+        ] {
+            let stream = format!("ceiling-{n}-{transport:?}").to_lowercase();
             let c = ceiling::measure(
                 &client,
                 &basin,
                 &stream,
                 &batch,
                 n,
+                transport,
                 o.ceiling_secs,
                 (None, lite_pid),
             )
             .await?;
-            eprintln!("ceiling, {n} in flight: {}", c.describe());
+            eprintln!("ceiling: {}", c.describe());
             *slot = Some(c);
         }
     }
@@ -128,6 +146,7 @@ pub async fn start(o: &Opts) -> Result<Env, String> {
         lite_pid,
         ceiling_1,
         ceiling_2,
+        ceiling_session,
     })
 }
 
