@@ -13,6 +13,7 @@ use crate::config::{encode_path_segment, Endpoint, S2Config, Target};
 use crate::error::{from_response, parse_retry_after, transport_error, truncate_body, S2Error};
 use crate::proto;
 use crate::session::{SessionTarget, Sessions};
+use crate::session_http::{SessionRequest, Transport};
 use crate::types::{
     AppendAck, AppendInput, ListStreamsResponse, ReadBatch, ReadLimits, SequencedRecord,
     StreamPosition, TailResponse,
@@ -32,6 +33,8 @@ struct Inner {
     config: S2Config,
     sessions: Arc<Sessions>,
     session_target: Arc<SessionTarget>,
+    /// `Authorization` of session requests (sensitive: never printed).
+    session_auth: Option<HeaderValue>,
 }
 
 impl fmt::Debug for S2Client {
@@ -64,13 +67,15 @@ impl S2Client {
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
         headers.insert("s2-format", HeaderValue::from_static("raw"));
+        let mut session_auth = None;
         if let Some(token) = &config.access_token {
             let mut value =
                 HeaderValue::from_str(&format!("Bearer {}", token.expose())).map_err(|_| {
                     S2Error::InvalidConfig("access token contains invalid characters".into())
                 })?;
             value.set_sensitive(true);
-            headers.insert(AUTHORIZATION, value);
+            headers.insert(AUTHORIZATION, value.clone());
+            session_auth = Some(value);
         }
         let base = || {
             let builder = reqwest::Client::builder()
@@ -88,9 +93,21 @@ impl S2Client {
         };
         let http = built(base().timeout(config.request_timeout))?;
         // Sessions are long-lived streaming requests: HTTP/2 always, no whole-request
-        // timeout (each append's ack has its own deadline).
+        // timeout (each append's ack has its own deadline). Plain http gets our own h2c
+        // connection (see `h2c` for why), https reqwest's.
+        let plain = match &config.endpoint {
+            Endpoint::Direct(url) => url.starts_with("http://"),
+            Endpoint::Cloud => false,
+        };
+        let transport = if plain {
+            Transport::H2c {
+                connect_timeout: config.connect_timeout,
+            }
+        } else {
+            Transport::Reqwest(built(base().http2_prior_knowledge())?)
+        };
         let session_target = Arc::new(SessionTarget {
-            http: built(base().http2_prior_knowledge())?,
+            transport,
             ack_timeout: config.request_timeout,
         });
         Ok(S2Client {
@@ -99,6 +116,7 @@ impl S2Client {
                 config,
                 sessions: Arc::default(),
                 session_target,
+                session_auth,
             }),
         })
     }
@@ -171,7 +189,30 @@ impl S2Client {
             })));
         };
         let target = self.records_target(basin, stream, "");
-        let request = Self::with_basin(self.inner.session_target.http.post(&target.url), &target);
+        let url = match reqwest::Url::parse(&target.url) {
+            Ok(url) => url,
+            Err(e) => {
+                return Box::pin(std::future::ready(Err(S2Error::InvalidConfig(format!(
+                    "{context}: URL {}: {e}",
+                    target.url
+                )))))
+            }
+        };
+        let mut headers = HeaderMap::new();
+        if let Some(basin) = &target.basin_header {
+            match HeaderValue::from_str(basin) {
+                Ok(v) => headers.insert("s2-basin", v),
+                Err(e) => {
+                    return Box::pin(std::future::ready(Err(S2Error::InvalidConfig(format!(
+                        "{context}: basin name as a header: {e}"
+                    )))))
+                }
+            };
+        }
+        if let Some(auth) = &self.inner.session_auth {
+            headers.insert(AUTHORIZATION, auth.clone());
+        }
+        let request = SessionRequest { url, headers };
         let reply = self.inner.sessions.submit(
             &self.inner.session_target,
             request,

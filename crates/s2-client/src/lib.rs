@@ -12,8 +12,10 @@ pub mod batch;
 pub mod client;
 pub mod config;
 pub mod error;
+mod h2c;
 pub mod proto;
 mod session;
+mod session_http;
 #[cfg(feature = "test-util")]
 pub mod testing;
 pub mod types;

@@ -16,19 +16,16 @@
 //! opens a new session.
 
 use std::collections::{HashMap, VecDeque};
-use std::convert::Infallible;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use reqwest::header::CONTENT_TYPE;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::error::{from_response, parse_retry_after, transport_error, S2Error};
+use crate::error::{from_response, S2Error};
 use crate::proto::{next_frame, Frame};
+use crate::session_http::{self, ResponseBody, SessionRequest, Transport};
 use crate::types::AppendAck;
 
 /// A session with no append for this long ends (its stream may have gone quiet for good).
@@ -44,10 +41,10 @@ struct Submit {
     reply: oneshot::Sender<Result<AppendAck, S2Error>>,
 }
 
-/// Where and how sessions connect; shared by every session of one client.
+/// How sessions connect; shared by every session of one client.
 pub(crate) struct SessionTarget {
     /// Streaming requests need HTTP/2 and no whole-request timeout.
-    pub http: reqwest::Client,
+    pub transport: Transport,
     /// Time an append may wait for its ack before the session is given up.
     pub ack_timeout: Duration,
 }
@@ -64,7 +61,7 @@ impl Sessions {
     pub fn submit(
         self: &Arc<Self>,
         target: &Arc<SessionTarget>,
-        request: reqwest::RequestBuilder,
+        request: SessionRequest,
         key: (String, String),
         frame: Bytes,
         expected: Option<u64>,
@@ -95,7 +92,7 @@ impl Sessions {
                 inputs,
                 ack_timeout: target.ack_timeout,
             };
-            session.run(request).await;
+            session.run(&target.transport, request).await;
             // Whatever was queued behind the end was never sent.
             session.inputs.close();
             while let Ok(s) = session.inputs.try_recv() {
@@ -127,17 +124,6 @@ struct Session {
     unacked: VecDeque<Pending>,
     inputs: mpsc::UnboundedReceiver<Submit>,
     ack_timeout: Duration,
-}
-
-/// The request body: frames as they are submitted.
-struct Frames(mpsc::UnboundedReceiver<Bytes>);
-
-impl futures_core::Stream for Frames {
-    type Item = Result<Bytes, Infallible>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.0.poll_recv(cx).map(|f| f.map(Ok))
-    }
 }
 
 impl Session {
@@ -172,14 +158,12 @@ impl Session {
         });
     }
 
-    async fn run(&mut self, request: reqwest::RequestBuilder) {
+    async fn run(&mut self, transport: &Transport, request: SessionRequest) {
         let (body, frames) = mpsc::unbounded_channel();
-        let request = request
-            .header(CONTENT_TYPE, "s2s/proto")
-            .body(reqwest::Body::wrap_stream(Frames(frames)));
-        let send = request.send();
+        let context = self.context.clone();
+        let send = session_http::open(transport, &request, frames, &context);
         tokio::pin!(send);
-        let mut response: Option<reqwest::Response> = None;
+        let mut response: Option<ResponseBody> = None;
         let mut buf = BytesMut::new();
         let mut last_activity = Instant::now();
         let mut draining = false;
@@ -199,25 +183,22 @@ impl Session {
                     None => draining = true,
                 },
                 r = &mut send, if response.is_none() => match r {
-                    Ok(r) if r.status().is_success() => response = Some(r),
-                    Ok(r) => {
-                        let status = r.status().as_u16();
-                        let retry_after = parse_retry_after(r.headers());
-                        let text = r.text().await.unwrap_or_default();
+                    Ok(opened) if (200..300).contains(&opened.status) => response = Some(opened.body),
+                    Ok(opened) => {
+                        let text = opened.body.text().await;
                         let expected = self.unacked.front().and_then(|p| p.expected);
-                        let e = from_response(self.context.clone(), status, retry_after, &text, expected);
+                        let e = from_response(self.context.clone(), opened.status, opened.retry_after, &text, expected);
                         // S2 refused the request itself: none of its appends was read.
                         self.fail_all(e, false);
                         return;
                     }
                     Err(e) => {
-                        let e = transport_error(&self.context, e);
                         let applied = e.may_have_applied();
                         self.fail_all(e, applied);
                         return;
                     }
                 },
-                chunk = async { response.as_mut().expect("guarded").chunk().await }, if response.is_some() => match chunk {
+                chunk = async { response.as_mut().expect("guarded").chunk(&context).await }, if response.is_some() => match chunk {
                     Ok(Some(bytes)) => {
                         buf.extend_from_slice(&bytes);
                         last_activity = Instant::now();
@@ -262,7 +243,6 @@ impl Session {
                         return;
                     }
                     Err(e) => {
-                        let e = transport_error(&self.context, e);
                         self.fail_all(e, true);
                         return;
                     }
