@@ -134,6 +134,11 @@ pub async fn start(o: &Opts) -> Result<Env, String> {
             .await?;
             eprintln!("ceiling: {}", c.describe());
             *slot = Some(c);
+            // s2-lite keeps every record in memory: drop what the ceiling wrote so the run
+            // after it does not pay for it.
+            if let Err(e) = client.delete_stream(&basin, &stream).await {
+                eprintln!("warning: could not delete ceiling stream {stream}: {e}");
+            }
         }
     }
     lite.client()
