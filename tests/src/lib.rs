@@ -14,6 +14,7 @@ pub mod client;
 pub mod cutter;
 pub mod process;
 pub mod proxy;
+pub mod rig;
 
 /// Settings for a test sink on s2-lite with a fast backoff (tens of ms instead of seconds).
 pub fn sink_settings(name: &str, endpoint: &str, basin: &str, stream: &str) -> SinkSettings {

@@ -3,64 +3,46 @@
 //! message still reaches S2 exactly once and in order per group.
 
 use std::collections::HashMap;
+use std::ops::Deref;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use s2sink_queue::Queue;
-use s2sink_server::engine::{Engine, EngineOptions, IngestItem, SinkShared};
+use s2sink_server::engine::IngestItem;
 use s2sink_tests::proxy::{Fault, Proxy, ProxyStats};
-use s2sink_tests::{
-    change, eventually, ids_in, proxied_sink_settings, read_all, verify, LiteServer,
-};
+use s2sink_tests::rig::EngineRig;
+use s2sink_tests::{change, proxied_sink_settings, verify, LiteServer};
 
 /// Request timeout of the sink's S2 client; [`Fault::Hang`] and long delays exceed it.
 const TIMEOUT: Duration = Duration::from_millis(500);
 
 /// An engine with one sink `name` whose endpoint is a fresh proxy in front of s2-lite.
 struct Rig {
-    lite: LiteServer,
+    rig: EngineRig,
     proxy: Proxy,
-    basin: String,
-    stream: String,
-    queue: Queue,
-    engine: Engine,
-    name: &'static str,
-    _dir: tempfile::TempDir,
+}
+
+impl Deref for Rig {
+    type Target = EngineRig;
+
+    fn deref(&self) -> &EngineRig {
+        &self.rig
+    }
 }
 
 impl Rig {
     async fn start(name: &'static str) -> Rig {
         let lite = LiteServer::start().await;
-        let (basin, stream) = lite.fresh_stream(name).await;
         let proxy = Proxy::start(&lite.endpoint()).await;
-        let dir = tempfile::tempdir().unwrap();
-        let queue = Queue::open(dir.path()).unwrap();
-        let mut settings = proxied_sink_settings(name, &proxy, &basin, &stream);
-        settings.s2 = settings.s2.with_request_timeout(TIMEOUT);
-        // Small appends, so thousands of messages make hundreds of appends to fail.
-        settings.batch.limits.max_records = 25;
-        settings.batch.max_run_records = 5;
-        // A failing test drops the data dir under the running actors: report, do not exit.
-        let options = EngineOptions {
-            on_fatal: Some(Arc::new(|e| eprintln!("fatal queue error: {e}"))),
-            ..EngineOptions::default()
-        };
-        let engine = Engine::start(queue.clone(), vec![settings], options).unwrap();
-        Rig {
-            lite,
-            proxy,
-            basin,
-            stream,
-            queue,
-            engine,
-            name,
-            _dir: dir,
-        }
-    }
-
-    fn sink(&self) -> &SinkShared {
-        self.engine.sink(self.name).unwrap()
+        let rig = EngineRig::start(lite, name, |basin, stream| {
+            let mut settings = proxied_sink_settings(name, &proxy, basin, stream);
+            settings.s2 = settings.s2.with_request_timeout(TIMEOUT);
+            // Small appends, so thousands of messages make hundreds of appends to fail.
+            settings.batch.limits.max_records = 25;
+            settings.batch.max_run_records = 5;
+            settings
+        })
+        .await;
+        Rig { rig, proxy }
     }
 
     /// Ingests `total` messages over `groups` groups in batches of 250; returns id → group.
@@ -92,18 +74,15 @@ impl Rig {
     /// directly: every expected id once, per-group order kept.
     async fn drain_and_verify(&self, expected: &HashMap<u64, String>, deadline: Duration) {
         // Nothing pending, and no request held in the proxy that could still land late.
-        let done = eventually(deadline, || async {
-            self.queue.counts(self.name).pending == 0 && self.proxy.stats().in_flight == 0
-        })
-        .await;
-        assert!(
-            done,
-            "not delivered within {deadline:?}: {:?}; proxy {:?}",
-            self.queue.counts(self.name),
-            self.proxy.stats()
-        );
-        let records = read_all(&self.lite.client(), &self.basin, &self.stream).await;
-        let delivered = ids_in(&records, self.name);
+        let what = format!("proxy {:?}", self.proxy.stats());
+        let delivered = self
+            .rig
+            .drain(
+                deadline,
+                || async { self.proxy.stats().in_flight == 0 },
+                &what,
+            )
+            .await;
         let verdict = verify(&delivered, expected);
         assert!(
             verdict.is_clean(),

@@ -3,104 +3,65 @@
 //! append in the middle of the pipeline fails or its answer is lost.
 
 use std::collections::HashMap;
+use std::ops::Deref;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
 use std::time::Duration;
 
-use s2sink_queue::Queue;
-use s2sink_server::engine::{Engine, EngineOptions, IngestItem, SinkSettings, SinkShared};
+use s2sink_server::engine::SinkSettings;
 use s2sink_tests::proxy::{Fault, Proxy};
-use s2sink_tests::{
-    change, eventually, ids_in, proxied_sink_settings, read_all, verify, LiteServer,
-};
+use s2sink_tests::rig::EngineRig;
+use s2sink_tests::{proxied_sink_settings, verify, LiteServer};
 
 /// One sink `name` writing through a fault proxy in front of s2-lite.
 struct Rig {
-    lite: LiteServer,
+    rig: EngineRig,
     proxy: Proxy,
-    basin: String,
-    stream: String,
-    queue: Queue,
-    engine: Engine,
-    name: &'static str,
-    _dir: tempfile::TempDir,
+}
+
+impl Deref for Rig {
+    type Target = EngineRig;
+
+    fn deref(&self) -> &EngineRig {
+        &self.rig
+    }
 }
 
 impl Rig {
     async fn start(name: &'static str, tune: impl FnOnce(&mut SinkSettings)) -> Rig {
         let lite = LiteServer::start().await;
-        let (basin, stream) = lite.fresh_stream(name).await;
         let proxy = Proxy::start(&lite.endpoint()).await;
-        let dir = tempfile::tempdir().unwrap();
-        let queue = Queue::open(dir.path()).unwrap();
-        let mut settings = proxied_sink_settings(name, &proxy, &basin, &stream);
-        tune(&mut settings);
-        let options = EngineOptions {
-            on_fatal: Some(Arc::new(|e| eprintln!("fatal queue error: {e}"))),
-            ..EngineOptions::default()
-        };
-        let engine = Engine::start(queue.clone(), vec![settings], options).unwrap();
-        Rig {
-            lite,
-            proxy,
-            basin,
-            stream,
-            queue,
-            engine,
-            name,
-            _dir: dir,
-        }
-    }
-
-    fn sink(&self) -> &SinkShared {
-        self.engine.sink(self.name).unwrap()
+        let rig = EngineRig::start(lite, name, |basin, stream| {
+            let mut settings = proxied_sink_settings(name, &proxy, basin, stream);
+            tune(&mut settings);
+            settings
+        })
+        .await;
+        Rig { rig, proxy }
     }
 
     /// Ingests `(group, seq)` changes in one request; returns id → group name.
     async fn ingest(&self, items: &[(u64, u64)]) -> HashMap<u64, String> {
-        let batch: Vec<IngestItem> = items
-            .iter()
-            .map(|(pk, seq)| IngestItem::new(change(*pk, *seq, 32)))
-            .collect();
-        let ids = self.engine.ingest(self.name, batch).await.unwrap();
-        ids.iter()
-            .zip(items)
-            .map(|(id, (pk, _))| (id.0, format!("public.t/{pk}")))
-            .collect()
+        self.rig.ingest(items, 32).await
     }
 
     /// Waits (bounded) until nothing is pending and the proxy holds nothing; returns the ids
     /// in the stream.
     async fn drain(&self, deadline: Duration) -> Vec<u64> {
-        let done = eventually(deadline, || async {
-            self.queue.counts(self.name).pending == 0 && self.proxy.stats().in_flight == 0
-        })
-        .await;
-        assert!(
-            done,
-            "not delivered within {deadline:?}: {:?}; proxy {:?}",
-            self.queue.counts(self.name),
-            self.proxy.stats()
-        );
-        ids_in(
-            &read_all(&self.lite.client(), &self.basin, &self.stream).await,
-            self.name,
-        )
+        let what = format!("proxy {:?}", self.proxy.stats());
+        self.rig
+            .drain(
+                deadline,
+                || async { self.proxy.stats().in_flight == 0 },
+                &what,
+            )
+            .await
     }
 
     fn report(&self, test: &str) {
-        let s = &self.sink().stats;
         eprintln!(
-            "{test}: proxy {:?}; engine appends {} max in flight {} requeued {} reorders {} \
-             reconciles {} discarded {} failures {:?}",
+            "{test}: proxy {:?}; engine {}",
             self.proxy.stats(),
-            s.appends.load(Relaxed),
-            s.max_appends_in_flight.load(Relaxed),
-            s.requeued.load(Relaxed),
-            s.pipeline_reorders.load(Relaxed),
-            s.reconciles.load(Relaxed),
-            s.discarded.load(Relaxed),
-            s.failures_by_status.lock().unwrap(),
+            self.rig.stats_line()
         );
     }
 }
