@@ -1,10 +1,12 @@
-//! A TCP forwarder on 127.0.0.1 that cuts connections after a random lifetime: faults for
-//! traffic the HTTP/1.1 fault proxy cannot parse, such as S2's append sessions (HTTP/2).
+//! A TCP forwarder on 127.0.0.1 that cuts connections after a random lifetime, or swallows
+//! every answer: faults for traffic the HTTP/1.1 fault proxy cannot parse, such as S2's
+//! append sessions (HTTP/2).
 //!
 //! Each accepted connection is forwarded byte for byte to the upstream and reset (linger 0)
 //! after a lifetime drawn from the configured range, whatever is in flight on it: appends
 //! sent but unanswered, answers half received. [`TcpCutter::disarm`] lets later connections
-//! live, so a test can drain.
+//! live, so a test can drain. [`TcpCutter::mute`] forwards requests but never a byte back:
+//! S2 applies what it gets and the client waits for answers that never come.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -18,6 +20,7 @@ use tokio::task::JoinHandle;
 pub struct TcpCutter {
     addr: SocketAddr,
     armed: Arc<AtomicBool>,
+    muted: Arc<AtomicBool>,
     cuts: Arc<AtomicU64>,
     task: JoinHandle<()>,
 }
@@ -34,9 +37,10 @@ impl TcpCutter {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let armed = Arc::new(AtomicBool::new(true));
+        let muted = Arc::new(AtomicBool::new(false));
         let cuts = Arc::new(AtomicU64::new(0));
         let rng = Arc::new(Mutex::new(fastrand::Rng::with_seed(seed)));
-        let (a, c) = (armed.clone(), cuts.clone());
+        let (a, m, c) = (armed.clone(), muted.clone(), cuts.clone());
         let task = tokio::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
             while let Ok((client, _)) = listener.accept().await {
@@ -45,15 +49,25 @@ impl TcpCutter {
                     let span = hi.saturating_sub(lo).as_millis() as u64;
                     lo + Duration::from_millis(rng.lock().unwrap().u64(0..=span))
                 });
-                conns.spawn(forward(client, upstream, life, c.clone()));
+                if m.load(Relaxed) {
+                    conns.spawn(forward_muted(client, upstream));
+                } else {
+                    conns.spawn(forward(client, upstream, life, c.clone()));
+                }
             }
         });
         TcpCutter {
             addr,
             armed,
+            muted,
             cuts,
             task,
         }
+    }
+
+    /// Connections accepted from now on forward requests but no answer (never cut).
+    pub fn mute(&self) {
+        self.muted.store(true, Relaxed);
     }
 
     /// `http://127.0.0.1:PORT` of the forwarder.
@@ -103,4 +117,17 @@ async fn forward(
             }
         }
     }
+}
+
+/// Forwards `client`'s bytes upstream and reads the upstream's answers into the void.
+async fn forward_muted(client: TcpStream, upstream: SocketAddr) {
+    let Ok(server) = TcpStream::connect(upstream).await else {
+        return;
+    };
+    let (mut client_read, _client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let up = tokio::io::copy(&mut client_read, &mut server_write);
+    let mut void = tokio::io::sink();
+    let down = tokio::io::copy(&mut server_read, &mut void);
+    let _ = tokio::join!(up, down);
 }

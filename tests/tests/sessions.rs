@@ -1,10 +1,14 @@
 //! The stream writer on S2's append session (the default transport): pipelined appends reach
-//! s2-lite in order, and connections cut mid-session lose and duplicate nothing.
+//! s2-lite in order, connections cut mid-session lose and duplicate nothing, and an ack that
+//! never comes is an unknown outcome, not a failure to resend blindly.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::Duration;
 
+use s2sink_client::{AppendInput, AppendRecord, S2Client, S2Config};
+use s2sink_core::ErrorClass;
 use s2sink_server::engine::SinkSettings;
 use s2sink_tests::cutter::TcpCutter;
 use s2sink_tests::rig::EngineRig;
@@ -89,4 +93,32 @@ async fn connections_cut_mid_session_lose_and_duplicate_nothing() {
     let verdict = verify(&delivered, &expected);
     assert!(verdict.is_clean(), "{verdict:?}");
     assert_eq!(delivered.len(), 10_000);
+}
+
+/// S2 applies an append but its ack never arrives (every answer swallowed on the way): the
+/// append fails after the request timeout as "may have applied" — it did land, so resending
+/// without reading the stream back would duplicate it.
+#[tokio::test]
+async fn an_ack_that_never_comes_is_an_unknown_outcome_after_the_timeout() {
+    let lite = LiteServer::start().await;
+    let (basin, stream) = lite.fresh_stream("mute").await;
+    let cutter = TcpCutter::start(&lite.endpoint(), 1, (Duration::ZERO, Duration::ZERO)).await;
+    cutter.mute();
+    let config =
+        S2Config::direct(cutter.endpoint()).with_request_timeout(Duration::from_millis(300));
+    let client = S2Client::new(config).unwrap();
+    let input = AppendInput::new(vec![AppendRecord::new("landed")]).with_match_seq_num(0);
+    let e = client
+        .append_ordered(&basin, &stream, Arc::new(input))
+        .await
+        .expect_err("no ack can arrive");
+    assert_eq!(e.code(), Some("session_ended"), "{e}");
+    assert_eq!(e.class(), ErrorClass::OutcomeUnknown, "{e}");
+    assert!(e.to_string().contains("no ack within"), "{e}");
+    let applied = eventually(Duration::from_secs(10), || async {
+        let tail = lite.client().check_tail(&basin, &stream).await.unwrap();
+        tail.seq_num == 1
+    })
+    .await;
+    assert!(applied, "S2 never got the append");
 }
