@@ -495,6 +495,36 @@ async fn check_names_what_is_wrong_on_the_s2_side() {
     assert!(check_line(&run, "good", &format!("basin {basin}")).contains(" ok "));
     assert!(check_line(&run, "good", &format!("stream {basin}/events")).contains("exists"));
     assert!(check_line(&run, "good", "append").contains("only by appending"));
+    assert!(check_line(&run, "good", "append session").contains(" ok "));
+
+    // Through an HTTP/1.1-only proxy everything answers but the session: the report says
+    // so and how to fix it.
+    let http1 = Proxy::start(&lite.endpoint()).await;
+    let behind = TestConfig::new()
+        .sink(SinkConfig::new(
+            "behind",
+            &http1.endpoint(),
+            &basin,
+            "events",
+        ))
+        .render();
+    let run = check(dir.path(), &behind).await;
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(check_line(&run, "behind", &format!("stream {basin}/events")).contains(" ok "));
+    let line = check_line(&run, "behind", "append session");
+    assert!(
+        line.contains("FAIL") && line.contains("append_session = false"),
+        "{line}"
+    );
+    let run = check(
+        dir.path(),
+        &behind.replace(
+            "name = \"behind\"",
+            "name = \"behind\"\nappend_session = false",
+        ),
+    )
+    .await;
+    assert_eq!(run.code, Some(0), "{run:?}");
 
     let refusing = Proxy::start(&lite.endpoint()).await;
     refusing.set_scope(Scope::All);

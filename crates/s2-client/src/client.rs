@@ -13,7 +13,7 @@ use crate::config::{encode_path_segment, Endpoint, S2Config, Target};
 use crate::error::{from_response, parse_retry_after, transport_error, truncate_body, S2Error};
 use crate::proto;
 use crate::session::{SessionTarget, Sessions};
-use crate::session_http::{SessionRequest, Transport};
+use crate::session_http::{self, SessionRequest, Transport};
 use crate::types::{
     AppendAck, AppendInput, ListStreamsResponse, ReadBatch, ReadLimits, SequencedRecord,
     StreamPosition, TailResponse,
@@ -188,31 +188,10 @@ impl S2Client {
                 ),
             })));
         };
-        let target = self.records_target(basin, stream, "");
-        let url = match reqwest::Url::parse(&target.url) {
-            Ok(url) => url,
-            Err(e) => {
-                return Box::pin(std::future::ready(Err(S2Error::InvalidConfig(format!(
-                    "{context}: URL {}: {e}",
-                    target.url
-                )))))
-            }
+        let request = match self.session_request(basin, stream, &context) {
+            Ok(r) => r,
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
-        let mut headers = HeaderMap::new();
-        if let Some(basin) = &target.basin_header {
-            match HeaderValue::from_str(basin) {
-                Ok(v) => headers.insert("s2-basin", v),
-                Err(e) => {
-                    return Box::pin(std::future::ready(Err(S2Error::InvalidConfig(format!(
-                        "{context}: basin name as a header: {e}"
-                    )))))
-                }
-            };
-        }
-        if let Some(auth) = &self.inner.session_auth {
-            headers.insert(AUTHORIZATION, auth.clone());
-        }
-        let request = SessionRequest { url, headers };
         let reply = self.inner.sessions.submit(
             &self.inner.session_target,
             request,
@@ -229,6 +208,62 @@ impl S2Client {
                 })
             })
         })
+    }
+
+    /// Opens an append session on `stream` and closes it without appending anything: checks
+    /// that the way to S2 carries sessions (HTTP/2 all along) and that S2 takes this stream.
+    pub async fn probe_session(&self, basin: &str, stream: &str) -> Result<(), S2Error> {
+        let context = format!("append session on stream `{stream}` in basin `{basin}`");
+        let request = self.session_request(basin, stream, &context)?;
+        // No frame will come: the request body ends at once.
+        let (_, frames) = tokio::sync::mpsc::unbounded_channel();
+        let open = session_http::open(
+            &self.inner.session_target.transport,
+            &request,
+            frames,
+            &context,
+        );
+        let opened = tokio::time::timeout(self.inner.config.request_timeout, open)
+            .await
+            .map_err(|_| S2Error::SessionEnded {
+                context: context.clone(),
+                reason: "no answer within the request timeout".into(),
+                may_have_applied: false,
+            })??;
+        if (200..300).contains(&opened.status) {
+            return Ok(());
+        }
+        let text = opened.body.text().await;
+        Err(from_response(
+            context,
+            opened.status,
+            opened.retry_after,
+            &text,
+            None,
+        ))
+    }
+
+    /// The URL and headers (basin, token) of a session request on `stream`.
+    fn session_request(
+        &self,
+        basin: &str,
+        stream: &str,
+        context: &str,
+    ) -> Result<SessionRequest, S2Error> {
+        let target = self.records_target(basin, stream, "");
+        let url = reqwest::Url::parse(&target.url)
+            .map_err(|e| S2Error::InvalidConfig(format!("{context}: URL {}: {e}", target.url)))?;
+        let mut headers = HeaderMap::new();
+        if let Some(basin) = &target.basin_header {
+            let v = HeaderValue::from_str(basin).map_err(|e| {
+                S2Error::InvalidConfig(format!("{context}: basin name as a header: {e}"))
+            })?;
+            headers.insert("s2-basin", v);
+        }
+        if let Some(auth) = &self.inner.session_auth {
+            headers.insert(AUTHORIZATION, auth.clone());
+        }
+        Ok(SessionRequest { url, headers })
     }
 
     /// Number of append sessions open now (each one a streaming request to S2).

@@ -5,7 +5,9 @@
 //! once producers send. Per sink (and its dead-letter stream): the endpoint answers and the
 //! token is accepted and the basin exists (one `GET /v1/basins/{basin}`), the stream exists or
 //! the basin creates streams on append (`GET …/records/tail`). Whether the token may append
-//! cannot be learnt without appending; the report says so. `serve` runs the same checks once
+//! cannot be learnt without appending; the report says so. With append sessions on (the
+//! default), a session is opened on the first existing stream and closed without an append:
+//! an HTTP/1.1-only proxy in between shows here, not as failing deliveries. `serve` runs the same checks once
 //! at start and logs what fails as warnings (it never refuses to start because S2 is down).
 
 use s2sink_client::{S2Client, S2Error};
@@ -103,10 +105,14 @@ async fn check_sink(s: &SinkSettings, rows: &mut Vec<CheckRow>) {
             streams.push(r);
         }
     }
+    let mut existing = None;
     for r in &streams {
         let what = format!("stream {r}");
         match client.check_tail(&r.basin, &r.stream).await {
-            Ok(t) => row(what, Outcome::Ok, format!("exists (tail {})", t.seq_num)),
+            Ok(t) => {
+                existing.get_or_insert(r);
+                row(what, Outcome::Ok, format!("exists (tail {})", t.seq_num))
+            }
             Err(e) if e.code() == Some("stream_not_found") && creates => row(
                 what,
                 Outcome::Ok,
@@ -127,6 +133,24 @@ async fn check_sink(s: &SinkSettings, rows: &mut Vec<CheckRow>) {
         Outcome::Note,
         "whether the token may append is known only by appending; not checked".into(),
     );
+    // Appends travel on sessions (HTTP/2 all the way): open one and close it, empty.
+    if let (true, Some(r)) = (s.s2.append_session, existing) {
+        match client.probe_session(&r.basin, &r.stream).await {
+            Ok(()) => row(
+                "append session".into(),
+                Outcome::Ok,
+                format!("opens on {r} (HTTP/2)"),
+            ),
+            Err(e) => row(
+                "append session".into(),
+                Outcome::Fail,
+                format!(
+                    "{e}; if something between s2-sink and S2 carries only HTTP/1.1, set \
+                     append_session = false for this sink"
+                ),
+            ),
+        }
+    }
 }
 
 /// What a failed basin lookup means for the user.
