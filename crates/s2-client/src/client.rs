@@ -104,7 +104,20 @@ impl S2Client {
                 connect_timeout: config.connect_timeout,
             }
         } else {
-            Transport::Reqwest(built(base().http2_prior_knowledge())?)
+            // Built once here to surface configuration errors now.
+            built(base().http2_prior_knowledge())?;
+            let (headers, config) = (headers.clone(), config.clone());
+            Transport::Reqwest(Box::new(move || {
+                let mut b = reqwest::Client::builder()
+                    .default_headers(headers.clone())
+                    .connect_timeout(config.connect_timeout)
+                    .http2_prior_knowledge();
+                if config.endpoint.is_loopback() {
+                    b = b.no_proxy();
+                }
+                b.build()
+                    .map_err(|e| S2Error::InvalidConfig(format!("HTTP client: {e}")))
+            }))
         };
         let session_target = Arc::new(SessionTarget {
             transport,

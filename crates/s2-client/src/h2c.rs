@@ -6,8 +6,8 @@
 //! the previous one, and Linux delays that ACK up to 40 ms while we have nothing to send.
 //! Measured on a session with one append in flight: 34 ms per 250 KB append, 6 ms once every
 //! segment is acknowledged at once. Linux has no lasting per-socket switch for that, so
-//! `TCP_QUICKACK` is set again after every read. Over `https://` the session keeps using
-//! reqwest's HTTP/2 (ALPN) connection.
+//! `TCP_QUICKACK` is set again after every read. Over `https://` a session gets a reqwest
+//! HTTP/2 client of its own instead (see `session_http`).
 
 use std::convert::Infallible;
 use std::io;

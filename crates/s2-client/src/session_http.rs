@@ -12,11 +12,16 @@ use tokio::sync::mpsc;
 use crate::error::{parse_retry_after, transport_error, S2Error};
 use crate::h2c;
 
-/// How a client's sessions reach S2.
+/// Builds the reqwest client of one `https://` session.
+pub(crate) type ClientFactory = Box<dyn Fn() -> Result<reqwest::Client, S2Error> + Send + Sync>;
+
+/// How a client's sessions reach S2: one connection per session either way, so sessions of
+/// many streams never queue behind the server's limit of concurrent HTTP/2 streams on one
+/// connection (a session holds its stream as long as it lives).
 pub(crate) enum Transport {
-    /// `https://`: reqwest's HTTP/2 client (no whole-request timeout).
-    Reqwest(reqwest::Client),
-    /// `http://`: one h2c connection per session.
+    /// `https://`: a reqwest HTTP/2 client of its own per session (no whole-request timeout).
+    Reqwest(ClientFactory),
+    /// `http://`: an h2c connection of its own per session.
     H2c { connect_timeout: Duration },
 }
 
@@ -34,7 +39,11 @@ pub(crate) struct Opened {
 }
 
 pub(crate) enum ResponseBody {
-    Reqwest(reqwest::Response),
+    /// The session's own client (and so its connection) lives as long as the response.
+    Reqwest {
+        response: reqwest::Response,
+        _client: reqwest::Client,
+    },
     /// The connection lives as long as the response is read.
     H2c(hyper::body::Incoming, h2c::Connection),
 }
@@ -55,7 +64,9 @@ pub(crate) async fn open(
     context: &str,
 ) -> Result<Opened, S2Error> {
     match transport {
-        Transport::Reqwest(http) => {
+        Transport::Reqwest(client) => {
+            // Lives as long as the response it returns (the connection goes with it).
+            let http = client()?;
             let r = http
                 .post(request.url.clone())
                 .headers(request.headers.clone())
@@ -67,7 +78,10 @@ pub(crate) async fn open(
             Ok(Opened {
                 status: r.status().as_u16(),
                 retry_after: parse_retry_after(r.headers()),
-                body: ResponseBody::Reqwest(r),
+                body: ResponseBody::Reqwest {
+                    response: r,
+                    _client: http,
+                },
             })
         }
         Transport::H2c { connect_timeout } => {
@@ -104,7 +118,10 @@ impl ResponseBody {
     /// The next bytes of the response; `None` at its end.
     pub async fn chunk(&mut self, context: &str) -> Result<Option<Bytes>, S2Error> {
         match self {
-            ResponseBody::Reqwest(r) => r.chunk().await.map_err(|e| transport_error(context, e)),
+            ResponseBody::Reqwest { response, .. } => response
+                .chunk()
+                .await
+                .map_err(|e| transport_error(context, e)),
             ResponseBody::H2c(body, _) => loop {
                 match body.frame().await {
                     None => return Ok(None),
@@ -124,7 +141,7 @@ impl ResponseBody {
     /// The whole remaining body as text (an error response), empty if it cannot be read.
     pub async fn text(self) -> String {
         match self {
-            ResponseBody::Reqwest(r) => r.text().await.unwrap_or_default(),
+            ResponseBody::Reqwest { response, .. } => response.text().await.unwrap_or_default(),
             ResponseBody::H2c(body, _conn) => match body.collect().await {
                 Ok(b) => String::from_utf8_lossy(&b.to_bytes()).into_owned(),
                 Err(_) => String::new(),
