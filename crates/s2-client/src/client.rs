@@ -77,27 +77,17 @@ impl S2Client {
             headers.insert(AUTHORIZATION, value.clone());
             session_auth = Some(value);
         }
-        let base = || {
-            let builder = reqwest::Client::builder()
-                .default_headers(headers.clone())
-                .connect_timeout(config.connect_timeout);
-            if config.endpoint.is_loopback() {
-                builder.no_proxy()
-            } else {
-                builder
-            }
-        };
-        let built = |b: reqwest::ClientBuilder| {
-            b.build()
-                .map_err(|e| S2Error::InvalidConfig(format!("HTTP client: {e}")))
-        };
-        let http = built(base().timeout(config.request_timeout))?;
+        let http = build_client(client_builder(&headers, &config).timeout(config.request_timeout))?;
         // Sessions are long-lived streaming requests: HTTP/2 always, no whole-request
         // timeout (each append's ack has its own deadline). Plain http gets our own h2c
-        // connection (see `h2c` for why), https reqwest's.
+        // connection (see `h2c` for why), https a reqwest client of its own per session.
         let plain = match &config.endpoint {
             Endpoint::Direct(url) => url.starts_with("http://"),
             Endpoint::Cloud => false,
+        };
+        let session_client = {
+            let (headers, config) = (headers.clone(), config.clone());
+            move || build_client(client_builder(&headers, &config).http2_prior_knowledge())
         };
         let transport = if plain {
             Transport::H2c {
@@ -105,19 +95,8 @@ impl S2Client {
             }
         } else {
             // Built once here to surface configuration errors now.
-            built(base().http2_prior_knowledge())?;
-            let (headers, config) = (headers.clone(), config.clone());
-            Transport::Reqwest(Box::new(move || {
-                let mut b = reqwest::Client::builder()
-                    .default_headers(headers.clone())
-                    .connect_timeout(config.connect_timeout)
-                    .http2_prior_knowledge();
-                if config.endpoint.is_loopback() {
-                    b = b.no_proxy();
-                }
-                b.build()
-                    .map_err(|e| S2Error::InvalidConfig(format!("HTTP client: {e}")))
-            }))
+            session_client()?;
+            Transport::Reqwest(Box::new(session_client))
         };
         let session_target = Arc::new(SessionTarget {
             transport,
@@ -429,10 +408,7 @@ impl S2Client {
     }
 
     fn basin_request(&self, method: Method, target: &Target) -> RequestBuilder {
-        Self::with_basin(self.inner.http.request(method, &target.url), target)
-    }
-
-    fn with_basin(req: RequestBuilder, target: &Target) -> RequestBuilder {
+        let req = self.inner.http.request(method, &target.url);
         match &target.basin_header {
             Some(basin) => req.header("s2-basin", basin),
             None => req,
@@ -463,6 +439,25 @@ impl S2Client {
             ))
         }
     }
+}
+
+/// What every HTTP client of one S2 client shares: default headers (token, format), the
+/// connect timeout, no proxy for a loopback endpoint.
+fn client_builder(headers: &HeaderMap, config: &S2Config) -> reqwest::ClientBuilder {
+    let builder = reqwest::Client::builder()
+        .default_headers(headers.clone())
+        .connect_timeout(config.connect_timeout);
+    if config.endpoint.is_loopback() {
+        builder.no_proxy()
+    } else {
+        builder
+    }
+}
+
+fn build_client(builder: reqwest::ClientBuilder) -> Result<reqwest::Client, S2Error> {
+    builder
+        .build()
+        .map_err(|e| S2Error::InvalidConfig(format!("HTTP client: {e}")))
 }
 
 fn decode<T: DeserializeOwned>(context: &str, resp: &Response) -> Result<T, S2Error> {

@@ -158,6 +158,15 @@ impl Session {
         });
     }
 
+    /// Takes no more appends (the next ones open a new session) but sends those already
+    /// queued: they were submitted to this session, so they go out on it.
+    fn stop_taking(&mut self, body: &mpsc::UnboundedSender<Bytes>) {
+        self.inputs.close();
+        while let Ok(s) = self.inputs.try_recv() {
+            self.accept(s, body);
+        }
+    }
+
     async fn run(&mut self, transport: &Transport, request: SessionRequest) {
         let (body, frames) = mpsc::unbounded_channel();
         let context = self.context.clone();
@@ -214,10 +223,7 @@ impl Session {
                                     if reconnect_advised && !draining {
                                         // S2 is about to end this session: new appends go to a
                                         // new one, this one finishes what it sent.
-                                        self.inputs.close();
-                                        while let Ok(s) = self.inputs.try_recv() {
-                                            self.accept(s, &body);
-                                        }
+                                        self.stop_taking(&body);
                                         draining = true;
                                     }
                                 }
@@ -250,10 +256,7 @@ impl Session {
                 _ = tokio::time::sleep_until(deadline) => {
                     if self.unacked.is_empty() {
                         // Idle: take no more, but send what raced with the decision.
-                        self.inputs.close();
-                        while let Ok(s) = self.inputs.try_recv() {
-                            self.accept(s, &body);
-                        }
+                        self.stop_taking(&body);
                         draining = true;
                         continue;
                     }

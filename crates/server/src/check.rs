@@ -7,8 +7,9 @@
 //! the basin creates streams on append (`GET …/records/tail`). Whether the token may append
 //! cannot be learnt without appending; the report says so. With append sessions on (the
 //! default), a session is opened on the first existing stream and closed without an append:
-//! an HTTP/1.1-only proxy in between shows here, not as failing deliveries. `serve` runs the same checks once
-//! at start and logs what fails as warnings (it never refuses to start because S2 is down).
+//! an HTTP/1.1-only proxy in between shows here, not as failing deliveries. `serve` runs the
+//! same checks once at start and logs what fails as warnings (it never refuses to start
+//! because S2 is down).
 
 use s2sink_client::{S2Client, S2Error};
 use s2sink_core::Route;
