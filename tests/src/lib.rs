@@ -4,11 +4,11 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use s2sink_client::{S2Client, S2Config, SequencedRecord};
+use s2sink_client::{S2Config, SequencedRecord};
 use s2sink_core::{BackoffPolicy, Route};
 use s2sink_server::engine::{our_id, SinkSettings};
 
-pub use s2sink_client::testing::{unique_name, LiteServer};
+pub use s2sink_client::testing::{read_all, unique_name, LiteServer};
 
 pub mod client;
 pub mod cutter;
@@ -41,28 +41,6 @@ pub fn proxied_sink_settings(
     let mut s = sink_settings(name, &proxy.endpoint(), basin, stream);
     s.s2 = s.s2.with_append_session(false);
     s
-}
-
-/// Every record of a stream, from the start to the tail.
-pub async fn read_all(client: &S2Client, basin: &str, stream: &str) -> Vec<SequencedRecord> {
-    let mut out = Vec::new();
-    let tail = client
-        .check_tail(basin, stream)
-        .await
-        .expect("check tail")
-        .seq_num;
-    let mut pos = 0;
-    while pos < tail {
-        let limits = s2sink_client::types::ReadLimits {
-            count: Some(1000),
-            bytes: None,
-        };
-        let batch = client.read(basin, stream, pos, limits).await.expect("read");
-        let Some(last) = batch.last() else { break };
-        pos = last.seq_num + 1;
-        out.extend(batch);
-    }
-    out
 }
 
 /// The message ids of `sink` in a stream, in stream order.

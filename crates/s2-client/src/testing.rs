@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::{S2Client, S2Config};
+use crate::{ReadLimits, S2Client, S2Config, SequencedRecord};
 
 /// How long s2-lite may take to answer `/health` (it normally needs ≈1.1 s).
 const STARTUP_DEADLINE: Duration = Duration::from_secs(20);
@@ -78,6 +78,31 @@ pub fn unique_name(prefix: &str) -> String {
     let mut name = format!("{prefix}-{:x}-{n}-{nanos:x}", std::process::id());
     name.truncate(48);
     name
+}
+
+/// Every record of a stream, from the start to the tail.
+///
+/// # Panics
+/// If the tail or a read fails.
+pub async fn read_all(client: &S2Client, basin: &str, stream: &str) -> Vec<SequencedRecord> {
+    let mut out = Vec::new();
+    let tail = client
+        .check_tail(basin, stream)
+        .await
+        .expect("check tail")
+        .seq_num;
+    let mut pos = 0;
+    while pos < tail {
+        let limits = ReadLimits {
+            count: Some(1000),
+            bytes: None,
+        };
+        let batch = client.read(basin, stream, pos, limits).await.expect("read");
+        let Some(last) = batch.last() else { break };
+        pos = last.seq_num + 1;
+        out.extend(batch);
+    }
+    out
 }
 
 /// An in-memory s2-lite server on a free port, killed when dropped.

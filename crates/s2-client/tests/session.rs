@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use s2sink_client::testing::LiteServer;
-use s2sink_client::{AppendInput, AppendRecord, ReadLimits, S2Client, S2Config, S2Error};
+use s2sink_client::testing::{read_all, LiteServer};
+use s2sink_client::{AppendInput, AppendRecord, S2Client, S2Config, S2Error};
 use s2sink_core::ErrorClass;
 
 fn batch(from: usize, n: usize) -> AppendInput {
@@ -17,25 +17,13 @@ fn batch(from: usize, n: usize) -> AppendInput {
     )
 }
 
-async fn read_all(lite: &LiteServer, basin: &str, stream: &str) -> Vec<(u64, String, String)> {
-    let client = lite.client();
-    let mut out = Vec::new();
-    loop {
-        let limits = ReadLimits {
-            count: Some(1000),
-            bytes: None,
-        };
-        let got = client
-            .read(basin, stream, out.len() as u64, limits)
-            .await
-            .unwrap();
-        if got.is_empty() {
-            return out;
-        }
-        for r in got {
-            out.push((r.seq_num, r.headers[0].1.clone(), r.body));
-        }
-    }
+/// (seq num, `msg-id` header, body) of every record in the stream.
+async fn records(lite: &LiteServer, basin: &str, stream: &str) -> Vec<(u64, String, String)> {
+    read_all(&lite.client(), basin, stream)
+        .await
+        .into_iter()
+        .map(|r| (r.seq_num, r.headers[0].1.clone(), r.body))
+        .collect()
 }
 
 #[tokio::test]
@@ -59,7 +47,7 @@ async fn pipelined_appends_land_in_submission_order_with_their_acks() {
             (k as u64 * 20, k as u64 * 20 + 20)
         );
     }
-    let records = read_all(&lite, &basin, &stream).await;
+    let records = records(&lite, &basin, &stream).await;
     assert_eq!(records.len(), 1000);
     for (i, (seq, id, body)) in records.iter().enumerate() {
         assert_eq!(*seq, i as u64);
@@ -90,7 +78,7 @@ async fn a_failed_append_ends_the_session_and_nothing_behind_it_lands() {
         .expect_err("the append behind a failure fails too");
     assert_eq!(e.class(), ErrorClass::OutcomeUnknown, "{e}");
     assert_eq!(e.code(), Some("session_ended"));
-    assert_eq!(read_all(&lite, &basin, &stream).await.len(), 2);
+    assert_eq!(records(&lite, &basin, &stream).await.len(), 2);
 
     // The next append opens a new session and goes through.
     let ack = client
@@ -98,7 +86,7 @@ async fn a_failed_append_ends_the_session_and_nothing_behind_it_lands() {
         .await
         .unwrap();
     assert_eq!((ack.start.seq_num, ack.end.seq_num), (2, 5));
-    assert_eq!(read_all(&lite, &basin, &stream).await.len(), 5);
+    assert_eq!(records(&lite, &basin, &stream).await.len(), 5);
 }
 
 #[tokio::test]
@@ -137,5 +125,5 @@ async fn with_sessions_off_ordered_appends_are_unary() {
         .unwrap();
     assert_eq!(ack.end.seq_num, 3);
     assert_eq!(client.open_sessions(), 0);
-    assert_eq!(read_all(&lite, &basin, &stream).await.len(), 3);
+    assert_eq!(records(&lite, &basin, &stream).await.len(), 3);
 }
