@@ -205,8 +205,16 @@ async fn a_group_actor_that_panicked_is_started_again_and_its_group_goes_on() {
     assert_eq!(events.len(), 2, "{events:?}");
     assert!(events[0].contains("\"n\":3") && events[1].contains("\"n\":6"));
     assert_eq!(queue.counts("s").discarded, 1);
-    // The group's actor was started again after the panic, and none is left live.
-    let shards = engine.shards("s").await.unwrap();
+    // The group's actor was started again after the panic, and none is left live. The last
+    // actor stops just after its final ack (which is what `drained` saw): wait for that.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let shards = loop {
+        let shards = engine.shards("s").await.unwrap();
+        if shards.iter().all(|s| s.live_groups == 0) || tokio::time::Instant::now() > deadline {
+            break shards;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     assert!(
         shards.iter().map(|s| s.groups_started).sum::<u64>() >= 2,
         "{shards:?}"
