@@ -121,6 +121,54 @@ async fn one_append_in_flight_is_still_one() {
     assert_eq!(wire_max, 1);
 }
 
+#[actix_rt::test]
+async fn a_hot_group_sends_its_next_run_while_an_earlier_one_is_still_unanswered() {
+    // The group keeps a window of runs in the writer that moves on as each is acked: when
+    // append 0 is answered and append 1 is still held on the wire, append 2 goes out. (Sent
+    // in rounds of two, append 2 would wait for append 1's answer.) One ingest of 3,000
+    // messages in one group, appends of 500 records: append i has match_seq_num 500·i.
+    let rig = Rig::start("window", |s| {
+        s.batch.max_appends_in_flight = 2;
+        s.batch.limits.max_records = 500;
+        s.batch.max_run_records = 500;
+    })
+    .await;
+    // Below the client's 5 s request timeout: append 1 is slow, not lost.
+    let held = Duration::from_secs(3);
+    let arrivals = std::sync::Arc::new(std::sync::Mutex::new(HashMap::new()));
+    let seen = arrivals.clone();
+    rig.proxy.set_policy(move |info| {
+        if let Some(m) = info.match_seq_num {
+            seen.lock()
+                .unwrap()
+                .entry(m)
+                .or_insert_with(std::time::Instant::now);
+        }
+        match info.match_seq_num {
+            Some(500) => Fault::Delay(held),
+            _ => Fault::Pass,
+        }
+    });
+    let items: Vec<(u64, u64)> = (0..3000).map(|i| (7, i)).collect();
+    let expected = rig.ingest(&items).await;
+    let delivered = rig.drain(Duration::from_secs(60)).await;
+    rig.report("window");
+    let verdict = verify(&delivered, &expected);
+    assert!(verdict.is_clean(), "{verdict:?}");
+    assert_eq!(delivered.len(), 3000);
+    let arrivals = arrivals.lock().unwrap();
+    let (Some(t1), Some(t2)) = (arrivals.get(&500), arrivals.get(&1000)) else {
+        panic!("appends 1 and 2 not seen: {arrivals:?}");
+    };
+    // Append 1 cannot have been answered before `held` passed since it arrived.
+    assert!(
+        t2.duration_since(*t1) < held,
+        "append 2 waited for append 1's answer ({:?} after it)",
+        t2.duration_since(*t1)
+    );
+    assert!(rig.sink().last_failure().is_none(), "a group was charged");
+}
+
 /// Two groups, five messages each, appends of five records: one run per append, so one
 /// group's run is append k and the other's is append k+1, sent while k is still in flight.
 /// `faults[i]` applies to the append at chain position i (match_seq_num 5·i), once.

@@ -301,7 +301,22 @@ impl Queue {
         max_bytes: usize,
     ) -> Result<Vec<StoredMessage>> {
         self.with_sink(sink, Vec::new(), |s| {
-            s.head_run(group, max_messages, max_bytes)
+            s.head_run(group, None, max_messages, max_bytes)
+        })
+    }
+
+    /// Like [`head_run`](Queue::head_run), but the messages of `group` after `after`: what a
+    /// group sends next while its earlier runs are still being appended (not yet acked).
+    pub fn run_after(
+        &self,
+        sink: &str,
+        group: &GroupRef,
+        after: MessageId,
+        max_messages: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredMessage>> {
+        self.with_sink(sink, Vec::new(), |s| {
+            s.head_run(group, Some(after), max_messages, max_bytes)
         })
     }
 

@@ -661,10 +661,34 @@ impl Sink {
         }
     }
 
+    /// The ids of `group` after `after` (all of them for `None`), oldest first: a binary
+    /// search in the group's ordered ids, not a walk from the head.
+    fn ids_after<'a>(
+        st: &'a State,
+        group: &GroupRef,
+        after: Option<u64>,
+    ) -> Box<dyn Iterator<Item = u64> + 'a> {
+        let Some(after) = after else {
+            return Self::ids_of(st, group);
+        };
+        match group.solo() {
+            Some(_) => Box::new(Self::ids_of(st, group).filter(move |id| *id > after)),
+            None => match st.index.groups.lookup(group) {
+                Some(slot) => {
+                    let ids = st.index.groups.ids(slot);
+                    let from = ids.partition_point(|id| *id <= after);
+                    Box::new(ids.range(from..).copied())
+                }
+                None => Box::new(std::iter::empty()),
+            },
+        }
+    }
+
     /// See [`Queue::head_run`](crate::Queue::head_run).
     pub fn head_run(
         &self,
         group: &GroupRef,
+        after: Option<MessageId>,
         max_messages: usize,
         max_bytes: usize,
     ) -> Result<Vec<StoredMessage>> {
@@ -672,7 +696,7 @@ impl Sink {
         let st = &mut *guard;
         let mut ids = Vec::new();
         let mut bytes = 0usize;
-        for id in Self::ids_of(st, group) {
+        for id in Self::ids_after(st, group, after.map(|a| a.0)) {
             let len = st.index.msgs[&id].len as usize;
             if !ids.is_empty() && (ids.len() >= max_messages || bytes + len > max_bytes) {
                 break;

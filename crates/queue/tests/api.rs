@@ -83,6 +83,53 @@ fn ungrouped_messages_are_groups_of_their_own() {
 }
 
 #[test]
+fn run_after_reads_behind_messages_still_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path()).unwrap();
+    let out = rt()
+        .block_on(q.enqueue(
+            "s",
+            vec![
+                msg(Some("g"), b"1"),
+                msg(Some("h"), b"x"),
+                msg(Some("g"), b"2"),
+                msg(Some("g"), b"3"),
+                msg(None, b"solo"),
+            ],
+        ))
+        .unwrap();
+    let ids = |run: Vec<s2sink_queue::StoredMessage>| run.iter().map(|m| m.id).collect::<Vec<_>>();
+    let g = &out[0].group;
+    // Not acked yet, so `head_run` still starts at the first; `run_after` goes on behind it.
+    assert_eq!(
+        ids(q.run_after("s", g, out[0].id, 10, usize::MAX).unwrap()),
+        vec![out[2].id, out[3].id]
+    );
+    assert_eq!(
+        ids(q.run_after("s", g, out[2].id, 1, usize::MAX).unwrap()),
+        vec![out[3].id]
+    );
+    assert!(q
+        .run_after("s", g, out[3].id, 10, usize::MAX)
+        .unwrap()
+        .is_empty());
+    // An id between the group's own (another group's) works the same.
+    assert_eq!(
+        ids(q.run_after("s", g, out[1].id, 10, usize::MAX).unwrap()),
+        vec![out[2].id, out[3].id]
+    );
+    let solo = &out[4].group;
+    assert_eq!(
+        ids(q.run_after("s", solo, out[3].id, 10, usize::MAX).unwrap()),
+        vec![out[4].id]
+    );
+    assert!(q
+        .run_after("s", solo, out[4].id, 10, usize::MAX)
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
 fn head_run_respects_limits_but_always_returns_the_head() {
     let dir = tempfile::tempdir().unwrap();
     let q = Queue::open(dir.path()).unwrap();

@@ -70,6 +70,16 @@ impl ByteBudget {
         Held { permit }
     }
 
+    /// Takes `bytes` (as [`take`](ByteBudget::take)) only if they are free now: for work
+    /// that can wait for its own holdings to come back instead of waiting here (a group that
+    /// reads ahead while its earlier runs, held, are still in flight).
+    pub fn try_take(&self, bytes: usize) -> Option<Held> {
+        let kib = Self::kib_of(bytes).min(self.kib);
+        let permit = self.sem.clone().try_acquire_many_owned(kib).ok()?;
+        self.note_high_water();
+        Some(Held { permit })
+    }
+
     fn note_high_water(&self) {
         self.high_water.fetch_max(self.held_kib() as u64, Relaxed);
     }
@@ -118,6 +128,17 @@ mod tests {
         let b = b.await.unwrap();
         assert_eq!(budget.held(), 42 * 1024);
         assert_eq!(budget.high_water(), 48 * 1024);
+        drop((a, b));
+        assert_eq!(budget.held(), 0);
+    }
+
+    #[tokio::test]
+    async fn try_take_takes_only_what_is_free_now() {
+        let budget = ByteBudget::new(8 * 1024);
+        let a = budget.try_take(6 * 1024).expect("free");
+        assert!(budget.try_take(4 * 1024).is_none(), "only 2 KiB are free");
+        let b = budget.try_take(2 * 1024).expect("exactly what is left");
+        assert_eq!(budget.held(), 8 * 1024);
         drop((a, b));
         assert_eq!(budget.held(), 0);
     }

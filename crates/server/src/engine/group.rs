@@ -1,23 +1,32 @@
 //! GroupActor: owns the head of one message group and delivers it strictly in order.
 //!
-//! With `max_appends_in_flight` = 1 one run of a group is in flight; above that, a second run
-//! (the messages right behind the first, to the same stream) goes to the same writer behind
-//! the first, sharing its chain flag, so a hot group keeps two appends in flight. On failure
+//! With `max_appends_in_flight` = 1 one run of a group is in flight; above that, the runs
+//! right behind it (to the same stream) go to the same writer behind it, sharing its chain
+//! flag: a window of up to `max_appends_in_flight + 1` runs that moves on as each is acked,
+//! so a hot group's pipeline never empties. On failure
 //! the head stays at the front with its error and backoff, and the whole group waits (the
 //! actor stops and the supervisor wakes the group when the backoff ends). Nothing behind a
 //! failing head is ever sent: the writer never sends a group's later run after its earlier
 //! one failed, and an append behind a failed one cannot land (`match_seq_num`).
 
+use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::rc::Rc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
 
 use actix::prelude::*;
 use s2sink_core::UnixMillis;
 use s2sink_queue::{GroupRef, StoredMessage};
 
+use s2sink_core::Route;
+use s2sink_transform::Functions;
+
+use super::budget::Held;
 use super::plan::{plan_run, Next};
 use super::sink::SinkLocal;
-use super::writer::RunError;
+use super::writer::{Failure, Pending, Run, RunError, WriterGone};
+use super::SinkSettings;
 
 /// How a group actor ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,7 +175,7 @@ pub async fn deliver_group(local: &SinkLocal, group: &GroupRef) -> GroupOutcome 
                 shared
                     .stats
                     .count_failure(failure.error.class, failure.error.status);
-                (&msgs[index], failure, route)
+                (Cow::Borrowed(&msgs[index]), failure, route)
             }
             Next::Send { index, route, run } => {
                 if index == 0 {
@@ -188,16 +197,16 @@ pub async fn deliver_group(local: &SinkLocal, group: &GroupRef) -> GroupOutcome 
                 }
                 let first = msgs[index].id;
                 if lookahead {
-                    let behind = if all.is_empty() { &msgs } else { &all };
-                    match send_two(
+                    let ahead = if all.is_empty() { msgs } else { all };
+                    match send_window(
                         local,
                         &settings,
                         functions,
-                        behind,
-                        index,
+                        group,
+                        ahead,
+                        held,
                         route.clone(),
                         run,
-                        now,
                         read_epoch,
                     )
                     .await
@@ -209,7 +218,7 @@ pub async fn deliver_group(local: &SinkLocal, group: &GroupRef) -> GroupOutcome 
                         // Kept out of the stream because an earlier append failed: read the
                         // head again, uncharged.
                         Err(None) => continue,
-                        Err(Some((i, failure))) => (&behind[i], failure, Some(route)),
+                        Err(Some((m, failure))) => (Cow::Owned(m), failure, Some(route)),
                     }
                 } else {
                     match local.submit(&route, &settings, run).await {
@@ -218,13 +227,15 @@ pub async fn deliver_group(local: &SinkLocal, group: &GroupRef) -> GroupOutcome 
                             continue;
                         }
                         Err(RunError::Requeued) => continue,
-                        Err(RunError::Failed(failure)) => (&msgs[index], failure, Some(route)),
+                        Err(RunError::Failed(failure)) => {
+                            (Cow::Borrowed(&msgs[index]), failure, Some(route))
+                        }
                     }
                 }
             }
         };
         match local
-            .fail_message(&settings, failed, failure, route.as_ref())
+            .fail_message(&settings, &failed, failure, route.as_ref())
             .await
         {
             Ok(Some(until)) => return GroupOutcome::BackingOffUntil(until),
@@ -234,83 +245,174 @@ pub async fn deliver_group(local: &SinkLocal, group: &GroupRef) -> GroupOutcome 
     }
 }
 
-/// Sends `run` and, behind it on the same writer, the group's next run when it goes to the
-/// same stream, so a hot group keeps two appends in flight. Both share a chain flag: if the
-/// first is not delivered, the writer never sends the second after it (see `Run::chain`).
-/// `msgs` are the group's head messages, `index` the first run's first one. `Err(None)`:
-/// requeued, read the head again uncharged; `Err(Some((i, f)))`: charge message `i` of
-/// `msgs` (the head of the run that failed first).
+/// One run of a group in a writer, not yet settled.
+struct InFlight {
+    /// The run's first message: charged if the run fails.
+    head: StoredMessage,
+    pending: Pending,
+    /// The budget of the read this run was the last of (given back when it settles).
+    _held: Option<Held>,
+}
+
+/// Sends `run` and keeps the group's next runs behind it on the same writer, up to one more
+/// than the stream's `max_appends_in_flight` at once (so the writer already holds the next
+/// run when an append is acked). Each time the oldest run is acked the next one is planned
+/// from what was read behind it, or read after the last message sent: a hot group's
+/// pipeline stays full instead of emptying after every pair of runs. All share a chain
+/// flag: once one is not delivered, the writer sends none after it (see `Run::chain`).
+/// `ahead`: the messages read with `run` (its own among them), `held` their budget. Returns
+/// when nothing more goes out this way and what went out has settled. `Err(None)`:
+/// requeued, read the head again uncharged; `Err(Some((m, f)))`: charge `m`, the head of
+/// the run that failed first.
 #[allow(clippy::too_many_arguments)]
-async fn send_two(
+async fn send_window(
     local: &SinkLocal,
-    settings: &std::sync::Arc<super::SinkSettings>,
-    functions: std::sync::Arc<s2sink_transform::Functions>,
-    msgs: &[StoredMessage],
-    index: usize,
-    route: s2sink_core::Route,
-    mut run: super::writer::Run,
-    now: UnixMillis,
-    read_epoch: u64,
-) -> Result<(), Option<(usize, super::writer::Failure)>> {
-    let chain = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    settings: &Arc<SinkSettings>,
+    functions: Arc<Functions>,
+    group: &GroupRef,
+    ahead: Vec<StoredMessage>,
+    held: Held,
+    route: Route,
+    mut run: Run,
+    mut read_epoch: u64,
+) -> Result<(), Option<(StoredMessage, Failure)>> {
+    let shared = &local.shared;
+    let (Some(first_id), Some(mut last)) =
+        (run.ids.first().map(|d| d.id), run.ids.last().map(|d| d.id))
+    else {
+        return Ok(());
+    };
+    let Some(first_msg) = ahead.iter().find(|m| m.id == first_id).cloned() else {
+        return Err(None);
+    };
+    let chain = Arc::new(AtomicBool::new(false));
     run.chain = Some(chain.clone());
-    let last = run.ids.last().map(|d| d.id);
     let writer = local.writer(&route, settings);
     let first = match writer.enqueue(run).await {
         Ok(p) => p,
         // The writer ended (idle or reloaded): send this run alone on a new one.
-        Err(super::writer::WriterGone(run)) => {
+        Err(WriterGone(run)) => {
             return match local.submit(&route, settings, run).await {
                 Ok(()) => Ok(()),
                 Err(RunError::Requeued) => Err(None),
-                Err(RunError::Failed(f)) => Err(Some((index, f))),
+                Err(RunError::Failed(f)) => Err(Some((first_msg, f))),
             };
         }
     };
-    // The messages behind the first run; a second run only when it is a plain run to the
-    // same stream (filtered messages and local failures wait until they are the head).
-    let skip = msgs
-        .iter()
-        .position(|m| Some(m.id) > last)
-        .unwrap_or(msgs.len());
-    let mut second = None;
-    let visible = msgs
-        .get(skip)
-        .is_some_and(|m| m.state.not_visible_until.is_none_or(|t| t <= now));
-    if visible {
-        let end = msgs.len().min(skip + settings.batch.max_run_records);
-        let rest = msgs[skip..end].to_vec();
-        let (plan, _) = plan_off_thread(local, settings, functions, rest, now, read_epoch).await;
-        if let (
-            true,
-            Next::Send {
-                index: i,
-                route: r2,
-                run: mut run2,
-            },
-        ) = (plan.filtered.is_empty(), plan.next)
-        {
-            if r2 == route {
-                run2.chain = Some(chain);
-                // Only on the same writer: a new writer could send it before the first.
-                if let Ok(p) = writer.enqueue(run2).await {
-                    second = Some((skip + i, p));
+    let mut ahead: VecDeque<StoredMessage> = ahead.into_iter().filter(|m| m.id > last).collect();
+    // The budget of what `ahead` holds goes with the run that takes its last message.
+    let mut ahead_held = Some(held);
+    let mut window = VecDeque::with_capacity(4);
+    window.push_back(InFlight {
+        head: first_msg,
+        pending: first,
+        _held: if ahead.is_empty() {
+            ahead_held.take()
+        } else {
+            None
+        },
+    });
+    let depth = settings.batch.max_appends_in_flight.max(1) + 1;
+    let mut more = true;
+    loop {
+        while more && window.len() < depth && !shared.is_stopping() {
+            if ahead.is_empty() {
+                let limits = &settings.batch.limits;
+                // Never wait for budget here: what this group holds comes back only as its
+                // runs settle, so without room now it waits for the oldest one first.
+                let Some(mut h) = local
+                    .held_budget()
+                    .try_take(limits.max_metered_bytes as usize)
+                else {
+                    break;
+                };
+                let epoch = shared.stats.reconciles.load(Relaxed);
+                let read = shared.queue.run_after(
+                    &shared.name,
+                    group,
+                    last,
+                    settings.batch.max_run_records,
+                    h.bytes(),
+                );
+                match read {
+                    Ok(m) if !m.is_empty() => {
+                        h.keep(m.iter().map(|m| m.payload.len()).sum());
+                        ahead = m.into();
+                        ahead_held = Some(h);
+                        read_epoch = epoch;
+                    }
+                    Ok(_) => {
+                        more = false;
+                        break;
+                    }
+                    Err(e) => {
+                        (local.on_fatal)(&e);
+                        more = false;
+                        break;
+                    }
                 }
             }
+            let now = local.clock.now_millis();
+            let visible = ahead
+                .front()
+                .is_some_and(|m| m.state.not_visible_until.is_none_or(|t| t <= now));
+            if !visible {
+                more = false;
+                break;
+            }
+            let n = ahead.len().min(settings.batch.max_run_records);
+            let rest: Vec<StoredMessage> = ahead.drain(..n).collect();
+            let (plan, rest) =
+                plan_off_thread(local, settings, functions.clone(), rest, now, read_epoch).await;
+            // Only a plain run to the same stream goes behind (filtered messages and local
+            // failures wait until they are the head).
+            let next = match plan.next {
+                Next::Send {
+                    index: 0,
+                    route: r,
+                    run,
+                } if plan.filtered.is_empty() && r == route => run,
+                _ => {
+                    more = false;
+                    break;
+                }
+            };
+            let Some(next_last) = next.ids.last().map(|d| d.id) else {
+                more = false;
+                break;
+            };
+            let mut rest = rest.into_iter();
+            let head = rest.next().expect("a planned run has messages");
+            // The plan may take fewer than it was given (size limits): the rest is next.
+            for m in rest.rev().filter(|m| m.id > next_last) {
+                ahead.push_front(m);
+            }
+            let mut next = next;
+            next.chain = Some(chain.clone());
+            // Only on the same writer: a new writer could send it before the others.
+            let Ok(pending) = writer.enqueue(next).await else {
+                more = false;
+                break;
+            };
+            last = next_last;
+            window.push_back(InFlight {
+                head,
+                pending,
+                _held: if ahead.is_empty() {
+                    ahead_held.take()
+                } else {
+                    None
+                },
+            });
         }
-    }
-    match first.outcome().await {
-        Ok(()) => {}
-        Err(RunError::Requeued) => return Err(None),
-        Err(RunError::Failed(f)) => return Err(Some((index, f))),
-    }
-    match second {
-        None => Ok(()),
-        Some((i, p)) => match p.outcome().await {
-            Ok(()) => Ok(()),
-            Err(RunError::Requeued) => Err(None),
-            Err(RunError::Failed(f)) => Err(Some((i, f))),
-        },
+        let Some(oldest) = window.pop_front() else {
+            return Ok(());
+        };
+        match oldest.pending.outcome().await {
+            Ok(()) => local.delivered(oldest.head.id),
+            Err(RunError::Requeued) => return Err(None),
+            Err(RunError::Failed(f)) => return Err(Some((oldest.head, f))),
+        }
     }
 }
 
