@@ -174,6 +174,7 @@ async fn a_412_that_finds_part_of_the_batch_charges_no_other_group() {
     // The retries of the first ten groups (after a 20 ms backoff) and the ten new ones share
     // one append.
     settings.batch.linger = Duration::from_secs(1);
+    settings.batch.linger_when_idle = true;
     let engine = engine(&queue, settings);
     ingest_groups(&engine, "partial", 1..11).await;
     let held = eventually(Duration::from_secs(10), || async {

@@ -105,6 +105,9 @@ impl Flusher {
     }
 }
 
+/// A flush at least this long is logged (debug).
+const SLOW_FLUSH: std::time::Duration = std::time::Duration::from_millis(20);
+
 fn run(shared: Arc<Shared>, db: sled::Db, delay: std::time::Duration) {
     loop {
         {
@@ -126,7 +129,17 @@ fn run(shared: Arc<Shared>, db: sled::Db, delay: std::time::Duration) {
             r.next += 1;
             r.next - 1
         };
+        let started = std::time::Instant::now();
         let result = db.flush();
+        let took = started.elapsed();
+        if took >= SLOW_FLUSH {
+            // Every writer waiting for this flush waited this long: where ingest latency goes.
+            tracing::debug!(
+                ms = took.as_millis() as u64,
+                bytes = result.as_ref().map_or(0, |b| *b),
+                "slow sled flush"
+            );
+        }
         shared.done.send_modify(|d| {
             d.generation = generation;
             if let Err(e) = result {

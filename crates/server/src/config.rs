@@ -185,6 +185,9 @@ pub struct BatchSection {
     pub max_bytes: u64,
     pub max_json_bytes: usize,
     pub linger_ms: u64,
+    /// A partial append waits `linger_ms` also when no append is in flight (default false:
+    /// it goes at once).
+    pub linger_when_idle: bool,
     /// Appends in flight at once per stream, 1..=16 (default 2).
     pub max_appends_in_flight: usize,
 }
@@ -197,6 +200,7 @@ impl Default for BatchSection {
             max_bytes: l.max_metered_bytes,
             max_json_bytes: l.max_json_bytes,
             linger_ms: 5,
+            linger_when_idle: false,
             max_appends_in_flight: BatchSettings::default().max_appends_in_flight,
         }
     }
@@ -573,6 +577,7 @@ fn sink_settings(
     settings.batch = BatchSettings {
         limits,
         linger: Duration::from_millis(s.batch.linger_ms),
+        linger_when_idle: s.batch.linger_when_idle,
         max_run_records: limits.max_records,
         max_appends_in_flight: s.batch.max_appends_in_flight,
     };

@@ -110,12 +110,14 @@ impl StreamIo for SlowStream {
 /// Far beyond any schedule here (virtual time).
 const POLL_DEADLINE: Duration = Duration::from_secs(600);
 
-/// Ingests `messages` of one group with appends of `max_records`, `linger` and `k` appends in
-/// flight; returns what the stream saw once every message is in it.
+/// Ingests `messages` of one group with appends of `max_records`, `linger` (also with nothing
+/// in flight when `linger_when_idle`) and `k` appends in flight; returns what the stream saw
+/// once every message is in it.
 fn run_paused(
     messages: u64,
     max_records: usize,
     linger: Duration,
+    linger_when_idle: bool,
     k: usize,
 ) -> (Arc<SlowStream>, Instant) {
     let system = actix_rt::System::with_tokio_rt(|| {
@@ -137,6 +139,7 @@ fn run_paused(
         s.batch.limits.max_records = max_records;
         s.batch.max_run_records = max_records;
         s.batch.linger = linger;
+        s.batch.linger_when_idle = linger_when_idle;
         s.batch.max_appends_in_flight = k;
         let engine = Engine::start(
             queue,
@@ -173,7 +176,7 @@ fn run_paused(
 
 #[test]
 fn full_appends_go_out_at_once_two_in_flight_chained_by_match_seq_num() {
-    let (stub, _) = run_paused(40, 10, Duration::from_secs(5), 2);
+    let (stub, _) = run_paused(40, 10, Duration::from_secs(5), false, 2);
     let sent = stub.sent.lock().unwrap();
     assert_eq!(sent.len(), 4, "{sent:?}");
     // Chained: each append expects the tail the previous one leaves; nothing was refused.
@@ -189,7 +192,7 @@ fn full_appends_go_out_at_once_two_in_flight_chained_by_match_seq_num() {
 
 #[test]
 fn one_append_in_flight_waits_for_each_answer() {
-    let (stub, _) = run_paused(40, 10, Duration::from_secs(5), 1);
+    let (stub, _) = run_paused(40, 10, Duration::from_secs(5), false, 1);
     let sent = stub.sent.lock().unwrap();
     assert_eq!(sent.len(), 4, "{sent:?}");
     assert_eq!(stub.max_in_flight.load(SeqCst), 1);
@@ -199,9 +202,40 @@ fn one_append_in_flight_waits_for_each_answer() {
 }
 
 #[test]
+fn a_partial_append_goes_at_once_when_nothing_is_in_flight() {
+    // An hour: far beyond the poll deadline, so reaching the stream at all proves the append
+    // did not wait for it (virtual time also runs on while the engine waits for real
+    // threads, so a short linger could not tell the two apart).
+    let linger = Duration::from_secs(3600);
+    let (stub, ingested) = run_paused(3, 10, linger, false, 2);
+    let sent = stub.sent.lock().unwrap();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].records, 3);
+    assert!(
+        sent[0].at - ingested < linger,
+        "waited {:?} with nothing in flight",
+        sent[0].at - ingested
+    );
+}
+
+#[test]
+fn a_partial_append_behind_one_in_flight_waits_for_its_answer_not_the_linger() {
+    // 13 messages, appends of 10: the full one goes at once; the 3 behind it are a partial
+    // append while the first is in flight, so they wait — until its answer (the pipeline is
+    // empty again), not for the hour of linger (beyond the poll deadline).
+    let linger = Duration::from_secs(3600);
+    let (stub, _) = run_paused(13, 10, linger, false, 2);
+    let sent = stub.sent.lock().unwrap();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert_eq!((sent[0].records, sent[1].records), (10, 3));
+    let gap = sent[1].at - sent[0].at;
+    assert!(gap >= ROUND_TRIP && gap < linger, "{sent:?}");
+}
+
+#[test]
 fn a_partial_append_waits_for_the_linger() {
     let linger = Duration::from_millis(700);
-    let (stub, ingested) = run_paused(3, 10, linger, 2);
+    let (stub, ingested) = run_paused(3, 10, linger, true, 2);
     let sent = stub.sent.lock().unwrap();
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert_eq!(sent[0].records, 3);

@@ -194,7 +194,10 @@ pub async fn start_server(o: &Opts, dir: &std::path::Path, config: &str) -> Serv
     ServerProcess::start(
         dir,
         config,
-        &[("RUST_LOG", "info,s2sink_server::engine=debug")],
+        &[(
+            "RUST_LOG",
+            "info,s2sink_server::engine=debug,s2sink_queue=debug",
+        )],
     )
     .await
 }

@@ -47,8 +47,13 @@ pub const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
 pub struct BatchSettings {
     /// S2's per-append limits (records, metered bytes, JSON body size).
     pub limits: BatchLimits,
-    /// How long a writer waits for more runs before sending a non-full append.
+    /// How long a writer waits for more runs before sending a non-full append while another
+    /// append is in flight (with none in flight a partial append goes at once, unless
+    /// `linger_when_idle`).
     pub linger: Duration,
+    /// Whether a partial append also waits `linger` when no append is in flight: fewer,
+    /// larger appends at low load, at the cost of that latency on every quiet message.
+    pub linger_when_idle: bool,
     /// Most messages one group puts in one run.
     pub max_run_records: usize,
     /// Appends in flight at once per stream (1..=16), chained by `match_seq_num`: more hides
@@ -64,6 +69,7 @@ impl Default for BatchSettings {
         BatchSettings {
             limits: BatchLimits::default(),
             linger: Duration::from_millis(5),
+            linger_when_idle: false,
             max_run_records: 1000,
             max_appends_in_flight: 2,
         }

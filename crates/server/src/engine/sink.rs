@@ -218,6 +218,7 @@ impl SinkLocal {
             stats: self.shared.stats.clone(),
             limits: settings.batch.limits,
             linger: settings.batch.linger,
+            linger_when_idle: settings.batch.linger_when_idle,
             clock: self.clock,
             on_fatal: self.on_fatal.clone(),
             generation,

@@ -14,14 +14,15 @@
 //! other writers only cost extra reconciliations.
 //!
 //! Pipelining: up to `max_appends_in_flight` appends (sink setting, default 2) are in flight
-//! per writer. An append is sent as soon as it is full; only a partial one lingers. Append
+//! per writer. An append is sent as soon as it is full, or at once when none is in flight; only
+//! a partial one behind an append in flight lingers (Nagle's rule). Append
 //! k+1 is chained to k by `match_seq_num`, so it can only land right behind a landed k;
 //! outcomes are applied strictly in send order and the mark only follows an append whose
 //! predecessors all succeeded. The first failure stops sending, drains the pipeline and
 //! reconciles; the runs of later appends go back to their groups uncharged
-//! ([`RunError::Requeued`]). See `pipeline` for the details. A group may have its next run in
-//! the same writer behind its current one (never in another writer); both share
-//! [`Run::chain`], so the later one is never sent after the earlier one failed.
+//! ([`RunError::Requeued`]). See `pipeline` for the details. A group may have its next runs in
+//! the same writer behind its current one (never in another writer); all share
+//! [`Run::chain`], so a later one is never sent after an earlier one failed.
 //!
 //! Order on the wire: appends go out with [`StreamIo::append_ordered`], which queues each
 //! one before it returns. With the default transport, S2's append session (one HTTP/2
@@ -199,6 +200,8 @@ pub struct WriterCtx {
     pub stats: Arc<SinkStats>,
     pub limits: BatchLimits,
     pub linger: Duration,
+    /// `BatchSettings::linger_when_idle`.
+    pub linger_when_idle: bool,
     pub clock: Clock,
     pub on_fatal: super::FatalHook,
     pub generation: u64,

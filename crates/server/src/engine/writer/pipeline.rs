@@ -187,6 +187,17 @@ pub(super) async fn writer_loop(ctx: WriterCtx, mut rx: mpsc::Receiver<Submissio
     };
     let mut closing = false;
     loop {
+        // Take every run already waiting in the channel before deciding, so an idle pipeline
+        // sends them together rather than the first alone.
+        while !closing && w.waiting.is_empty() && w.batch.records < ctx.limits.max_records {
+            match rx.try_recv() {
+                Ok(s) => {
+                    w.waiting.push_back(s);
+                    w.fill();
+                }
+                Err(_) => break,
+            }
+        }
         w.fill();
         while w.can_send() && w.batch_ready(closing) {
             let batch = std::mem::take(&mut w.batch);
@@ -263,13 +274,17 @@ impl Writer<'_> {
                 && !self.state.needs_reconcile)
     }
 
-    /// A batch goes out when full, when the next run does not fit, when its linger ended, or
-    /// when the writer is closing.
+    /// A batch goes out when full, when the next run does not fit, when its linger ended,
+    /// when the writer is closing, or at once when no append is in flight (unless
+    /// `linger_when_idle`): lingering only pays while an append is on the wire anyway (as
+    /// Nagle's algorithm does), so a quiet stream's message goes out without waiting and a
+    /// busy one still sends full appends.
     fn batch_ready(&self, closing: bool) -> bool {
         if self.batch.subs.is_empty() {
             return false;
         }
         closing
+            || (self.inflight.is_empty() && !self.ctx.linger_when_idle)
             || !self.waiting.is_empty()
             || self.batch.records >= self.ctx.limits.max_records
             || self.batch.deadline.is_some_and(|d| Instant::now() >= d)
