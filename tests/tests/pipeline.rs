@@ -169,6 +169,45 @@ async fn a_hot_group_sends_its_next_run_while_an_earlier_one_is_still_unanswered
     assert!(rig.sink().last_failure().is_none(), "a group was charged");
 }
 
+#[actix_rt::test]
+async fn a_refused_append_inside_a_groups_window_charges_its_run_once_and_loses_nothing() {
+    // One group, appends of 500: append 2 (match_seq_num 1000) is refused once with 429 after
+    // 1 s, while the runs behind it are already in the writer. The group is charged once
+    // (the refused run's head), the runs behind go back uncharged, and everything lands once,
+    // in order.
+    let rig = Rig::start("window_fail", |s| {
+        s.batch.max_appends_in_flight = 2;
+        s.batch.limits.max_records = 500;
+        s.batch.max_run_records = 500;
+        s.max_retry_count = Some(5);
+    })
+    .await;
+    let refused = std::sync::atomic::AtomicBool::new(false);
+    rig.proxy.set_policy(move |info| {
+        if info.match_seq_num == Some(1000) && !refused.swap(true, Relaxed) {
+            Fault::Late(Duration::from_secs(1), Box::new(Fault::throttled(0)))
+        } else {
+            Fault::Pass
+        }
+    });
+    let items: Vec<(u64, u64)> = (0..4000).map(|i| (9, i)).collect();
+    let expected = rig.ingest(&items).await;
+    let delivered = rig.drain(Duration::from_secs(60)).await;
+    rig.report("window_fail");
+    let verdict = verify(&delivered, &expected);
+    assert!(verdict.is_clean(), "{verdict:?}");
+    assert_eq!(delivered.len(), 4000);
+    let stats = &rig.sink().stats;
+    let failures: u64 = stats.failures_by_status.lock().unwrap().values().sum();
+    assert_eq!(failures, 1, "charged more than the refused run's head");
+    assert_eq!(stats.discarded.load(Relaxed), 0);
+    // The runs behind the refused one were in the writer and went back (uncharged).
+    assert!(
+        stats.requeued.load(Relaxed) >= 500,
+        "no run behind the refused one was in the writer"
+    );
+}
+
 /// Two groups, five messages each, appends of five records: one run per append, so one
 /// group's run is append k and the other's is append k+1, sent while k is still in flight.
 /// `faults[i]` applies to the append at chain position i (match_seq_num 5·i), once.
