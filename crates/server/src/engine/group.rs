@@ -314,8 +314,15 @@ async fn send_window(
     });
     let depth = settings.batch.max_appends_in_flight.max(1) + 1;
     let mut more = true;
+    // Reads behind the first read wait for the first ack: until then the writer (on this
+    // thread) has what the first read gave, and a restart's many groups each read once
+    // before any of them reads again.
+    let mut acked = false;
     loop {
         while more && window.len() < depth && !shared.is_stopping() {
+            if ahead.is_empty() && !acked {
+                break;
+            }
             if ahead.is_empty() {
                 let limits = &settings.batch.limits;
                 // Never wait for budget here: what this group holds comes back only as its
@@ -409,7 +416,10 @@ async fn send_window(
             return Ok(());
         };
         match oldest.pending.outcome().await {
-            Ok(()) => local.delivered(oldest.head.id),
+            Ok(()) => {
+                local.delivered(oldest.head.id);
+                acked = true;
+            }
             Err(RunError::Requeued) => return Err(None),
             Err(RunError::Failed(f)) => return Err(Some((oldest.head, f))),
         }
