@@ -57,6 +57,18 @@ impl Rig {
             .await
     }
 
+    /// Ingests `n` messages of group `group` in one request and asserts (bounded wait) that
+    /// all of them land exactly once and in order.
+    async fn one_group_lands_once_in_order(&self, test: &str, group: u64, n: u64) {
+        let items: Vec<(u64, u64)> = (0..n).map(|i| (group, i)).collect();
+        let expected = self.ingest(&items).await;
+        let delivered = self.drain(Duration::from_secs(60)).await;
+        self.report(test);
+        let verdict = verify(&delivered, &expected);
+        assert!(verdict.is_clean(), "{verdict:?}");
+        assert_eq!(delivered.len() as u64, n);
+    }
+
     fn report(&self, test: &str) {
         eprintln!(
             "{test}: proxy {:?}; engine {}",
@@ -66,16 +78,18 @@ impl Rig {
     }
 }
 
+/// Appends (and a group's runs) of at most 500 records, `k` in flight.
+fn appends_of_500(s: &mut SinkSettings, k: usize) {
+    s.batch.max_appends_in_flight = k;
+    s.batch.limits.max_records = 500;
+    s.batch.max_run_records = 500;
+}
+
 /// A hot group of 20k messages over appends of 500 records, every append delayed 20 ms on
 /// the wire: with `k` appends in flight. Returns (max in flight seen by the engine, by the
 /// proxy).
 async fn hot_group(k: usize) -> (u64, u64) {
-    let rig = Rig::start("hot", |s| {
-        s.batch.max_appends_in_flight = k;
-        s.batch.limits.max_records = 500;
-        s.batch.max_run_records = 500;
-    })
-    .await;
+    let rig = Rig::start("hot", |s| appends_of_500(s, k)).await;
     rig.proxy
         .set_policy(|_| Fault::Delay(Duration::from_millis(20)));
     let total = 20_000u64;
@@ -127,12 +141,7 @@ async fn a_hot_group_sends_its_next_run_while_an_earlier_one_is_still_unanswered
     // append 0 is answered and append 1 is still held on the wire, append 2 goes out. (Sent
     // in rounds of two, append 2 would wait for append 1's answer.) One ingest of 3,000
     // messages in one group, appends of 500 records: append i has match_seq_num 500·i.
-    let rig = Rig::start("window", |s| {
-        s.batch.max_appends_in_flight = 2;
-        s.batch.limits.max_records = 500;
-        s.batch.max_run_records = 500;
-    })
-    .await;
+    let rig = Rig::start("window", |s| appends_of_500(s, 2)).await;
     // Below the client's 5 s request timeout: append 1 is slow, not lost.
     let held = Duration::from_secs(3);
     let arrivals = std::sync::Arc::new(std::sync::Mutex::new(HashMap::new()));
@@ -149,13 +158,7 @@ async fn a_hot_group_sends_its_next_run_while_an_earlier_one_is_still_unanswered
             _ => Fault::Pass,
         }
     });
-    let items: Vec<(u64, u64)> = (0..3000).map(|i| (7, i)).collect();
-    let expected = rig.ingest(&items).await;
-    let delivered = rig.drain(Duration::from_secs(60)).await;
-    rig.report("window");
-    let verdict = verify(&delivered, &expected);
-    assert!(verdict.is_clean(), "{verdict:?}");
-    assert_eq!(delivered.len(), 3000);
+    rig.one_group_lands_once_in_order("window", 7, 3000).await;
     let arrivals = arrivals.lock().unwrap();
     let (Some(t1), Some(t2)) = (arrivals.get(&500), arrivals.get(&1000)) else {
         panic!("appends 1 and 2 not seen: {arrivals:?}");
@@ -176,9 +179,7 @@ async fn a_refused_append_inside_a_groups_window_charges_its_run_once_and_loses_
     // (the refused run's head), the runs behind go back uncharged, and everything lands once,
     // in order.
     let rig = Rig::start("window_fail", |s| {
-        s.batch.max_appends_in_flight = 2;
-        s.batch.limits.max_records = 500;
-        s.batch.max_run_records = 500;
+        appends_of_500(s, 2);
         s.max_retry_count = Some(5);
     })
     .await;
@@ -190,13 +191,8 @@ async fn a_refused_append_inside_a_groups_window_charges_its_run_once_and_loses_
             Fault::Pass
         }
     });
-    let items: Vec<(u64, u64)> = (0..4000).map(|i| (9, i)).collect();
-    let expected = rig.ingest(&items).await;
-    let delivered = rig.drain(Duration::from_secs(60)).await;
-    rig.report("window_fail");
-    let verdict = verify(&delivered, &expected);
-    assert!(verdict.is_clean(), "{verdict:?}");
-    assert_eq!(delivered.len(), 4000);
+    rig.one_group_lands_once_in_order("window_fail", 9, 4000)
+        .await;
     let stats = &rig.sink().stats;
     let failures: u64 = stats.failures_by_status.lock().unwrap().values().sum();
     assert_eq!(failures, 1, "charged more than the refused run's head");
