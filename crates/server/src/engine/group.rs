@@ -204,6 +204,7 @@ pub async fn deliver_group(local: &SinkLocal, group: &GroupRef) -> GroupOutcome 
                         functions,
                         group,
                         ahead,
+                        index,
                         held,
                         route.clone(),
                         run,
@@ -260,7 +261,8 @@ struct InFlight {
 /// from what was read behind it, or read after the last message sent: a hot group's
 /// pipeline stays full instead of emptying after every pair of runs. All share a chain
 /// flag: once one is not delivered, the writer sends none after it (see `Run::chain`).
-/// `ahead`: the messages read with `run` (its own among them), `held` their budget. Returns
+/// `ahead`: the messages read with `run` (its own among them, from `index`), `held` their
+/// budget. Returns
 /// when nothing more goes out this way and what went out has settled. `Err(None)`:
 /// requeued, read the head again uncharged; `Err(Some((m, f)))`: charge `m`, the head of
 /// the run that failed first.
@@ -271,20 +273,17 @@ async fn send_window(
     functions: Arc<Functions>,
     group: &GroupRef,
     ahead: Vec<StoredMessage>,
+    index: usize,
     held: Held,
     route: Route,
     mut run: Run,
     mut read_epoch: u64,
 ) -> Result<(), Option<(StoredMessage, Failure)>> {
     let shared = &local.shared;
-    let (Some(first_id), Some(mut last)) =
-        (run.ids.first().map(|d| d.id), run.ids.last().map(|d| d.id))
-    else {
+    let Some(mut last) = run.ids.last().map(|d| d.id) else {
         return Ok(());
     };
-    let Some(first_msg) = ahead.iter().find(|m| m.id == first_id).cloned() else {
-        return Err(None);
-    };
+    let first_msg = ahead[index].clone();
     let chain = Arc::new(AtomicBool::new(false));
     run.chain = Some(chain.clone());
     let writer = local.writer(&route, settings);
@@ -300,17 +299,13 @@ async fn send_window(
         }
     };
     let mut ahead: VecDeque<StoredMessage> = ahead.into_iter().filter(|m| m.id > last).collect();
-    // The budget of what `ahead` holds goes with the run that takes its last message.
+    // The budget of what `ahead` holds (see `last_of_read`).
     let mut ahead_held = Some(held);
     let mut window = VecDeque::with_capacity(4);
     window.push_back(InFlight {
         head: first_msg,
         pending: first,
-        _held: if ahead.is_empty() {
-            ahead_held.take()
-        } else {
-            None
-        },
+        _held: last_of_read(&ahead, &mut ahead_held),
     });
     let depth = settings.batch.max_appends_in_flight.max(1) + 1;
     let mut more = true;
@@ -405,11 +400,7 @@ async fn send_window(
             window.push_back(InFlight {
                 head,
                 pending,
-                _held: if ahead.is_empty() {
-                    ahead_held.take()
-                } else {
-                    None
-                },
+                _held: last_of_read(&ahead, &mut ahead_held),
             });
         }
         let Some(oldest) = window.pop_front() else {
@@ -423,6 +414,16 @@ async fn send_window(
             Err(RunError::Requeued) => return Err(None),
             Err(RunError::Failed(f)) => return Err(Some((oldest.head, f))),
         }
+    }
+}
+
+/// The budget of a read goes with the run that takes its last message: once `ahead` (what
+/// is left of the read) is empty.
+fn last_of_read(ahead: &VecDeque<StoredMessage>, held: &mut Option<Held>) -> Option<Held> {
+    if ahead.is_empty() {
+        held.take()
+    } else {
+        None
     }
 }
 
