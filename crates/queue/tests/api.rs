@@ -468,6 +468,11 @@ fn a_head_run_reads_at_most_eight_chunk_bodies_from_sled() {
     let g = GroupRef::from(GroupKey("g".into()));
     let first = q.head_run("s", &g, 1000, usize::MAX).unwrap();
     assert_eq!(first.len(), 8, "one cold run reads 8 chunk bodies");
+    assert_eq!(
+        first.capacity(),
+        8,
+        "a run that stopped early holds no room for the messages it did not read"
+    );
     let second = q.head_run("s", &g, 1000, usize::MAX).unwrap();
     assert_eq!(second.len(), 16, "8 served from the cache, 8 more read");
     assert_eq!(
