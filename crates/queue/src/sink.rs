@@ -68,6 +68,16 @@ struct BodyRead {
     kept: bool,
 }
 
+/// A live message's chunk: what reading its payload and stamping its origin need.
+#[derive(Clone, Copy)]
+struct ChunkLoc {
+    first: u64,
+    body_parts: u16,
+    body_len: u32,
+    epoch: u64,
+    enqueued_at: UnixMillis,
+}
+
 /// What the sink's lock protects.
 pub struct State {
     pub meta: Meta,
@@ -579,10 +589,30 @@ impl Sink {
 
     // ---- reads ----
 
+    /// Where message `id`'s payload is: its chunk (`None` for a failed message, which has
+    /// its own keys). Looked up once per message and handed on, so a head run finds each
+    /// message's chunk once.
+    fn locate(&self, st: &State, id: u64, m: &Msg) -> Result<Option<ChunkLoc>> {
+        if m.failed {
+            return Ok(None);
+        }
+        let (first, c) = st
+            .index
+            .chunk_of(id)
+            .ok_or_else(|| self.corrupt(format!("chunk of message {id}")))?;
+        Ok(Some(ChunkLoc {
+            first,
+            body_parts: c.body_parts,
+            body_len: c.body_len,
+            epoch: c.epoch,
+            enqueued_at: c.enqueued_at,
+        }))
+    }
+
     /// The payload of a stored message: from its chunk's body (cached, else read once and
     /// cached while the budget allows), or a failed message's own key.
-    fn payload(&self, st: &mut State, id: u64, m: Msg) -> Result<Bytes> {
-        if m.failed {
+    fn payload(&self, st: &mut State, id: u64, m: Msg, loc: Option<ChunkLoc>) -> Result<Bytes> {
+        let Some(loc) = loc else {
             return parts::get(
                 &self.tree,
                 &keys::base(keys::FAILED, id),
@@ -590,16 +620,13 @@ impl Sink {
             )
             .map_err(self.storage("read"))?
             .ok_or_else(|| self.corrupt(format!("payload of failed message {id}")));
-        }
-        let (first, chunk) = st
-            .index
-            .chunk_of(id)
-            .ok_or_else(|| self.corrupt(format!("chunk of message {id}")))?;
+        };
+        let first = loc.first;
         let body = match st.index.cache.get(first) {
             Some(b) => b.clone(),
             None => {
                 // Copied out of sled's page so the cache never pins more than it counts.
-                let body = parts::get(&self.tree, &keys::base(keys::BODY, first), chunk.body_parts)
+                let body = parts::get(&self.tree, &keys::base(keys::BODY, first), loc.body_parts)
                     .map_err(self.storage("read"))?
                     .map(|b| Bytes::copy_from_slice(&b))
                     .ok_or_else(|| self.corrupt(format!("body of chunk {first}")))?;
@@ -616,6 +643,7 @@ impl Sink {
         Ok(Bytes::copy_from_slice(&body[off..end]))
     }
 
+    /// Stored message `id` with its state, if it is published.
     fn stored(&self, st: &mut State, id: u64) -> Result<Option<StoredMessage>> {
         let Some(&m) = st.index.msgs.get(&id) else {
             return Ok(None);
@@ -623,20 +651,35 @@ impl Sink {
         if !m.published {
             return Ok(None);
         }
-        let payload = self.payload(st, id, m)?;
-        let (epoch, enqueued_at) = st.index.origin(id, &m);
+        let loc = self.locate(st, id, &m)?;
+        self.message(st, id, m, loc).map(Some)
+    }
+
+    /// Message `id` (`m`, located at `loc`) as delivery and the API see it.
+    fn message(
+        &self,
+        st: &mut State,
+        id: u64,
+        m: Msg,
+        loc: Option<ChunkLoc>,
+    ) -> Result<StoredMessage> {
+        let payload = self.payload(st, id, m, loc)?;
+        let (epoch, enqueued_at) = match loc {
+            Some(l) => (l.epoch, l.enqueued_at),
+            None => st.index.origin(id, &m),
+        };
         let state = match st.index.failed.get(&id) {
             Some(f) => f.record.state.clone(),
             None => DeliveryState::default(),
         };
-        Ok(Some(StoredMessage {
+        Ok(StoredMessage {
             id: MessageId(id),
             epoch,
             group: st.index.group_of(id, &m),
             payload,
             enqueued_at,
             state,
-        }))
+        })
     }
 
     /// See [`Queue::get`](crate::Queue::get).
@@ -694,15 +737,16 @@ impl Sink {
     ) -> Result<Vec<StoredMessage>> {
         let mut guard = self.lock();
         let st = &mut *guard;
-        let mut ids = Vec::new();
+        let mut picked: Vec<(u64, Msg)> = Vec::new();
         let mut bytes = 0usize;
         for id in Self::ids_after(st, group, after.map(|a| a.0)) {
-            let len = st.index.msgs[&id].len as usize;
-            if !ids.is_empty() && (ids.len() >= max_messages || bytes + len > max_bytes) {
+            let m = st.index.msgs[&id];
+            let len = m.len as usize;
+            if !picked.is_empty() && (picked.len() >= max_messages || bytes + len > max_bytes) {
                 break;
             }
             bytes += len;
-            ids.push(id);
+            picked.push((id, m));
         }
         // Not sized for `ids`: a run that stops early (below) would keep the room for every id
         // it might have read, and a group holds its runs for as long as they are in flight —
@@ -717,8 +761,9 @@ impl Sink {
         // groups too and are not limited by that rule; any run reads at most
         // `MAX_CHUNK_READS` bodies from sled.
         let (mut unkept, mut got, mut reads) = (0usize, 0usize, 0usize);
-        for id in ids {
-            if let Some(r) = Self::body_read(st, id) {
+        for (id, m) in picked {
+            let loc = self.locate(st, id, &m)?;
+            if let Some(r) = loc.and_then(|l| Self::body_read(st, l)) {
                 let amplified = !r.kept && unkept + r.bytes > READ_AMPLIFICATION * got;
                 if !out.is_empty() && (reads == MAX_CHUNK_READS || amplified) {
                     break;
@@ -728,31 +773,24 @@ impl Sink {
                     unkept += r.bytes;
                 }
             }
-            if let Some(m) = self.stored(st, id)? {
-                got += m.payload.len();
-                out.push(m);
-            }
+            let msg = self.message(st, id, m, loc)?;
+            got += msg.payload.len();
+            out.push(msg);
         }
         out.shrink_to_fit();
         Ok(out)
     }
 
-    /// The sled read serving message `id` needs: `None` when its chunk body is cached (or
-    /// it is a failed message, which has its own key).
-    fn body_read(st: &State, id: u64) -> Option<BodyRead> {
-        let m = st.index.msgs.get(&id)?;
-        if m.failed {
-            return None;
-        }
-        let (first, chunk) = st.index.chunk_of(id)?;
+    /// The sled read a message in chunk `loc` needs: `None` when the chunk's body is cached.
+    fn body_read(st: &State, loc: ChunkLoc) -> Option<BodyRead> {
         let cache = &st.index.cache;
-        if cache.get(first).is_some() {
+        if cache.get(loc.first).is_some() {
             return None;
         }
-        let bytes = chunk.body_len as usize;
+        let bytes = loc.body_len as usize;
         Some(BodyRead {
             bytes,
-            kept: cache.would_keep(first, bytes),
+            kept: cache.would_keep(loc.first, bytes),
         })
     }
 
@@ -1035,7 +1073,8 @@ impl Sink {
                 continue;
             };
             if kind == Removal::Discarded {
-                let payload = self.payload(st, id.0, m)?;
+                let loc = self.locate(st, id.0, &m)?;
+                let payload = self.payload(st, id.0, m, loc)?;
                 let record = Self::record_of(st, id.0, &m);
                 let entry = codec::encode_discarded(now, id.0, &record, &payload);
                 let seq = meta.discarded;
@@ -1142,7 +1181,8 @@ impl Sink {
             f.state_parts = n;
             f.record = record;
         } else {
-            let payload = self.payload(st, id.0, m)?;
+            let loc = self.locate(st, id.0, &m)?;
+            let payload = self.payload(st, id.0, m, loc)?;
             let state_parts = chunk::put_failed(&mut batch, id.0, &record, &payload);
             let first = st
                 .index
