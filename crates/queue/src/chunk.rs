@@ -45,8 +45,34 @@ pub fn body<'a>(payloads: impl Iterator<Item = &'a [u8]>) -> Body {
     }
 }
 
-/// Adds chunk `first` (header and body) to `batch`; `entries` are (encoded group, payload
-/// length) in id order. Returns the header's and body's part counts.
+impl Body {
+    /// Adds this body, as chunk `first`'s, to `batch` (of the tree that holds it: a span, see
+    /// [`crate::bodies`]). Returns its part count.
+    pub fn put(&self, batch: &mut Batch, first: u64) -> u16 {
+        let base = keys::base(keys::BODY, first);
+        for (i, part) in self.parts.iter().enumerate() {
+            batch.insert(&keys::part(&base, i as u16), part.clone());
+        }
+        self.parts.len() as u16
+    }
+}
+
+/// Adds chunk `first`'s header to `batch`; `entries` are (encoded group, payload length) in
+/// id order. Returns the header's part count.
+pub fn put_head(
+    batch: &mut Batch,
+    first: u64,
+    epoch: u64,
+    enqueued_at: u64,
+    entries: &[(&[u8], u32)],
+) -> u16 {
+    let head = codec::encode_head(epoch, enqueued_at, entries.iter().copied());
+    parts::put(batch, &keys::base(keys::HEAD, first), &head, 0)
+}
+
+/// Adds chunk `first`, header and body, to one `batch` of the sink's own tree: the layout
+/// before spans, still written by the v1 conversion (its chunks are below the sink's
+/// [`keys::SPANS_FROM`]). Returns the header's and body's part counts.
 pub fn put(
     batch: &mut Batch,
     first: u64,
@@ -55,14 +81,9 @@ pub fn put(
     entries: &[(&[u8], u32)],
     body: &Body,
 ) -> (u16, u16) {
-    let head = codec::encode_head(epoch, enqueued_at, entries.iter().copied());
-    let base = keys::base(keys::BODY, first);
-    for (i, part) in body.parts.iter().enumerate() {
-        batch.insert(&keys::part(&base, i as u16), part.clone());
-    }
     (
-        parts::put(batch, &keys::base(keys::HEAD, first), &head, 0),
-        body.parts.len() as u16,
+        put_head(batch, first, epoch, enqueued_at, entries),
+        body.put(batch, first),
     )
 }
 

@@ -6,8 +6,9 @@
 //! |---|---|
 //! | `#` | the sink's next id and epoch ([`Meta`](crate::codec::Meta), written by enqueues) |
 //! | `$` | the sink's delivered / discarded totals (written by removals) |
+//! | `%` | the first chunk id whose body is in a span tree (see [`crate::bodies`]); chunks below it keep theirs under `c` |
 //! | `h` first-id(8) part(2) | a chunk's header: epoch, time, and per message its group and size |
-//! | `c` first-id(8) part(2) | a chunk's body: the payloads of its messages, concatenated |
+//! | `c` first-id(8) part(2) | a chunk's body: the payloads of its messages, concatenated; in the chunk's span tree (`body/` start(8) sink), or here for chunks below `%` |
 //! | `a` first-id(8) | a chunk's done bitmap (bit i = message first+i delivered, discarded or moved) |
 //! | `s` id(8) part(2) | a failed message's state: group, epoch, time, deliver count, last error |
 //! | `f` id(8) part(2) | a failed message's payload |
@@ -19,6 +20,8 @@
 pub const META: &[u8] = b"#";
 /// The key of the sink's delivered / discarded totals.
 pub const TOTALS: &[u8] = b"$";
+/// The key of the first chunk id whose body is in a span tree.
+pub const SPANS_FROM: &[u8] = b"%";
 /// Chunk headers.
 pub const HEAD: u8 = b'h';
 /// Chunk bodies.

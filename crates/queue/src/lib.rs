@@ -54,6 +54,7 @@
 //! # }
 //! ```
 
+mod bodies;
 mod chunk;
 mod codec;
 mod error;

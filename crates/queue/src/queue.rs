@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 
 use s2sink_core::{now_millis, LastError, UnixMillis};
 
+use crate::bodies::Reaper;
 use crate::flusher::{FlushError, Flusher};
 use crate::sink::{Keyed, Removal, Sink, TREE_PREFIX};
 use crate::{
@@ -43,6 +44,9 @@ pub struct Queue {
 struct Inner {
     // Declared first so it is dropped first: it flushes what is waiting and joins its thread.
     flusher: Flusher,
+    // Dropped next: finishes the span drops asked for (the last acks may end spans) and
+    // joins its thread, which holds the database open.
+    reaper: Reaper,
     sinks: RwLock<HashMap<String, Arc<Sink>>>,
     markers: sled::Tree,
     db: sled::Db,
@@ -114,6 +118,7 @@ impl Queue {
         let recovered = started.elapsed();
         let markers = db.open_tree(MARKERS_TREE).map_err(storage("open"))?;
         let epoch = new_epoch();
+        let reaper = Reaper::start(db.clone()).map_err(QueueError::Thread)?;
         let mut sinks = HashMap::new();
         for name in db.tree_names() {
             if let Some(sink) = name.strip_prefix(TREE_PREFIX) {
@@ -124,6 +129,8 @@ impl Queue {
                     epoch,
                     options.payload_cache_bytes,
                     options.idempotency_max_keys,
+                    options.span_bytes,
+                    &reaper,
                 )?;
                 sinks.insert(sink, Arc::new(opened));
             }
@@ -143,6 +150,7 @@ impl Queue {
         Ok(Queue {
             inner: Arc::new(Inner {
                 flusher,
+                reaper,
                 sinks: RwLock::new(sinks),
                 markers,
                 db,
@@ -562,6 +570,12 @@ impl Queue {
         Ok(out)
     }
 
+    /// How many span trees hold sink `sink`'s chunk bodies (see the crate's storage notes):
+    /// it falls as chunks end, for monitoring and tests.
+    pub fn body_spans(&self, sink: &str) -> usize {
+        self.sink(sink).map_or(0, |s| s.body_spans())
+    }
+
     /// Bytes sled uses on disk (for monitoring and the disk-growth benchmark).
     ///
     /// Only reads file sizes, so a failure here (e.g. sled's blob directory unreadable) is
@@ -606,6 +620,8 @@ impl Queue {
             self.inner.epoch,
             self.inner.options.payload_cache_bytes,
             self.inner.options.idempotency_max_keys,
+            self.inner.options.span_bytes,
+            &self.inner.reaper,
         )?;
         let s = Arc::new(s);
         sinks.insert(name.to_string(), Arc::clone(&s));

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use s2sink_core::{now_millis, LastError, UnixMillis};
 use sled::Batch;
 
+use crate::bodies::{Bodies, Reaper};
 use crate::chunk;
 use crate::codec::{self, Meta, Record};
 use crate::idem::{self, IdemKey, Keys, LoadError, RequestRecord, Staged, Value as IdemValue};
@@ -90,12 +91,17 @@ pub struct State {
     pub unwritten: BTreeMap<u64, Option<(u16, u16)>>,
     /// The totals changed by deferred acks and are not yet written.
     pub totals_unwritten: bool,
+    /// Chunks whose removal is in the batch being built: their spans learn of it once the
+    /// batch is applied ([`Sink::apply_settled`]).
+    pub ended: Vec<u64>,
 }
 
 /// A sink's storage.
 pub struct Sink {
     pub name: String,
     pub tree: sled::Tree,
+    /// The span trees of its chunk bodies.
+    bodies: Bodies,
     state: Mutex<State>,
     /// Held by an enqueue from reserving its ids until its index entries are in: batches are
     /// applied in id order. It guards the idempotency records, so their check-and-insert is
@@ -115,6 +121,8 @@ impl Sink {
         epoch: u64,
         cache_bytes: usize,
         key_cap: usize,
+        span_bytes: u64,
+        reaper: &Reaper,
     ) -> Result<Sink> {
         let mut tree_name = TREE_PREFIX.to_vec();
         tree_name.extend_from_slice(name.as_bytes());
@@ -125,20 +133,56 @@ impl Sink {
                 sink: Some(name.to_string()),
                 source,
             })?;
+        let storage = |source| QueueError::Storage {
+            op: "open sink",
+            sink: Some(name.to_string()),
+            source,
+        };
+        let corrupt = |what: &str| QueueError::Corrupt {
+            sink: name.to_string(),
+            what: what.to_string(),
+        };
+        // Chunks written before spans existed keep their bodies in this tree: all below the
+        // next id of the first open by a version with spans.
+        let mut batch = Batch::default();
+        let spans_from = match tree.get(keys::SPANS_FROM).map_err(storage)? {
+            Some(v) => u64::from_be_bytes(
+                v.as_ref()
+                    .try_into()
+                    .map_err(|_| corrupt("first span id"))?,
+            ),
+            None => {
+                let ids = tree.get(keys::META).map_err(storage)?;
+                let next = Meta::decode(ids.as_deref(), None)
+                    .ok_or_else(|| corrupt("meta record"))?
+                    .next_id;
+                batch.insert(keys::SPANS_FROM, &next.to_be_bytes()[..]);
+                next
+            }
+        };
+        let bodies = Bodies::open(db, name, tree.clone(), spans_from, span_bytes, reaper)
+            .map_err(storage)?;
         let sink = Sink {
             name: name.to_string(),
             tree,
+            bodies,
             state: Mutex::new(State {
                 meta: Meta::new(epoch),
                 index: Index::new(cache_bytes),
                 unwritten: BTreeMap::new(),
                 totals_unwritten: false,
+                ended: Vec::new(),
             }),
             enqueue_order: Mutex::new(Keys::new(key_cap)),
             pending: AtomicU64::new(0),
         };
         let state = sink.rebuild(epoch, cache_bytes)?;
-        let mut batch = Batch::default();
+        for (&first, c) in &state.index.chunks {
+            if c.live > 0 {
+                sink.bodies.count_live(first);
+            }
+        }
+        sink.bodies.opened();
         let loaded =
             Keys::load(&sink.tree, key_cap, now_millis(), &mut batch).map_err(|e| match e {
                 LoadError::Storage(source) => QueueError::Storage {
@@ -254,12 +298,18 @@ impl Sink {
             index,
             unwritten: BTreeMap::new(),
             totals_unwritten: false,
+            ended: Vec::new(),
         })
     }
 
     /// Locks the sink's state.
     pub fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many span trees hold this sink's chunk bodies.
+    pub fn body_spans(&self) -> usize {
+        self.bodies.span_count()
     }
 
     /// Messages in the queue.
@@ -302,6 +352,16 @@ impl Sink {
 
     fn apply(&self, batch: Batch, op: &'static str) -> Result<()> {
         self.tree.apply_batch(batch).map_err(self.storage(op))
+    }
+
+    /// Applies a batch built with [`Sink::settle_chunks`] or [`Sink::write_unwritten`], then
+    /// lets the spans of the chunks it removed go (never before: a span is dropped only once
+    /// no header on disk points into it).
+    fn apply_settled(&self, st: &mut State, batch: Batch, op: &'static str) -> Result<()> {
+        let ended = std::mem::take(&mut st.ended);
+        self.apply(batch, op)?;
+        self.bodies.release(&ended);
+        Ok(())
     }
 
     // ---- enqueue and publish ----
@@ -532,8 +592,8 @@ impl Sink {
             let entries: Vec<(&[u8], u32)> = (start..end)
                 .map(|i| (&groups[i].1[..], msgs[i].payload.len() as u32))
                 .collect();
-            let (head_parts, body_parts) =
-                chunk::put(&mut batch, first, epoch, now, &entries, &body);
+            let head_parts = chunk::put_head(&mut batch, first, epoch, now, &entries);
+            let body_parts = parts::count(body.bytes.len());
             let count = end - start;
             let info = Chunk {
                 epoch,
@@ -545,8 +605,12 @@ impl Sink {
                 body_parts,
                 body_len: entries.iter().map(|(_, l)| *l).sum(),
             };
-            chunks.push((first, info, body.bytes));
+            chunks.push((first, info, body));
         }
+        let bodies: Vec<(u64, &chunk::Body)> = chunks.iter().map(|(f, _, b)| (*f, b)).collect();
+        self.bodies
+            .write(&bodies)
+            .map_err(self.storage("enqueue"))?;
         let ids_meta = Meta {
             next_id: end_id,
             epoch,
@@ -560,7 +624,7 @@ impl Sink {
         let mut out = Vec::with_capacity(msgs.len());
         for (first, info, body) in chunks {
             st.index.chunks.insert(first, info);
-            st.index.cache.offer(first, body);
+            st.index.cache.offer(first, body.bytes);
         }
         let mut off = 0u32;
         for (i, (m, (group, _))) in msgs.into_iter().zip(groups).enumerate() {
@@ -626,7 +690,11 @@ impl Sink {
             Some(b) => b.clone(),
             None => {
                 // Copied out of sled's page so the cache never pins more than it counts.
-                let body = parts::get(&self.tree, &keys::base(keys::BODY, first), loc.body_parts)
+                let tree = self
+                    .bodies
+                    .tree_of(first)
+                    .ok_or_else(|| self.corrupt(format!("span of chunk {first}")))?;
+                let body = parts::get(&tree, &keys::base(keys::BODY, first), loc.body_parts)
                     .map_err(self.storage("read"))?
                     .map(|b| Bytes::copy_from_slice(&b))
                     .ok_or_else(|| self.corrupt(format!("body of chunk {first}")))?;
@@ -969,9 +1037,9 @@ impl Sink {
 
     /// Writes the done bitmap of each touched chunk, or removes a chunk whose messages are all
     /// done, in `batch`.
-    fn settle_chunks(st: &mut State, batch: &mut Batch, touched: &BTreeSet<u64>) {
+    fn settle_chunks(&self, st: &mut State, batch: &mut Batch, touched: &BTreeSet<u64>) {
         Self::settle_in_memory(st, touched);
-        Self::write_unwritten(st, batch);
+        self.write_unwritten(st, batch);
     }
 
     /// Chunk bookkeeping after messages left `touched` chunks, in memory: an ended chunk
@@ -994,13 +1062,17 @@ impl Sink {
 
     /// Writes every unwritten chunk change (bitmaps, ended chunks' removal) and the totals
     /// into `batch`.
-    fn write_unwritten(st: &mut State, batch: &mut Batch) {
+    /// Apply it with [`Sink::apply_settled`].
+    fn write_unwritten(&self, st: &mut State, batch: &mut Batch) {
         for (first, ended) in std::mem::take(&mut st.unwritten) {
             match ended {
                 Some((head_parts, body_parts)) => {
                     parts::remove(batch, &keys::base(keys::HEAD, first), head_parts);
-                    parts::remove(batch, &keys::base(keys::BODY, first), body_parts);
+                    if first < self.bodies.spans_from() {
+                        parts::remove(batch, &keys::base(keys::BODY, first), body_parts);
+                    }
                     batch.remove(&keys::base(keys::DONE, first));
+                    st.ended.push(first);
                 }
                 None => {
                     if let Some(c) = st.index.chunks.get(&first) {
@@ -1026,8 +1098,8 @@ impl Sink {
             return Ok(());
         }
         let mut batch = Batch::default();
-        Self::write_unwritten(st, &mut batch);
-        self.apply(batch, "ack")
+        self.write_unwritten(st, &mut batch);
+        self.apply_settled(st, batch, "ack")
     }
 
     /// The record of a stored message, for moving it out of its chunk.
@@ -1113,13 +1185,13 @@ impl Sink {
             self.sync_pending(st);
             return Ok(removed);
         }
-        Self::settle_chunks(st, &mut batch, &touched);
+        self.settle_chunks(st, &mut batch, &touched);
         while st.index.discarded.len() > discarded_cap {
             let (seq, n) = st.index.discarded.pop_front().expect("non-empty");
             parts::remove(&mut batch, &keys::base(keys::DISCARDED, seq), n);
         }
         batch.insert(keys::TOTALS, &meta.encode_totals()[..]);
-        self.apply(batch, op)?;
+        self.apply_settled(st, batch, op)?;
         st.meta = meta;
         self.sync_pending(st);
         Ok(removed)
@@ -1194,8 +1266,8 @@ impl Sink {
                     },
                 )
                 .ok_or_else(|| self.corrupt(format!("chunk of message {id}")))?;
-            Self::settle_chunks(st, &mut batch, &BTreeSet::from([first]));
-            self.apply(batch, "fail")?;
+            self.settle_chunks(st, &mut batch, &BTreeSet::from([first]));
+            self.apply_settled(st, batch, "fail")?;
         }
         Ok(Some(new_state))
     }

@@ -399,6 +399,10 @@ pub struct QueueOptions {
     /// about 270 bytes per key of 19 bytes (measured RSS, sled included), so ≈ 270 MB per
     /// sink at the default of 1,000,000.
     pub idempotency_max_keys: usize,
+    /// Payload bytes of chunk bodies per span tree (see the crate's storage notes): a span is
+    /// dropped whole once all its chunks ended. Smaller spans give memory and disk back
+    /// sooner; larger ones mean fewer sled trees. Only affects spans started after the open.
+    pub span_bytes: u64,
 }
 
 impl Default for QueueOptions {
@@ -409,6 +413,7 @@ impl Default for QueueOptions {
             payload_cache_bytes: 64 * 1024 * 1024,
             commit_delay: Duration::ZERO,
             idempotency_max_keys: 1_000_000,
+            span_bytes: 16 << 20,
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use s2sink_core::GroupKey;
 use s2sink_queue::{
-    GroupRef, ListFilter, MessageId, NewMessage, Queue, QueueError, SourcePosition,
+    GroupRef, ListFilter, MessageId, NewMessage, Queue, QueueError, QueueOptions, SourcePosition,
 };
 
 fn msg(group: Option<&str>, payload: &[u8]) -> NewMessage {
@@ -480,4 +480,77 @@ fn a_head_run_reads_at_most_eight_chunk_bodies_from_sled() {
         first.iter().map(|m| m.id).collect::<Vec<_>>()
     );
     assert_eq!(q.head_run("s", &g, 1000, usize::MAX).unwrap().len(), 20);
+}
+
+/// Chunk bodies live in span trees that are dropped whole once all their chunks ended: a span
+/// with one live message stays, reads across spans are exact, and a reopen finds them again.
+#[test]
+fn ended_spans_of_chunk_bodies_are_dropped_and_live_ones_kept() {
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    // 40 KiB messages, one chunk each; a span closes past 100 KiB: three chunks per span.
+    let options = || QueueOptions {
+        span_bytes: 100 * 1024,
+        ..QueueOptions::default()
+    };
+    let payload = |i: usize| vec![b'a' + i as u8; 40 * 1024];
+    let q = Queue::open_with(dir.path(), options()).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        let g = format!("g{i}");
+        let e = rt
+            .block_on(q.enqueue("s", vec![msg(Some(&g), &payload(i))]))
+            .unwrap();
+        ids.push(e[0].id);
+    }
+    assert_eq!(q.body_spans("s"), 4);
+    let read = |q: &Queue, i: usize| q.get("s", ids[i]).unwrap().unwrap().payload.to_vec();
+    // Keep message 0 (first span) and 7 (third span); the rest is delivered.
+    let done: Vec<MessageId> = (0..12)
+        .filter(|i| ![0, 7].contains(i))
+        .map(|i| ids[i])
+        .collect();
+    q.ack("s", &done).unwrap();
+    assert_eq!(
+        q.body_spans("s"),
+        4,
+        "deferred acks are not on disk: nothing dropped"
+    );
+    rt.block_on(q.flush()).unwrap();
+    // The second span ended; the fourth takes new chunks, so it stays while open.
+    assert_eq!(q.body_spans("s"), 3);
+    assert_eq!(read(&q, 0), payload(0));
+    assert_eq!(read(&q, 7), payload(7));
+    drop(q);
+
+    let q = Queue::open_with(dir.path(), options()).unwrap();
+    assert_eq!(
+        q.body_spans("s"),
+        2,
+        "the ended open span is dropped at open"
+    );
+    assert_eq!(read(&q, 0), payload(0));
+    assert_eq!(read(&q, 7), payload(7));
+    let group = q.get("s", ids[7]).unwrap().unwrap().group;
+    assert_eq!(
+        q.head_run("s", &group, 10, 1 << 20).unwrap()[0]
+            .payload
+            .to_vec(),
+        payload(7)
+    );
+    q.ack("s", &[ids[0], ids[7]]).unwrap();
+    rt.block_on(q.flush()).unwrap();
+    assert_eq!(q.body_spans("s"), 0);
+    let e = rt
+        .block_on(q.enqueue("s", vec![msg(None, b"after")]))
+        .unwrap();
+    assert_eq!(q.body_spans("s"), 1);
+    drop(q);
+
+    let q = Queue::open_with(dir.path(), options()).unwrap();
+    assert_eq!(
+        q.get("s", e[0].id).unwrap().unwrap().payload.to_vec(),
+        b"after"
+    );
+    assert_eq!(q.total_pending(), 1);
 }

@@ -50,6 +50,8 @@ fn crash_child() {
         &dir,
         QueueOptions {
             commit_delay: Duration::from_millis(delay),
+            // Small spans: kills land while spans are started and dropped.
+            span_bytes: 64 * 1024,
             ..QueueOptions::default()
         },
     )

@@ -146,6 +146,8 @@ fn open(dir: &std::path::Path) -> Queue {
         dir,
         QueueOptions {
             discarded_cap: DISCARD_CAP,
+            // Spans of a few chunks: the model's messages cross, end and reopen many of them.
+            span_bytes: 2048,
             ..QueueOptions::default()
         },
     )

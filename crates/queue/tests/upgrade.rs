@@ -112,6 +112,27 @@ async fn a_v1_data_dir_opens_with_storage_v2_and_loses_nothing() {
     assert!(dir.path().join("queue-v2").is_dir());
     let q = Queue::open(dir.path()).unwrap();
     check_converted(&q, &[8]);
+    // Converted chunks keep their bodies in the sink's tree; the new message's is in a span.
+    assert_eq!(q.body_spans("orders"), 1);
+    let all: Vec<MessageId> = q
+        .list(
+            "orders",
+            &ListFilter {
+                limit: 100,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(q.ack("orders", &all).unwrap(), 6);
+    q.flush().await.unwrap();
+    assert_eq!(q.body_spans("orders"), 0);
+    drop(q);
+    let q = Queue::open(dir.path()).unwrap();
+    assert_eq!(q.counts("orders").pending, 0);
+    assert_eq!(q.counts("orders").delivered, 7);
 }
 
 #[test]

@@ -1,0 +1,371 @@
+//! Where chunk bodies live: sled trees of their own, one per *span* of consecutive chunks
+//! (a few MiB of payload), each dropped whole once every chunk in it has ended.
+//!
+//! A span takes chunks until it holds [`QueueOptions::span_bytes`](crate::QueueOptions) of
+//! payload (16 MiB by default).
+//!
+//! Why: sled 0.34 keeps every leaf it has read in memory (its cache accounts accesses in 256
+//! shards through 64-access queues and a leaf of chunk bodies is ~0.5–1 MiB, so such leaves
+//! are almost never evicted), and removing a body from a leaf rewrites the whole leaf through
+//! the log. Bodies in the sink's own tree made a 1M-message drain hold ~1.3 GB. A span tree is
+//! only ever inserted into; when its last chunk ends the tree is dropped, which frees its pages
+//! in memory and on disk at once, with no leaf rewrite per chunk.
+//!
+//! Order on disk: a chunk's body is applied (to its span tree) before its header (to the
+//! sink's tree), and a span is dropped only after the batch removing its last header was
+//! applied. sled's log is replayed as a prefix, so a crash leaves at worst a body without a
+//! header (garbage in a span, gone with the span) and never a header without its body.
+//! A span whose chunks all ended before a crash is dropped at the next open.
+//!
+//! Chunks written before spans existed (a data directory of an older version, or converted
+//! from v1) keep their bodies in the sink's tree under [`crate::keys::BODY`]: every chunk below
+//! the sink's [`crate::keys::SPANS_FROM`] id.
+
+use std::collections::BTreeMap;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+
+use sled::{Batch, IVec, Tree};
+
+use crate::chunk::Body;
+
+/// Prefix of the sled tree names of spans: `body/` start-id(8, big-endian) sink-name.
+pub const SPAN_PREFIX: &[u8] = b"body/";
+
+/// The tree name of the span of sink `sink` starting at chunk `start`.
+pub fn span_name(sink: &str, start: u64) -> Vec<u8> {
+    let mut n = Vec::with_capacity(SPAN_PREFIX.len() + 8 + sink.len());
+    n.extend_from_slice(SPAN_PREFIX);
+    n.extend_from_slice(&start.to_be_bytes());
+    n.extend_from_slice(sink.as_bytes());
+    n
+}
+
+/// The (sink, start) of a span tree name.
+pub fn parse_span_name(name: &[u8]) -> Option<(&[u8], u64)> {
+    let rest = name.strip_prefix(SPAN_PREFIX)?;
+    let start = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
+    Some((&rest[8..], start))
+}
+
+struct Span {
+    tree: Tree,
+    /// Chunks in the span whose removal is not yet applied.
+    live: u64,
+    /// Payload bytes written to it.
+    bytes: u64,
+}
+
+#[derive(Default)]
+struct Spans {
+    by_start: BTreeMap<u64, Span>,
+    /// The span new chunks go to (none after an open: the next enqueue starts one).
+    open: Option<u64>,
+}
+
+/// One sink's span trees.
+pub struct Bodies {
+    db: sled::Db,
+    sink: String,
+    /// The sink's own tree: bodies of chunks below `spans_from`.
+    legacy: Tree,
+    spans_from: u64,
+    /// Payload bytes after which a span takes no more chunks.
+    span_bytes: u64,
+    spans: Mutex<Spans>,
+    reaper: Sender<Job>,
+}
+
+impl Bodies {
+    /// The spans of sink `sink` (its tree is `legacy`), found by tree name. `spans_from` is
+    /// the first chunk id whose body is in a span. Call [`Bodies::count_live`] for every live
+    /// chunk and then [`Bodies::opened`].
+    pub fn open(
+        db: &sled::Db,
+        sink: &str,
+        legacy: Tree,
+        spans_from: u64,
+        span_bytes: u64,
+        reaper: &Reaper,
+    ) -> sled::Result<Bodies> {
+        let mut spans = Spans::default();
+        for name in db.tree_names() {
+            let Some((owner, start)) = parse_span_name(&name) else {
+                continue;
+            };
+            if owner != sink.as_bytes() {
+                continue;
+            }
+            let tree = db.open_tree(&name)?;
+            spans.by_start.insert(
+                start,
+                Span {
+                    tree,
+                    live: 0,
+                    bytes: span_bytes,
+                },
+            );
+        }
+        Ok(Bodies {
+            db: db.clone(),
+            sink: sink.to_string(),
+            legacy,
+            spans_from,
+            span_bytes,
+            spans: Mutex::new(spans),
+            reaper: reaper.tx.clone(),
+        })
+    }
+
+    /// The first chunk id whose body is in a span.
+    pub fn spans_from(&self) -> u64 {
+        self.spans_from
+    }
+
+    fn spans(&self) -> std::sync::MutexGuard<'_, Spans> {
+        self.spans.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts chunk `first`, found live when the sink was opened.
+    pub fn count_live(&self, first: u64) {
+        if first < self.spans_from {
+            return;
+        }
+        if let Some((_, span)) = self.spans().by_start.range_mut(..=first).next_back() {
+            span.live += 1;
+        }
+    }
+
+    /// Ends the open: spans left with no live chunk (their last chunk ended before a crash,
+    /// or they only hold bodies whose headers never made it) are dropped.
+    pub fn opened(&self) {
+        let mut spans = self.spans();
+        let empty: Vec<u64> = spans
+            .by_start
+            .iter()
+            .filter(|(_, s)| s.live == 0)
+            .map(|(start, _)| *start)
+            .collect();
+        for start in empty {
+            spans.by_start.remove(&start);
+            self.drop_span(start);
+        }
+    }
+
+    /// Writes the bodies of new chunks `(first, body)` (in id order) to their spans, starting
+    /// a new span when the open one is full. Must be applied before the chunks' headers.
+    pub fn write(&self, chunks: &[(u64, &Body)]) -> sled::Result<()> {
+        let mut batches: Vec<(Tree, Batch)> = Vec::new();
+        {
+            let mut spans = self.spans();
+            let mut last_start = None;
+            for &(first, body) in chunks {
+                let start = self.span_for_new(&mut spans, first)?;
+                let span = spans.by_start.get_mut(&start).expect("open span");
+                span.live += 1;
+                span.bytes += body.bytes.len() as u64;
+                if last_start != Some(start) {
+                    batches.push((span.tree.clone(), Batch::default()));
+                    last_start = Some(start);
+                }
+                let batch = &mut batches.last_mut().expect("pushed").1;
+                body.put(batch, first);
+            }
+        }
+        // Outside the lock: readers only look for chunks whose headers are in, after this.
+        for (tree, batch) in batches {
+            tree.apply_batch(batch)?;
+        }
+        Ok(())
+    }
+
+    /// The start of the span chunk `first` goes to, opening a new one when needed.
+    fn span_for_new(&self, spans: &mut Spans, first: u64) -> sled::Result<u64> {
+        if let Some(open) = spans.open {
+            if spans.by_start[&open].bytes < self.span_bytes {
+                return Ok(open);
+            }
+        }
+        let tree = self.db.open_tree(span_name(&self.sink, first))?;
+        spans.by_start.insert(
+            first,
+            Span {
+                tree,
+                live: 0,
+                bytes: 0,
+            },
+        );
+        if let Some(old) = spans.open.replace(first) {
+            if spans.by_start.get(&old).is_some_and(|s| s.live == 0) {
+                spans.by_start.remove(&old);
+                self.drop_span(old);
+            }
+        }
+        Ok(first)
+    }
+
+    /// The tree holding chunk `first`'s body (`None`: no span holds it, a corrupt index).
+    pub fn tree_of(&self, first: u64) -> Option<Tree> {
+        if first < self.spans_from {
+            return Some(self.legacy.clone());
+        }
+        self.spans()
+            .by_start
+            .range(..=first)
+            .next_back()
+            .map(|(_, s)| s.tree.clone())
+    }
+
+    /// Chunks `ended` were removed by a batch that is now applied: a span whose chunks have
+    /// all ended is dropped (unless new chunks still go to it).
+    pub fn release(&self, ended: &[u64]) {
+        let mut spans = self.spans();
+        for &first in ended {
+            if first < self.spans_from {
+                continue;
+            }
+            let Some((&start, span)) = spans.by_start.range_mut(..=first).next_back() else {
+                continue;
+            };
+            span.live = span.live.saturating_sub(1);
+            if span.live == 0 && spans.open != Some(start) {
+                spans.by_start.remove(&start);
+                self.drop_span(start);
+            }
+        }
+    }
+
+    /// How many span trees the sink has (for tests and monitoring).
+    pub fn span_count(&self) -> usize {
+        self.spans().by_start.len()
+    }
+
+    fn drop_span(&self, start: u64) {
+        // Dropping reads the tree's leaves to free them: off the caller's thread.
+        let _ = self
+            .reaper
+            .send(Job::Drop(span_name(&self.sink, start).into()));
+    }
+}
+
+enum Job {
+    Drop(IVec),
+    Stop,
+}
+
+/// The thread that drops ended spans (sled's `drop_tree` reads every leaf of the tree, which
+/// must not happen under a sink's lock or on an engine thread). Dropping it finishes the
+/// drops already asked for and joins the thread.
+pub struct Reaper {
+    tx: Sender<Job>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Reaper {
+    /// Starts the thread, dropping trees of `db`.
+    pub fn start(db: sled::Db) -> std::io::Result<Reaper> {
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("s2sink-queue-reap".into())
+            .spawn(move || reap(db, rx))?;
+        Ok(Reaper {
+            tx,
+            thread: Some(thread),
+        })
+    }
+}
+
+fn reap(db: sled::Db, rx: Receiver<Job>) {
+    while let Ok(Job::Drop(name)) = rx.recv() {
+        if let Err(e) = db.drop_tree(&name) {
+            // The span's chunks have ended: its bodies are garbage, found again at the next
+            // open (a span with no live chunk is dropped then).
+            tracing::warn!(error = %e, "could not drop an ended span of chunk bodies");
+        }
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Job::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys;
+
+    /// Span trees of sink `s` left in the database.
+    fn span_trees(db: &sled::Db) -> Vec<u64> {
+        db.tree_names()
+            .iter()
+            .filter_map(|n| parse_span_name(n))
+            .filter(|(sink, _)| *sink == b"s")
+            .map(|(_, start)| start)
+            .collect()
+    }
+
+    #[test]
+    fn a_span_leaves_sled_once_its_chunks_ended_but_the_open_span_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let legacy = db.open_tree("sink/s").unwrap();
+        let reaper = Reaper::start(db.clone()).unwrap();
+        // Spans of 100 bytes: each 120-byte chunk fills one.
+        let bodies = Bodies::open(&db, "s", legacy, 10, 100, &reaper).unwrap();
+        let body = crate::chunk::body([&[1u8; 60][..], &[2u8; 60][..]].into_iter());
+        bodies.write(&[(10, &body)]).unwrap();
+        bodies.write(&[(12, &body), (14, &body)]).unwrap();
+        assert_eq!(bodies.span_count(), 3);
+        let part0 = |first| keys::part(&keys::base(keys::BODY, first), 0);
+        let read =
+            |bodies: &Bodies, first| bodies.tree_of(first).unwrap().get(part0(first)).unwrap();
+        assert_eq!(read(&bodies, 12).as_deref(), Some(&body.bytes[..]));
+        // Below `spans_from`: the sink's own tree (where the test wrote nothing).
+        assert_eq!(read(&bodies, 9), None);
+
+        bodies.release(&[12]);
+        assert_eq!(bodies.span_count(), 2, "an ended span is dropped");
+        bodies.release(&[14]);
+        assert_eq!(
+            bodies.span_count(),
+            2,
+            "the open span takes new chunks: kept"
+        );
+        bodies.write(&[(16, &body)]).unwrap();
+        assert_eq!(
+            bodies.span_count(),
+            2,
+            "the ended open span goes when the next opens"
+        );
+        assert_eq!(read(&bodies, 10).as_deref(), Some(&body.bytes[..]));
+        drop(bodies);
+        drop(reaper); // finishes the drops asked for
+        assert_eq!(span_trees(&db), vec![10, 16]);
+
+        // Reopened: the spans are found by name; one with no live chunk left is dropped.
+        let reaper = Reaper::start(db.clone()).unwrap();
+        let legacy = db.open_tree("sink/s").unwrap();
+        let bodies = Bodies::open(&db, "s", legacy, 10, 100, &reaper).unwrap();
+        bodies.count_live(10);
+        bodies.opened();
+        assert_eq!(bodies.span_count(), 1);
+        assert_eq!(read(&bodies, 10).as_deref(), Some(&body.bytes[..]));
+        drop(bodies);
+        drop(reaper);
+        assert_eq!(span_trees(&db), vec![10]);
+    }
+
+    #[test]
+    fn span_names_round_trip_and_keep_the_sink_apart() {
+        let n = span_name("a/b", 42);
+        assert_eq!(parse_span_name(&n), Some((&b"a/b"[..], 42)));
+        assert_eq!(parse_span_name(b"sink/x"), None);
+        assert_eq!(parse_span_name(b"body/123"), None);
+    }
+}
