@@ -4,12 +4,14 @@
 //! A span takes chunks until it holds [`QueueOptions::span_bytes`](crate::QueueOptions) of
 //! payload (16 MiB by default).
 //!
-//! Why: sled 0.34 keeps every leaf it has read in memory (its cache accounts accesses in 256
-//! shards through 64-access queues and a leaf of chunk bodies is ~0.5–1 MiB, so such leaves
-//! are almost never evicted), and removing a body from a leaf rewrites the whole leaf through
-//! the log. Bodies in the sink's own tree made a 1M-message drain hold ~1.3 GB. A span tree is
-//! only ever inserted into; when its last chunk ends the tree is dropped, which frees its pages
-//! in memory and on disk at once, with no leaf rewrite per chunk.
+//! Why: sled 0.34 keeps much of what it has read in memory (its cache accounts accesses in 256
+//! shards through 64-access queues, so a leaf pulled stays until 64 more accesses reach its
+//! shard), and removing a body from a leaf rewrites the whole leaf through the log. Bodies in
+//! the sink's own tree, in 60 KiB values (leaves of ~1 MiB), made a 1M-message drain hold
+//! ~1.4 GB. A span tree is only ever inserted into, in values of [`SPAN_PART`] bytes (small
+//! leaves: less rewritten per insert, less pulled per read); when its last chunk ends the tree
+//! is dropped, which frees its pages in memory and on disk at once, with no leaf rewrite per
+//! chunk.
 //!
 //! Order on disk: a chunk's body is applied (to its span tree) before its header (to the
 //! sink's tree), and a span is dropped only after the batch removing its last header was
@@ -26,9 +28,20 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Mutex;
 use std::thread::JoinHandle;
 
+use bytes::Bytes;
 use sled::{Batch, IVec, Tree};
 
 use crate::chunk::Body;
+use crate::{keys, parts};
+
+/// Bytes per sled value of a body in a span. sled 0.34 splits a leaf at 16 entries whatever
+/// their size, rewrites a whole leaf when it consolidates or splits one, pulls a whole leaf
+/// to read one entry, and keeps what it pulled until its LRU's queues of 64 accesses per
+/// shard are applied. With 60 KiB parts a leaf was ~1 MiB; with 4 KiB parts it is 64 KiB:
+/// 10k groups closed loop 19 µs of server CPU per message instead of 38–43, a 1M restart
+/// drain 0.68 GB RSS instead of 1.36–1.42 (docs/BENCHMARKS.md, session 6). 8 KiB and
+/// 16 KiB measured in between.
+pub const SPAN_PART: usize = 4 * 1024;
 
 /// Prefix of the sled tree names of spans: `body/` start-id(8, big-endian) sink-name.
 pub const SPAN_PREFIX: &[u8] = b"body/";
@@ -205,6 +218,29 @@ impl Bodies {
         Ok(first)
     }
 
+    /// Chunk `first`'s body of `len` bytes (`body_parts` parts of [`keys::PART`] if it is
+    /// below `spans_from`), `None` if no span holds it or it is missing: a corrupt index.
+    /// Always an exact-size copy, never a share of sled's page: the body cache counts bytes,
+    /// so what it holds must be those bytes and pin nothing else.
+    pub fn read(&self, first: u64, body_parts: u16, len: usize) -> sled::Result<Option<Bytes>> {
+        let base = keys::base(keys::BODY, first);
+        if first < self.spans_from {
+            let body = parts::get(&self.legacy, &base, body_parts)?;
+            return Ok(body.map(|b| Bytes::copy_from_slice(&b)));
+        }
+        let Some(tree) = self.tree_of(first) else {
+            return Ok(None);
+        };
+        // One walk over the parts (consecutive keys) instead of a lookup per part.
+        let mut out: Option<Vec<u8>> = None;
+        for kv in tree.scan_prefix(base) {
+            let (_, v) = kv?;
+            out.get_or_insert_with(|| Vec::with_capacity(len))
+                .extend_from_slice(&v);
+        }
+        Ok(out.map(Bytes::from))
+    }
+
     /// The tree holding chunk `first`'s body (`None`: no span holds it, a corrupt index).
     pub fn tree_of(&self, first: u64) -> Option<Tree> {
         if first < self.spans_from {
@@ -298,7 +334,6 @@ impl Drop for Reaper {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys;
 
     /// Span trees of sink `s` left in the database.
     fn span_trees(db: &sled::Db) -> Vec<u64> {

@@ -28,8 +28,14 @@ pub struct Body {
     parts: Vec<sled::IVec>,
 }
 
-/// Concatenates the payloads of one chunk.
+/// Concatenates the payloads of one chunk, for its span tree: in parts of
+/// [`SPAN_PART`](crate::bodies::SPAN_PART) bytes.
 pub fn body<'a>(payloads: impl Iterator<Item = &'a [u8]>) -> Body {
+    body_in_parts(payloads, crate::bodies::SPAN_PART)
+}
+
+/// Concatenates the payloads of one chunk in parts of `part` bytes.
+pub fn body_in_parts<'a>(payloads: impl Iterator<Item = &'a [u8]>, part: usize) -> Body {
     let mut out = Vec::new();
     for p in payloads {
         out.extend_from_slice(p);
@@ -37,7 +43,7 @@ pub fn body<'a>(payloads: impl Iterator<Item = &'a [u8]>) -> Body {
     let parts = if out.is_empty() {
         vec![sled::IVec::from(&[][..])]
     } else {
-        out.chunks(PART).map(sled::IVec::from).collect()
+        out.chunks(part).map(sled::IVec::from).collect()
     };
     Body {
         bytes: bytes::Bytes::from(out),

@@ -690,13 +690,10 @@ impl Sink {
             Some(b) => b.clone(),
             None => {
                 // Copied out of sled's page so the cache never pins more than it counts.
-                let tree = self
+                let body = self
                     .bodies
-                    .tree_of(first)
-                    .ok_or_else(|| self.corrupt(format!("span of chunk {first}")))?;
-                let body = parts::get(&tree, &keys::base(keys::BODY, first), loc.body_parts)
+                    .read(first, loc.body_parts, loc.body_len as usize)
                     .map_err(self.storage("read"))?
-                    .map(|b| Bytes::copy_from_slice(&b))
                     .ok_or_else(|| self.corrupt(format!("body of chunk {first}")))?;
                 st.index.cache.offer(first, body.clone());
                 body
@@ -709,6 +706,13 @@ impl Sink {
         // A copy, not a slice: a message held by delivery (a group's run, a writer's batch)
         // must not pin its whole chunk body beyond the cache's budget.
         Ok(Bytes::copy_from_slice(&body[off..end]))
+    }
+
+    /// The payload of stored message `id` (`m`), located on the way (moving it out of its
+    /// chunk: a failure, a discard).
+    fn payload_of(&self, st: &mut State, id: u64, m: Msg) -> Result<Bytes> {
+        let loc = self.locate(st, id, &m)?;
+        self.payload(st, id, m, loc)
     }
 
     /// Stored message `id` with its state, if it is published.
@@ -816,8 +820,8 @@ impl Sink {
             bytes += len;
             picked.push((id, m));
         }
-        // Not sized for `ids`: a run that stops early (below) would keep the room for every id
-        // it might have read, and a group holds its runs for as long as they are in flight —
+        // Not sized for `picked`: a run that stops early (below) would keep the room for every
+        // message it might have read, and a group holds its runs for as long as they are in flight —
         // 10k groups after a restart held ~130 MB of empty room that way.
         let mut out = Vec::new();
         // Bytes read from sled for this run and not kept by the cache, and payload bytes
@@ -1145,8 +1149,7 @@ impl Sink {
                 continue;
             };
             if kind == Removal::Discarded {
-                let loc = self.locate(st, id.0, &m)?;
-                let payload = self.payload(st, id.0, m, loc)?;
+                let payload = self.payload_of(st, id.0, m)?;
                 let record = Self::record_of(st, id.0, &m);
                 let entry = codec::encode_discarded(now, id.0, &record, &payload);
                 let seq = meta.discarded;
@@ -1253,8 +1256,7 @@ impl Sink {
             f.state_parts = n;
             f.record = record;
         } else {
-            let loc = self.locate(st, id.0, &m)?;
-            let payload = self.payload(st, id.0, m, loc)?;
+            let payload = self.payload_of(st, id.0, m)?;
             let state_parts = chunk::put_failed(&mut batch, id.0, &record, &payload);
             let first = st
                 .index

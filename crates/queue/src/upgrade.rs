@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use sled::Batch;
 
 use crate::codec::{self, Meta, Record};
-use crate::keys::{self, SEGMENT_SIZE};
+use crate::keys::{self, PART, SEGMENT_SIZE};
 use crate::sink::TREE_PREFIX;
 use crate::{chunk, parts, v1, QueueError};
 
@@ -180,7 +180,8 @@ fn convert_sink(sink: &str, from: &sled::Tree, to: &sled::Tree) -> Result<()> {
             let entries: Vec<(&[u8], u32)> = (start..end)
                 .map(|i| (&groups[i][..], run[i].1.payload.len() as u32))
                 .collect();
-            let body = chunk::body((start..end).map(|i| &run[i].1.payload[..]));
+            // The layout before spans: the body in the sink's tree, in parts of `PART`.
+            let body = chunk::body_in_parts((start..end).map(|i| &run[i].1.payload[..]), PART);
             let mut batch = Batch::default();
             chunk::put(
                 &mut batch,

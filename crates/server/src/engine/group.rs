@@ -262,10 +262,9 @@ struct InFlight {
 /// pipeline stays full instead of emptying after every pair of runs. All share a chain
 /// flag: once one is not delivered, the writer sends none after it (see `Run::chain`).
 /// `ahead`: the messages read with `run` (its own among them, from `index`), `held` their
-/// budget. Returns
-/// when nothing more goes out this way and what went out has settled. `Err(None)`:
-/// requeued, read the head again uncharged; `Err(Some((m, f)))`: charge `m`, the head of
-/// the run that failed first.
+/// budget. Returns when nothing more goes out this way and what went out has settled.
+/// `Err(None)`: requeued, read the head again uncharged; `Err(Some((m, f)))`: charge `m`,
+/// the head of the run that failed first.
 #[allow(clippy::too_many_arguments)]
 async fn send_window(
     local: &SinkLocal,
