@@ -8,10 +8,10 @@
 //! shards through 64-access queues, so a leaf pulled stays until 64 more accesses reach its
 //! shard), and removing a body from a leaf rewrites the whole leaf through the log. Bodies in
 //! the sink's own tree, in 60 KiB values (leaves of ~1 MiB), made a 1M-message drain hold
-//! ~1.4 GB. A span tree is only ever inserted into, in values of [`SPAN_PART`] bytes (small
-//! leaves: less rewritten per insert, less pulled per read); when its last chunk ends the tree
-//! is dropped, which frees its pages in memory and on disk at once, with no leaf rewrite per
-//! chunk.
+//! ~1.4 GB. A span tree is only ever inserted into, in values of [`keys::SPAN_PART`] bytes
+//! (small leaves: less rewritten per insert, less pulled per read); when its last chunk ends
+//! the tree is dropped, which frees its pages in memory and on disk at once, with no leaf
+//! rewrite per chunk.
 //!
 //! Order on disk: a chunk's body is applied (to its span tree) before its header (to the
 //! sink's tree), and a span is dropped only after the batch removing its last header was
@@ -33,15 +33,6 @@ use sled::{Batch, IVec, Tree};
 
 use crate::chunk::Body;
 use crate::{keys, parts};
-
-/// Bytes per sled value of a body in a span. sled 0.34 splits a leaf at 16 entries whatever
-/// their size, rewrites a whole leaf when it consolidates or splits one, pulls a whole leaf
-/// to read one entry, and keeps what it pulled until its LRU's queues of 64 accesses per
-/// shard are applied. With 60 KiB parts a leaf was ~1 MiB; with 4 KiB parts it is 64 KiB:
-/// 10k groups closed loop 19 µs of server CPU per message instead of 38–43, a 1M restart
-/// drain 0.68 GB RSS instead of 1.36–1.42 (docs/BENCHMARKS.md, session 6). 8 KiB and
-/// 16 KiB measured in between.
-pub const SPAN_PART: usize = 4 * 1024;
 
 /// Prefix of the sled tree names of spans: `body/` start-id(8, big-endian) sink-name.
 pub const SPAN_PREFIX: &[u8] = b"body/";

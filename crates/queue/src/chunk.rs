@@ -3,7 +3,7 @@
 use sled::Batch;
 
 use crate::codec::{self, Record};
-use crate::keys::{self, PART};
+use crate::keys::{self, PART, SPAN_PART};
 use crate::parts;
 
 /// Most messages in one chunk (bounds the bitmap an ack rewrites).
@@ -29,9 +29,9 @@ pub struct Body {
 }
 
 /// Concatenates the payloads of one chunk, for its span tree: in parts of
-/// [`SPAN_PART`](crate::bodies::SPAN_PART) bytes.
+/// [`SPAN_PART`] bytes.
 pub fn body<'a>(payloads: impl Iterator<Item = &'a [u8]>) -> Body {
-    body_in_parts(payloads, crate::bodies::SPAN_PART)
+    body_in_parts(payloads, SPAN_PART)
 }
 
 /// Concatenates the payloads of one chunk in parts of `part` bytes.

@@ -52,6 +52,15 @@ pub fn position(name: &str) -> Vec<u8> {
 /// holds at most 17 entries, so values of at most 60 KiB keep every node in the fsynced log.
 pub const PART: usize = 60 * 1024;
 
+/// Bytes per sled value of a body in a span. sled 0.34 splits a leaf at 16 entries whatever
+/// their size, rewrites a whole leaf when it consolidates or splits one, pulls a whole leaf
+/// to read one entry, and keeps what it pulled until its LRU's queues of 64 accesses per
+/// shard are applied. With 60 KiB parts a leaf was ~1 MiB; with 4 KiB parts it is 64 KiB:
+/// 10k groups closed loop 19 µs of server CPU per message instead of 38–43, a 1M restart
+/// drain 0.68 GB RSS instead of 1.36–1.42 (docs/BENCHMARKS.md, session 6). 8 KiB and
+/// 16 KiB measured in between.
+pub const SPAN_PART: usize = 4 * 1024;
+
 /// sled segment size of a v2 database (see [`PART`]).
 pub const SEGMENT_SIZE: usize = 8 * 1024 * 1024;
 
