@@ -607,10 +607,6 @@ impl Sink {
             };
             chunks.push((first, info, body));
         }
-        let bodies: Vec<(u64, &chunk::Body)> = chunks.iter().map(|(f, _, b)| (*f, b)).collect();
-        self.bodies
-            .write(&bodies)
-            .map_err(self.storage("enqueue"))?;
         let ids_meta = Meta {
             next_id: end_id,
             epoch,
@@ -618,7 +614,10 @@ impl Sink {
         };
         batch.insert(keys::META, &ids_meta.encode_ids()[..]);
         let extra = extra(&mut batch, first_id);
-        self.apply(batch, "enqueue")?;
+        let bodies: Vec<(u64, &chunk::Body)> = chunks.iter().map(|(f, _, b)| (*f, b)).collect();
+        self.bodies
+            .write_with(&bodies, &batch)
+            .map_err(self.storage("enqueue"))?;
         let mut guard = self.lock();
         let st = &mut *guard;
         let mut out = Vec::with_capacity(msgs.len());
