@@ -1,9 +1,11 @@
 """Schemathesis hooks for tests/tests/openapi.rs (loaded through SCHEMATHESIS_HOOKS).
 
-The OpenAPI document describes an `application/x-ndjson` ingest body as the array of the
-messages its lines hold (OpenAPI has no schema for line framing); this serializer writes such
-an array as NDJSON: one JSON value per line. Anything else (negative tests generate numbers,
-strings, objects...) is written as a single line, which the server must reject.
+The OpenAPI document describes an `application/x-ndjson` ingest body like a JSON one (OpenAPI
+has no schema for line framing): one message (a one-line body) or the array of the messages
+its lines hold. This serializer writes an array as NDJSON, one JSON value per line, and
+anything else as a single line: an object is then a one-line body (valid when the object is a
+valid message), and the numbers, strings... that negative tests generate are lines the server
+must reject.
 """
 
 import json

@@ -461,9 +461,10 @@ fn process(job: Job) -> Result<Answer, ApiError> {
         description = "One message (an object), an array of messages, or NDJSON (one object per line)",
         content(
             (super::schema::IngestBody = "application/json"),
-            // The messages of an NDJSON body, one JSON object per line (described as the array
-            // of its lines' values: OpenAPI has no line-framing schema).
-            (Vec<super::schema::IngestMessage> = "application/x-ndjson"),
+            // An NDJSON body, one JSON object per line, described like a JSON body (OpenAPI has
+            // no line-framing schema): one line's object, or the array of its lines' objects.
+            // A single object is a valid one-line body, so the schema must allow it.
+            (super::schema::IngestBody = "application/x-ndjson"),
         ),
     ),
     responses(

@@ -97,7 +97,8 @@ pub struct IngestMetadata {
     extra: BTreeMap<String, Value>,
 }
 
-/// An `application/json` ingest body: one message or an array of messages.
+/// An ingest body: one message or an array of messages (for `application/x-ndjson`: a
+/// one-line body, or the array of its lines).
 #[derive(Serialize, ToSchema)]
 #[serde(untagged)]
 #[allow(dead_code)]
