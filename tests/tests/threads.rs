@@ -128,7 +128,10 @@ async fn dropping_the_engine_releases_its_threads_and_the_queue() {
             .collect();
         engine.ingest("drop", items).await.unwrap();
         assert_eq!(queue.counts("drop").pending, 50 * (round + 1));
-        assert_eq!(arbiter_threads(), 2);
+        // Polled: on a loaded CI machine one more arbiter thread was seen once in round 1
+        // (3, not 2); the engine's own count must settle at exactly two.
+        let two = eventually(Duration::from_secs(5), || async { arbiter_threads() == 2 }).await;
+        assert!(two, "{} arbiter threads, not 2", arbiter_threads());
         drop(engine);
         // The drop joins the arbiters; the kernel removes a joined thread from /proc a moment
         // after the join returns, so poll (a thread that was never stopped never goes).
