@@ -15,8 +15,9 @@
 //!   the original ids, storing nothing again; the records are written in the enqueue's batch.
 //! - **Atomic**: every state change is one sled batch of the sink's tree, so group index,
 //!   state and counters never diverge, and a crash loses whole batches or nothing. Chunk
-//!   bodies live in span trees written before their headers and dropped whole after their
-//!   last header is removed (see `bodies.rs`): a header never outlives its body's span.
+//!   bodies live in span trees, written in one transaction with their headers and dropped
+//!   whole after their last header is removed (see `bodies.rs`): a header never outlives its
+//!   body's span.
 //!
 //! ```
 //! use s2sink_core::{ErrorClass, GroupKey, LastError};

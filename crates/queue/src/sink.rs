@@ -124,20 +124,14 @@ impl Sink {
         span_bytes: u64,
         reaper: &Reaper,
     ) -> Result<Sink> {
-        let mut tree_name = TREE_PREFIX.to_vec();
-        tree_name.extend_from_slice(name.as_bytes());
-        let tree = db
-            .open_tree(tree_name)
-            .map_err(|source| QueueError::Storage {
-                op: "open sink",
-                sink: Some(name.to_string()),
-                source,
-            })?;
         let storage = |source| QueueError::Storage {
             op: "open sink",
             sink: Some(name.to_string()),
             source,
         };
+        let mut tree_name = TREE_PREFIX.to_vec();
+        tree_name.extend_from_slice(name.as_bytes());
+        let tree = db.open_tree(tree_name).map_err(storage)?;
         let corrupt = |what: &str| QueueError::Corrupt {
             sink: name.to_string(),
             what: what.to_string(),
@@ -820,8 +814,8 @@ impl Sink {
             picked.push((id, m));
         }
         // Not sized for `picked`: a run that stops early (below) would keep the room for every
-        // message it might have read, and a group holds its runs for as long as they are in flight —
-        // 10k groups after a restart held ~130 MB of empty room that way.
+        // message it might have read, and a group holds its runs for as long as they are in
+        // flight — 10k groups after a restart held ~130 MB of empty room that way.
         let mut out = Vec::new();
         // Bytes read from sled for this run and not kept by the cache, and payload bytes
         // returned: a group whose messages are spread over many chunks the cache will not
