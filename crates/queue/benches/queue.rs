@@ -4,7 +4,8 @@
 //! `cargo bench -p s2sink-queue --bench queue` runs everything at full size (a few minutes);
 //! `QUEUE_BENCH_SCALE=0.1` shrinks every message count,
 //! `QUEUE_BENCH_ONLY=cycle|enqueue|ack|reopen|disk` runs some parts, `QUEUE_BENCH_DIR` chooses
-//! the disk (default: the system temp dir).
+//! the disk (default: the system temp dir), `QUEUE_BENCH_MIMALLOC_DEFAULTS=1` skips
+//! [`s2sink_queue::tune_mimalloc`] (which the `s2-sink` binary calls).
 //!
 //! `cycle` is the storage target: enqueue + read + ack of 1 KB messages over 10k groups with a
 //! 200k backlog, reporting the process's CPU time (user + system, every thread, sled's
@@ -422,6 +423,10 @@ fn mib(b: u64) -> String {
 }
 
 fn main() {
+    // As the `s2-sink` binary does; `QUEUE_BENCH_MIMALLOC_DEFAULTS=1` measures without it.
+    if std::env::var_os("QUEUE_BENCH_MIMALLOC_DEFAULTS").is_none() {
+        s2sink_queue::tune_mimalloc();
+    }
     // `cargo bench` passes `--bench`; nothing else is accepted.
     let rt = runtime();
     if wanted("cycle") {

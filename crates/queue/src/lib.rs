@@ -57,6 +57,8 @@
 //! # }
 //! ```
 
+#[cfg(feature = "mimalloc")]
+mod allocator;
 mod bodies;
 mod chunk;
 mod codec;
@@ -74,6 +76,8 @@ mod types;
 mod upgrade;
 mod v1;
 
+#[cfg(feature = "mimalloc")]
+pub use allocator::tune_mimalloc;
 pub use error::QueueError;
 pub use queue::{OpenTimes, Queue};
 pub use types::{

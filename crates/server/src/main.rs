@@ -14,6 +14,7 @@ use s2sink_server::{config, serve};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    s2sink_queue::tune_mimalloc();
     // Help and version exit 0, a bad command line exits 2 with clap's message and usage.
     let cli = Cli::parse();
     match cli.command {
