@@ -3,18 +3,19 @@
 use sled::Batch;
 
 use crate::codec::{self, Record};
-use crate::keys::{self, PART, SPAN_PART};
+use crate::keys::{self, CHUNK_BYTES, SPAN_PART};
 use crate::parts;
 
 /// Most messages in one chunk (bounds the bitmap an ack rewrites).
 pub const MAX_MESSAGES: usize = 2048;
 
 /// The end of the longest run of messages from `start` that fits one chunk: at most
-/// [`MAX_MESSAGES`] and at most [`PART`] bytes of payload, but always at least one message.
+/// [`MAX_MESSAGES`] and at most [`CHUNK_BYTES`] bytes of payload, but always at least one message.
 pub fn end(len: impl Fn(usize) -> usize, start: usize, n: usize) -> usize {
     let mut end = start;
     let mut body = 0usize;
-    while end < n && end - start < MAX_MESSAGES && (end == start || body + len(end) <= PART) {
+    while end < n && end - start < MAX_MESSAGES && (end == start || body + len(end) <= CHUNK_BYTES)
+    {
         body += len(end);
         end += 1;
     }

@@ -47,10 +47,16 @@ pub fn position(name: &str) -> Vec<u8> {
     k
 }
 
-/// Largest stored value. sled 0.34 writes a node larger than a quarter of its segment to a
-/// separate blob file that its flush does not fsync; the queue's segment is 8 MiB and a leaf
-/// holds at most 17 entries, so values of at most 60 KiB keep every node in the fsynced log.
-pub const PART: usize = 60 * 1024;
+/// Largest value the queue writes. sled 0.34 writes a node larger than a quarter of its
+/// segment to a separate blob file that its flush does not fsync. A leaf holds at most 17
+/// entries, so with [`SEGMENT_SIZE`] (1 MiB: nodes up to 256 KiB stay in the log) values of
+/// at most 12 KiB keep every node in the fsynced log. Data dirs created before session 7 use
+/// 8 MiB segments and may hold 60 KiB parts; reads never assume a part size (a parted value
+/// is read until its parts run out), so both layouts read the same.
+pub const PART: usize = 12 * 1024;
+
+/// Most payload bytes in one chunk (a chunk holds at least one message, whatever its size).
+pub const CHUNK_BYTES: usize = 60 * 1024;
 
 /// Bytes per sled value of a body in a span. sled 0.34 splits a leaf at 16 entries whatever
 /// their size, rewrites a whole leaf when it consolidates or splits one, pulls a whole leaf
@@ -61,8 +67,14 @@ pub const PART: usize = 60 * 1024;
 /// 16 KiB measured in between.
 pub const SPAN_PART: usize = 4 * 1024;
 
-/// sled segment size of a v2 database (see [`PART`]).
-pub const SEGMENT_SIZE: usize = 8 * 1024 * 1024;
+/// sled segment size of a database created now (see [`PART`]); an existing one keeps the size
+/// it was created with (sled refuses another). sled allocates one IO buffer of this size per
+/// segment it writes: 8 MiB buffers held ~100 MB at peak under load and their page faults cost
+/// ~15% of the queue's CPU (docs/BENCHMARKS.md, session 7).
+pub const SEGMENT_SIZE: usize = 1024 * 1024;
+
+/// The segment size of databases created before session 7.
+pub const OLD_SEGMENT_SIZE: usize = 8 * 1024 * 1024;
 
 /// `prefix` + the 8-byte id: the key of a bitmap, or the base of a parted value.
 pub fn base(prefix: u8, id: u64) -> [u8; 9] {

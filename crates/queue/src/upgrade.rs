@@ -1,7 +1,7 @@
 //! The data directory's layout and the conversion of a v1 queue.
 //!
-//! Storage v2 is a sled database in `<data dir>/queue-v2` (8 MiB segments, see
-//! [`keys::PART`](crate::keys::PART)). A v1 database — sled's files directly in the data
+//! Storage v2 is a sled database in `<data dir>/queue-v2` (1 MiB segments, 8 MiB in one created
+//! before session 7; see [`keys::PART`](crate::keys::PART)). A v1 database — sled's files directly in the data
 //! directory, one key per message — is converted on open, losing nothing:
 //!
 //! 1. the v1 database is read and written as v2 into `queue-v2.converting` (pending messages
@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use sled::Batch;
 
 use crate::codec::{self, Meta, Record};
-use crate::keys::{self, PART, SEGMENT_SIZE};
+use crate::keys::{self, OLD_SEGMENT_SIZE, PART, SEGMENT_SIZE};
 use crate::sink::TREE_PREFIX;
 use crate::{chunk, parts, v1, QueueError};
 
@@ -66,7 +66,28 @@ fn v2_config(path: &Path, cache_capacity: u64) -> sled::Config {
     sled::Config::new()
         .path(path)
         .cache_capacity(cache_capacity)
-        .segment_size(SEGMENT_SIZE)
+        .segment_size(segment_size(path))
+}
+
+/// The segment size to open the database at `path` with: the one it was created with (sled
+/// refuses to open it with another), [`SEGMENT_SIZE`] for a new one.
+fn segment_size(path: &Path) -> usize {
+    // sled's `conf` file: lines `key: value`, then a checksum.
+    let Ok(conf) = std::fs::read(path.join("conf")) else {
+        return SEGMENT_SIZE;
+    };
+    let persisted = String::from_utf8_lossy(&conf).lines().find_map(|l| {
+        l.strip_prefix("segment_size: ")?
+            .trim()
+            .parse::<usize>()
+            .ok()
+    });
+    match persisted {
+        Some(size) => size,
+        // Unreadable: let sled say what is wrong with its file, for the size all older data
+        // dirs have.
+        None => OLD_SEGMENT_SIZE,
+    }
 }
 
 /// Whether `dir` holds a v1 database.

@@ -1,5 +1,7 @@
-//! A data directory written by the v1 queue (one sled key per message, committed as a fixture
-//! in `tests/fixtures/v1-data`, see its README) opens with storage v2 and loses nothing.
+//! Data directories written by older versions (committed as fixtures in `tests/fixtures`, see
+//! its README) open with this one and lose nothing: a v1 queue (one sled key per message) is
+//! converted to storage v2; a v2 one from before session 7 (8 MiB segments, 60 KiB parts)
+//! opens as it is.
 
 use std::path::Path;
 
@@ -8,10 +10,65 @@ use s2sink_queue::testing::copy_dir;
 use s2sink_queue::{GroupRef, ListFilter, MessageId, NewMessage, Queue};
 
 fn fixture() -> tempfile::TempDir {
+    fixture_named("v1-data")
+}
+
+fn fixture_named(name: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1-data");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
     copy_dir(&src, dir.path());
     dir
+}
+
+/// The segment size sled persisted for the data dir's database.
+fn segment_size(dir: &Path) -> String {
+    let conf = std::fs::read(dir.join("queue-v2").join("conf")).unwrap();
+    String::from_utf8_lossy(&conf)
+        .lines()
+        .find_map(|l| l.strip_prefix("segment_size: ").map(str::to_owned))
+        .unwrap()
+}
+
+/// The payloads the v2 fixture's generator wrote: `n` bytes cycling through the alphabet.
+fn pattern(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| b'a' + ((i + seed as usize) % 26) as u8)
+        .collect()
+}
+
+fn retryable() -> LastError {
+    LastError {
+        class: ErrorClass::Retryable,
+        status: Some(503),
+        code: Some("unavailable".into()),
+        message: "try later".into(),
+        body: None,
+        at_ms: 1_700_000_000_000,
+    }
+}
+
+/// Sink `big` of the v2 fixture, plus the 100 000-byte message 4 failed since (if `with_4`).
+fn check_big(q: &Queue, with_4: bool) {
+    let g = GroupRef::from(GroupKey("g".into()));
+    let run = q.head_run("big", &g, 10, usize::MAX).unwrap();
+    let mut want = vec![(1, pattern(70_000, 1)), (3, br#"{"n":3}"#.to_vec())];
+    if with_4 {
+        want.push((4, pattern(100_000, 3)));
+    }
+    let got: Vec<(u64, Vec<u8>)> = run.iter().map(|m| (m.id.0, m.payload.to_vec())).collect();
+    assert_eq!(got.len(), want.len());
+    for ((id, p), (want_id, want_p)) in got.iter().zip(&want) {
+        assert_eq!(id, want_id);
+        assert!(p == want_p, "payload of message {id}: {} bytes", p.len());
+    }
+    // Failed once by the fixture's generator, once more since (with message 4).
+    assert_eq!(run[0].state.deliver_count, if with_4 { 2 } else { 1 });
+    let discarded = q.discarded("big", 10).unwrap();
+    assert_eq!(discarded.len(), 1);
+    assert_eq!(discarded[0].message.id, MessageId(2));
+    assert!(discarded[0].message.payload[..] == pattern(130_000, 2)[..]);
 }
 
 fn payloads(q: &Queue, sink: &str, group: &GroupRef) -> Vec<(u64, String)> {
@@ -133,6 +190,92 @@ async fn a_v1_data_dir_opens_with_storage_v2_and_loses_nothing() {
     let q = Queue::open(dir.path()).unwrap();
     assert_eq!(q.counts("orders").pending, 0);
     assert_eq!(q.counts("orders").delivered, 7);
+}
+
+/// A data dir written by storage v2 before session 7 keeps its 8 MiB sled segments (sled
+/// refuses another size), reads the values it parted in 60 KiB pieces (a failed and a
+/// discarded payload, converted v1 chunks), and goes on writing new values in today's
+/// smaller parts.
+#[tokio::test]
+async fn a_v2_data_dir_with_8_mib_segments_opens_and_reads_its_60_kib_parts() {
+    let dir = fixture_named("v2-8mib-data");
+    assert_eq!(segment_size(dir.path()), "8388608");
+    {
+        let q = Queue::open(dir.path()).unwrap();
+        check_converted(&q, &[]);
+        check_big(&q, false);
+        let e = q
+            .enqueue(
+                "big",
+                vec![NewMessage::new(
+                    Some(GroupKey("g".into())),
+                    pattern(100_000, 3),
+                )],
+            )
+            .await
+            .unwrap();
+        assert_eq!(e[0].id, MessageId(4));
+        // Failing again rewrites message 1's keys; message 4 moves to its own keys.
+        q.fail("big", MessageId(1), retryable(), 0).unwrap();
+        q.fail("big", MessageId(4), retryable(), 0).unwrap();
+        q.flush().await.unwrap();
+    }
+    let q = Queue::open(dir.path()).unwrap();
+    assert_eq!(segment_size(dir.path()), "8388608");
+    check_converted(&q, &[]);
+    check_big(&q, true);
+    assert_eq!(
+        q.ack("big", &[MessageId(1), MessageId(3), MessageId(4)])
+            .unwrap(),
+        3
+    );
+    q.flush().await.unwrap();
+    drop(q);
+    let q = Queue::open(dir.path()).unwrap();
+    assert_eq!(q.counts("big").pending, 0);
+    assert_eq!(q.counts("big").discarded, 1);
+}
+
+/// A new data dir gets 1 MiB segments, and even its largest values (1 MiB payloads, failed
+/// and discarded) are parted small enough that no sled node reaches a quarter of a segment:
+/// sled would write such a node to a blob file, which its flush does not fsync.
+#[tokio::test]
+async fn a_new_data_dir_keeps_large_payloads_out_of_blob_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path()).unwrap();
+    assert_eq!(segment_size(dir.path()), "1048576");
+    let msgs = (0..24u8)
+        .map(|i| NewMessage::new(Some(GroupKey(format!("g{}", i % 3))), pattern(1 << 20, i)))
+        .collect();
+    let ids: Vec<MessageId> = q
+        .enqueue("s", msgs)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    for id in &ids {
+        q.fail("s", *id, retryable(), 0).unwrap();
+    }
+    for id in &ids[..12] {
+        assert!(q.discard("s", *id).await.unwrap());
+    }
+    q.flush().await.unwrap();
+    let blobs = dir.path().join("queue-v2").join("blobs");
+    let files: Vec<_> = std::fs::read_dir(&blobs)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(files.is_empty(), "blob files: {files:?}");
+    // And everything reads back whole.
+    drop(q);
+    let q = Queue::open(dir.path()).unwrap();
+    let m = q.get("s", ids[20]).unwrap().unwrap();
+    assert!(m.payload[..] == pattern(1 << 20, 20)[..]);
+    let discarded = q.discarded("s", 100).unwrap();
+    assert_eq!(discarded.len(), 12);
+    let first = discarded.iter().find(|d| d.message.id == ids[0]).unwrap();
+    assert!(first.message.payload[..] == pattern(1 << 20, 0)[..]);
 }
 
 #[test]
