@@ -167,6 +167,13 @@ impl Groups {
         }
     }
 
+    /// Keyed groups with published messages and their oldest published id, in key order.
+    pub fn heads(&self) -> impl Iterator<Item = (u64, &GroupRef)> + '_ {
+        self.by_key
+            .iter()
+            .filter_map(|(k, &s)| self.slots[s as usize].ids.front().map(|&h| (h, k)))
+    }
+
     /// Keyed groups with published messages, in key order, after `after`.
     pub fn keyed_after<'a>(
         &'a self,

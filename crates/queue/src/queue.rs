@@ -334,6 +334,15 @@ impl Queue {
         self.pending_groups_page(sink, None, usize::MAX)
     }
 
+    /// Every group of `sink` with pending messages, the one whose oldest message is oldest
+    /// first: the order a restart resumes delivery in. Groups that start together then read
+    /// the same chunk bodies (a chunk holds consecutive messages of many groups) while they
+    /// are cached, and the backlog drains from its old end, so ended body spans are dropped
+    /// early instead of all at the end.
+    pub fn pending_groups_oldest_first(&self, sink: &str) -> Result<Vec<GroupRef>> {
+        self.with_sink(sink, Vec::new(), |s| Ok(s.pending_groups_oldest_first()))
+    }
+
     /// Up to `limit` groups with pending messages, in the order of
     /// [`pending_groups`](Queue::pending_groups), starting after `after`.
     pub fn pending_groups_page(

@@ -885,6 +885,26 @@ impl Sink {
         out
     }
 
+    /// See [`Queue::pending_groups_oldest_first`](crate::Queue::pending_groups_oldest_first).
+    pub fn pending_groups_oldest_first(&self) -> Vec<GroupRef> {
+        let mut heads: Vec<(u64, GroupRef)> = {
+            let st = self.lock();
+            let solos = st
+                .index
+                .solos
+                .iter()
+                .map(|&id| (id, GroupRef::of(None, MessageId(id))));
+            st.index
+                .groups
+                .heads()
+                .map(|(h, g)| (h, g.clone()))
+                .chain(solos)
+                .collect()
+        };
+        heads.sort_unstable_by_key(|(h, _)| *h);
+        heads.into_iter().map(|(_, g)| g).collect()
+    }
+
     /// See [`Queue::contains`](crate::Queue::contains).
     pub fn contains(&self, ids: &[MessageId]) -> Vec<bool> {
         let st = self.lock();

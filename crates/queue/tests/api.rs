@@ -554,3 +554,41 @@ fn ended_spans_of_chunk_bodies_are_dropped_and_live_ones_kept() {
     );
     assert_eq!(q.total_pending(), 1);
 }
+
+/// A restart resumes the groups holding the oldest messages first, ungrouped ones among them.
+#[test]
+fn pending_groups_oldest_first_orders_groups_by_their_oldest_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path()).unwrap();
+    let ids: Vec<MessageId> = rt()
+        .block_on(q.enqueue(
+            "s",
+            vec![
+                msg(Some("z"), b"1"),
+                msg(None, b"2"),
+                msg(Some("a"), b"3"),
+                msg(Some("z"), b"4"),
+                msg(Some("m"), b"5"),
+            ],
+        ))
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    let names = |q: &Queue| -> Vec<String> {
+        q.pending_groups_oldest_first("s")
+            .unwrap()
+            .iter()
+            .map(|g| match g.key() {
+                Some(k) => k.as_str().to_owned(),
+                None => format!("#{}", g.solo().unwrap().0),
+            })
+            .collect()
+    };
+    let solo = format!("#{}", ids[1].0);
+    assert_eq!(names(&q), ["z", solo.as_str(), "a", "m"]);
+    // Once z's oldest message is delivered, z's age is that of its next one.
+    q.ack("s", &[ids[0]]).unwrap();
+    assert_eq!(names(&q), [solo.as_str(), "a", "z", "m"]);
+    assert!(q.pending_groups_oldest_first("nope").unwrap().is_empty());
+}

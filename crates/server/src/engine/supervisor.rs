@@ -70,6 +70,11 @@ pub struct Supervisor {
     started: u64,
     /// A [`Supervisor::pump`] continuation is scheduled (more groups wait to start).
     pump_scheduled: bool,
+    /// Pending groups of this shard still to be made ready by [`Supervisor::all_pending`],
+    /// oldest first.
+    recovering: VecDeque<GroupRef>,
+    /// A [`RecoverMore`] step is scheduled.
+    recover_scheduled: bool,
 }
 
 /// Group actors a supervisor starts per turn of its engine thread. Each new actor first
@@ -94,6 +99,8 @@ impl Supervisor {
             counted: 0,
             started: 0,
             pump_scheduled: false,
+            recovering: VecDeque::new(),
+            recover_scheduled: false,
         }
     }
 
@@ -182,10 +189,25 @@ impl Supervisor {
         self.arm_timer(ctx);
     }
 
-    /// Makes every pending group ready, a page at a time: the first groups start delivering
-    /// while later pages are still being listed (a restart with a large backlog resumes fast).
+    /// Makes every pending group ready, the one holding the oldest message first (see
+    /// [`s2sink_queue::Queue::pending_groups_oldest_first`]: reads then walk the backlog from
+    /// its old end), a page per turn: the first groups start delivering while the rest are
+    /// still being queued (a restart with a large backlog resumes fast).
     fn all_pending(&mut self, ctx: &mut Context<Self>) {
-        ctx.notify(RecoverFrom(None));
+        let shared = &self.local.shared;
+        match shared.queue.pending_groups_oldest_first(&shared.name) {
+            Ok(groups) => {
+                self.recovering = groups
+                    .into_iter()
+                    .filter(|g| self.homes.shard_of(g) == self.shard)
+                    .collect();
+                if !self.recover_scheduled {
+                    self.recover_scheduled = true;
+                    ctx.notify(RecoverMore);
+                }
+            }
+            Err(e) => (self.local.on_fatal)(&e),
+        }
     }
 }
 
@@ -203,41 +225,31 @@ fn after_a_turn(
     );
 }
 
-/// Groups listed per step of [`Supervisor::all_pending`]. Small, so that the stream writers
-/// get their turn on the engine thread between steps (each new group actor first reads its
-/// head from disk) and a restart with a large backlog appends within moments.
+/// Groups made ready per step of [`Supervisor::all_pending`]. Small, so that the stream
+/// writers get their turn on the engine thread between steps (each new group actor first
+/// reads its head from disk) and a restart with a large backlog appends within moments.
 const RECOVERY_PAGE: usize = 100;
 
-/// Continue listing pending groups after this one.
+/// Make the next [`RECOVERY_PAGE`] groups of [`Supervisor::all_pending`] ready.
 #[derive(Message)]
 #[rtype(result = "()")]
-struct RecoverFrom(Option<GroupRef>);
+struct RecoverMore;
 
-impl Handler<RecoverFrom> for Supervisor {
+impl Handler<RecoverMore> for Supervisor {
     type Result = ();
 
-    fn handle(&mut self, msg: RecoverFrom, ctx: &mut Self::Context) {
-        let shared = &self.local.shared;
-        match shared
-            .queue
-            .pending_groups_page(&shared.name, msg.0.as_ref(), RECOVERY_PAGE)
-        {
-            Ok(page) => {
-                let next = (page.len() == RECOVERY_PAGE)
-                    .then(|| page.last().cloned())
-                    .flatten();
-                for g in page {
-                    if self.homes.shard_of(&g) == self.shard {
-                        self.make_ready(g);
-                    }
-                }
-                self.pump(ctx);
-                if next.is_some() {
-                    // On a later turn: the groups just started read and send meanwhile.
-                    after_a_turn(ctx, move |_, ctx| ctx.notify(RecoverFrom(next)));
-                }
-            }
-            Err(e) => (self.local.on_fatal)(&e),
+    fn handle(&mut self, _: RecoverMore, ctx: &mut Self::Context) {
+        let n = self.recovering.len().min(RECOVERY_PAGE);
+        let page: Vec<GroupRef> = self.recovering.drain(..n).collect();
+        for g in page {
+            self.make_ready(g);
+        }
+        self.pump(ctx);
+        if self.recovering.is_empty() {
+            self.recover_scheduled = false;
+        } else {
+            // On a later turn: the groups just started read and send meanwhile.
+            after_a_turn(ctx, |_, ctx| ctx.notify(RecoverMore));
         }
     }
 }
