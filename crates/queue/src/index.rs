@@ -225,9 +225,18 @@ impl Cache {
         if self.bytes + len <= self.cap {
             return true;
         }
-        // Only newer bodies may go: room only if evicting them makes enough.
-        let newer: usize = self.map.range(first + 1..).map(|(_, b)| b.len()).sum();
-        self.bytes - newer + len <= self.cap
+        // Only newer bodies may go: room only if evicting them makes enough. Newest first,
+        // stopping as soon as they do: asked once per body read, and summing every newer
+        // body each time was linear in the cache's entries.
+        let need = self.bytes + len - self.cap;
+        let mut freed = 0;
+        for (_, b) in self.map.range(first + 1..).rev() {
+            freed += b.len();
+            if freed >= need {
+                return true;
+            }
+        }
+        false
     }
 
     /// Keeps the body of chunk `first` if it fits, evicting bodies of newer chunks for it.
