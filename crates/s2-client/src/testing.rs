@@ -109,7 +109,7 @@ pub async fn read_all(client: &S2Client, basin: &str, stream: &str) -> Vec<Seque
 ///
 /// It binds 0.0.0.0 (no bind flag exists); the harness only ever connects via 127.0.0.1.
 pub struct LiteServer {
-    _child: Child,
+    child: Child,
     port: u16,
     client: S2Client,
 }
@@ -143,7 +143,7 @@ impl LiteServer {
                     let client =
                         S2Client::new(S2Config::direct(&endpoint)).expect("client for s2-lite");
                     return LiteServer {
-                        _child: child,
+                        child,
                         port,
                         client,
                     };
@@ -159,6 +159,11 @@ impl LiteServer {
             bin.display(),
             failures.join("; ")
         );
+    }
+
+    /// The s2-lite process's pid (for measuring its CPU and memory).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     /// The port s2-lite listens on.

@@ -1,7 +1,6 @@
 //! CPU time and memory of the three processes that share the machine during a run: the
 //! server, s2-lite and this load generator, read from `/proc`.
 
-use std::path::Path;
 use std::time::Instant;
 
 /// Clock ticks per second of `/proc/<pid>/stat` times (`getconf CLK_TCK`, 100 on Linux/x86).
@@ -58,33 +57,6 @@ pub fn status_mb(pid: u32, field: &str) -> Option<f64> {
         .parse()
         .ok()?;
     Some(kb / 1024.0)
-}
-
-/// The pid of a child of this process running `exe` (how s2-lite, started by the harness
-/// without exposing its pid, is found).
-pub fn child_running(exe: &Path) -> Option<u32> {
-    let me = std::process::id().to_string();
-    let exe = std::fs::canonicalize(exe).ok()?;
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        else {
-            continue;
-        };
-        if stat_fields(pid).and_then(|f| f.get(1).cloned()) != Some(me.clone()) {
-            continue;
-        }
-        if std::fs::read_link(format!("/proc/{pid}/exe"))
-            .ok()
-            .as_deref()
-            == Some(exe.as_path())
-        {
-            return pid.parse().ok();
-        }
-    }
-    None
 }
 
 /// CPU seconds of the three processes at one instant.

@@ -4,13 +4,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use s2sink_client::testing::lite_binary;
 use s2sink_tests::process::{pending, ServerProcess};
 use s2sink_tests::LiteServer;
 
 use super::ceiling::{self, Ceiling, Transport};
 use super::cli::Opts;
-use super::procstat;
 use super::report::Report;
 
 /// The sink every mode delivers through.
@@ -102,45 +100,46 @@ pub fn choose_server_bin(o: &Opts) -> Result<PathBuf, String> {
     Ok(abs)
 }
 
-/// Starts s2-lite, creates a basin and measures the ceilings (before the server starts, so
-/// nothing else competes for the cores).
+/// Measures the ceilings, then starts the s2-lite the run uses and creates its basin and
+/// stream. Each ceiling gets an s2-lite of its own, and the run a fresh one: s2-lite keeps
+/// every record in memory and slows down as it grows (deleting a stream does not give the
+/// memory back), so a ceiling measured after another one, or a run after the ceilings, was
+/// measured against a slower server (a 2-in-flight ceiling below the 1-in-flight one, and a
+/// run at half speed, after s2-lite had grown to 12.8 GB). Ceilings run before the server
+/// starts, so nothing else competes for the cores.
 pub async fn start(o: &Opts) -> Result<Env, String> {
-    let lite = LiteServer::start().await;
-    let lite_pid = procstat::child_running(&lite_binary());
-    if lite_pid.is_none() {
-        eprintln!("warning: s2-lite's pid not found; its CPU is reported as 0");
-    }
-    let basin = lite.fresh_basin().await;
     let (mut ceiling_1, mut ceiling_2, mut ceiling_session) = (None, None, None);
     if o.ceiling_secs > 0.0 {
         let batch = ceiling::sink_shaped_batch(SINK, o.size, o.effective_groups());
-        let client = lite.client();
         for (n, transport, slot) in [
             (1, Transport::Unary, &mut ceiling_1),
             (2, Transport::Unary, &mut ceiling_2),
             (2, Transport::Session, &mut ceiling_session),
         ] {
+            let lite = LiteServer::start().await;
+            let basin = lite.fresh_basin().await;
             let stream = format!("ceiling-{n}-{transport:?}").to_lowercase();
             let c = ceiling::measure(
-                &client,
+                &lite.client(),
                 &basin,
                 &stream,
                 &batch,
                 n,
                 transport,
                 o.ceiling_secs,
-                (None, lite_pid),
+                (None, lite.pid()),
             )
             .await?;
             eprintln!("ceiling: {}", c.describe());
             *slot = Some(c);
-            // s2-lite keeps every record in memory: drop what the ceiling wrote so the run
-            // after it does not pay for it.
-            if let Err(e) = client.delete_stream(&basin, &stream).await {
-                eprintln!("warning: could not delete ceiling stream {stream}: {e}");
-            }
         }
     }
+    let lite = LiteServer::start().await;
+    let lite_pid = lite.pid();
+    if lite_pid.is_none() {
+        eprintln!("warning: s2-lite's pid not found; its CPU is reported as 0");
+    }
+    let basin = lite.fresh_basin().await;
     lite.client()
         .ensure_stream(&basin, STREAM, None)
         .await
