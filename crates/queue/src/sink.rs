@@ -681,6 +681,20 @@ impl Sink {
         let first = loc.first;
         let body = match st.index.cache.get(first) {
             Some(b) => b.clone(),
+            None if !st.index.cache.would_keep(first, loc.body_len as usize) => {
+                // Not kept: only the values holding this message, when the layout allows.
+                let range = self
+                    .bodies
+                    .read_range(first, m.off as usize, m.len as usize)
+                    .map_err(self.storage("read"))?;
+                if let Some(payload) = range {
+                    return Ok(payload);
+                }
+                self.bodies
+                    .read(first, loc.body_parts, loc.body_len as usize)
+                    .map_err(self.storage("read"))?
+                    .ok_or_else(|| self.corrupt(format!("body of chunk {first}")))?
+            }
             None => {
                 // Copied out of sled's page so the cache never pins more than it counts.
                 let body = self
@@ -829,7 +843,7 @@ impl Sink {
                 break;
             }
             let loc = self.locate(st, id, &m)?;
-            if let Some(r) = loc.and_then(|l| Self::body_read(st, l)) {
+            if let Some(r) = loc.and_then(|l| self.body_read(st, l, &m)) {
                 let amplified = !r.kept && unkept + r.bytes > READ_AMPLIFICATION * got;
                 if !out.is_empty() && (reads == MAX_CHUNK_READS || amplified) {
                     break;
@@ -848,17 +862,24 @@ impl Sink {
         Ok(out)
     }
 
-    /// The sled read a message in chunk `loc` needs: `None` when the chunk's body is cached.
-    fn body_read(st: &State, loc: ChunkLoc) -> Option<BodyRead> {
+    /// The sled read message `m` in chunk `loc` needs: `None` when the chunk's body is cached.
+    /// A body the cache keeps is read whole; otherwise only the span values holding `m`
+    /// (see [`Sink::payload`]; a body in an older layout is read whole either way).
+    fn body_read(&self, st: &State, loc: ChunkLoc, m: &Msg) -> Option<BodyRead> {
         let cache = &st.index.cache;
         if cache.get(loc.first).is_some() {
             return None;
         }
-        let bytes = loc.body_len as usize;
-        Some(BodyRead {
-            bytes,
-            kept: cache.would_keep(loc.first, bytes),
-        })
+        let body = loc.body_len as usize;
+        let kept = cache.would_keep(loc.first, body);
+        let bytes = if kept || loc.first < self.bodies.spans_from() {
+            body
+        } else {
+            let (off, end) = (m.off as usize, m.off as usize + m.len as usize);
+            let values = end.saturating_sub(1) / keys::SPAN_PART - off / keys::SPAN_PART + 1;
+            values * keys::SPAN_PART
+        };
+        Some(BodyRead { bytes, kept })
     }
 
     /// See [`Queue::pending_groups_page`](crate::Queue::pending_groups_page).
