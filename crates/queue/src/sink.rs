@@ -829,8 +829,9 @@ impl Sink {
         let mut out = Vec::new();
         // Bytes read from sled for this run and not kept by the cache, and payload bytes
         // returned: a group whose messages are spread over many chunks the cache will not
-        // keep (many interleaved groups, a backlog larger than the cache) would read a whole
-        // chunk body per message and drop it. The run stops before such a read that would
+        // keep (many interleaved groups, a backlog larger than the cache) reads the span
+        // values holding each message (a whole body in the older layout) and drops them.
+        // The run stops before such a read that would
         // take more than `READ_AMPLIFICATION` times what it returns; the next run goes on
         // from there. Reads the cache keeps (older chunks: the delivery frontier) serve other
         // groups too and are not limited by that rule; any run reads at most
