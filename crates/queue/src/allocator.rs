@@ -5,8 +5,8 @@
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// Keeps memory the program frees for reuse instead of returning it to the OS a second later
-/// (mimalloc's default). sled allocates a fresh 8 MiB log buffer for each segment it writes
-/// and many short-lived node copies; giving those pages back and faulting them in again
+/// (mimalloc's default). sled allocates a fresh log buffer (a segment's size) for each segment
+/// it writes and many short-lived node copies; giving those pages back and faulting them in again
 /// (the kernel zeroes each one) cost 15–20% of the queue's CPU per message
 /// (docs/BENCHMARKS.md, session 7). Peak memory does not grow: the process keeps what it
 /// already used at its peak. Call it first thing in `main`, before load arrives.

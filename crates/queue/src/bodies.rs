@@ -254,9 +254,9 @@ impl Bodies {
     /// `None` when the chunk's body is not in a span (an older layout, whose part size is not
     /// known here: read it whole) or the values do not hold the range (a corrupt index).
     pub fn read_range(&self, first: u64, off: usize, len: usize) -> sled::Result<Option<Bytes>> {
-        if first < self.spans_from {
+        let Some((p0, p1)) = self.range_values(first, off, len) else {
             return Ok(None);
-        }
+        };
         let Some(tree) = self.tree_of(first) else {
             return Ok(None);
         };
@@ -264,7 +264,6 @@ impl Bodies {
         if len == 0 {
             return Ok(Some(Bytes::new()));
         }
-        let (p0, p1) = (off / keys::SPAN_PART, (end - 1) / keys::SPAN_PART);
         let (Ok(lo), Ok(hi)) = (u16::try_from(p0), u16::try_from(p1)) else {
             return Ok(None);
         };
@@ -281,6 +280,26 @@ impl Bodies {
             at += v.len();
         }
         Ok((out.len() == len).then(|| Bytes::from(out)))
+    }
+
+    /// Bytes [`Bodies::read_range`] reads from sled for `off .. off + len` of chunk `first`'s
+    /// body; `None` when it reads none (the body is read whole instead).
+    pub fn range_bytes(&self, first: u64, off: usize, len: usize) -> Option<usize> {
+        let (p0, p1) = self.range_values(first, off, len)?;
+        Some(if len == 0 {
+            0
+        } else {
+            (p1 - p0 + 1) * keys::SPAN_PART
+        })
+    }
+
+    /// The first and last span value holding `off .. off + len` of chunk `first`'s body;
+    /// `None` for a body in the older layout (parts of a size not known here).
+    fn range_values(&self, first: u64, off: usize, len: usize) -> Option<(usize, usize)> {
+        (first >= self.spans_from).then(|| {
+            let last = off + len.max(1) - 1;
+            (off / keys::SPAN_PART, last / keys::SPAN_PART)
+        })
     }
 
     /// The tree holding chunk `first`'s body (`None`: no span holds it, a corrupt index).

@@ -681,21 +681,18 @@ impl Sink {
         let first = loc.first;
         let body = match st.index.cache.get(first) {
             Some(b) => b.clone(),
-            None if !st.index.cache.would_keep(first, loc.body_len as usize) => {
-                // Not kept: only the values holding this message, when the layout allows.
-                let range = self
-                    .bodies
-                    .read_range(first, m.off as usize, m.len as usize)
-                    .map_err(self.storage("read"))?;
-                if let Some(payload) = range {
-                    return Ok(payload);
-                }
-                self.bodies
-                    .read(first, loc.body_parts, loc.body_len as usize)
-                    .map_err(self.storage("read"))?
-                    .ok_or_else(|| self.corrupt(format!("body of chunk {first}")))?
-            }
             None => {
+                // A body the cache will not keep: only the values holding this message, when
+                // the layout allows (see `Bodies::read_range`).
+                if !st.index.cache.would_keep(first, loc.body_len as usize) {
+                    let range = self
+                        .bodies
+                        .read_range(first, m.off as usize, m.len as usize)
+                        .map_err(self.storage("read"))?;
+                    if let Some(payload) = range {
+                        return Ok(payload);
+                    }
+                }
                 // Copied out of sled's page so the cache never pins more than it counts.
                 let body = self
                     .bodies
@@ -831,9 +828,8 @@ impl Sink {
         // returned: a group whose messages are spread over many chunks the cache will not
         // keep (many interleaved groups, a backlog larger than the cache) reads the span
         // values holding each message (a whole body in the older layout) and drops them.
-        // The run stops before such a read that would
-        // take more than `READ_AMPLIFICATION` times what it returns; the next run goes on
-        // from there. Reads the cache keeps (older chunks: the delivery frontier) serve other
+        // The run stops before such a read that would take more than `READ_AMPLIFICATION`
+        // times what it returns; the next run goes on from there. Reads the cache keeps (older chunks: the delivery frontier) serve other
         // groups too and are not limited by that rule; any run reads at most
         // `MAX_CHUNK_READS` bodies from sled.
         let (mut bytes, mut unkept, mut got, mut reads) = (0usize, 0usize, 0usize, 0usize);
@@ -873,14 +869,16 @@ impl Sink {
         }
         let body = loc.body_len as usize;
         let kept = cache.would_keep(loc.first, body);
-        let bytes = if kept || loc.first < self.bodies.spans_from() {
-            body
-        } else {
-            let (off, end) = (m.off as usize, m.off as usize + m.len as usize);
-            let values = end.saturating_sub(1) / keys::SPAN_PART - off / keys::SPAN_PART + 1;
-            values * keys::SPAN_PART
-        };
-        Some(BodyRead { bytes, kept })
+        let range = (!kept)
+            .then(|| {
+                self.bodies
+                    .range_bytes(loc.first, m.off as usize, m.len as usize)
+            })
+            .flatten();
+        Some(BodyRead {
+            bytes: range.unwrap_or(body),
+            kept,
+        })
     }
 
     /// See [`Queue::pending_groups_page`](crate::Queue::pending_groups_page).

@@ -1,8 +1,9 @@
 //! The data directory's layout and the conversion of a v1 queue.
 //!
-//! Storage v2 is a sled database in `<data dir>/queue-v2` (1 MiB segments, 8 MiB in one created
-//! before session 7; see [`keys::PART`](crate::keys::PART)). A v1 database — sled's files directly in the data
-//! directory, one key per message — is converted on open, losing nothing:
+//! Storage v2 is a sled database in `<data dir>/queue-v2` (1 MiB segments, 8 MiB in one
+//! created before session 7; see [`keys::PART`](crate::keys::PART)). A v1 database — sled's
+//! files directly in the data directory, one key per message — is converted on open, losing
+//! nothing:
 //!
 //! 1. the v1 database is read and written as v2 into `queue-v2.converting` (pending messages
 //!    as chunks, failed ones with their state, the discarded list, counters, markers), flushed;

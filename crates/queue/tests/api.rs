@@ -10,6 +10,15 @@ fn msg(group: Option<&str>, payload: &[u8]) -> NewMessage {
     NewMessage::new(group.map(|g| GroupKey(g.into())), payload.to_vec())
 }
 
+/// Enqueues `msgs` to sink "s" and returns their ids.
+fn enqueue_ids(q: &Queue, msgs: Vec<NewMessage>) -> Vec<MessageId> {
+    rt().block_on(q.enqueue("s", msgs))
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id)
+        .collect()
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .build()
@@ -319,15 +328,10 @@ fn errors_say_whether_they_are_fatal() {
 fn contains_tells_which_ids_are_still_queued() {
     let dir = tempfile::tempdir().unwrap();
     let q = Queue::open(dir.path()).unwrap();
-    let ids: Vec<MessageId> = rt()
-        .block_on(q.enqueue(
-            "s",
-            vec![msg(Some("g"), b"a"), msg(Some("g"), b"b"), msg(None, b"c")],
-        ))
-        .unwrap()
-        .into_iter()
-        .map(|e| e.id)
-        .collect();
+    let ids = enqueue_ids(
+        &q,
+        vec![msg(Some("g"), b"a"), msg(Some("g"), b"b"), msg(None, b"c")],
+    );
     q.ack("s", &ids[..1]).unwrap();
     rt().block_on(q.discard("s", ids[2])).unwrap();
     assert_eq!(q.contains("s", &ids).unwrap(), vec![false, true, false]);
@@ -571,21 +575,16 @@ fn ended_spans_of_chunk_bodies_are_dropped_and_live_ones_kept() {
 fn pending_groups_oldest_first_orders_groups_by_their_oldest_message() {
     let dir = tempfile::tempdir().unwrap();
     let q = Queue::open(dir.path()).unwrap();
-    let ids: Vec<MessageId> = rt()
-        .block_on(q.enqueue(
-            "s",
-            vec![
-                msg(Some("z"), b"1"),
-                msg(None, b"2"),
-                msg(Some("a"), b"3"),
-                msg(Some("z"), b"4"),
-                msg(Some("m"), b"5"),
-            ],
-        ))
-        .unwrap()
-        .iter()
-        .map(|e| e.id)
-        .collect();
+    let ids = enqueue_ids(
+        &q,
+        vec![
+            msg(Some("z"), b"1"),
+            msg(None, b"2"),
+            msg(Some("a"), b"3"),
+            msg(Some("z"), b"4"),
+            msg(Some("m"), b"5"),
+        ],
+    );
     let names = |q: &Queue| -> Vec<String> {
         q.pending_groups_oldest_first("s")
             .unwrap()
