@@ -107,8 +107,11 @@ async fn appends_of_a_split_batch_after_an_ambiguous_failure_carry_match_seq_num
     let dir = tempfile::tempdir().unwrap();
     let queue = Queue::open(dir.path()).unwrap();
     let mut settings = proxied_sink_settings("split", &proxy, &basin, &stream);
-    // All five runs in the first append.
+    // All five runs in the first append: it waits for them even with nothing in flight (the
+    // groups plan their runs on a blocking pool; on a loaded machine one could otherwise go
+    // out alone).
     settings.batch.linger = Duration::from_millis(300);
+    settings.batch.linger_when_idle = true;
     let engine = engine(&queue, settings);
     ingest_groups(&engine, "split", 1..6).await;
     let done = eventually(Duration::from_secs(20), || async {
