@@ -829,9 +829,9 @@ impl Sink {
         // keep (many interleaved groups, a backlog larger than the cache) reads the span
         // values holding each message (a whole body in the older layout) and drops them.
         // The run stops before such a read that would take more than `READ_AMPLIFICATION`
-        // times what it returns; the next run goes on from there. Reads the cache keeps (older chunks: the delivery frontier) serve other
-        // groups too and are not limited by that rule; any run reads at most
-        // `MAX_CHUNK_READS` bodies from sled.
+        // times what it returns; the next run goes on from there. Reads the cache keeps
+        // (older chunks: the delivery frontier) serve other groups too and are not limited by
+        // that rule; any run reads at most `MAX_CHUNK_READS` bodies from sled.
         let (mut bytes, mut unkept, mut got, mut reads) = (0usize, 0usize, 0usize, 0usize);
         for id in ids {
             let m = st.index.msgs[&id];
