@@ -23,9 +23,14 @@ use super::settings::SinkSettings;
 use super::stats::SinkStats;
 use super::threads::Homes;
 use super::writer::{
-    spawn_writer, Failure, Run, RunError, RunResult, WriterCtx, WriterGone, WriterHandle,
+    spawn_writer, Failure, Run, RunError, RunResult, Start, WriterCtx, WriterGone, WriterHandle,
 };
 use super::{Clock, FatalHook};
+
+/// Streams whose writers a restart starts and reconciles before resuming groups
+/// ([`SinkLocal::prepare_marked_streams`]). A sink whose routing function wrote to more keeps
+/// marks on all of them; the others are reconciled when a run first goes there, as always.
+pub const MAX_PREPARED_AT_START: usize = 64;
 
 /// The part of a sink that ingest handlers and the management API use from any thread.
 pub struct SinkShared {
@@ -196,6 +201,36 @@ impl SinkLocal {
     /// to), and again when the previous one ended (idle) or belongs to settings replaced by a
     /// reload.
     pub fn writer(&self, route: &Route, settings: &SinkSettings) -> WriterHandle {
+        self.writer_started(route, settings, Start::OnDemand)
+    }
+
+    /// After a restart: starts the writer of every stream this sink has a low-water mark on
+    /// ([`MAX_PREPARED_AT_START`] at most), each reconciling at once, and returns their
+    /// handles to wait on ([`WriterHandle::prepared`]). A stream whose writer runs already is
+    /// left as it is.
+    pub fn prepare_marked_streams(&self) -> Vec<WriterHandle> {
+        let sink = &self.shared.name;
+        let prefix = scan::lwm_prefix(sink);
+        let marks = match self.shared.queue.markers_with_prefix(&prefix) {
+            Ok(m) => m,
+            Err(e) => {
+                (self.on_fatal)(&e);
+                return Vec::new();
+            }
+        };
+        let settings = self.shared.settings();
+        marks
+            .into_iter()
+            .filter_map(|(k, _)| {
+                let (basin, stream) = k[prefix.len()..].split_once('/')?;
+                Route::new(basin, stream).ok()
+            })
+            .take(MAX_PREPARED_AT_START)
+            .map(|route| self.writer_started(&route, &settings, Start::PrepareFirst))
+            .collect()
+    }
+
+    fn writer_started(&self, route: &Route, settings: &SinkSettings, start: Start) -> WriterHandle {
         let generation = self.shared.generation.load(Relaxed);
         let mut writers = self
             .shared
@@ -229,7 +264,7 @@ impl SinkLocal {
                 .clamp(1, super::settings::MAX_APPENDS_IN_FLIGHT),
             budget: self.limits.in_flight.clone(),
         };
-        let w = spawn_writer(ctx, |start| self.homes.run_on(home, start));
+        let w = spawn_writer(ctx, start, |f| self.homes.run_on(home, f));
         writers.insert(route.clone(), w.clone());
         w
     }

@@ -225,6 +225,10 @@ fn after_a_turn(
     );
 }
 
+/// How long recovery waits for the streams' reconciliation before it resumes groups anyway
+/// (their runs then wait in the writers, as when S2 is down).
+const PREPARE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Groups made ready per step of [`Supervisor::all_pending`]. Small, so that the stream
 /// writers get their turn on the engine thread between steps (each new group actor first
 /// reads its head from disk) and a restart with a large backlog appends within moments.
@@ -259,8 +263,19 @@ impl Actor for Supervisor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(4096);
-        // Recovery: every group with pending messages is ready after a restart.
-        self.all_pending(ctx);
+        // Recovery: every group with pending messages is ready after a restart — once the
+        // streams this sink has marks on are reconciled (every shard waits for the same
+        // writers; the first to ask starts them), or after `PREPARE_WAIT` if S2 is slow.
+        let writers = self.local.prepare_marked_streams();
+        if writers.is_empty() {
+            self.all_pending(ctx);
+            return;
+        }
+        let wait = async move {
+            let all = futures_util::future::join_all(writers.iter().map(|w| w.prepared()));
+            let _ = tokio::time::timeout(PREPARE_WAIT, all).await;
+        };
+        ctx.spawn(actix::fut::wrap_future::<_, Self>(wait).map(|_, act, ctx| act.all_pending(ctx)));
     }
 }
 

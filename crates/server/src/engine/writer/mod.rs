@@ -146,6 +146,9 @@ pub struct WriterHandle {
     tx: mpsc::Sender<Submission>,
     /// The sink settings generation the writer was started with.
     pub generation: u64,
+    /// Turns true once a writer started with [`Start::PrepareFirst`] has prepared its stream
+    /// (or failed to; it tries again before its first append).
+    prepared: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The outcome of an enqueued run, to be awaited.
@@ -189,6 +192,27 @@ impl WriterHandle {
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed()
     }
+
+    /// Waits until a writer started with [`Start::PrepareFirst`] has prepared its stream
+    /// (reconciled it from its mark), tried and failed, or ended. Returns at once for a
+    /// writer started on demand: it prepares before its first append instead.
+    pub async fn prepared(&self) {
+        let mut rx = self.prepared.clone();
+        let _ = rx.wait_for(|done| *done).await;
+    }
+}
+
+/// How a writer task starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// For a run that is waiting: prepare the stream right before its first append.
+    OnDemand,
+    /// After a restart, for a stream this sink has a mark on: load the mark and reconcile at
+    /// once, before any run arrives, so the supervisors can hold group recovery back until
+    /// then (see `Supervisor::started`). Reconciling while thousands of recovering groups
+    /// read their heads on the same engine thread took ~0.3 s (each S2 call waits for its
+    /// turn behind those reads); before them it takes milliseconds.
+    PrepareFirst,
 }
 
 /// What a writer needs to know.
@@ -215,11 +239,24 @@ pub struct WriterCtx {
 
 /// Starts a writer task: `place` runs the given start-up on the engine thread the writer
 /// belongs to (the handle works from any thread at once; runs wait in the channel).
-pub fn spawn_writer(ctx: WriterCtx, place: impl FnOnce(Box<dyn FnOnce() + Send>)) -> WriterHandle {
+pub fn spawn_writer(
+    ctx: WriterCtx,
+    start: Start,
+    place: impl FnOnce(Box<dyn FnOnce() + Send>),
+) -> WriterHandle {
     let (tx, rx) = mpsc::channel(1024);
     let generation = ctx.generation;
+    let (done, prepared) = tokio::sync::watch::channel(start == Start::OnDemand);
     place(Box::new(move || {
-        actix_rt::spawn(pipeline::writer_loop(ctx, rx));
+        actix_rt::spawn(pipeline::writer_loop(
+            ctx,
+            rx,
+            (start == Start::PrepareFirst).then_some(done),
+        ));
     }));
-    WriterHandle { tx, generation }
+    WriterHandle {
+        tx,
+        generation,
+        prepared,
+    }
 }

@@ -176,7 +176,15 @@ enum Event {
 }
 
 /// The writer task.
-pub(super) async fn writer_loop(ctx: WriterCtx, mut rx: mpsc::Receiver<Submission>) {
+///
+/// `prepared`: set for a writer started with [`Start::PrepareFirst`](super::Start): the
+/// stream is prepared before anything else and the sender told (whatever the outcome: a
+/// failure is retried before the first append, as for any writer).
+pub(super) async fn writer_loop(
+    ctx: WriterCtx,
+    mut rx: mpsc::Receiver<Submission>,
+    prepared: Option<tokio::sync::watch::Sender<bool>>,
+) {
     tracing::debug!(sink = %ctx.sink, stream = %ctx.route, "writer started");
     let mut w = Writer {
         ctx: &ctx,
@@ -185,6 +193,17 @@ pub(super) async fn writer_loop(ctx: WriterCtx, mut rx: mpsc::Receiver<Submissio
         batch: Batch::default(),
         waiting: VecDeque::new(),
     };
+    if let Some(done) = prepared {
+        // Not counted as a delivery failure: no run was in it.
+        if let Err(f) = prepare(&ctx, &mut w.state).await {
+            tracing::warn!(
+                sink = %ctx.sink, stream = %ctx.route, class = f.error.class.as_str(),
+                error = %f.error.message,
+                "could not prepare the stream at start (tail / reconcile); trying again before the first append"
+            );
+        }
+        let _ = done.send(true);
+    }
     let mut closing = false;
     loop {
         // Take every run already waiting in the channel before deciding, so an idle pipeline
