@@ -264,6 +264,16 @@ impl Cache {
     pub fn bytes(&self) -> usize {
         self.bytes
     }
+
+    /// The chunks whose bodies are kept, oldest first.
+    pub fn firsts(&self) -> impl Iterator<Item = u64> + '_ {
+        self.map.keys().copied()
+    }
+
+    /// The budget in bytes: a body larger than this is never kept.
+    pub fn cap(&self) -> usize {
+        self.cap
+    }
 }
 
 /// Where a removed message was.

@@ -68,6 +68,7 @@ mod idem;
 mod index;
 mod keys;
 mod parts;
+mod prefetch;
 mod queue;
 mod sink;
 #[cfg(feature = "test-util")]

@@ -9,6 +9,7 @@ use s2sink_core::{now_millis, LastError, UnixMillis};
 
 use crate::bodies::Reaper;
 use crate::flusher::{FlushError, Flusher};
+use crate::prefetch::Prefetcher;
 use crate::sink::{Keyed, Removal, Sink, TREE_PREFIX};
 use crate::{
     upgrade, Accepted, Counts, DeliveryId, DeliveryState, DiscardedMessage, EnqueueOutcome,
@@ -42,7 +43,9 @@ pub struct Queue {
 }
 
 struct Inner {
-    // Declared first so it is dropped first: it flushes what is waiting and joins its thread.
+    // Declared first so it is dropped first: it only reads, and holds the sinks.
+    prefetcher: Option<Prefetcher>,
+    // Dropped next: it flushes what is waiting and joins its thread.
     flusher: Flusher,
     // Dropped next: finishes the span drops asked for (the last acks may end spans) and
     // joins its thread, which holds the database open.
@@ -147,8 +150,18 @@ impl Queue {
         );
         let flusher =
             Flusher::start(db.clone(), options.commit_delay).map_err(QueueError::Thread)?;
+        let prefetcher = if options.read_ahead {
+            let p = Prefetcher::start().map_err(QueueError::Thread)?;
+            for s in sinks.values() {
+                p.watch(Arc::clone(s));
+            }
+            Some(p)
+        } else {
+            None
+        };
         Ok(Queue {
             inner: Arc::new(Inner {
+                prefetcher,
                 flusher,
                 reaper,
                 sinks: RwLock::new(sinks),
@@ -494,6 +507,14 @@ impl Queue {
         self.sink(sink).and_then(|s| s.oldest_pending_at())
     }
 
+    /// The chunks of `sink` whose bodies are cached, by their first message id, oldest
+    /// first: what delivery reads without touching sled (for tests and debugging).
+    pub fn cached_chunks(&self, sink: &str) -> Vec<MessageId> {
+        self.sink(sink)
+            .map(|s| s.cached_chunks())
+            .unwrap_or_default()
+    }
+
     /// Bytes of payload the cache holds across sinks.
     pub fn cached_bytes(&self) -> usize {
         self.read_sinks().values().map(|s| s.cached_bytes()).sum()
@@ -634,6 +655,9 @@ impl Queue {
         )?;
         let s = Arc::new(s);
         sinks.insert(name.to_string(), Arc::clone(&s));
+        if let Some(p) = &self.inner.prefetcher {
+            p.watch(Arc::clone(&s));
+        }
         Ok(s)
     }
 

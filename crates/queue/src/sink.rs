@@ -61,6 +61,17 @@ const READ_AMPLIFICATION: usize = 4;
 /// by most of a second. The chunks read stay cached for the groups that read next.
 const MAX_CHUNK_READS: usize = 8;
 
+/// What one [`Sink::prefetch`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Prefetched {
+    /// Read one chunk body into the cache (there may be more to read).
+    Loaded,
+    /// The oldest uncached body does not fit: the cache holds older ones.
+    Full,
+    /// Every live chunk's body is cached.
+    Idle,
+}
+
 /// A chunk body a head run would read from sled for one message.
 struct BodyRead {
     bytes: usize,
@@ -94,6 +105,10 @@ pub struct State {
     /// Chunks whose removal is in the batch being built: their spans learn of it once the
     /// batch is applied ([`Sink::apply_settled`]).
     pub ended: Vec<u64>,
+    /// Every live chunk below this id has its body cached (or is too large for the cache):
+    /// where [`Sink::prefetch`] starts looking. It stays true because the cache only ever
+    /// evicts bodies newer than the one it takes in.
+    pub prefetch_from: u64,
 }
 
 /// A sink's storage.
@@ -166,6 +181,7 @@ impl Sink {
                 unwritten: BTreeMap::new(),
                 totals_unwritten: false,
                 ended: Vec::new(),
+                prefetch_from: 0,
             }),
             enqueue_order: Mutex::new(Keys::new(key_cap)),
             pending: AtomicU64::new(0),
@@ -293,6 +309,7 @@ impl Sink {
             unwritten: BTreeMap::new(),
             totals_unwritten: false,
             ended: Vec::new(),
+            prefetch_from: 0,
         })
     }
 
@@ -803,6 +820,46 @@ impl Sink {
         }
     }
 
+    /// Reads the body of the oldest live chunk the cache does not hold, whole and outside the
+    /// lock, and offers it to the cache (see [`crate::prefetch`]).
+    pub fn prefetch(&self) -> Result<Prefetched> {
+        let (first, body_parts, len) = {
+            let mut guard = self.lock();
+            let st = &mut *guard;
+            let cache = &st.index.cache;
+            let mut next = None;
+            let mut seen = st.prefetch_from;
+            for (&first, c) in st.index.chunks.range(st.prefetch_from..) {
+                let len = c.body_len as usize;
+                if cache.get(first).is_none() && len <= cache.cap() {
+                    next = Some((first, c.body_parts, len));
+                    break;
+                }
+                seen = first + 1;
+            }
+            st.prefetch_from = seen;
+            let Some((first, body_parts, len)) = next else {
+                return Ok(Prefetched::Idle);
+            };
+            if !cache.would_keep(first, len) {
+                return Ok(Prefetched::Full);
+            }
+            (first, body_parts, len)
+        };
+        let body = self
+            .bodies
+            .read(first, body_parts, len)
+            .map_err(self.storage("read"))?;
+        let mut st = self.lock();
+        // Its chunk may have ended meanwhile (its span maybe dropped: no body).
+        if let Some(body) = body {
+            if st.index.chunks.contains_key(&first) {
+                st.index.cache.offer(first, body);
+            }
+        }
+        Ok(Prefetched::Loaded)
+    }
+
     /// See [`Queue::head_run`](crate::Queue::head_run).
     pub fn head_run(
         &self,
@@ -954,6 +1011,11 @@ impl Sink {
     }
 
     /// Bytes of payload held in the cache.
+    /// See [`Queue::cached_chunks`](crate::Queue::cached_chunks).
+    pub fn cached_chunks(&self) -> Vec<MessageId> {
+        self.lock().index.cache.firsts().map(MessageId).collect()
+    }
+
     pub fn cached_bytes(&self) -> usize {
         self.lock().index.cache.bytes()
     }

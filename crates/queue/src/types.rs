@@ -403,6 +403,10 @@ pub struct QueueOptions {
     /// dropped whole once all its chunks ended. Smaller spans give memory and disk back
     /// sooner; larger ones mean fewer sled trees. Only affects spans started after the open.
     pub span_bytes: u64,
+    /// Keep each sink's payload cache filled with its oldest chunk bodies from a background
+    /// thread, read whole and in id order (see the crate's storage notes). On by default;
+    /// off, delivery reads what it misses itself.
+    pub read_ahead: bool,
 }
 
 impl Default for QueueOptions {
@@ -414,6 +418,7 @@ impl Default for QueueOptions {
             commit_delay: Duration::ZERO,
             idempotency_max_keys: 1_000_000,
             span_bytes: 16 << 20,
+            read_ahead: true,
         }
     }
 }

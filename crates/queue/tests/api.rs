@@ -403,8 +403,10 @@ fn size_on_disk_reports_bytes_and_a_failed_read_does_not_stop_the_queue() {
 #[test]
 fn head_runs_do_not_read_a_chunk_per_message_when_the_cache_is_full() {
     let dir = tempfile::tempdir().unwrap();
+    // Without read-ahead: this is what delivery does when the cache misses.
     let options = s2sink_queue::QueueOptions {
         payload_cache_bytes: 100 * 1024,
+        read_ahead: false,
         ..Default::default()
     };
     let q = Queue::open_with(dir.path(), options).unwrap();
@@ -479,7 +481,15 @@ fn a_head_run_reads_at_most_eight_chunk_bodies_from_sled() {
         let g = GroupRef::from(GroupKey("g".into()));
         assert_eq!(q.head_run("s", &g, 1000, usize::MAX).unwrap().len(), 20);
     }
-    let q = Queue::open(dir.path()).unwrap();
+    // Without read-ahead, which would load the bodies before the run asks.
+    let q = Queue::open_with(
+        dir.path(),
+        s2sink_queue::QueueOptions {
+            read_ahead: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let g = GroupRef::from(GroupKey("g".into()));
     let first = q.head_run("s", &g, 1000, usize::MAX).unwrap();
     assert_eq!(first.len(), 8, "one cold run reads 8 chunk bodies");
@@ -495,6 +505,77 @@ fn a_head_run_reads_at_most_eight_chunk_bodies_from_sled() {
         first.iter().map(|m| m.id).collect::<Vec<_>>()
     );
     assert_eq!(q.head_run("s", &g, 1000, usize::MAX).unwrap().len(), 20);
+}
+
+/// Polls `cond` until it holds or 10 s pass.
+fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// Read-ahead keeps the cache filled with the **oldest** chunk bodies: after a reopen it loads
+/// them in id order up to the budget, and when the oldest chunk ends it loads the next one, so
+/// a group's head run finds its messages cached instead of reading sled itself.
+#[test]
+fn read_ahead_fills_the_cache_with_the_oldest_chunk_bodies() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let firsts: Vec<MessageId> = {
+        let q = Queue::open(dir.path()).unwrap();
+        fill_spread(&rt, &q);
+        q.cached_chunks("s")
+    };
+    assert!(firsts.len() >= 20, "all cached at enqueue: {firsts:?}");
+    // Room for about 5 of the ~60 KiB bodies.
+    let options = || s2sink_queue::QueueOptions {
+        payload_cache_bytes: 5 * 62 * 1024,
+        ..Default::default()
+    };
+    // The oldest bodies, as many as fit: a prefix of the chunks, filled up to the budget.
+    let prefix = |q: &Queue, from: usize| {
+        let cached = q.cached_chunks("s");
+        let full = q.cached_bytes() > 4 * 62 * 1024;
+        (full && cached[..] == firsts[from..from + cached.len()]).then_some(cached.len())
+    };
+    let q = Queue::open_with(dir.path(), options()).unwrap();
+    let mut loaded = 0;
+    eventually("the oldest bodies loaded", || {
+        prefix(&q, 0).map(|n| loaded = n).is_some()
+    });
+    assert!(loaded < firsts.len(), "not everything fits: {loaded}");
+    // The group's first messages come from the cache, payloads intact.
+    let g = GroupRef::from(GroupKey("g".into()));
+    let run = q.head_run("s", &g, 1000, usize::MAX).unwrap();
+    assert!(run.len() >= 3, "{} messages", run.len());
+    for (r, m) in run.iter().enumerate() {
+        assert_eq!(
+            m.payload[..],
+            spread_payload(r)[..],
+            "payload of message {}",
+            m.id.0
+        );
+    }
+    // The oldest chunk ends: newer bodies take its place.
+    let chunk0: Vec<MessageId> = (firsts[0].0..firsts[1].0).map(MessageId).collect();
+    q.ack("s", &chunk0).unwrap();
+    eventually("the next bodies loaded once the oldest chunk ended", || {
+        prefix(&q, 1).is_some_and(|n| 1 + n > loaded)
+    });
+    // Without read-ahead nothing is loaded before delivery asks.
+    drop(q);
+    let q = Queue::open_with(
+        dir.path(),
+        s2sink_queue::QueueOptions {
+            read_ahead: false,
+            ..options()
+        },
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(q.cached_chunks("s").is_empty());
 }
 
 /// Chunk bodies live in span trees that are dropped whole once all their chunks ended: a span
