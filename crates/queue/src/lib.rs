@@ -81,6 +81,7 @@ mod v1;
 pub use allocator::tune_mimalloc;
 pub use error::QueueError;
 pub use queue::{OpenTimes, Queue};
+pub use sink::Paced;
 pub use types::{
     Accepted, Counts, DeliveryId, DeliveryState, DiscardedMessage, EnqueueOutcome, Enqueued,
     GroupRef, Idempotency, ListFilter, MessageId, NewMessage, QueueOptions, RequestKey,

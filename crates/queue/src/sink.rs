@@ -61,6 +61,16 @@ const READ_AMPLIFICATION: usize = 4;
 /// by most of a second. The chunks read stay cached for the groups that read next.
 const MAX_CHUNK_READS: usize = 8;
 
+/// What a paced head run found ([`Queue::head_run_paced`](crate::Queue::head_run_paced)).
+#[derive(Debug)]
+pub enum Paced {
+    /// The run (empty: the group has nothing pending).
+    Run(Vec<StoredMessage>),
+    /// The group's head is in the chunk with this first id, which the read-ahead has not
+    /// cached yet: come back once its frontier has passed it.
+    Wait(u64),
+}
+
 /// What one [`Sink::prefetch`] did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Prefetched {
@@ -868,8 +878,39 @@ impl Sink {
         max_messages: usize,
         max_bytes: usize,
     ) -> Result<Vec<StoredMessage>> {
+        match self.head_run_paced(group, after, max_messages, max_bytes, false)? {
+            Paced::Run(v) => Ok(v),
+            Paced::Wait(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// See [`Queue::head_run_paced`](crate::Queue::head_run_paced).
+    pub fn head_run_paced(
+        &self,
+        group: &GroupRef,
+        after: Option<MessageId>,
+        max_messages: usize,
+        max_bytes: usize,
+        pace: bool,
+    ) -> Result<Paced> {
         let mut guard = self.lock();
         let st = &mut *guard;
+        if pace {
+            if let Some(id) = Self::ids_after(st, group, after.map(|a| a.0)).next() {
+                let m = st.index.msgs[&id];
+                if let Some(loc) = self.locate(st, id, &m)? {
+                    // Only a read the cache would not keep waits: one it keeps (the cache
+                    // has room, e.g. a body not offered yet) serves the other groups too.
+                    let cache = &st.index.cache;
+                    if loc.first >= st.prefetch_from
+                        && cache.get(loc.first).is_none()
+                        && !cache.would_keep(loc.first, loc.body_len as usize)
+                    {
+                        return Ok(Paced::Wait(loc.first));
+                    }
+                }
+            }
+        }
         // Only the ids first (a copy out of the group's list): each message is looked up as
         // the run reaches it, since a run often stops long before `max_messages` (the read
         // rule below), and looking up a group's whole backlog per run was a third of a
@@ -913,7 +954,7 @@ impl Sink {
             out.push(msg);
         }
         out.shrink_to_fit();
-        Ok(out)
+        Ok(Paced::Run(out))
     }
 
     /// The sled read message `m` in chunk `loc` needs: `None` when the chunk's body is cached.
@@ -1012,6 +1053,11 @@ impl Sink {
 
     /// Bytes of payload held in the cache.
     /// See [`Queue::cached_chunks`](crate::Queue::cached_chunks).
+    /// See [`Queue::read_ahead_frontier`](crate::Queue::read_ahead_frontier).
+    pub fn frontier(&self) -> u64 {
+        self.lock().prefetch_from
+    }
+
     pub fn cached_chunks(&self) -> Vec<MessageId> {
         self.lock().index.cache.firsts().map(MessageId).collect()
     }

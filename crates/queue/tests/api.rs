@@ -3,7 +3,8 @@
 
 use s2sink_core::GroupKey;
 use s2sink_queue::{
-    GroupRef, ListFilter, MessageId, NewMessage, Queue, QueueError, QueueOptions, SourcePosition,
+    GroupRef, ListFilter, MessageId, NewMessage, Paced, Queue, QueueError, QueueOptions,
+    SourcePosition,
 };
 
 fn msg(group: Option<&str>, payload: &[u8]) -> NewMessage {
@@ -558,6 +559,35 @@ fn read_ahead_fills_the_cache_with_the_oldest_chunk_bodies() {
             m.id.0
         );
     }
+    // Paced: a group whose head lies in a chunk the read-ahead has not reached waits for
+    // it; one inside the cached prefix gets its run; unpaced, a group reads its head itself.
+    let last = GroupRef::from(GroupKey("o19-0".into()));
+    match q
+        .head_run_paced("s", &last, 1000, usize::MAX, true)
+        .unwrap()
+    {
+        Paced::Wait(chunk) => {
+            let cached = q.cached_chunks("s");
+            assert!(chunk > cached.last().unwrap().0, "{chunk} vs {cached:?}");
+            assert!(chunk >= q.read_ahead_frontier("s"));
+        }
+        Paced::Run(run) => panic!("read {} messages beyond the frontier", run.len()),
+    }
+    let oldest = GroupRef::from(GroupKey("o0-0".into()));
+    match q
+        .head_run_paced("s", &oldest, 1000, usize::MAX, true)
+        .unwrap()
+    {
+        Paced::Run(run) => assert_eq!(run.len(), 1),
+        Paced::Wait(chunk) => panic!("waits for cached chunk {chunk}"),
+    }
+    match q
+        .head_run_paced("s", &last, 1000, usize::MAX, false)
+        .unwrap()
+    {
+        Paced::Run(run) => assert_eq!(run.len(), 1),
+        Paced::Wait(chunk) => panic!("unpaced, waits for chunk {chunk}"),
+    }
     // The oldest chunk ends: newer bodies take its place.
     let chunk0: Vec<MessageId> = (firsts[0].0..firsts[1].0).map(MessageId).collect();
     q.ack("s", &chunk0).unwrap();
@@ -576,6 +606,14 @@ fn read_ahead_fills_the_cache_with_the_oldest_chunk_bodies() {
     .unwrap();
     std::thread::sleep(std::time::Duration::from_millis(100));
     assert!(q.cached_chunks("s").is_empty());
+    // Without read-ahead nothing would come to a waiting group: pacing is off.
+    match q
+        .head_run_paced("s", &last, 1000, usize::MAX, true)
+        .unwrap()
+    {
+        Paced::Run(run) => assert_eq!(run.len(), 1),
+        Paced::Wait(chunk) => panic!("waits for chunk {chunk} with no read-ahead"),
+    }
 }
 
 /// Chunk bodies live in span trees that are dropped whole once all their chunks ended: a span

@@ -39,6 +39,10 @@ pub enum GroupOutcome {
     Stopped,
     /// The actor panicked (a bug); the supervisor restarts the group after a pause.
     Panicked,
+    /// The head lies in the chunk with this first id, which the queue's read-ahead has not
+    /// cached yet: the supervisor starts the group again once it has (or, after
+    /// `MAX_WAIT`, unpaced: the group reads its head itself).
+    WaitFor(u64),
 }
 
 /// A group actor finished (sent to whoever started it: the supervisor).
@@ -54,6 +58,9 @@ pub struct GroupActor {
     pub local: Rc<SinkLocal>,
     pub group: GroupRef,
     pub done: Recipient<GroupDone>,
+    /// Wait for the read-ahead instead of reading an uncached head
+    /// ([`GroupOutcome::WaitFor`]); false for a group that waited long enough.
+    pub pace: bool,
 }
 
 impl Actor for GroupActor {
@@ -63,10 +70,11 @@ impl Actor for GroupActor {
         let local = self.local.clone();
         let group = self.group.clone();
         let done = self.done.clone();
+        let pace = self.pace;
         let work = async move {
             // A panic (a bug) ends this actor, not the engine thread: the supervisor is told
             // and starts the group again after a pause.
-            let run = std::panic::AssertUnwindSafe(deliver_group(&local, &group));
+            let run = std::panic::AssertUnwindSafe(deliver_group(&local, &group, pace));
             let outcome = match futures_util::FutureExt::catch_unwind(run).await {
                 Ok(outcome) => outcome,
                 Err(_) => {
@@ -81,9 +89,13 @@ impl Actor for GroupActor {
 }
 
 /// Delivers a group's visible messages until it is empty, backing off, or stopped.
-pub async fn deliver_group(local: &SinkLocal, group: &GroupRef) -> GroupOutcome {
+pub async fn deliver_group(local: &SinkLocal, group: &GroupRef, pace: bool) -> GroupOutcome {
     let shared = &local.shared;
+    let mut first = true;
     loop {
+        // An unpaced start reads its first run whatever the read-ahead holds.
+        let pace_now = pace || !first;
+        first = false;
         if shared.is_stopping() {
             return GroupOutcome::Stopped;
         }
@@ -106,13 +118,15 @@ pub async fn deliver_group(local: &SinkLocal, group: &GroupRef) -> GroupOutcome 
         if shared.is_stopping() {
             return GroupOutcome::Stopped;
         }
-        let all = match shared.queue.head_run(
+        let all = match shared.queue.head_run_paced(
             &shared.name,
             group,
             settings.batch.max_run_records * reads,
             held.bytes(),
+            pace_now,
         ) {
-            Ok(m) => m,
+            Ok(s2sink_queue::Paced::Run(m)) => m,
+            Ok(s2sink_queue::Paced::Wait(chunk)) => return GroupOutcome::WaitFor(chunk),
             Err(e) => {
                 (local.on_fatal)(&e);
                 return GroupOutcome::Stopped;

@@ -75,7 +75,22 @@ pub struct Supervisor {
     recovering: VecDeque<GroupRef>,
     /// A [`RecoverMore`] step is scheduled.
     recover_scheduled: bool,
+    /// Groups waiting for the queue's read-ahead: by the chunk their head is in, with when
+    /// they started waiting.
+    waiting: std::collections::BTreeMap<u64, Vec<(GroupRef, std::time::Instant)>>,
+    /// Groups to start unpaced (they waited [`MAX_WAIT`]).
+    forced: HashSet<GroupRef>,
+    /// A [`WAIT_TICK`] check is scheduled.
+    wait_tick: bool,
 }
+
+/// How often groups waiting for the queue's read-ahead ([`GroupOutcome::WaitFor`]) are
+/// checked against its frontier (one lookup per shard per tick, while any wait).
+const WAIT_TICK: std::time::Duration = std::time::Duration::from_millis(5);
+/// How long a group waits for the read-ahead before it reads its head itself: the frontier
+/// only moves as the oldest chunks end, so a group whose message pins the oldest chunk (slow
+/// to deliver) must never hold the others back for long.
+const MAX_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Group actors a supervisor starts per turn of its engine thread. Each new actor first
 /// reads its head from disk; starting thousands at once (a restart with a large backlog)
@@ -101,6 +116,9 @@ impl Supervisor {
             pump_scheduled: false,
             recovering: VecDeque::new(),
             recover_scheduled: false,
+            waiting: std::collections::BTreeMap::new(),
+            forced: HashSet::new(),
+            wait_tick: false,
         }
     }
 
@@ -135,10 +153,12 @@ impl Supervisor {
             self.queued.remove(&group);
             self.live.insert(group.clone(), false);
             self.started += 1;
+            let pace = !self.forced.remove(&group);
             GroupActor {
                 local: self.local.clone(),
                 group,
                 done: ctx.address().recipient(),
+                pace,
             }
             .start();
         }
@@ -151,6 +171,63 @@ impl Supervisor {
             stats.live_groups.fetch_sub(self.counted - now, Relaxed);
         }
         self.counted = now;
+    }
+
+    fn wait_for(&mut self, chunk: u64, group: GroupRef, ctx: &mut Context<Self>) {
+        self.waiting
+            .entry(chunk)
+            .or_default()
+            .push((group, std::time::Instant::now()));
+        self.arm_wait_tick(ctx);
+    }
+
+    fn arm_wait_tick(&mut self, ctx: &mut Context<Self>) {
+        if self.wait_tick || self.waiting.is_empty() {
+            return;
+        }
+        self.wait_tick = true;
+        ctx.run_later(WAIT_TICK, |act, ctx| {
+            act.wait_tick = false;
+            act.check_waiting(ctx);
+        });
+    }
+
+    fn check_waiting(&mut self, ctx: &mut Context<Self>) {
+        let frontier = self
+            .local
+            .shared
+            .queue
+            .read_ahead_frontier(&self.local.shared.name);
+        let reached: Vec<u64> = self.waiting.range(..frontier).map(|(c, _)| *c).collect();
+        for c in reached {
+            for (g, _) in self.waiting.remove(&c).unwrap_or_default() {
+                self.make_ready(g);
+            }
+        }
+        let now = std::time::Instant::now();
+        let mut empty = Vec::new();
+        for (c, groups) in self.waiting.iter_mut() {
+            let (late, keep): (Vec<_>, Vec<_>) = groups
+                .drain(..)
+                .partition(|(_, since)| now - *since >= MAX_WAIT);
+            *groups = keep;
+            for (g, _) in late {
+                self.forced.insert(g.clone());
+                if let Some(rearm) = self.live.get_mut(&g) {
+                    *rearm = true;
+                } else if self.queued.insert(g.clone()) {
+                    self.ready.push_back(g);
+                }
+            }
+            if groups.is_empty() {
+                empty.push(*c);
+            }
+        }
+        for c in empty {
+            self.waiting.remove(&c);
+        }
+        self.pump(ctx);
+        self.arm_wait_tick(ctx);
     }
 
     fn schedule(&mut self, at: UnixMillis, group: GroupRef, ctx: &mut Context<Self>) {
@@ -312,6 +389,8 @@ impl Handler<GroupDone> for Supervisor {
                 let at = self.local.clock.now_millis() + 1_000;
                 self.schedule(at, msg.group, ctx)
             }
+            GroupOutcome::WaitFor(_) if rearm => self.make_ready(msg.group),
+            GroupOutcome::WaitFor(chunk) => self.wait_for(chunk, msg.group, ctx),
             GroupOutcome::Empty | GroupOutcome::Stopped => {}
         }
         self.pump(ctx);
