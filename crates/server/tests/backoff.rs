@@ -11,6 +11,8 @@ use s2sink_queue::Queue;
 use s2sink_server::engine::{BoxFuture, Engine, EngineOptions, IngestItem, SinkSettings, StreamIo};
 use tokio::time::Instant;
 
+mod common;
+
 /// A stream that fails every append (503, or 429 with Retry-After when told) and records
 /// when each attempt happened.
 struct FailingStream {
@@ -79,14 +81,7 @@ fn gaps(attempts: &[Instant]) -> Vec<u64> {
 }
 
 fn run_paused(retry_after_on: Option<(usize, Duration)>, attempts_wanted: usize) -> Vec<u64> {
-    let system = actix_rt::System::with_tokio_rt(|| {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .unwrap()
-    });
-    system.block_on(async move {
+    common::paused(async move {
         let dir = tempfile::tempdir().unwrap();
         let queue = Queue::open(dir.path()).unwrap();
         let stub = Arc::new(FailingStream {

@@ -7,11 +7,14 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use s2sink_client::{AppendAck, AppendInput, S2Config, S2Error, SequencedRecord, StreamPosition};
+use s2sink_client::{AppendAck, AppendInput, S2Config, S2Error, SequencedRecord};
 use s2sink_core::Route;
 use s2sink_queue::Queue;
 use s2sink_server::engine::{BoxFuture, Engine, EngineOptions, IngestItem, SinkSettings, StreamIo};
 use tokio::time::Instant;
+
+mod common;
+use common::MemStream;
 
 const ROUND_TRIP: Duration = Duration::from_millis(100);
 
@@ -26,7 +29,7 @@ struct Sent {
 /// An in-memory stream: appends apply after [`ROUND_TRIP`] if their `match_seq_num` holds.
 #[derive(Default)]
 struct SlowStream {
-    records: Mutex<Vec<SequencedRecord>>,
+    stream: MemStream,
     sent: Mutex<Vec<Sent>>,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
@@ -50,40 +53,12 @@ impl StreamIo for SlowStream {
         Box::pin(async move {
             tokio::time::sleep(ROUND_TRIP).await;
             self.in_flight.fetch_sub(1, SeqCst);
-            let mut records = self.records.lock().unwrap();
-            let tail = records.len() as u64;
-            if input.match_seq_num.is_some_and(|m| m != tail) {
-                return Err(S2Error::SeqNumMismatch {
-                    context: "append".into(),
-                    expected: input.match_seq_num,
-                    actual: tail,
-                    body: String::new(),
-                });
-            }
-            for r in &input.records {
-                let seq_num = records.len() as u64;
-                records.push(SequencedRecord {
-                    seq_num,
-                    timestamp: 0,
-                    headers: r.headers.clone(),
-                    body: r.body.clone(),
-                });
-            }
-            let pos = |seq_num| StreamPosition {
-                seq_num,
-                timestamp: 0,
-            };
-            let end = records.len() as u64;
-            Ok(AppendAck {
-                start: pos(tail),
-                end: pos(end),
-                tail: pos(end),
-            })
+            self.stream.apply(input)
         })
     }
 
     fn check_tail<'a>(&'a self, _: &'a str, _: &'a str) -> BoxFuture<'a, Result<u64, S2Error>> {
-        Box::pin(async move { Ok(self.records.lock().unwrap().len() as u64) })
+        Box::pin(async move { Ok(self.stream.len() as u64) })
     }
 
     fn read<'a>(
@@ -93,17 +68,7 @@ impl StreamIo for SlowStream {
         start: u64,
         count: usize,
     ) -> BoxFuture<'a, Result<Vec<SequencedRecord>, S2Error>> {
-        Box::pin(async move {
-            Ok(self
-                .records
-                .lock()
-                .unwrap()
-                .iter()
-                .skip(start as usize)
-                .take(count)
-                .cloned()
-                .collect())
-        })
+        Box::pin(async move { Ok(self.stream.read(start, count)) })
     }
 }
 
@@ -120,14 +85,7 @@ fn run_paused(
     linger_when_idle: bool,
     k: usize,
 ) -> (Arc<SlowStream>, Instant) {
-    let system = actix_rt::System::with_tokio_rt(|| {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .unwrap()
-    });
-    system.block_on(async move {
+    common::paused(async move {
         let dir = tempfile::tempdir().unwrap();
         let queue = Queue::open(dir.path()).unwrap();
         let stub = Arc::new(SlowStream::default());
@@ -159,7 +117,7 @@ fn run_paused(
         // Published to the group only now (after the flush): no append can be older.
         let ingested = Instant::now();
         let reached = tokio::time::timeout(POLL_DEADLINE, async {
-            while (stub.records.lock().unwrap().len() as u64) < messages {
+            while (stub.stream.len() as u64) < messages {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         })
@@ -167,7 +125,7 @@ fn run_paused(
         assert!(
             reached.is_ok(),
             "{} of {messages} records within {POLL_DEADLINE:?}; sent {:?}",
-            stub.records.lock().unwrap().len(),
+            stub.stream.len(),
             stub.sent.lock().unwrap()
         );
         (stub, ingested)

@@ -6,19 +6,22 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use s2sink_client::{AppendAck, AppendInput, S2Config, S2Error, SequencedRecord, StreamPosition};
+use s2sink_client::{AppendAck, AppendInput, S2Config, S2Error, SequencedRecord};
 use s2sink_core::{GroupKey, Route};
 use s2sink_queue::{NewMessage, Queue};
 use s2sink_server::engine::{BoxFuture, Engine, EngineOptions, IngestItem, SinkSettings, StreamIo};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+mod common;
+use common::{paused, MemStream};
+
 /// Far beyond any schedule here (virtual time).
 const POLL_DEADLINE: Duration = Duration::from_secs(600);
 
 /// An in-memory stream that logs each call; `check_tail` waits while the gate is closed.
 struct GatedStream {
-    records: Mutex<Vec<SequencedRecord>>,
+    stream: MemStream,
     calls: Mutex<Vec<(&'static str, Instant)>>,
     gate: watch::Receiver<bool>,
 }
@@ -26,7 +29,7 @@ struct GatedStream {
 impl GatedStream {
     fn new(gate: watch::Receiver<bool>) -> GatedStream {
         GatedStream {
-            records: Mutex::new(Vec::new()),
+            stream: MemStream::default(),
             calls: Mutex::new(Vec::new()),
             gate,
         }
@@ -41,7 +44,7 @@ impl GatedStream {
     }
 
     fn len(&self) -> usize {
-        self.records.lock().unwrap().len()
+        self.stream.len()
     }
 }
 
@@ -53,37 +56,7 @@ impl StreamIo for GatedStream {
         input: &'a AppendInput,
     ) -> BoxFuture<'a, Result<AppendAck, S2Error>> {
         self.log("append");
-        Box::pin(async move {
-            let mut records = self.records.lock().unwrap();
-            let tail = records.len() as u64;
-            if input.match_seq_num.is_some_and(|m| m != tail) {
-                return Err(S2Error::SeqNumMismatch {
-                    context: "append".into(),
-                    expected: input.match_seq_num,
-                    actual: tail,
-                    body: String::new(),
-                });
-            }
-            for r in &input.records {
-                let seq_num = records.len() as u64;
-                records.push(SequencedRecord {
-                    seq_num,
-                    timestamp: 0,
-                    headers: r.headers.clone(),
-                    body: r.body.clone(),
-                });
-            }
-            let pos = |seq_num| StreamPosition {
-                seq_num,
-                timestamp: 0,
-            };
-            let end = records.len() as u64;
-            Ok(AppendAck {
-                start: pos(tail),
-                end: pos(end),
-                tail: pos(end),
-            })
-        })
+        Box::pin(async move { self.stream.apply(input) })
     }
 
     fn check_tail<'a>(&'a self, _: &'a str, _: &'a str) -> BoxFuture<'a, Result<u64, S2Error>> {
@@ -102,17 +75,7 @@ impl StreamIo for GatedStream {
         count: usize,
     ) -> BoxFuture<'a, Result<Vec<SequencedRecord>, S2Error>> {
         self.log("read");
-        Box::pin(async move {
-            Ok(self
-                .records
-                .lock()
-                .unwrap()
-                .iter()
-                .skip(start as usize)
-                .take(count)
-                .cloned()
-                .collect())
-        })
+        Box::pin(async move { Ok(self.stream.read(start, count)) })
     }
 }
 
@@ -191,26 +154,35 @@ async fn restart_with_pending(
     (queue, stub)
 }
 
-fn paused<F: std::future::Future<Output = ()>>(f: F) {
-    let system = actix_rt::System::with_tokio_rt(|| {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .unwrap()
-    });
-    system.block_on(f);
+/// A restart with pending messages while S2 holds every `check_tail` until `gate` opens.
+struct Restarted {
+    _dir: tempfile::TempDir,
+    gate: watch::Sender<bool>,
+    stub: std::sync::Arc<GatedStream>,
+    engine: Engine,
+    at: Instant,
+}
+
+async fn restart_with_s2_held() -> Restarted {
+    let dir = tempfile::tempdir().unwrap();
+    let (gate, rx) = watch::channel(true);
+    let (queue, stub) = restart_with_pending(dir.path(), rx).await;
+    gate.send_replace(false);
+    let engine = start(&queue, &stub);
+    Restarted {
+        _dir: dir,
+        gate,
+        stub,
+        engine,
+        at: Instant::now(),
+    }
 }
 
 #[test]
 fn a_restart_reconciles_marked_streams_before_it_resumes_groups() {
     paused(async {
-        let dir = tempfile::tempdir().unwrap();
-        let (gate, rx) = watch::channel(true);
-        let (queue, stub) = restart_with_pending(dir.path(), rx).await;
-        gate.send_replace(false);
-        let engine = start(&queue, &stub);
-        let restarted = Instant::now();
+        let r = restart_with_s2_held().await;
+        let (gate, stub, engine, restarted) = (&r.gate, &r.stub, &r.engine, r.at);
         // The writer of the marked stream starts by itself and asks for the tail at once.
         let asked = tokio::time::timeout(POLL_DEADLINE, async {
             while !stub.calls().contains(&"tail") {
@@ -227,10 +199,10 @@ fn a_restart_reconciles_marked_streams_before_it_resumes_groups() {
         // group is resumed and nothing is appended.
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert!(restarted.elapsed() < Duration::from_secs(1));
-        assert_eq!(groups_started(&engine).await, 0, "calls {:?}", stub.calls());
+        assert_eq!(groups_started(engine).await, 0, "calls {:?}", stub.calls());
         assert_eq!(stub.len(), 3);
         gate.send_replace(true);
-        wait_for_records(&stub, 7).await;
+        wait_for_records(stub, 7).await;
         let calls = stub.calls();
         let first_append = calls.iter().position(|c| *c == "append").unwrap();
         assert_eq!(&calls[..first_append], ["tail", "read"], "{calls:?}");
@@ -242,12 +214,11 @@ fn a_restart_reconciles_marked_streams_before_it_resumes_groups() {
             appended - restarted
         );
         let seqs: Vec<u64> = stub
-            .records
-            .lock()
-            .unwrap()
+            .stream
+            .bodies()
             .iter()
-            .map(|r| {
-                let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+            .map(|b| {
+                let v: serde_json::Value = serde_json::from_str(b).unwrap();
                 v["seq"].as_u64().unwrap()
             })
             .collect();
@@ -258,16 +229,12 @@ fn a_restart_reconciles_marked_streams_before_it_resumes_groups() {
 #[test]
 fn a_restart_resumes_groups_when_s2_does_not_answer_the_reconciliation() {
     paused(async {
-        let dir = tempfile::tempdir().unwrap();
-        let (gate, rx) = watch::channel(true);
-        let (queue, stub) = restart_with_pending(dir.path(), rx).await;
-        gate.send_replace(false);
-        let engine = start(&queue, &stub);
-        let restarted = Instant::now();
+        let r = restart_with_s2_held().await;
+        let (gate, stub, engine, restarted) = (&r.gate, &r.stub, &r.engine, r.at);
         // S2 hangs for 5 s: after the 1 s wait the groups are resumed anyway (their runs wait
         // in the writer until the stream is reconciled).
         let resumed = tokio::time::timeout(POLL_DEADLINE, async {
-            while groups_started(&engine).await == 0 {
+            while groups_started(engine).await == 0 {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         })
@@ -281,7 +248,7 @@ fn a_restart_resumes_groups_when_s2_does_not_answer_the_reconciliation() {
         assert_eq!(stub.len(), 3, "appended before the stream was reconciled");
         tokio::time::sleep(Duration::from_secs(5) - waited).await;
         gate.send_replace(true);
-        wait_for_records(&stub, 7).await;
+        wait_for_records(stub, 7).await;
         assert_eq!(stub.len(), 7);
     });
 }

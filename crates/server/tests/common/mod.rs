@@ -1,0 +1,84 @@
+//! Shared by the engine tests that run under paused tokio time with S2 as a stub (s2-lite
+//! cannot answer in virtual time): an in-memory stream and the paused runtime.
+
+// Each test binary compiles this module and uses only a part of it.
+#![allow(dead_code)]
+
+use std::sync::Mutex;
+
+use s2sink_client::{AppendAck, AppendInput, S2Error, SequencedRecord, StreamPosition};
+
+/// An in-memory stream: an append applies when its `match_seq_num` (if any) is the tail.
+#[derive(Default)]
+pub struct MemStream {
+    records: Mutex<Vec<SequencedRecord>>,
+}
+
+impl MemStream {
+    /// Applies an append as S2 would, or refuses it with S2's 412.
+    pub fn apply(&self, input: &AppendInput) -> Result<AppendAck, S2Error> {
+        let mut records = self.records.lock().unwrap();
+        let tail = records.len() as u64;
+        if input.match_seq_num.is_some_and(|m| m != tail) {
+            return Err(S2Error::SeqNumMismatch {
+                context: "append".into(),
+                expected: input.match_seq_num,
+                actual: tail,
+                body: String::new(),
+            });
+        }
+        for r in &input.records {
+            let seq_num = records.len() as u64;
+            records.push(SequencedRecord {
+                seq_num,
+                timestamp: 0,
+                headers: r.headers.clone(),
+                body: r.body.clone(),
+            });
+        }
+        let pos = |seq_num| StreamPosition {
+            seq_num,
+            timestamp: 0,
+        };
+        let end = records.len() as u64;
+        Ok(AppendAck {
+            start: pos(tail),
+            end: pos(end),
+            tail: pos(end),
+        })
+    }
+
+    /// Up to `count` records from `start`.
+    pub fn read(&self, start: u64, count: usize) -> Vec<SequencedRecord> {
+        let records = self.records.lock().unwrap();
+        records
+            .iter()
+            .skip(start as usize)
+            .take(count)
+            .cloned()
+            .collect()
+    }
+
+    /// The tail (number of records).
+    pub fn len(&self) -> usize {
+        self.records.lock().unwrap().len()
+    }
+
+    /// Every record's body, in stream order.
+    pub fn bodies(&self) -> Vec<String> {
+        let records = self.records.lock().unwrap();
+        records.iter().map(|r| r.body.clone()).collect()
+    }
+}
+
+/// Runs `f` on an actix system whose tokio runtime starts with time paused.
+pub fn paused<T, F: std::future::Future<Output = T>>(f: F) -> T {
+    let system = actix_rt::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap()
+    });
+    system.block_on(f)
+}
