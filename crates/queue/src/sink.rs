@@ -895,22 +895,6 @@ impl Sink {
     ) -> Result<Paced> {
         let mut guard = self.lock();
         let st = &mut *guard;
-        if pace {
-            if let Some(id) = Self::ids_after(st, group, after.map(|a| a.0)).next() {
-                let m = st.index.msgs[&id];
-                if let Some(loc) = self.locate(st, id, &m)? {
-                    // Only a read the cache would not keep waits: one it keeps (the cache
-                    // has room, e.g. a body not offered yet) serves the other groups too.
-                    let cache = &st.index.cache;
-                    if loc.first >= st.prefetch_from
-                        && cache.get(loc.first).is_none()
-                        && !cache.would_keep(loc.first, loc.body_len as usize)
-                    {
-                        return Ok(Paced::Wait(loc.first));
-                    }
-                }
-            }
-        }
         // Only the ids first (a copy out of the group's list): each message is looked up as
         // the run reaches it, since a run often stops long before `max_messages` (the read
         // rule below), and looking up a group's whole backlog per run was a third of a
@@ -938,7 +922,13 @@ impl Sink {
                 break;
             }
             let loc = self.locate(st, id, &m)?;
-            if let Some(r) = loc.and_then(|l| self.body_read(st, l, &m)) {
+            if let Some((l, r)) = loc.and_then(|l| Some((l, self.body_read(st, l, &m)?))) {
+                // Paced, the head waits for the read-ahead when the cache would not keep its
+                // body and the read-ahead has not reached it; a body the cache keeps (it has
+                // room, e.g. one not offered yet) is read here and serves other groups too.
+                if pace && out.is_empty() && !r.kept && l.first >= st.prefetch_from {
+                    return Ok(Paced::Wait(l.first));
+                }
                 let amplified = !r.kept && unkept + r.bytes > READ_AMPLIFICATION * got;
                 if !out.is_empty() && (reads == MAX_CHUNK_READS || amplified) {
                     break;
@@ -1051,17 +1041,17 @@ impl Sink {
         Some(st.index.origin(id, m).1)
     }
 
-    /// Bytes of payload held in the cache.
-    /// See [`Queue::cached_chunks`](crate::Queue::cached_chunks).
     /// See [`Queue::read_ahead_frontier`](crate::Queue::read_ahead_frontier).
     pub fn frontier(&self) -> u64 {
         self.lock().prefetch_from
     }
 
+    /// See [`Queue::cached_chunks`](crate::Queue::cached_chunks).
     pub fn cached_chunks(&self) -> Vec<MessageId> {
         self.lock().index.cache.firsts().map(MessageId).collect()
     }
 
+    /// Bytes of payload held in the cache.
     pub fn cached_bytes(&self) -> usize {
         self.lock().index.cache.bytes()
     }

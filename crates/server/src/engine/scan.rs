@@ -4,7 +4,7 @@
 
 use s2sink_client::S2Error;
 use s2sink_core::Route;
-use s2sink_queue::DeliveryId;
+use s2sink_queue::{DeliveryId, Queue, QueueError};
 
 use super::io::StreamIo;
 
@@ -22,6 +22,21 @@ pub fn lwm_key(sink: &str, route: &Route) -> String {
 /// The common prefix of every low-water mark of `sink`.
 pub fn lwm_prefix(sink: &str) -> String {
     format!("lwm/{sink}/")
+}
+
+/// Every stream `sink` has a low-water mark on, with the stored mark (not decoded: its
+/// writer refuses a corrupt one and reports it). Keys that do not name a valid route are
+/// skipped.
+pub fn marked_routes(queue: &Queue, sink: &str) -> Result<Vec<(Route, Vec<u8>)>, QueueError> {
+    let prefix = lwm_prefix(sink);
+    Ok(queue
+        .markers_with_prefix(&prefix)?
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let (basin, stream) = k[prefix.len()..].split_once('/')?;
+            Some((Route::new(basin, stream).ok()?, v))
+        })
+        .collect())
 }
 
 /// The stream's tail; 0 for a stream that does not exist (yet).

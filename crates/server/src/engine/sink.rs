@@ -209,9 +209,7 @@ impl SinkLocal {
     /// handles to wait on ([`WriterHandle::prepared`]). A stream whose writer runs already is
     /// left as it is.
     pub fn prepare_marked_streams(&self) -> Vec<WriterHandle> {
-        let sink = &self.shared.name;
-        let prefix = scan::lwm_prefix(sink);
-        let marks = match self.shared.queue.markers_with_prefix(&prefix) {
+        let marks = match scan::marked_routes(&self.shared.queue, &self.shared.name) {
             Ok(m) => m,
             Err(e) => {
                 (self.on_fatal)(&e);
@@ -221,12 +219,8 @@ impl SinkLocal {
         let settings = self.shared.settings();
         marks
             .into_iter()
-            .filter_map(|(k, _)| {
-                let (basin, stream) = k[prefix.len()..].split_once('/')?;
-                Route::new(basin, stream).ok()
-            })
             .take(MAX_PREPARED_AT_START)
-            .map(|route| self.writer_started(&route, &settings, Start::PrepareFirst))
+            .map(|(route, _)| self.writer_started(&route, &settings, Start::PrepareFirst))
             .collect()
     }
 
@@ -382,15 +376,7 @@ impl SinkLocal {
                 Ok(None) => Vec::new(), // this sink never appended there
                 Err(e) => return Err(self.queue_failure(&e)),
             },
-            None => queue
-                .markers_with_prefix(&scan::lwm_prefix(sink))
-                .map_err(|e| self.queue_failure(&e))?
-                .into_iter()
-                .filter_map(|(k, v)| {
-                    let (basin, stream) = k[scan::lwm_prefix(sink).len()..].split_once('/')?;
-                    Some((Route::new(basin, stream).ok()?, v))
-                })
-                .collect(),
+            None => scan::marked_routes(queue, sink).map_err(|e| self.queue_failure(&e))?,
         };
         let io = self.io();
         let s2 = |e: S2Error| Failure {

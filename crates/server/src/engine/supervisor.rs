@@ -204,27 +204,22 @@ impl Supervisor {
                 self.make_ready(g);
             }
         }
+        // Waited long enough: started unpaced (see `MAX_WAIT`).
         let now = std::time::Instant::now();
-        let mut empty = Vec::new();
-        for (c, groups) in self.waiting.iter_mut() {
-            let (late, keep): (Vec<_>, Vec<_>) = groups
-                .drain(..)
-                .partition(|(_, since)| now - *since >= MAX_WAIT);
-            *groups = keep;
-            for (g, _) in late {
-                self.forced.insert(g.clone());
-                if let Some(rearm) = self.live.get_mut(&g) {
-                    *rearm = true;
-                } else if self.queued.insert(g.clone()) {
-                    self.ready.push_back(g);
+        let mut late = Vec::new();
+        self.waiting.retain(|_, groups| {
+            groups.retain(|(g, since)| {
+                let keep = now - *since < MAX_WAIT;
+                if !keep {
+                    late.push(g.clone());
                 }
-            }
-            if groups.is_empty() {
-                empty.push(*c);
-            }
-        }
-        for c in empty {
-            self.waiting.remove(&c);
+                keep
+            });
+            !groups.is_empty()
+        });
+        for g in late {
+            self.forced.insert(g.clone());
+            self.make_ready(g);
         }
         self.pump(ctx);
         self.arm_wait_tick(ctx);
