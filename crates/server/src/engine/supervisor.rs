@@ -77,7 +77,7 @@ pub struct Supervisor {
     recover_scheduled: bool,
     /// Groups waiting for the queue's read-ahead: by the chunk their head is in, with when
     /// they started waiting.
-    waiting: std::collections::BTreeMap<u64, Vec<(GroupRef, std::time::Instant)>>,
+    waiting: std::collections::BTreeMap<u64, Vec<(GroupRef, tokio::time::Instant)>>,
     /// Groups to start unpaced (they waited [`MAX_WAIT`]).
     forced: HashSet<GroupRef>,
     /// A [`WAIT_TICK`] check is scheduled.
@@ -177,7 +177,7 @@ impl Supervisor {
         self.waiting
             .entry(chunk)
             .or_default()
-            .push((group, std::time::Instant::now()));
+            .push((group, tokio::time::Instant::now()));
         self.arm_wait_tick(ctx);
     }
 
@@ -204,8 +204,9 @@ impl Supervisor {
                 self.make_ready(g);
             }
         }
-        // Waited long enough: started unpaced (see `MAX_WAIT`).
-        let now = std::time::Instant::now();
+        // Waited long enough: started unpaced (see `MAX_WAIT`). tokio's clock, as the tick's
+        // timer: the same under paused time in tests.
+        let now = tokio::time::Instant::now();
         let mut late = Vec::new();
         self.waiting.retain(|_, groups| {
             groups.retain(|(g, since)| {
