@@ -348,7 +348,7 @@ async fn metrics_parse_as_prometheus_text_and_openmetrics_and_count_what_was_app
         assert!(v("s2sink_queue_disk_bytes", "s2sink_queue_disk_bytes", &[]) > 0.0);
         // The default budget; what is held stays within it.
         let budget = v("s2sink_held_bytes_budget", "s2sink_held_bytes_budget", &[]);
-        assert_eq!(budget, 64.0 * 1024.0 * 1024.0);
+        assert_eq!(budget, 16.0 * 1024.0 * 1024.0);
         assert!(v("s2sink_held_bytes", "s2sink_held_bytes", &[]) <= budget);
         assert!(
             v(

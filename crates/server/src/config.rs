@@ -68,9 +68,14 @@ pub struct ServerSection {
     /// Bytes of appends in flight at once across every sink and stream (default 64 MiB); a
     /// stream writer waits for room before sending, so pipelined appends bound memory.
     pub max_in_flight_bytes: u64,
-    /// Payload bytes group actors hold at once across every sink (default 64 MiB): read
+    /// Payload bytes group actors hold at once across every sink (default 16 MiB): read
     /// from the queue and not yet delivered. Bounds what delivery holds whatever the backlog.
     pub max_held_bytes: u64,
+    /// Bytes of pending payloads the queue keeps in memory per sink (default 64 MiB): its
+    /// read-ahead fills it with the oldest chunk bodies, so delivery rarely reads sled. More
+    /// holds a larger backlog window in memory; less bounds memory tighter (sled keeps what
+    /// it read of the same window too, so each MiB here costs about two).
+    pub payload_cache_bytes: u64,
     /// Engine threads: group actors and stream writers are spread over this many (each with
     /// a supervisor shard per sink); unset = the number of cores.
     pub engine_threads: Option<usize>,
@@ -94,6 +99,7 @@ impl Default for ServerSection {
             idempotency_max_keys: 1_000_000,
             max_in_flight_bytes: crate::engine::DEFAULT_MAX_IN_FLIGHT_BYTES,
             max_held_bytes: crate::engine::DEFAULT_MAX_HELD_BYTES,
+            payload_cache_bytes: s2sink_queue::QueueOptions::default().payload_cache_bytes as u64,
             engine_threads: None,
         }
     }
@@ -117,6 +123,7 @@ impl std::fmt::Debug for ServerSection {
             .field("idempotency_max_keys", &self.idempotency_max_keys)
             .field("max_in_flight_bytes", &self.max_in_flight_bytes)
             .field("max_held_bytes", &self.max_held_bytes)
+            .field("payload_cache_bytes", &self.payload_cache_bytes)
             .field("engine_threads", &self.engine_threads)
             .finish()
     }
@@ -389,6 +396,9 @@ fn source_config(
     Ok(source)
 }
 
+/// Smallest `server.payload_cache_bytes`: room for several chunk bodies.
+pub const MIN_PAYLOAD_CACHE_BYTES: u64 = 1 << 20;
+
 /// Limits that make no sense at zero are refused (zero would refuse every request or hang).
 fn validate_server_limits(server: &ServerSection) -> Result<(), ServerError> {
     let positive: [(&str, u64); 10] = [
@@ -419,6 +429,17 @@ fn validate_server_limits(server: &ServerSection) -> Result<(), ServerError> {
         if value == 0 {
             return Err(cfg_err(key, "must be greater than 0"));
         }
+    }
+    // Smaller, and a chunk body (up to ~64 KiB) may not fit: paced groups would wait for a
+    // read-ahead that can never cache it.
+    if server.payload_cache_bytes < MIN_PAYLOAD_CACHE_BYTES {
+        return Err(cfg_err(
+            "server.payload_cache_bytes",
+            format!(
+                "must be at least {MIN_PAYLOAD_CACHE_BYTES} (1 MiB), got {}",
+                server.payload_cache_bytes
+            ),
+        ));
     }
     for (i, origin) in server.cors_allowed_origins.iter().enumerate() {
         let ok = (origin.starts_with("http://") || origin.starts_with("https://"))
@@ -677,6 +698,23 @@ endpoint = "http://127.0.0.1:8080"
         );
         assert_eq!(c.server.max_body_bytes, 16 * 1024 * 1024);
         assert_eq!(c.sinks[0].backoff, BackoffPolicy::default());
+    }
+
+    #[test]
+    fn payload_cache_bytes_defaults_to_the_queue_default_and_refuses_too_small() {
+        let c = load_str(OK, &[]).unwrap();
+        assert_eq!(c.server.payload_cache_bytes, 64 << 20);
+        let c = load_str(
+            &OK.replace("[server]", "[server]\npayload_cache_bytes = 33554432"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.server.payload_cache_bytes, 32 << 20);
+        let e = err(&OK.replace("[server]", "[server]\npayload_cache_bytes = 65536"));
+        assert!(
+            e.contains("server.payload_cache_bytes") && e.contains("at least 1048576"),
+            "{e}"
+        );
     }
 
     #[test]

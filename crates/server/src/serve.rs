@@ -96,6 +96,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Ser
         QueueOptions {
             cache_capacity: 64 * 1024 * 1024,
             idempotency_max_keys: server_cfg.idempotency_max_keys,
+            payload_cache_bytes: usize::try_from(server_cfg.payload_cache_bytes)
+                .unwrap_or(usize::MAX),
             ..Default::default()
         },
     )?;

@@ -183,6 +183,10 @@ impl AppState {
                 old.max_held_bytes != new.max_held_bytes,
             ),
             (
+                "server.payload_cache_bytes",
+                old.payload_cache_bytes != new.payload_cache_bytes,
+            ),
+            (
                 "server.engine_threads",
                 old.engine_threads != new.engine_threads,
             ),
