@@ -218,6 +218,9 @@ impl Supervisor {
             });
             !groups.is_empty()
         });
+        if !late.is_empty() {
+            tracing::debug!(sink = %self.local.shared.name, groups = late.len(), frontier, "paced groups waited their limit; they read their heads themselves");
+        }
         for g in late {
             self.forced.insert(g.clone());
             self.make_ready(g);
