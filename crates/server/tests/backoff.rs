@@ -8,7 +8,7 @@ use std::time::Duration;
 use s2sink_client::{AppendAck, AppendInput, S2Config, S2Error, SequencedRecord};
 use s2sink_core::{BackoffPolicy, Route};
 use s2sink_queue::Queue;
-use s2sink_server::engine::{BoxFuture, Engine, EngineOptions, IngestItem, SinkSettings, StreamIo};
+use s2sink_server::engine::{BoxFuture, IngestItem, SinkSettings, StreamIo};
 use tokio::time::Instant;
 
 mod common;
@@ -99,17 +99,7 @@ fn run_paused(retry_after_on: Option<(usize, Duration)>, attempts_wanted: usize)
             jitter: 0.0,
         };
         s.batch.linger = Duration::ZERO;
-        let engine = Engine::start(
-            queue,
-            vec![s],
-            EngineOptions {
-                io: Some(stub.clone()),
-                // Paused time is per runtime: the engine stays on this one.
-                threads: Some(1),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let engine = common::engine_on_this_runtime(&queue, vec![s], stub.clone());
         engine
             .ingest("s", vec![IngestItem::new(serde_json::json!({"a": 1}))])
             .await

@@ -11,7 +11,7 @@ use std::time::Duration;
 use s2sink_client::{AppendAck, AppendInput, S2Config, S2Error, SequencedRecord};
 use s2sink_core::GroupKey;
 use s2sink_queue::{NewMessage, Queue, QueueOptions};
-use s2sink_server::engine::{BoxFuture, Engine, EngineOptions, SinkSettings, StreamIo};
+use s2sink_server::engine::{BoxFuture, SinkSettings, StreamIo};
 use s2sink_transform::{FunctionSource, FunctionsConfig};
 
 mod common;
@@ -116,17 +116,7 @@ fn a_paced_group_reads_its_head_itself_when_the_read_ahead_is_pinned() {
         assert!(queue.read_ahead_frontier("s") <= b.0);
 
         let stub = Arc::new(SplitStreams::default());
-        let engine = Engine::start(
-            queue.clone(),
-            vec![settings()],
-            EngineOptions {
-                io: Some(stub.clone()),
-                // Paused time is per runtime: the engine stays on this one.
-                threads: Some(1),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let engine = common::engine_on_this_runtime(&queue, vec![settings()], stub.clone());
 
         let delivered = tokio::time::timeout(POLL_DEADLINE, async {
             while stub.events.len() < 1 {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use s2sink_client::{AppendAck, AppendInput, S2Config, S2Error, SequencedRecord};
 use s2sink_core::Route;
 use s2sink_queue::Queue;
-use s2sink_server::engine::{BoxFuture, Engine, EngineOptions, IngestItem, SinkSettings, StreamIo};
+use s2sink_server::engine::{BoxFuture, IngestItem, SinkSettings, StreamIo};
 use tokio::time::Instant;
 
 mod common;
@@ -99,17 +99,7 @@ fn run_paused(
         s.batch.linger = linger;
         s.batch.linger_when_idle = linger_when_idle;
         s.batch.max_appends_in_flight = k;
-        let engine = Engine::start(
-            queue,
-            vec![s],
-            EngineOptions {
-                io: Some(stub.clone()),
-                // Paused time is per runtime: the engine stays on this one.
-                threads: Some(1),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let engine = common::engine_on_this_runtime(&queue, vec![s], stub.clone());
         let items = (0..messages)
             .map(|i| IngestItem::new(serde_json::json!({"record": {"id": 1}, "seq": i})))
             .collect();

@@ -9,7 +9,7 @@ use std::time::Duration;
 use s2sink_client::{AppendAck, AppendInput, S2Config, S2Error, SequencedRecord};
 use s2sink_core::{GroupKey, Route};
 use s2sink_queue::{NewMessage, Queue};
-use s2sink_server::engine::{BoxFuture, Engine, EngineOptions, IngestItem, SinkSettings, StreamIo};
+use s2sink_server::engine::{BoxFuture, Engine, IngestItem, SinkSettings, StreamIo};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -88,17 +88,7 @@ fn settings() -> SinkSettings {
 }
 
 fn start(queue: &Queue, stub: &std::sync::Arc<GatedStream>) -> Engine {
-    Engine::start(
-        queue.clone(),
-        vec![settings()],
-        EngineOptions {
-            io: Some(stub.clone()),
-            // Paused time is per runtime: the engine stays on this one.
-            threads: Some(1),
-            ..Default::default()
-        },
-    )
-    .unwrap()
+    common::engine_on_this_runtime(queue, vec![settings()], stub.clone())
 }
 
 async fn wait_for_records(stub: &GatedStream, n: usize) {

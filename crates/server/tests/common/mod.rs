@@ -1,12 +1,16 @@
 //! Shared by the engine tests that run under paused tokio time with S2 as a stub (s2-lite
-//! cannot answer in virtual time): an in-memory stream and the paused runtime.
+//! cannot answer in virtual time): an in-memory stream, the paused runtime and an engine on it.
 
 // Each test binary compiles this module and uses only a part of it.
 #![allow(dead_code)]
 
 use std::sync::Mutex;
 
+use std::sync::Arc;
+
 use s2sink_client::{AppendAck, AppendInput, S2Error, SequencedRecord, StreamPosition};
+use s2sink_queue::Queue;
+use s2sink_server::engine::{Engine, EngineOptions, SinkSettings, StreamIo};
 
 /// An in-memory stream: an append applies when its `match_seq_num` (if any) is the tail.
 #[derive(Default)]
@@ -81,4 +85,23 @@ pub fn paused<T, F: std::future::Future<Output = T>>(f: F) -> T {
             .unwrap()
     });
     system.block_on(f)
+}
+
+/// An engine for `sinks` over `queue`, with S2 as `io`, on the calling runtime only (paused
+/// time is per runtime, so it starts no thread of its own).
+pub fn engine_on_this_runtime(
+    queue: &Queue,
+    sinks: Vec<SinkSettings>,
+    io: Arc<dyn StreamIo>,
+) -> Engine {
+    Engine::start(
+        queue.clone(),
+        sinks,
+        EngineOptions {
+            io: Some(io),
+            threads: Some(1),
+            ..Default::default()
+        },
+    )
+    .unwrap()
 }
