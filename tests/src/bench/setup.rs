@@ -155,6 +155,9 @@ pub async fn start(o: &Opts) -> Result<Env, String> {
 }
 
 /// The server config: one sink `bench` to `STREAM`, plus `extra` lines in the sink's table.
+/// A key `extra` sets in the sink's table wins over the same key from `--live-groups` or
+/// `--sink-option` (the restart mode's throttled fill sets `max_live_groups`): TOML refuses
+/// a key set twice, and the server would not start.
 pub fn server_config(o: &Opts, env: &Env, extra: &str) -> String {
     let mut c = String::from(
         "[server]\nlisten = \"127.0.0.1:{port}\"\ndata_dir = \"data\"\nmax_pending = 5000000\n",
@@ -168,15 +171,31 @@ pub fn server_config(o: &Opts, env: &Env, extra: &str) -> String {
         env.basin,
         env.lite.endpoint()
     );
-    if let Some(n) = o.live_groups {
-        c.push_str(&format!("max_live_groups = {n}\n"));
-    }
-    for line in &o.sink_options {
-        c.push_str(line);
+    let user = o
+        .live_groups
+        .map(|n| format!("max_live_groups = {n}"))
+        .into_iter()
+        .chain(o.sink_options.iter().cloned());
+    for line in user.filter(|l| !sets_same_key(extra, l)) {
+        c.push_str(&line);
         c.push('\n');
     }
     c.push_str(extra);
     c
+}
+
+/// Whether the sink-table lines of `extra` (those before its first `[table]`) set the key
+/// that `line` sets.
+fn sets_same_key(extra: &str, line: &str) -> bool {
+    let key = |l: &str| l.split('=').next().map(|k| k.trim().to_string());
+    let Some(wanted) = key(line) else {
+        return false;
+    };
+    extra
+        .lines()
+        .take_while(|l| !l.trim_start().starts_with('['))
+        .filter(|l| l.contains('='))
+        .any(|l| key(l).as_deref() == Some(wanted.as_str()))
 }
 
 /// Starts the server with `config` in `dir`; with `--server-log`, its log (engine at debug)
@@ -213,5 +232,21 @@ pub async fn wait_drained(url: &str, timeout: Duration) -> bool {
             return false;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sets_same_key;
+
+    #[test]
+    fn a_key_the_extra_lines_set_is_not_set_again() {
+        let extra = "max_live_groups = 1\n[sinks.batch]\nmax_records = 1\n";
+        assert!(sets_same_key(extra, "max_live_groups = 1000"));
+        assert!(sets_same_key(extra, "max_live_groups=5"));
+        assert!(!sets_same_key(extra, "max_retry_count = 3"));
+        // Keys of a sub-table of `extra` are another table's.
+        assert!(!sets_same_key(extra, "max_records = 10"));
+        assert!(!sets_same_key("", "max_live_groups = 1000"));
     }
 }
