@@ -15,17 +15,17 @@ use s2sink_server::engine::{BoxFuture, SinkSettings, StreamIo};
 use s2sink_transform::{FunctionSource, FunctionsConfig};
 
 mod common;
-use common::{paused, MemStream};
+use common::{paused, MemStreams};
 
 /// Far beyond any schedule here (virtual time).
 const POLL_DEADLINE: Duration = Duration::from_secs(600);
 /// Payload of each message: the cache below holds one, not two.
 const PAYLOAD_PAD: usize = 2000;
 
-/// Stream `stuck` never answers an append; `events` is an in-memory stream.
+/// Stream `stuck` never answers an append (so it stays empty); the others are in memory.
 #[derive(Default)]
 struct SplitStreams {
-    events: MemStream,
+    streams: MemStreams,
 }
 
 impl StreamIo for SplitStreams {
@@ -39,7 +39,7 @@ impl StreamIo for SplitStreams {
             if stream == "stuck" {
                 std::future::pending::<()>().await;
             }
-            self.events.apply(input)
+            self.streams.stream(stream).apply(input)
         })
     }
 
@@ -48,11 +48,7 @@ impl StreamIo for SplitStreams {
         _: &'a str,
         stream: &'a str,
     ) -> BoxFuture<'a, Result<u64, S2Error>> {
-        let tail = if stream == "stuck" {
-            0
-        } else {
-            self.events.len() as u64
-        };
+        let tail = self.streams.stream(stream).len() as u64;
         Box::pin(async move { Ok(tail) })
     }
 
@@ -63,11 +59,7 @@ impl StreamIo for SplitStreams {
         start: u64,
         count: usize,
     ) -> BoxFuture<'a, Result<Vec<SequencedRecord>, S2Error>> {
-        let records = if stream == "stuck" {
-            Vec::new()
-        } else {
-            self.events.read(start, count)
-        };
+        let records = self.streams.stream(stream).read(start, count);
         Box::pin(async move { Ok(records) })
     }
 }
@@ -118,8 +110,9 @@ fn a_paced_group_reads_its_head_itself_when_the_read_ahead_is_pinned() {
         let stub = Arc::new(SplitStreams::default());
         let engine = common::engine_on_this_runtime(&queue, vec![settings()], stub.clone());
 
+        let events = stub.streams.stream("events");
         let delivered = tokio::time::timeout(POLL_DEADLINE, async {
-            while stub.events.len() < 1 {
+            while events.len() < 1 {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
         })
@@ -141,7 +134,7 @@ fn a_paced_group_reads_its_head_itself_when_the_read_ahead_is_pinned() {
             .map(|s| s.groups_started)
             .sum();
         assert_eq!(starts, 3, "group starts: a once, b paced then unpaced");
-        assert!(stub.events.bodies()[0].contains(r#""id":"b""#));
+        assert!(events.bodies()[0].contains(r#""id":"b""#));
         // `a` is still pending (its append never answered): nothing was lost or skipped.
         assert_eq!(queue.cached_chunks("s"), vec![a]);
     });

@@ -3,21 +3,24 @@
 //! "live" forever). S2 is an in-memory stub whose reads of a stream's tail panic once on
 //! demand — s2-lite cannot make the engine panic.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use s2sink_client::{AppendAck, AppendInput, S2Config, S2Error, SequencedRecord, StreamPosition};
+use s2sink_client::{AppendAck, AppendInput, S2Config, S2Error, SequencedRecord};
 use s2sink_core::{BackoffPolicy, Route};
 use s2sink_queue::Queue;
 use s2sink_server::engine::{BoxFuture, Engine, EngineOptions, IngestItem, SinkSettings, StreamIo};
+
+mod common;
+use common::MemStreams;
 
 /// Streams in memory. `check_tail` of a stream named in `panic_once` panics the first time;
 /// appends to `events` whose records carry "poison" are refused with a 400.
 #[derive(Default)]
 struct Stub {
-    streams: Mutex<HashMap<String, Vec<SequencedRecord>>>,
+    streams: MemStreams,
     panic_once: Mutex<HashSet<String>>,
     panics: AtomicUsize,
 }
@@ -40,37 +43,7 @@ impl StreamIo for Stub {
                     retry_after: None,
                 });
             }
-            let mut streams = self.streams.lock().unwrap();
-            let records = streams.entry(stream.to_string()).or_default();
-            let start = records.len() as u64;
-            if input.match_seq_num.is_some_and(|m| m != start) {
-                return Err(S2Error::Api {
-                    context: "append".into(),
-                    status: 412,
-                    code: "seq_num_mismatch".into(),
-                    message: "mismatch".into(),
-                    body: String::new(),
-                    retry_after: None,
-                });
-            }
-            for r in &input.records {
-                records.push(SequencedRecord {
-                    seq_num: records.len() as u64,
-                    timestamp: 0,
-                    headers: r.headers.clone(),
-                    body: r.body.clone(),
-                });
-            }
-            let at = |seq_num| StreamPosition {
-                seq_num,
-                timestamp: 0,
-            };
-            let end = records.len() as u64;
-            Ok(AppendAck {
-                start: at(start),
-                end: at(end),
-                tail: at(end),
-            })
+            self.streams.stream(stream).apply(input)
         })
     }
 
@@ -83,12 +56,7 @@ impl StreamIo for Stub {
             self.panics.fetch_add(1, SeqCst);
             panic!("injected panic reading the tail of {stream}");
         }
-        let tail = self
-            .streams
-            .lock()
-            .unwrap()
-            .get(stream)
-            .map_or(0, |r| r.len() as u64);
+        let tail = self.streams.stream(stream).len() as u64;
         Box::pin(async move { Ok(tail) })
     }
 
@@ -99,25 +67,14 @@ impl StreamIo for Stub {
         start: u64,
         count: usize,
     ) -> BoxFuture<'a, Result<Vec<SequencedRecord>, S2Error>> {
-        let records: Vec<SequencedRecord> = self
-            .streams
-            .lock()
-            .unwrap()
-            .get(stream)
-            .map(|r| r.iter().skip(start as usize).take(count).cloned().collect())
-            .unwrap_or_default();
+        let records = self.streams.stream(stream).read(start, count);
         Box::pin(async move { Ok(records) })
     }
 }
 
 impl Stub {
     fn bodies(&self, stream: &str) -> Vec<String> {
-        self.streams
-            .lock()
-            .unwrap()
-            .get(stream)
-            .map(|r| r.iter().map(|r| r.body.clone()).collect())
-            .unwrap_or_default()
+        self.streams.stream(stream).bodies()
     }
 }
 

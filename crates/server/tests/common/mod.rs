@@ -4,9 +4,8 @@
 // Each test binary compiles this module and uses only a part of it.
 #![allow(dead_code)]
 
-use std::sync::Mutex;
-
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use s2sink_client::{AppendAck, AppendInput, S2Error, SequencedRecord, StreamPosition};
 use s2sink_queue::Queue;
@@ -72,6 +71,25 @@ impl MemStream {
     pub fn bodies(&self) -> Vec<String> {
         let records = self.records.lock().unwrap();
         records.iter().map(|r| r.body.clone()).collect()
+    }
+}
+
+/// Streams in memory by name, each a [`MemStream`] made on first use (a stream never
+/// appended to reads as empty, with tail 0).
+#[derive(Default)]
+pub struct MemStreams {
+    streams: Mutex<HashMap<String, Arc<MemStream>>>,
+}
+
+impl MemStreams {
+    /// The stream named `name`.
+    pub fn stream(&self, name: &str) -> Arc<MemStream> {
+        self.streams
+            .lock()
+            .unwrap()
+            .entry(name.to_string())
+            .or_default()
+            .clone()
     }
 }
 
