@@ -198,11 +198,11 @@ impl Supervisor {
             .shared
             .queue
             .read_ahead_frontier(&self.local.shared.name);
-        let reached: Vec<u64> = self.waiting.range(..frontier).map(|(c, _)| *c).collect();
-        for c in reached {
-            for (g, _) in self.waiting.remove(&c).unwrap_or_default() {
-                self.make_ready(g);
-            }
+        // Chunks below the frontier are cached now: their groups go on.
+        let beyond = self.waiting.split_off(&frontier);
+        let reached = std::mem::replace(&mut self.waiting, beyond);
+        for (g, _) in reached.into_values().flatten() {
+            self.make_ready(g);
         }
         // Waited long enough: started unpaced (see `MAX_WAIT`). tokio's clock, as the tick's
         // timer: the same under paused time in tests.
