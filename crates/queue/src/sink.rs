@@ -926,11 +926,17 @@ impl Sink {
                 // Paced, the head waits for the read-ahead when the cache would not keep its
                 // body and the read-ahead has not reached it; a body the cache keeps (it has
                 // room, e.g. one not offered yet) is read here and serves other groups too.
-                if pace && out.is_empty() && !r.kept && l.first >= st.prefetch_from {
+                // A later message of the run in such a chunk ends the run the same way: the
+                // read-ahead brings it, and the group's next run finds it cached. Read here, a
+                // 10k-group backlog beyond the cache had every group's first run read its
+                // messages all over the backlog (~40% more CPU per message draining a 1M
+                // restart, half the closed-loop rate; docs/BENCHMARKS.md, session 11).
+                let ahead = !r.kept && l.first >= st.prefetch_from;
+                if pace && ahead && out.is_empty() {
                     return Ok(Paced::Wait(l.first));
                 }
                 let amplified = !r.kept && unkept + r.bytes > READ_AMPLIFICATION * got;
-                if !out.is_empty() && (reads == MAX_CHUNK_READS || amplified) {
+                if !out.is_empty() && (reads == MAX_CHUNK_READS || amplified || (pace && ahead)) {
                     break;
                 }
                 reads += 1;

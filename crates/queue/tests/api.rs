@@ -559,6 +559,21 @@ fn read_ahead_fills_the_cache_with_the_oldest_chunk_bodies() {
             m.id.0
         );
     }
+    // Paced, the same group's run ends where the read-ahead has not reached: its messages
+    // in the cached chunks, none read from sled beyond them (unpaced, the run above did).
+    let in_cached = run.iter().filter(|m| m.id < firsts[loaded]).count();
+    assert!(
+        run.len() > in_cached,
+        "unpaced {} vs {in_cached}",
+        run.len()
+    );
+    match q.head_run_paced("s", &g, 1000, usize::MAX, true).unwrap() {
+        Paced::Run(paced) => {
+            assert_eq!(paced.len(), in_cached, "a paced run stops at the frontier");
+            assert_eq!(paced[..], run[..in_cached]);
+        }
+        Paced::Wait(chunk) => panic!("waits for chunk {chunk} with its head cached"),
+    }
     // Paced: a group whose head lies in a chunk the read-ahead has not reached waits for
     // it; one inside the cached prefix gets its run; unpaced, a group reads its head itself.
     let last = GroupRef::from(GroupKey("o19-0".into()));
