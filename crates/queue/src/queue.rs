@@ -331,9 +331,8 @@ impl Queue {
     /// kept by the cache if read now (it holds older ones), and which the read-ahead has not
     /// reached yet gets [`Paced::Wait`] with that chunk's first id instead of reading it from
     /// sled itself; a run that reaches such a chunk after its first message ends there.
-    /// Groups deliver at their own pace; read one message
-    /// at a time, a backlog beyond the cache made sled pull a whole leaf per ~1 KiB message
-    /// (a quarter of the server's CPU). Waiting for the read-ahead, which reads each body
+    /// Groups deliver at their own pace; read one message at a time, a backlog beyond the
+    /// cache made sled pull a whole leaf per ~1 KiB message (a quarter of the server's CPU). Waiting for the read-ahead, which reads each body
     /// once, whole and in id order, turns those reads into cache hits.
     pub fn head_run_paced(
         &self,

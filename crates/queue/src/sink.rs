@@ -931,12 +931,14 @@ impl Sink {
                 // 10k-group backlog beyond the cache had every group's first run read its
                 // messages all over the backlog (~40% more CPU per message draining a 1M
                 // restart, half the closed-loop rate; docs/BENCHMARKS.md, session 11).
-                let ahead = !r.kept && l.first >= st.prefetch_from;
-                if pace && ahead && out.is_empty() {
-                    return Ok(Paced::Wait(l.first));
+                if pace && !r.kept && l.first >= st.prefetch_from {
+                    if out.is_empty() {
+                        return Ok(Paced::Wait(l.first));
+                    }
+                    break;
                 }
                 let amplified = !r.kept && unkept + r.bytes > READ_AMPLIFICATION * got;
-                if !out.is_empty() && (reads == MAX_CHUNK_READS || amplified || (pace && ahead)) {
+                if !out.is_empty() && (reads == MAX_CHUNK_READS || amplified) {
                     break;
                 }
                 reads += 1;
