@@ -34,6 +34,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use sled::{Batch, IVec, Tree};
 
 use crate::chunk::Body;
+use crate::shared_body::SharedBody;
 use crate::{keys, parts};
 
 /// Prefix of the sled tree names of spans: `body/` start-id(8, big-endian) sink-name.
@@ -174,7 +175,7 @@ impl Bodies {
                 let start = self.span_for_new(&mut spans, first)?;
                 let span = spans.by_start.get_mut(&start).expect("open span");
                 span.live += 1;
-                span.bytes += body.bytes.len() as u64;
+                span.bytes += body.shared.len() as u64;
                 if last_start != Some(start) {
                     batches.push((span.tree.clone(), Batch::default()));
                     last_start = Some(start);
@@ -225,27 +226,25 @@ impl Bodies {
         Ok(first)
     }
 
-    /// Chunk `first`'s body of `len` bytes (`body_parts` parts of [`keys::PART`] if it is
-    /// below `spans_from`), `None` if no span holds it or it is missing: a corrupt index.
-    /// Always an exact-size copy, never a share of sled's page: the body cache counts bytes,
-    /// so what it holds must be those bytes and pin nothing else.
-    pub fn read(&self, first: u64, body_parts: u16, len: usize) -> sled::Result<Option<Bytes>> {
+    /// Chunk `first`'s body (`body_parts` parts of [`keys::PART`] if it is below
+    /// `spans_from`), `None` if no span holds it or it is missing: a corrupt index. The
+    /// values sled returned, shared (see [`SharedBody`]): each is an allocation of its own,
+    /// so the cache that keeps them counts exactly what it pins.
+    pub fn read(&self, first: u64, body_parts: u16) -> sled::Result<Option<SharedBody>> {
         let base = keys::base(keys::BODY, first);
         if first < self.spans_from {
             let body = parts::get(&self.legacy, &base, body_parts)?;
-            return Ok(body.map(|b| Bytes::copy_from_slice(&b)));
+            return Ok(body.map(|b| SharedBody::new(vec![IVec::from(&b[..])])));
         }
         let Some(tree) = self.tree_of(first) else {
             return Ok(None);
         };
         // One walk over the parts (consecutive keys) instead of a lookup per part.
-        let mut out: Option<Vec<u8>> = None;
+        let mut values = Vec::new();
         for kv in tree.scan_prefix(base) {
-            let (_, v) = kv?;
-            out.get_or_insert_with(|| Vec::with_capacity(len))
-                .extend_from_slice(&v);
+            values.push(kv?.1);
         }
-        Ok(out.map(Bytes::from))
+        Ok((!values.is_empty()).then(|| SharedBody::new(values)))
     }
 
     /// Bytes `off .. off + len` of chunk `first`'s body, reading only the span values that
@@ -425,7 +424,10 @@ mod tests {
         let part0 = |first| keys::part(&keys::base(keys::BODY, first), 0);
         let read =
             |bodies: &Bodies, first| bodies.tree_of(first).unwrap().get(part0(first)).unwrap();
-        assert_eq!(read(&bodies, 12).as_deref(), Some(&body.bytes[..]));
+        assert_eq!(
+            read(&bodies, 12).as_deref(),
+            Some(&body.shared.to_vec()[..])
+        );
         // Below `spans_from`: the sink's own tree (where the test wrote nothing).
         assert_eq!(read(&bodies, 9), None);
 
@@ -445,7 +447,10 @@ mod tests {
             2,
             "the ended open span goes when the next opens"
         );
-        assert_eq!(read(&bodies, 10).as_deref(), Some(&body.bytes[..]));
+        assert_eq!(
+            read(&bodies, 10).as_deref(),
+            Some(&body.shared.to_vec()[..])
+        );
         drop(bodies);
         drop(reaper); // finishes the drops asked for
         assert_eq!(span_trees(&db), vec![10, 16]);
@@ -457,10 +462,36 @@ mod tests {
         bodies.count_live(10);
         bodies.opened();
         assert_eq!(bodies.span_count(), 1);
-        assert_eq!(read(&bodies, 10).as_deref(), Some(&body.bytes[..]));
+        assert_eq!(
+            read(&bodies, 10).as_deref(),
+            Some(&body.shared.to_vec()[..])
+        );
         drop(bodies);
         drop(reaper);
         assert_eq!(span_trees(&db), vec![10]);
+    }
+
+    #[test]
+    fn a_body_read_back_is_the_values_written_shared_not_copies() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let legacy = db.open_tree("sink/s").unwrap();
+        let reaper = Reaper::start(db.clone()).unwrap();
+        let bodies = Bodies::open(&db, "s", legacy, 0, 1 << 20, &reaper).unwrap();
+        let payloads: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 700]).collect();
+        let body = crate::chunk::body(payloads.iter().map(|p| &p[..]));
+        assert_eq!(
+            body.shared.values().len(),
+            14_000usize.div_ceil(keys::SPAN_PART)
+        );
+        bodies.write_with(&[(0, &body)], &Batch::default()).unwrap();
+        let read = bodies.read(0, 0).unwrap().expect("written");
+        assert_eq!(read.to_vec(), payloads.concat());
+        // The very allocations ingest handed to sled (what the cache holds after an
+        // enqueue), not a second copy of the body.
+        let ptrs = |b: &SharedBody| b.values().iter().map(|v| v.as_ptr()).collect::<Vec<_>>();
+        assert_eq!(ptrs(&read), ptrs(&body.shared));
+        assert_eq!(bodies.read(1, 0).unwrap().map(|b| b.len()), None);
     }
 
     #[test]

@@ -5,6 +5,7 @@ use sled::Batch;
 use crate::codec::{self, Record};
 use crate::keys::{self, CHUNK_BYTES, SPAN_PART};
 use crate::parts;
+use crate::shared_body::SharedBody;
 
 /// Most messages in one chunk (bounds the bitmap an ack rewrites).
 pub const MAX_MESSAGES: usize = 2048;
@@ -22,11 +23,10 @@ pub fn end(len: impl Fn(usize) -> usize, start: usize, n: usize) -> usize {
     end
 }
 
-/// A chunk body built before the queue's lock is taken: the bytes for the cache and the
-/// sled values of its parts (built here, so the lock only moves them into the batch).
+/// A chunk body built before the queue's lock is taken: the sled values of its parts (built
+/// here, so the lock only moves them into the batch), which the cache then shares.
 pub struct Body {
-    pub bytes: bytes::Bytes,
-    parts: Vec<sled::IVec>,
+    pub shared: SharedBody,
 }
 
 /// Concatenates the payloads of one chunk, for its span tree: in parts of
@@ -35,20 +35,27 @@ pub fn body<'a>(payloads: impl Iterator<Item = &'a [u8]>) -> Body {
     body_in_parts(payloads, SPAN_PART)
 }
 
-/// Concatenates the payloads of one chunk in parts of `part` bytes.
+/// Concatenates the payloads of one chunk in parts of `part` bytes, each copied once into its
+/// sled value through a buffer of one part.
 pub fn body_in_parts<'a>(payloads: impl Iterator<Item = &'a [u8]>, part: usize) -> Body {
-    let mut out = Vec::new();
-    for p in payloads {
-        out.extend_from_slice(p);
+    let mut values = Vec::new();
+    let mut buf: Vec<u8> = Vec::with_capacity(part);
+    for mut p in payloads {
+        while !p.is_empty() {
+            let take = (part - buf.len()).min(p.len());
+            buf.extend_from_slice(&p[..take]);
+            p = &p[take..];
+            if buf.len() == part {
+                values.push(sled::IVec::from(&buf[..]));
+                buf.clear();
+            }
+        }
     }
-    let parts = if out.is_empty() {
-        vec![sled::IVec::from(&[][..])]
-    } else {
-        out.chunks(part).map(sled::IVec::from).collect()
-    };
+    if !buf.is_empty() || values.is_empty() {
+        values.push(sled::IVec::from(&buf[..]));
+    }
     Body {
-        bytes: bytes::Bytes::from(out),
-        parts,
+        shared: SharedBody::new(values),
     }
 }
 
@@ -57,10 +64,11 @@ impl Body {
     /// [`crate::bodies`]). Returns its part count.
     pub fn put(&self, batch: &mut Batch, first: u64) -> u16 {
         let base = keys::base(keys::BODY, first);
-        for (i, part) in self.parts.iter().enumerate() {
+        let values = self.shared.values();
+        for (i, part) in values.iter().enumerate() {
             batch.insert(&keys::part(&base, i as u16), part.clone());
         }
-        self.parts.len() as u16
+        values.len() as u16
     }
 }
 

@@ -4,10 +4,10 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use bytes::Bytes;
 use s2sink_core::UnixMillis;
 
 use crate::codec::Record;
+use crate::shared_body::SharedBody;
 use crate::GroupRef;
 
 /// `Msg::group` of an ungrouped message (its own group).
@@ -198,7 +198,7 @@ impl Groups {
 /// newer bodies to fit, never older ones; a body that does not fit is read from sled when its
 /// messages are needed. A body also leaves with its chunk, when its last message is done.
 pub struct Cache {
-    map: BTreeMap<u64, Bytes>,
+    map: BTreeMap<u64, SharedBody>,
     bytes: usize,
     cap: usize,
 }
@@ -213,7 +213,7 @@ impl Cache {
     }
 
     /// The cached body of chunk `first`.
-    pub fn get(&self, first: u64) -> Option<&Bytes> {
+    pub fn get(&self, first: u64) -> Option<&SharedBody> {
         self.map.get(&first)
     }
 
@@ -240,7 +240,7 @@ impl Cache {
     }
 
     /// Keeps the body of chunk `first` if it fits, evicting bodies of newer chunks for it.
-    pub fn offer(&mut self, first: u64, body: Bytes) {
+    pub fn offer(&mut self, first: u64, body: SharedBody) {
         if self.map.contains_key(&first) || !self.would_keep(first, body.len()) {
             return;
         }
@@ -456,8 +456,8 @@ impl Index {
 mod cache_tests {
     use super::*;
 
-    fn body(n: usize) -> Bytes {
-        Bytes::from(vec![0u8; n])
+    fn body(n: usize) -> SharedBody {
+        SharedBody::new(vec![sled::IVec::from(vec![0u8; n])])
     }
 
     #[test]

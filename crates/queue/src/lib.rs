@@ -70,6 +70,7 @@ mod keys;
 mod parts;
 mod prefetch;
 mod queue;
+mod shared_body;
 mod sink;
 #[cfg(feature = "test-util")]
 pub mod testing;

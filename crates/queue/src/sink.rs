@@ -614,7 +614,7 @@ impl Sink {
                 .map(|i| (&groups[i].1[..], msgs[i].payload.len() as u32))
                 .collect();
             let head_parts = chunk::put_head(&mut batch, first, epoch, now, &entries);
-            let body_parts = parts::count(body.bytes.len());
+            let body_parts = parts::count(body.shared.len());
             let count = end - start;
             let info = Chunk {
                 epoch,
@@ -644,7 +644,7 @@ impl Sink {
         let mut out = Vec::with_capacity(msgs.len());
         for (first, info, body) in chunks {
             st.index.chunks.insert(first, info);
-            st.index.cache.offer(first, body.bytes);
+            st.index.cache.offer(first, body.shared);
         }
         let mut off = 0u32;
         for (i, (m, (group, _))) in msgs.into_iter().zip(groups).enumerate() {
@@ -706,37 +706,32 @@ impl Sink {
             .ok_or_else(|| self.corrupt(format!("payload of failed message {id}")));
         };
         let first = loc.first;
-        let body = match st.index.cache.get(first) {
-            Some(b) => b.clone(),
-            None => {
-                // A body the cache will not keep: only the values holding this message, when
-                // the layout allows (see `Bodies::read_range`).
-                if !st.index.cache.would_keep(first, loc.body_len as usize) {
-                    let range = self
-                        .bodies
-                        .read_range(first, m.off as usize, m.len as usize)
-                        .map_err(self.storage("read"))?;
-                    if let Some(payload) = range {
-                        return Ok(payload);
-                    }
-                }
-                // Copied out of sled's page so the cache never pins more than it counts.
-                let body = self
-                    .bodies
-                    .read(first, loc.body_parts, loc.body_len as usize)
-                    .map_err(self.storage("read"))?
-                    .ok_or_else(|| self.corrupt(format!("body of chunk {first}")))?;
-                st.index.cache.offer(first, body.clone());
-                body
-            }
-        };
-        let (off, end) = (m.off as usize, m.off as usize + m.len as usize);
-        if end > body.len() {
-            return Err(self.corrupt(format!("body of chunk {first}")));
+        let (off, len) = (m.off as usize, m.len as usize);
+        let corrupt = || self.corrupt(format!("body of chunk {first}"));
+        // Copies, not slices: a message held by delivery (a group's run, a writer's batch)
+        // must not pin its chunk's body beyond the cache's budget.
+        if let Some(body) = st.index.cache.get(first) {
+            return body.copy(off, len).ok_or_else(corrupt);
         }
-        // A copy, not a slice: a message held by delivery (a group's run, a writer's batch)
-        // must not pin its whole chunk body beyond the cache's budget.
-        Ok(Bytes::copy_from_slice(&body[off..end]))
+        // A body the cache will not keep: only the values holding this message, when the
+        // layout allows (see `Bodies::read_range`).
+        if !st.index.cache.would_keep(first, loc.body_len as usize) {
+            let range = self
+                .bodies
+                .read_range(first, off, len)
+                .map_err(self.storage("read"))?;
+            if let Some(payload) = range {
+                return Ok(payload);
+            }
+        }
+        let body = self
+            .bodies
+            .read(first, loc.body_parts)
+            .map_err(self.storage("read"))?
+            .ok_or_else(corrupt)?;
+        let payload = body.copy(off, len).ok_or_else(corrupt)?;
+        st.index.cache.offer(first, body);
+        Ok(payload)
     }
 
     /// The payload of stored message `id` (`m`), located on the way (moving it out of its
@@ -833,7 +828,7 @@ impl Sink {
     /// Reads the body of the oldest live chunk the cache does not hold, whole and outside the
     /// lock, and offers it to the cache (see [`crate::prefetch`]).
     pub fn prefetch(&self) -> Result<Prefetched> {
-        let (first, body_parts, len) = {
+        let (first, body_parts) = {
             let mut guard = self.lock();
             let st = &mut *guard;
             let cache = &st.index.cache;
@@ -854,11 +849,11 @@ impl Sink {
             if !cache.would_keep(first, len) {
                 return Ok(Prefetched::Full);
             }
-            (first, body_parts, len)
+            (first, body_parts)
         };
         let body = self
             .bodies
-            .read(first, body_parts, len)
+            .read(first, body_parts)
             .map_err(self.storage("read"))?;
         let mut st = self.lock();
         // Its chunk may have ended meanwhile (its span maybe dropped: no body).

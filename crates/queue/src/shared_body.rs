@@ -1,0 +1,89 @@
+//! A chunk body in memory as the sled values it is stored in, shared with sled, not copied.
+//!
+//! Why: the payload cache used to hold a contiguous copy of each body, while sled held the
+//! same bytes as the values of the leaves it had just written or pulled (sled 0.34 keeps what
+//! it pulled until its LRU gets round to it). Every cached body was in memory twice, and each
+//! read copied ~60 KiB. A sled value ([`sled::IVec`]) is an allocation of its own, exactly its
+//! bytes, so holding one pins nothing else: the cache's byte count stays true.
+
+use bytes::Bytes;
+use sled::IVec;
+
+/// A body as its values, in order; every value but the last is full.
+#[derive(Clone, Debug, Default)]
+pub struct SharedBody {
+    values: Vec<IVec>,
+    len: usize,
+}
+
+impl SharedBody {
+    /// The body made of `values`, in order.
+    pub fn new(values: Vec<IVec>) -> SharedBody {
+        let len = values.iter().map(|v| v.len()).sum();
+        SharedBody { values, len }
+    }
+
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Its values, in order.
+    pub fn values(&self) -> &[IVec] {
+        &self.values
+    }
+
+    /// A copy of bytes `off .. off + len` (a message's payload: a copy, so that delivery
+    /// holding it pins no part of the body); `None` when the body is shorter.
+    pub fn copy(&self, off: usize, len: usize) -> Option<Bytes> {
+        let end = off.checked_add(len)?;
+        if end > self.len {
+            return None;
+        }
+        let mut out = Vec::with_capacity(len);
+        let mut at = 0; // body offset of the value in hand
+        for v in &self.values {
+            if at >= end {
+                break;
+            }
+            let next = at + v.len();
+            if next > off {
+                out.extend_from_slice(&v[off.max(at) - at..end.min(next) - at]);
+            }
+            at = next;
+        }
+        Some(Bytes::from(out))
+    }
+
+    /// The whole body in one buffer.
+    #[cfg(test)]
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len);
+        for v in &self.values {
+            out.extend_from_slice(v);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_range_is_copied_across_values_and_out_of_range_is_none() {
+        let body = SharedBody::new(vec![
+            IVec::from(&b"abcd"[..]),
+            IVec::from(&b"efgh"[..]),
+            IVec::from(&b"ij"[..]),
+        ]);
+        assert_eq!(body.len(), 10);
+        assert_eq!(body.copy(0, 4).as_deref(), Some(&b"abcd"[..]));
+        assert_eq!(body.copy(3, 6).as_deref(), Some(&b"defghi"[..]));
+        assert_eq!(body.copy(8, 2).as_deref(), Some(&b"ij"[..]));
+        assert_eq!(body.copy(10, 0).as_deref(), Some(&b""[..]));
+        assert_eq!(body.copy(9, 2), None);
+        assert_eq!(body.copy(usize::MAX, 2), None);
+        assert_eq!(body.to_vec(), b"abcdefghij");
+    }
+}
