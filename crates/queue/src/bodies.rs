@@ -405,14 +405,25 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn a_span_leaves_sled_once_its_chunks_ended_but_the_open_span_stays() {
+    /// A database in a temporary directory (kept while the directory is), with its reaper.
+    fn database() -> (tempfile::TempDir, sled::Db, Reaper) {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let legacy = db.open_tree("sink/s").unwrap();
         let reaper = Reaper::start(db.clone()).unwrap();
+        (dir, db, reaper)
+    }
+
+    /// Sink `s`'s bodies in `db`.
+    fn sink_bodies(db: &sled::Db, reaper: &Reaper, spans_from: u64, span_bytes: u64) -> Bodies {
+        let legacy = db.open_tree("sink/s").unwrap();
+        Bodies::open(db, "s", legacy, spans_from, span_bytes, reaper).unwrap()
+    }
+
+    #[test]
+    fn a_span_leaves_sled_once_its_chunks_ended_but_the_open_span_stays() {
+        let (_dir, db, reaper) = database();
         // Spans of 100 bytes: each 120-byte chunk fills one.
-        let bodies = Bodies::open(&db, "s", legacy, 10, 100, &reaper).unwrap();
+        let bodies = sink_bodies(&db, &reaper, 10, 100);
         let body = crate::chunk::body([&[1u8; 60][..], &[2u8; 60][..]].into_iter());
         bodies
             .write_with(&[(10, &body)], &Batch::default())
@@ -457,8 +468,7 @@ mod tests {
 
         // Reopened: the spans are found by name; one with no live chunk left is dropped.
         let reaper = Reaper::start(db.clone()).unwrap();
-        let legacy = db.open_tree("sink/s").unwrap();
-        let bodies = Bodies::open(&db, "s", legacy, 10, 100, &reaper).unwrap();
+        let bodies = sink_bodies(&db, &reaper, 10, 100);
         bodies.count_live(10);
         bodies.opened();
         assert_eq!(bodies.span_count(), 1);
@@ -473,11 +483,8 @@ mod tests {
 
     #[test]
     fn a_body_read_back_is_the_values_written_shared_not_copies() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let legacy = db.open_tree("sink/s").unwrap();
-        let reaper = Reaper::start(db.clone()).unwrap();
-        let bodies = Bodies::open(&db, "s", legacy, 0, 1 << 20, &reaper).unwrap();
+        let (_dir, db, reaper) = database();
+        let bodies = sink_bodies(&db, &reaper, 0, 1 << 20);
         let payloads: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 700]).collect();
         let body = crate::chunk::body(payloads.iter().map(|p| &p[..]));
         assert_eq!(
