@@ -3,19 +3,20 @@
 //!
 //! `cargo bench -p s2sink-queue --bench queue` runs everything at full size (a few minutes);
 //! `QUEUE_BENCH_SCALE=0.1` shrinks every message count,
-//! `QUEUE_BENCH_ONLY=cycle|enqueue|ack|reopen|disk` runs some parts, `QUEUE_BENCH_DIR` chooses
+//! `QUEUE_BENCH_ONLY=cycle|cycle-paced|enqueue|ack|reopen|disk` runs some parts, `QUEUE_BENCH_DIR` chooses
 //! the disk (default: the system temp dir), `QUEUE_BENCH_MIMALLOC_DEFAULTS=1` skips
 //! [`s2sink_queue::tune_mimalloc`] (which the `s2-sink` binary calls).
 //!
 //! `cycle` is the storage target: enqueue + read + ack of 1 KB messages over 10k groups with a
 //! 200k backlog, reporting the process's CPU time (user + system, every thread, sled's
-//! included, from /proc/self/stat) per message.
+//! included, from /proc/self/stat) per message. `cycle-paced` (line `cycle/p`) is the same
+//! with head runs paced to the read-ahead, as the engine's group actors read.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use s2sink_core::GroupKey;
-use s2sink_queue::{MessageId, NewMessage, Queue, QueueOptions};
+use s2sink_queue::{MessageId, NewMessage, Paced, Queue, QueueOptions};
 
 /// The allocator the `s2-sink` binary uses, so the figures are the server's.
 #[global_allocator]
@@ -173,7 +174,12 @@ fn cpu() -> Duration {
 /// The engine's pattern on a standing backlog: producers enqueue 1 KB messages in requests
 /// of 500; a consumer walks the groups, reads each head run (as a group actor does) and acks
 /// ~1000 ids at a time (as a writer does after an append). Reports CPU µs per message.
-fn cycle(rt: &tokio::runtime::Runtime, backlog: usize, total: usize, groups: u64) {
+/// `paced`: head runs wait for the read-ahead as the engine's group actors do
+/// ([`Queue::head_run_paced`]); a group told to wait is skipped until the next pass over the
+/// groups, and a pass that delivered nothing sleeps 1 ms (the engine checks its waiting groups
+/// every 5 ms). Unpaced: every head run reads what it needs itself (the engine's path for a
+/// group that waited its limit).
+fn cycle(rt: &tokio::runtime::Runtime, backlog: usize, total: usize, groups: u64, paced: bool) {
     let dir = tempdir();
     let q = open(dir.path());
     fill(rt, &q, backlog, groups);
@@ -199,14 +205,22 @@ fn cycle(rt: &tokio::runtime::Runtime, backlog: usize, total: usize, groups: u64
             enqueued += 2000;
         }
         let mut took = 0;
+        let mut took_at_pass = 0;
         while took < 2000 {
             let page = q.pending_groups_page(SINK, cursor.as_ref(), 64).unwrap();
             if page.is_empty() {
                 cursor = None;
+                if took == took_at_pass {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                took_at_pass = took;
                 continue;
             }
             for g in &page {
-                let run = q.head_run(SINK, g, 1000, 1 << 20).unwrap();
+                let run = match q.head_run_paced(SINK, g, 1000, 1 << 20, paced).unwrap() {
+                    Paced::Run(run) => run,
+                    Paced::Wait(_) => continue,
+                };
                 took += run.len();
                 pending_ack.extend(run.iter().map(|m| m.id));
                 if pending_ack.len() >= 1000 {
@@ -233,12 +247,14 @@ fn cycle(rt: &tokio::runtime::Runtime, backlog: usize, total: usize, groups: u64
         .map(|l| l.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() / 1024)
         .unwrap();
     println!(
-        "cycle    peak RSS {hwm} MB (payload cache {} MB of chunk bodies at the end)",
+        "cycle{}  peak RSS {hwm} MB (payload cache {} MB of chunk bodies at the end)",
+        if paced { "/p" } else { "  " },
         q.cached_bytes() >> 20
     );
     println!(
-        "cycle    backlog={backlog} groups={groups} enqueued={enqueued} read+acked={consumed}  \
+        "cycle{}  backlog={backlog} groups={groups} enqueued={enqueued} read+acked={consumed}  \
          CPU {:.1} µs/msg (user+sys, all threads; {:.2?} CPU in {:.2?} wall)",
+        if paced { "/p" } else { "  " },
         cpu_used.as_secs_f64() * 1e6 / consumed.max(enqueued) as f64,
         cpu_used,
         wall
@@ -430,7 +446,10 @@ fn main() {
     // `cargo bench` passes `--bench`; nothing else is accepted.
     let rt = runtime();
     if wanted("cycle") {
-        cycle(&rt, scale(200_000), scale(400_000), 10_000);
+        cycle(&rt, scale(200_000), scale(400_000), 10_000, false);
+    }
+    if wanted("cycle-paced") {
+        cycle(&rt, scale(200_000), scale(400_000), 10_000, true);
     }
     if wanted("enqueue") {
         for producers in [1, 16, 64] {
