@@ -170,9 +170,7 @@ pub async fn deliver_group(local: &SinkLocal, group: &GroupRef, pace: bool) -> G
             _ => None,
         };
         if let (Some(error), Some(route)) = (SinkLocal::used_up(&settings, &msgs[0]), head_route) {
-            match local
-                .dead_letter_and_discard(&settings, &msgs[0], &error, route)
-                .await
+            match Box::pin(local.dead_letter_and_discard(&settings, &msgs[0], &error, route)).await
             {
                 Ok(Some(until)) => return GroupOutcome::BackingOffUntil(until),
                 Ok(None) => continue,
@@ -193,7 +191,7 @@ pub async fn deliver_group(local: &SinkLocal, group: &GroupRef, pace: bool) -> G
             }
             Next::Send { index, route, run } => {
                 if index == 0 {
-                    match local.check_uncertain(&msgs[0], &route).await {
+                    match Box::pin(local.check_uncertain(&msgs[0], &route)).await {
                         Ok(false) => {}
                         // Found and acked elsewhere: read the group again.
                         Ok(true) => continue,
@@ -212,7 +210,11 @@ pub async fn deliver_group(local: &SinkLocal, group: &GroupRef, pace: bool) -> G
                 let first = msgs[index].id;
                 if lookahead {
                     let ahead = if all.is_empty() { msgs } else { all };
-                    match send_window(
+                    // Boxed, as the other sends below: their states (send_window's ~1.9
+                    // KB) would otherwise be part of every group actor's future from the
+                    // start, also of the thousands that wait for read budget after a restart
+                    // (2.8 KB each, 28 MB for 10k groups).
+                    match Box::pin(send_window(
                         local,
                         &settings,
                         functions,
@@ -223,7 +225,7 @@ pub async fn deliver_group(local: &SinkLocal, group: &GroupRef, pace: bool) -> G
                         route.clone(),
                         run,
                         read_epoch,
-                    )
+                    ))
                     .await
                     {
                         Ok(()) => {
@@ -236,7 +238,7 @@ pub async fn deliver_group(local: &SinkLocal, group: &GroupRef, pace: bool) -> G
                         Err(Some((m, failure))) => (Cow::Owned(m), failure, Some(route)),
                     }
                 } else {
-                    match local.submit(&route, &settings, run).await {
+                    match Box::pin(local.submit(&route, &settings, run)).await {
                         Ok(()) => {
                             local.delivered(first);
                             continue;
@@ -249,10 +251,7 @@ pub async fn deliver_group(local: &SinkLocal, group: &GroupRef, pace: bool) -> G
                 }
             }
         };
-        match local
-            .fail_message(&settings, &failed, failure, route.as_ref())
-            .await
-        {
+        match Box::pin(local.fail_message(&settings, &failed, failure, route.as_ref())).await {
             Ok(Some(until)) => return GroupOutcome::BackingOffUntil(until),
             Ok(None) => continue,
             Err(()) => return GroupOutcome::Stopped,
