@@ -3,8 +3,9 @@
 //!
 //! `cargo bench -p s2sink-queue --bench queue` runs everything at full size (a few minutes);
 //! `QUEUE_BENCH_SCALE=0.1` shrinks every message count,
-//! `QUEUE_BENCH_ONLY=cycle|cycle-paced|enqueue|ack|reopen|disk` runs some parts, `QUEUE_BENCH_DIR` chooses
-//! the disk (default: the system temp dir), `QUEUE_BENCH_MIMALLOC_DEFAULTS=1` skips
+//! `QUEUE_BENCH_ONLY=cycle|cycle-paced|enqueue|ack|reopen|disk` runs some parts,
+//! `QUEUE_BENCH_DIR` chooses the disk (default: the system temp dir),
+//! `QUEUE_BENCH_MIMALLOC_DEFAULTS=1` skips
 //! [`s2sink_queue::tune_mimalloc`] (which the `s2-sink` binary calls).
 //!
 //! `cycle` is the storage target: enqueue + read + ack of 1 KB messages over 10k groups with a
@@ -246,15 +247,14 @@ fn cycle(rt: &tokio::runtime::Runtime, backlog: usize, total: usize, groups: u64
         .find(|l| l.starts_with("VmHWM"))
         .map(|l| l.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() / 1024)
         .unwrap();
+    let tag = if paced { "/p" } else { "  " };
     println!(
-        "cycle{}  peak RSS {hwm} MB (payload cache {} MB of chunk bodies at the end)",
-        if paced { "/p" } else { "  " },
+        "cycle{tag}  peak RSS {hwm} MB (payload cache {} MB of chunk bodies at the end)",
         q.cached_bytes() >> 20
     );
     println!(
-        "cycle{}  backlog={backlog} groups={groups} enqueued={enqueued} read+acked={consumed}  \
+        "cycle{tag}  backlog={backlog} groups={groups} enqueued={enqueued} read+acked={consumed}  \
          CPU {:.1} µs/msg (user+sys, all threads; {:.2?} CPU in {:.2?} wall)",
-        if paced { "/p" } else { "  " },
         cpu_used.as_secs_f64() * 1e6 / consumed.max(enqueued) as f64,
         cpu_used,
         wall

@@ -34,7 +34,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use sled::{Batch, IVec, Tree};
 
 use crate::chunk::Body;
-use crate::shared_body::SharedBody;
+use crate::shared_body::{copy_part, SharedBody};
 use crate::{keys, parts};
 
 /// Prefix of the sled tree names of spans: `body/` start-id(8, big-endian) sink-name.
@@ -270,13 +270,7 @@ impl Bodies {
         let mut out = Vec::with_capacity(len);
         let mut at = p0 * keys::SPAN_PART; // body offset of the value in hand
         for kv in tree.range(keys::part(&base, lo)..=keys::part(&base, hi)) {
-            let (_, v) = kv?;
-            let from = off.max(at) - at;
-            let to = end.min(at + v.len()).saturating_sub(at);
-            if from < to {
-                out.extend_from_slice(&v[from..to]);
-            }
-            at += v.len();
+            at = copy_part(&mut out, &kv?.1, at, off, end);
         }
         Ok((out.len() == len).then(|| Bytes::from(out)))
     }

@@ -332,8 +332,9 @@ impl Queue {
     /// reached yet gets [`Paced::Wait`] with that chunk's first id instead of reading it from
     /// sled itself; a run that reaches such a chunk after its first message ends there.
     /// Groups deliver at their own pace; read one message at a time, a backlog beyond the
-    /// cache made sled pull a whole leaf per ~1 KiB message (a quarter of the server's CPU). Waiting for the read-ahead, which reads each body
-    /// once, whole and in id order, turns those reads into cache hits.
+    /// cache made sled pull a whole leaf per ~1 KiB message (a quarter of the server's CPU).
+    /// Waiting for the read-ahead, which reads each body once, whole and in id order, turns
+    /// those reads into cache hits.
     pub fn head_run_paced(
         &self,
         sink: &str,

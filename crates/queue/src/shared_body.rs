@@ -10,7 +10,7 @@ use bytes::Bytes;
 use sled::IVec;
 
 /// A body as its values, in order; every value but the last is full.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug)]
 pub struct SharedBody {
     values: Vec<IVec>,
     len: usize,
@@ -46,11 +46,7 @@ impl SharedBody {
             if at >= end {
                 break;
             }
-            let next = at + v.len();
-            if next > off {
-                out.extend_from_slice(&v[off.max(at) - at..end.min(next) - at]);
-            }
-            at = next;
+            at = copy_part(&mut out, v, at, off, end);
         }
         Some(Bytes::from(out))
     }
@@ -64,6 +60,18 @@ impl SharedBody {
         }
         out
     }
+}
+
+/// Appends to `out` what `value`, which starts at body offset `at`, holds of body bytes
+/// `off .. end`; returns the body offset after `value`. The one slicing rule of every read
+/// that walks a body's values (the cache's copies, `Bodies::read_range`).
+pub fn copy_part(out: &mut Vec<u8>, value: &[u8], at: usize, off: usize, end: usize) -> usize {
+    let next = at + value.len();
+    let (from, to) = (off.max(at), end.min(next));
+    if from < to {
+        out.extend_from_slice(&value[from - at..to - at]);
+    }
+    next
 }
 
 #[cfg(test)]

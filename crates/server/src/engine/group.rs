@@ -210,10 +210,10 @@ pub async fn deliver_group(local: &SinkLocal, group: &GroupRef, pace: bool) -> G
                 let first = msgs[index].id;
                 if lookahead {
                     let ahead = if all.is_empty() { msgs } else { all };
-                    // Boxed, as the other sends below: their states (send_window's ~1.9
-                    // KB) would otherwise be part of every group actor's future from the
-                    // start, also of the thousands that wait for read budget after a restart
-                    // (2.8 KB each, 28 MB for 10k groups).
+                    // Boxed, like this loop's other sends and checks: their states
+                    // (send_window's ~1.9 KB) would otherwise be part of every group actor's
+                    // future from the start, also of the thousands that wait for read budget
+                    // after a restart (2.8 KB each, 28 MB for 10k groups).
                     match Box::pin(send_window(
                         local,
                         &settings,
