@@ -4,6 +4,7 @@
 //! `cargo bench -p s2sink-queue --bench queue` runs everything at full size (a few minutes);
 //! `QUEUE_BENCH_SCALE=0.1` shrinks every message count,
 //! `QUEUE_BENCH_ONLY=cycle|cycle-paced|enqueue|ack|reopen|disk` runs some parts,
+//! `QUEUE_BENCH_CYCLE_MSGS` sets how many messages a cycle part reads and acks (400k),
 //! `QUEUE_BENCH_DIR` chooses the disk (default: the system temp dir),
 //! `QUEUE_BENCH_MIMALLOC_DEFAULTS=1` skips
 //! [`s2sink_queue::tune_mimalloc`] (which the `s2-sink` binary calls).
@@ -32,6 +33,16 @@ fn scale(n: usize) -> usize {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1.0);
     ((n as f64 * s) as usize).max(1)
+}
+
+/// Messages a cycle part reads and acks: 400k (scaled), or `QUEUE_BENCH_CYCLE_MSGS` for a
+/// longer run that spreads the process's one-time growth (its first touch of fresh memory) over
+/// more messages.
+fn cycle_msgs() -> usize {
+    std::env::var("QUEUE_BENCH_CYCLE_MSGS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| scale(400_000))
 }
 
 fn wanted(part: &str) -> bool {
@@ -162,6 +173,34 @@ fn fill(rt: &tokio::runtime::Runtime, q: &Queue, total: usize, groups: u64) -> V
     })
 }
 
+/// What the process did so far that the cycle reports: bytes its `write`s and `read`s moved
+/// (`/proc/self/io` `wchar`/`rchar`: sled's log writes and the page reads of what it pulls back,
+/// page cache included) and its minor page faults (fresh memory the kernel zeroed).
+#[derive(Clone, Copy)]
+struct Io {
+    wrote: u64,
+    read: u64,
+    faults: u64,
+}
+
+fn io() -> Io {
+    let io = std::fs::read_to_string("/proc/self/io").unwrap_or_default();
+    let field = |name: &str| {
+        io.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    // minflt is field 10; `rest` starts at field 3.
+    let faults = rest.split_whitespace().nth(7).unwrap().parse().unwrap();
+    Io {
+        wrote: field("wchar:"),
+        read: field("rchar:"),
+        faults,
+    }
+}
+
 /// CPU time (user + system) of this process so far, all threads.
 fn cpu() -> Duration {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
@@ -185,7 +224,8 @@ fn cycle(rt: &tokio::runtime::Runtime, backlog: usize, total: usize, groups: u64
     let q = open(dir.path());
     fill(rt, &q, backlog, groups);
     let mut seq = 7u64;
-    let (cpu0, t0) = (cpu(), Instant::now());
+    let rss0 = rss_mib();
+    let (cpu0, io0, t0) = (cpu(), io(), Instant::now());
     let mut consumed = 0usize;
     let mut enqueued = 0usize;
     let mut cursor: Option<s2sink_queue::GroupRef> = None;
@@ -240,7 +280,7 @@ fn cycle(rt: &tokio::runtime::Runtime, backlog: usize, total: usize, groups: u64
     }
     q.ack(SINK, &pending_ack).unwrap();
     rt.block_on(q.flush()).unwrap();
-    let (cpu_used, wall) = (cpu() - cpu0, t0.elapsed());
+    let (cpu_used, io1, wall) = (cpu() - cpu0, io(), t0.elapsed());
     let hwm = std::fs::read_to_string("/proc/self/status")
         .unwrap()
         .lines()
@@ -251,6 +291,15 @@ fn cycle(rt: &tokio::runtime::Runtime, backlog: usize, total: usize, groups: u64
     println!(
         "cycle{tag}  peak RSS {hwm} MB (payload cache {} MB of chunk bodies at the end)",
         q.cached_bytes() >> 20
+    );
+    let payload = (enqueued * PAYLOAD) as f64;
+    println!(
+        "cycle{tag}  RSS {rss0} MB after the fill; over the cycle: wrote {} ({:.1}x the payload \
+         enqueued), read {}, {} minor page faults",
+        mib(io1.wrote - io0.wrote),
+        (io1.wrote - io0.wrote) as f64 / payload,
+        mib(io1.read - io0.read),
+        io1.faults - io0.faults
     );
     println!(
         "cycle{tag}  backlog={backlog} groups={groups} enqueued={enqueued} read+acked={consumed}  \
@@ -446,10 +495,10 @@ fn main() {
     // `cargo bench` passes `--bench`; nothing else is accepted.
     let rt = runtime();
     if wanted("cycle") {
-        cycle(&rt, scale(200_000), scale(400_000), 10_000, false);
+        cycle(&rt, scale(200_000), cycle_msgs(), 10_000, false);
     }
     if wanted("cycle-paced") {
-        cycle(&rt, scale(200_000), scale(400_000), 10_000, true);
+        cycle(&rt, scale(200_000), cycle_msgs(), 10_000, true);
     }
     if wanted("enqueue") {
         for producers in [1, 16, 64] {
