@@ -269,8 +269,14 @@ impl Bodies {
         let base = keys::base(keys::BODY, first);
         let mut out = Vec::with_capacity(len);
         let mut at = p0 * keys::SPAN_PART; // body offset of the value in hand
-        for kv in tree.range(keys::part(&base, lo)..=keys::part(&base, hi)) {
-            at = copy_part(&mut out, &kv?.1, at, off, end);
+
+        // A lookup per value (one or two): sled's range iterator starts by cloning the leaf
+        // it reads from (every entry's key and value handle), a lookup does not.
+        for part in lo..=hi {
+            let Some(value) = tree.get(keys::part(&base, part))? else {
+                break;
+            };
+            at = copy_part(&mut out, &value, at, off, end);
         }
         Ok((out.len() == len).then(|| Bytes::from(out)))
     }
@@ -493,6 +499,30 @@ mod tests {
         let ptrs = |b: &SharedBody| b.values().iter().map(|v| v.as_ptr()).collect::<Vec<_>>();
         assert_eq!(ptrs(&read), ptrs(&body.shared));
         assert_eq!(bodies.read(1, 0).unwrap().map(|b| b.len()), None);
+    }
+
+    #[test]
+    fn a_range_read_is_the_bytes_of_the_values_holding_it_and_nothing_past_the_body() {
+        let (_dir, db, reaper) = database();
+        let bodies = sink_bodies(&db, &reaper, 0, 1 << 20);
+        let payloads: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 700]).collect();
+        let whole = payloads.concat(); // 14,000 bytes: 4 span values
+        let body = crate::chunk::body(payloads.iter().map(|p| &p[..]));
+        bodies.write_with(&[(0, &body)], &Batch::default()).unwrap();
+        let part = keys::SPAN_PART;
+        for (off, len) in [
+            (0, 700),             // inside the first value
+            (part - 100, 700),    // across a value boundary
+            (part * 3 + 1, 1000), // inside the last (short) value
+            (13_300, 700),        // the body's end
+            (5, 0),
+        ] {
+            let got = bodies.read_range(0, off, len).unwrap();
+            assert_eq!(got.as_deref(), Some(&whole[off..off + len]), "{off}+{len}");
+        }
+        // Past the body's end: not the bytes asked for, so the caller reads it whole.
+        assert_eq!(bodies.read_range(0, 13_900, 200).unwrap(), None);
+        assert_eq!(bodies.read_range(0, part * 4, 10).unwrap(), None);
     }
 
     #[test]
