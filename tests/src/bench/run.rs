@@ -224,6 +224,19 @@ pub fn report_cpu(
             ),
         );
     }
+    // What sled writes and reads back per message, next to the CPU it costs (the queue bench
+    // alone writes ~3.7 KB per 1 KB message, docs/BENCHMARKS.md).
+    let kb = |b: u64| b as f64 / 1024.0 / delivered.max(1) as f64;
+    rep.row(
+        "server file I/O per delivered message: written / read (sled's log; page cache included)",
+        format!(
+            "{:.1} KB / {:.1} KB",
+            kb(cpu.server_wrote),
+            kb(cpu.server_read)
+        ),
+    );
+    rep.set("server_write_kb_per_msg", kb(cpu.server_wrote));
+    rep.set("server_read_kb_per_msg", kb(cpu.server_read));
     rep.set("server_cpu_us_per_msg", us(cpu.server_s));
     rep.set("s2lite_cpu_us_per_msg", us(cpu.lite_s));
     rep.set("loadgen_cpu_us_per_msg", us(cpu.generator_s));
