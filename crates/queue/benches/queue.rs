@@ -258,6 +258,9 @@ fn cycle(rt: &tokio::runtime::Runtime, backlog: usize, total: usize, groups: u64
                 continue;
             }
             for g in &page {
+                // The next pass starts after the last group served, so that stopping at 2000
+                // (below) leaves no group behind.
+                cursor = Some(g.clone());
                 let run = match q.head_run_paced(SINK, g, 1000, 1 << 20, paced).unwrap() {
                     Paced::Run(run) => run,
                     Paced::Wait(_) => continue,
@@ -273,8 +276,13 @@ fn cycle(rt: &tokio::runtime::Runtime, backlog: usize, total: usize, groups: u64
                         last_mark = Instant::now();
                     }
                 }
+                // As many read as enqueued per round (to a run's length), so the backlog
+                // stays at its size instead of draining: stopping only at the end of a page
+                // of 64 groups read ~2,560 per 2,000 enqueued.
+                if took >= 2000 {
+                    break;
+                }
             }
-            cursor = page.last().cloned();
         }
         consumed += took;
     }
@@ -293,9 +301,10 @@ fn cycle(rt: &tokio::runtime::Runtime, backlog: usize, total: usize, groups: u64
         q.cached_bytes() >> 20
     );
     let payload = (enqueued * PAYLOAD) as f64;
+    let left = (backlog + enqueued).saturating_sub(consumed);
     println!(
         "cycle{tag}  RSS {rss0} MB after the fill; over the cycle: wrote {} ({:.1}x the payload \
-         enqueued), read {}, {} minor page faults",
+         enqueued), read {}, {} minor page faults; backlog at the end {left}",
         mib(io1.wrote - io0.wrote),
         (io1.wrote - io0.wrote) as f64 / payload,
         mib(io1.read - io0.read),
