@@ -228,7 +228,7 @@ pub fn report_cpu(
     // alone writes ~3.7 KB per 1 KB message, docs/BENCHMARKS.md).
     let kb = |b: u64| b as f64 / 1024.0 / delivered.max(1) as f64;
     rep.row(
-        "server file I/O per delivered message: written / read (sled's log; page cache included)",
+        "server I/O per delivered message: written to disk / read back (sled's log; reads include the page cache)",
         format!(
             "{:.1} KB / {:.1} KB",
             kb(cpu.server_wrote),
