@@ -190,24 +190,24 @@ fn io() -> Io {
             .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
             .unwrap_or(0)
     };
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    // minflt is field 10; `rest` starts at field 3.
-    let faults = rest.split_whitespace().nth(7).unwrap().parse().unwrap();
     Io {
         wrote: field("wchar:"),
         read: field("rchar:"),
-        faults,
+        faults: stat_field(10), // minflt
     }
+}
+
+/// Numeric field `n` (1-based, as `man proc` counts) of `/proc/self/stat`.
+fn stat_field(n: usize) -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // Fields after the command name (which may hold spaces) start at the state, field 3.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    rest.split_whitespace().nth(n - 3).unwrap().parse().unwrap()
 }
 
 /// CPU time (user + system) of this process so far, all threads.
 fn cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    // Fields after the command name (which may hold spaces) start at the state, field 3.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    let ticks = stat_field(14) + stat_field(15); // utime, stime
     Duration::from_millis(ticks * 10) // USER_HZ is 100 on Linux
 }
 
@@ -289,12 +289,7 @@ fn cycle(rt: &tokio::runtime::Runtime, backlog: usize, total: usize, groups: u64
     q.ack(SINK, &pending_ack).unwrap();
     rt.block_on(q.flush()).unwrap();
     let (cpu_used, io1, wall) = (cpu() - cpu0, io(), t0.elapsed());
-    let hwm = std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("VmHWM"))
-        .map(|l| l.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() / 1024)
-        .unwrap();
+    let hwm = peak_rss_mib();
     let tag = if paced { "/p" } else { "  " };
     println!(
         "cycle{tag}  peak RSS {hwm} MB (payload cache {} MB of chunk bodies at the end)",
