@@ -208,7 +208,11 @@ impl Bodies {
                 return Ok(open);
             }
         }
-        let tree = self.db.open_tree(span_name(&self.sink, first))?;
+        // Short-lived (the patched sled in vendor/sled): dropping it frees its pages without
+        // reading them back.
+        let tree = self
+            .db
+            .open_short_lived_tree(span_name(&self.sink, first))?;
         spans.by_start.insert(
             first,
             Span {

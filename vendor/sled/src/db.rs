@@ -96,7 +96,7 @@ impl Db {
         // create or open the default tree
         let guard = pin();
         let default =
-            meta::open_tree(&context, DEFAULT_TREE_ID.to_vec(), &guard)?;
+            meta::open_tree(&context, DEFAULT_TREE_ID.to_vec(), false, &guard)?;
 
         let ret = Self {
             context: context.clone(),
@@ -113,6 +113,7 @@ impl Db {
                 context: context.clone(),
                 root: AtomicU64::new(root),
                 merge_operator: RwLock::new(None),
+                short_lived: None,
             }));
             assert!(tenants.insert(id, tree).is_none());
         }
@@ -133,7 +134,21 @@ impl Db {
     /// Open or create a new disk-backed Tree with its own keyspace,
     /// accessible from the `Db` via the provided identifier.
     pub fn open_tree<V: AsRef<[u8]>>(&self, name: V) -> Result<Tree> {
-        let name_ref = name.as_ref();
+        self.open_tree_inner(name.as_ref(), false)
+    }
+
+    /// s2-sink patch: like `open_tree`, for a tree that will be dropped
+    /// whole before long. If this call creates it, the tree remembers its
+    /// pages and `drop_tree` frees them without reading them back. A tree
+    /// already open (or found on disk at `open`) is returned as it is.
+    pub fn open_short_lived_tree<V: AsRef<[u8]>>(
+        &self,
+        name: V,
+    ) -> Result<Tree> {
+        self.open_tree_inner(name.as_ref(), true)
+    }
+
+    fn open_tree_inner(&self, name_ref: &[u8], short_lived: bool) -> Result<Tree> {
         let tenants = self.tenants.read();
         if let Some(tree) = tenants.get(name_ref) {
             return Ok(tree.clone());
@@ -150,7 +165,12 @@ impl Db {
             return Ok(tree.clone());
         }
 
-        let tree = meta::open_tree(&self.context, name_ref.to_vec(), &guard)?;
+        let tree = meta::open_tree(
+            &self.context,
+            name_ref.to_vec(),
+            short_lived,
+            &guard,
+        )?;
 
         assert!(tenants.insert(name_ref.into(), tree.clone()).is_none());
 
@@ -180,9 +200,21 @@ impl Db {
         let mut root_id =
             Some(self.context.pagecache.meta_pid_for_name(name_ref, &guard)?);
 
+        // s2-sink patch: a short-lived tree created by this process knows
+        // all of its pages, so nothing needs to be read to find them.
+        let known_pages = tree
+            .short_lived
+            .as_ref()
+            .and_then(|short_lived| short_lived.release());
+
         let mut leftmost_chain: Vec<PageId> = vec![root_id.unwrap()];
         let mut cursor = root_id.unwrap();
-        while let Some(view) = self.view_for_pid(cursor, &guard)? {
+        while known_pages.is_none() {
+            let view = if let Some(view) = self.view_for_pid(cursor, &guard)? {
+                view
+            } else {
+                break;
+            };
             if let Some(index) = view.data.index_ref() {
                 let leftmost_child = index.pointers[0];
                 leftmost_chain.push(leftmost_child);
@@ -210,7 +242,13 @@ impl Db {
         // drop writer lock
         drop(tenants);
 
-        tree.gc_pages(leftmost_chain)?;
+        if let Some(pids) = known_pages {
+            for pid in pids {
+                let _freed = self.context.pagecache.free_unread(pid, &guard)?;
+            }
+        } else {
+            tree.gc_pages(leftmost_chain)?;
+        }
 
         guard.flush();
 

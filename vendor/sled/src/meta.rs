@@ -47,6 +47,7 @@ impl Meta {
 pub(crate) fn open_tree<V>(
     context: &Context,
     raw_name: V,
+    short_lived: bool,
     guard: &Guard,
 ) -> Result<Tree>
 where
@@ -65,6 +66,11 @@ where
                     subscribers: Subscribers::default(),
                     root: AtomicU64::new(root_id),
                     merge_operator: RwLock::new(None),
+                    short_lived: if short_lived {
+                        Some(ShortLived::existing())
+                    } else {
+                        None
+                    },
                 })));
             }
             Err(Error::CollectionNotFound(_)) => {}
@@ -116,6 +122,11 @@ where
             context: context.clone(),
             root: AtomicU64::new(root_id),
             merge_operator: RwLock::new(None),
+            short_lived: if short_lived {
+                Some(ShortLived::created(vec![leaf_id, root_id]))
+            } else {
+                None
+            },
         })));
     }
 }

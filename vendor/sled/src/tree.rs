@@ -93,6 +93,47 @@ pub struct TreeInner {
     pub(crate) subscribers: Subscribers,
     pub(crate) root: AtomicU64,
     pub(crate) merge_operator: RwLock<Option<Box<dyn MergeOperator>>>,
+    // s2-sink patch: set for trees opened by `Db::open_short_lived_tree`.
+    pub(crate) short_lived: Option<ShortLived>,
+}
+
+/// s2-sink patch: the pages a short-lived tree got in this process.
+///
+/// When the list is complete, `Db::drop_tree` frees them without reading
+/// them back to find each leaf's right sibling.
+#[derive(Debug, Default)]
+pub(crate) struct ShortLived {
+    pids: Mutex<Vec<PageId>>,
+    // whether `pids` holds every page of the tree: it was created here and
+    // none of its nodes has been merged away (a merge frees a page, which
+    // may then be reused by another tree).
+    complete: std::sync::atomic::AtomicBool,
+}
+
+impl ShortLived {
+    /// For a tree created by this process, which owns `pids` so far.
+    pub(crate) fn created(pids: Vec<PageId>) -> Self {
+        ShortLived {
+            pids: Mutex::new(pids),
+            complete: std::sync::atomic::AtomicBool::new(true),
+        }
+    }
+
+    /// For a tree that existed before: its pages are not all known.
+    pub(crate) fn existing() -> Self {
+        ShortLived::default()
+    }
+
+    /// The tree's pages, if they are all known.
+    pub(crate) fn release(&self) -> Option<Vec<PageId>> {
+        let pids = std::mem::take(&mut *self.pids.lock());
+        if self.complete.load(SeqCst) { Some(pids) } else { None }
+    }
+
+    /// A node of the tree is being merged away: `drop_tree` must walk it.
+    fn merging(&self) {
+        self.complete.store(false, SeqCst);
+    }
 }
 
 impl Drop for TreeInner {
@@ -1482,6 +1523,7 @@ impl Tree {
             return Ok(());
         }
         M.tree_child_split_success();
+        self.track_page(rhs_pid);
 
         // either install parent split or hoist root
         if let Some(parent_view) = parent_view {
@@ -1544,6 +1586,7 @@ impl Tree {
         if cas.is_ok() {
             debug!("root hoist from {} to {} successful", from, new_root_pid);
             M.tree_root_split_success();
+            self.track_page(new_root_pid);
 
             // we spin in a cas loop because it's possible
             // 2 threads are at this point, and we don't want
@@ -2053,6 +2096,10 @@ impl Tree {
             return Ok(());
         }
 
+        if let Some(short_lived) = &self.short_lived {
+            short_lived.merging();
+        }
+
         match self.context.pagecache.free(
             child_pid,
             child_view.node_view.0,
@@ -2088,6 +2135,13 @@ impl Tree {
     // Remove all pages for this tree from the underlying
     // PageCache. This will leave orphans behind if
     // the tree crashes during gc.
+    // s2-sink patch: remembers a page of a short-lived tree.
+    fn track_page(&self, pid: PageId) {
+        if let Some(short_lived) = &self.short_lived {
+            short_lived.pids.lock().push(pid);
+        }
+    }
+
     pub(crate) fn gc_pages(
         &self,
         mut leftmost_chain: Vec<PageId>,

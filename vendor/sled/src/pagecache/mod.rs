@@ -981,6 +981,28 @@ impl PageCache {
         Ok(new_pointer.map_err(|o| o.map(|(pointer, _)| (pointer, ()))))
     }
 
+    /// s2-sink patch: frees `pid` without pulling its page back from
+    /// disk (the caller knows the page belongs to a tree nobody can
+    /// reach any more). Returns `false` if the page was already free.
+    pub(crate) fn free_unread(
+        &self,
+        pid: PageId,
+        guard: &Guard,
+    ) -> Result<bool> {
+        loop {
+            let view = match self.inner.get(pid, guard) {
+                Some(view) => view,
+                None => return Ok(false),
+            };
+            if view.is_free() {
+                return Ok(false);
+            }
+            if self.free(pid, view, guard)?.is_ok() {
+                return Ok(true);
+            }
+        }
+    }
+
     /// Try to atomically add a `PageLink` to the page.
     /// Returns `Ok(new_key)` if the operation was successful. Returns
     /// `Err(None)` if the page no longer exists. Returns
