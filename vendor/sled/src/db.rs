@@ -244,7 +244,7 @@ impl Db {
 
         if let Some(pids) = known_pages {
             for pid in pids {
-                let _freed = self.context.pagecache.free_unread(pid, &guard)?;
+                self.context.pagecache.free_unread(pid, &guard)?;
             }
         } else {
             tree.gc_pages(leftmost_chain)?;

@@ -66,11 +66,9 @@ where
                     subscribers: Subscribers::default(),
                     root: AtomicU64::new(root_id),
                     merge_operator: RwLock::new(None),
-                    short_lived: if short_lived {
-                        Some(ShortLived::existing())
-                    } else {
-                        None
-                    },
+                    // s2-sink patch: a tree that exists already is not
+                    // short-lived here: its pages are not all known.
+                    short_lived: None,
                 })));
             }
             Err(Error::CollectionNotFound(_)) => {}

@@ -101,7 +101,7 @@ pub struct TreeInner {
 ///
 /// When the list is complete, `Db::drop_tree` frees them without reading
 /// them back to find each leaf's right sibling.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct ShortLived {
     pids: Mutex<Vec<PageId>>,
     // whether `pids` holds every page of the tree: it was created here and
@@ -117,11 +117,6 @@ impl ShortLived {
             pids: Mutex::new(pids),
             complete: std::sync::atomic::AtomicBool::new(true),
         }
-    }
-
-    /// For a tree that existed before: its pages are not all known.
-    pub(crate) fn existing() -> Self {
-        ShortLived::default()
     }
 
     /// The tree's pages, if they are all known.
@@ -2132,9 +2127,6 @@ impl Tree {
         Ok(())
     }
 
-    // Remove all pages for this tree from the underlying
-    // PageCache. This will leave orphans behind if
-    // the tree crashes during gc.
     // s2-sink patch: remembers a page of a short-lived tree.
     fn track_page(&self, pid: PageId) {
         if let Some(short_lived) = &self.short_lived {
@@ -2142,6 +2134,9 @@ impl Tree {
         }
     }
 
+    // Remove all pages for this tree from the underlying
+    // PageCache. This will leave orphans behind if
+    // the tree crashes during gc.
     pub(crate) fn gc_pages(
         &self,
         mut leftmost_chain: Vec<PageId>,

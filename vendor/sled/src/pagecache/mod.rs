@@ -983,22 +983,15 @@ impl PageCache {
 
     /// s2-sink patch: frees `pid` without pulling its page back from
     /// disk (the caller knows the page belongs to a tree nobody can
-    /// reach any more). Returns `false` if the page was already free.
-    pub(crate) fn free_unread(
-        &self,
-        pid: PageId,
-        guard: &Guard,
-    ) -> Result<bool> {
+    /// reach any more). A page already free is left as it is.
+    pub(crate) fn free_unread(&self, pid: PageId, guard: &Guard) -> Result<()> {
         loop {
             let view = match self.inner.get(pid, guard) {
                 Some(view) => view,
-                None => return Ok(false),
+                None => return Ok(()),
             };
-            if view.is_free() {
-                return Ok(false);
-            }
-            if self.free(pid, view, guard)?.is_ok() {
-                return Ok(true);
+            if view.is_free() || self.free(pid, view, guard)?.is_ok() {
+                return Ok(());
             }
         }
     }
