@@ -97,6 +97,12 @@ pub struct TreeInner {
     pub(crate) short_lived: Option<ShortLived>,
 }
 
+/// s2-sink patch: how many entries a short-lived tree's rightmost leaf holds
+/// before it splits off its last one. A leaf holds one base entry and at most
+/// this many fragments less one, below `PAGE_CONSOLIDATION_THRESHOLD` (10),
+/// so it is never consolidated.
+const SHORT_LIVED_LEAF_ENTRIES: usize = 9;
+
 /// s2-sink patch: the pages a short-lived tree got in this process.
 ///
 /// When the list is complete, `Db::drop_tree` frees them without reading
@@ -1492,7 +1498,13 @@ impl Tree {
     ) -> Result<()> {
         trace!("splitting node {}", view.pid);
         // split node
-        let (mut lhs, rhs) = view.deref().clone().split();
+        // s2-sink patch: a short-lived tree's rightmost leaf splits off
+        // only its last entry.
+        let (mut lhs, rhs) = if self.appends_at_end(view) {
+            view.deref().clone().split_last()
+        } else {
+            view.deref().clone().split()
+        };
         let rhs_lo = rhs.lo.clone();
 
         // install right side
@@ -1708,7 +1720,7 @@ impl Tree {
                 retry!();
             }
 
-            if view.should_split() {
+            if self.should_split(&view) {
                 self.split_node(&view, &parent_view, root_pid, guard)?;
                 retry!();
             }
@@ -1770,7 +1782,12 @@ impl Tree {
             // would be merged into a different index, which
             // would add considerable complexity to this already
             // fairly complex implementation.
-            if view.should_merge() && !took_leftmost_branch {
+            // s2-sink patch: a short-lived tree's rightmost leaf starts out
+            // small after each split and is not merged back.
+            if view.should_merge()
+                && !took_leftmost_branch
+                && !self.appends_at_end(&view)
+            {
                 if let Some(ref mut parent) = parent_view {
                     assert!(parent.merging_child.is_none());
                     if parent.can_merge_child() {
@@ -2125,6 +2142,27 @@ impl Tree {
 
         trace!("finished with merge of pid {}", child_pid);
         Ok(())
+    }
+
+    // s2-sink patch: whether `node` is a short-lived tree's rightmost leaf,
+    // the one its in-order inserts go to.
+    fn appends_at_end(&self, node: &Node) -> bool {
+        self.short_lived.is_some() && !node.data.is_index() && node.hi.is_empty()
+    }
+
+    // s2-sink patch: a short-lived tree's rightmost leaf splits once it
+    // holds more than `SHORT_LIVED_LEAF_ENTRIES`, before its fragments
+    // reach `PAGE_CONSOLIDATION_THRESHOLD`: it is written as one entry, then
+    // one fragment per insert, then its left part once, at the split,
+    // instead of being consolidated (rewritten whole) in between.
+    fn should_split(&self, node: &Node) -> bool {
+        if self.appends_at_end(node) {
+            node.data.len() > SHORT_LIVED_LEAF_ENTRIES
+                && node.merging_child.is_none()
+                && !node.merging
+        } else {
+            node.should_split()
+        }
     }
 
     // s2-sink patch: remembers a page of a short-lived tree.
