@@ -1,11 +1,10 @@
 #![allow(unused_results)]
 
-#[cfg(not(feature = "testing"))]
-use std::collections::HashMap as Map;
-
-// we avoid HashMap while testing because
-// it makes tests non-deterministic
-#[cfg(feature = "testing")]
+// s2-sink patch: a batch's writes are applied in key order (upstream: in
+// a `HashMap`'s order, except under `testing`). A batch of keys in order, such
+// as a chunk body's parts appended to its span, then only ever appends to a
+// tree's rightmost leaf, instead of inserting at random into leaves that
+// sled then splits in the middle and consolidates.
 use std::collections::BTreeMap as Map;
 
 use super::*;

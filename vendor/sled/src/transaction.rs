@@ -75,12 +75,9 @@
 #![allow(clippy::module_name_repetitions)]
 use std::{cell::RefCell, fmt, rc::Rc};
 
-#[cfg(not(feature = "testing"))]
-use std::collections::HashMap as Map;
-
-// we avoid HashMap while testing because
-// it makes tests non-deterministic
-#[cfg(feature = "testing")]
+// s2-sink patch: a transaction's writes are applied in key order at commit
+// (upstream: in a `HashMap`'s order, except under `testing`), as a batch's are
+// (see batch.rs).
 use std::collections::BTreeMap as Map;
 
 use crate::{
