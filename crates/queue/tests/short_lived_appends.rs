@@ -5,29 +5,14 @@
 //! transaction's writes are applied in key order, so a chunk body written as one batch appends
 //! too. Alone in its test binary: it counts the bytes this process writes.
 
-use sled::{Config, Db};
+mod common;
+
+use sled::Db;
 
 const VALUE: usize = 4096;
 
-/// Opens the database in `dir`. Right after a `Db` of it is dropped, sled's background threads
-/// may hold its lock for a moment (as the queue's own open allows for): polled, with a deadline.
 fn open(dir: &std::path::Path) -> Db {
-    let config = Config::new()
-        .path(dir)
-        .segment_size(1 << 20)
-        .cache_capacity(64 << 20);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        match config.open() {
-            Err(sled::Error::Io(e))
-                if e.to_string().contains("could not acquire lock")
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(20))
-            }
-            other => return other.unwrap(),
-        }
-    }
+    common::open(dir, 64 << 20)
 }
 
 fn value(i: u32) -> Vec<u8> {

@@ -4,29 +4,14 @@
 //! stays bounded over many spans), and freeing by the remembered page list never touches a page
 //! of another tree, also across a reopen.
 
-use sled::{Config, Db};
+mod common;
+
+use sled::Db;
 
 const VALUE: usize = 4096;
 
-/// Opens the database in `dir`. Right after a `Db` of it is dropped, sled's background threads
-/// may hold its lock for a moment (as the queue's own open allows for): polled, with a deadline.
 fn open(dir: &std::path::Path) -> Db {
-    let config = Config::new()
-        .path(dir)
-        .segment_size(1 << 20)
-        .cache_capacity(8 << 20);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        match config.open() {
-            Err(sled::Error::Io(e))
-                if e.to_string().contains("could not acquire lock")
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(20))
-            }
-            other => return other.unwrap(),
-        }
-    }
+    common::open(dir, 8 << 20)
 }
 
 fn value(tree: u32, i: u32) -> Vec<u8> {
