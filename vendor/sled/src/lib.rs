@@ -419,6 +419,10 @@ pub(crate) enum Link {
     ParentMergeConfirm,
     /// A Node is marked for being merged into its left sibling
     ChildMergeCap,
+    /// s2-sink patch: a short-lived tree's rightmost leaf hands every key at
+    /// or above `hi` (none yet) to its new, empty right sibling `next`. Logged
+    /// as a fragment, so the split does not rewrite the leaf's entries.
+    Split(IVec, PageId),
 }
 
 /// A fast map that is not resistant to collision attacks. Works

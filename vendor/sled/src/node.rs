@@ -103,6 +103,54 @@ impl Node {
             ChildMergeCap => {
                 self.merging = true;
             }
+            Split(ref hi, next) => self.split_off_empty(hi, next),
+        }
+    }
+
+    /// s2-sink patch: applies `Link::Split`: this leaf (a short-lived tree's
+    /// rightmost, only ever appended to) now ends at `hi`, above all its keys,
+    /// and `next` is its right sibling. Its entries and prefix stay as they
+    /// are: `hi` is above its last key, so every key still shares the prefix.
+    fn split_off_empty(&mut self, hi: &IVec, next: PageId) {
+        assert!(!self.data.is_index(), "Link::Split applied to an index");
+        assert!(self.hi.is_empty() || hi < &self.hi);
+        if let Data::Leaf(ref leaf) = self.data {
+            if let Some(last) = leaf.keys.last() {
+                let last = prefix::decode(self.prefix(), last);
+                assert!(&last < hi, "Link::Split below a key of its leaf");
+            }
+        }
+        self.hi = hi.clone();
+        self.next = Some(NonZeroU64::new(next).unwrap());
+    }
+
+    /// s2-sink patch: the empty right sibling a short-lived tree's rightmost
+    /// leaf splits off (see `Link::Split`), and the `hi` it gives the leaf:
+    /// the smallest key above the leaf's last one. Its inserts then go to the
+    /// new leaf, and the full leaf is never rewritten.
+    pub(crate) fn empty_right_sibling(&self) -> Node {
+        let last = match self.data {
+            Data::Leaf(ref leaf) => leaf.keys.last().expect("an empty leaf"),
+            Data::Index(_) => panic!("empty_right_sibling of an index"),
+        };
+        let mut lo = prefix::decode(self.prefix(), last).to_vec();
+        lo.push(0);
+        let lo = IVec::from(lo);
+        let prefix_len = self
+            .hi
+            .iter()
+            .zip(lo.iter())
+            .take_while(|(a, b)| a == b)
+            .take(u8::max_value() as usize)
+            .count();
+        Node {
+            data: Data::Leaf(Leaf { keys: vec![], values: vec![] }),
+            next: self.next,
+            lo,
+            hi: self.hi.clone(),
+            merging_child: None,
+            merging: false,
+            prefix_len: u8::try_from(prefix_len).unwrap(),
         }
     }
 
@@ -163,34 +211,18 @@ impl Node {
         true
     }
 
-    pub(crate) fn split(self) -> (Node, Node) {
-        self.split_at(None)
-    }
-
-    /// s2-sink patch: splits off only the last entry, for a node that is
-    /// only ever appended to at its end (a short-lived tree's rightmost
-    /// leaf): the left node stays full instead of half empty, so fewer
-    /// splits rewrite fewer bytes.
-    pub(crate) fn split_last(self) -> (Node, Node) {
-        let last = self.data.len() - 1;
-        self.split_at(Some(last))
-    }
-
-    // s2-sink patch: `split` with the split point as a parameter (upstream
-    // always splits in the middle).
-    fn split_at(mut self, at: Option<usize>) -> (Node, Node) {
+    pub(crate) fn split(mut self) -> (Node, Node) {
         fn split_inner<T>(
             keys: &mut Vec<IVec>,
             values: &mut Vec<T>,
             old_prefix: &[u8],
             old_hi: &[u8],
             suffix_truncation: bool,
-            at: Option<usize>,
         ) -> (IVec, u8, Vec<IVec>, Vec<T>)
         where
             T: Clone + Ord,
         {
-            let split_point = at.unwrap_or(keys.len() / 2 + 1);
+            let split_point = keys.len() / 2 + 1;
             let right_keys = keys.split_off(split_point);
             let right_values = values.split_off(split_point);
             let right_min = &right_keys[0];
@@ -268,7 +300,6 @@ impl Node {
                         prefixed_lo,
                         prefixed_hi,
                         false,
-                        at,
                     );
 
                 (
@@ -288,7 +319,6 @@ impl Node {
                         prefixed_lo,
                         prefixed_hi,
                         true,
-                        at,
                     );
 
                 (

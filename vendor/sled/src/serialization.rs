@@ -350,6 +350,12 @@ impl Serialize for Link {
             }
             Link::ParentMergeIntention(a) => 1 + a.serialized_size(),
             Link::ParentMergeConfirm | Link::ChildMergeCap => 1,
+            // s2-sink patch
+            Link::Split(hi, next) => {
+                1 + (hi.len() as u64).serialized_size()
+                    + u64::try_from(hi.len()).unwrap()
+                    + next.serialized_size()
+            }
         }
     }
 
@@ -374,6 +380,12 @@ impl Serialize for Link {
             Link::ChildMergeCap => {
                 4_u8.serialize_into(buf);
             }
+            // s2-sink patch
+            Link::Split(hi, next) => {
+                5_u8.serialize_into(buf);
+                hi.serialize_into(buf);
+                next.serialize_into(buf);
+            }
         }
     }
 
@@ -389,6 +401,8 @@ impl Serialize for Link {
             2 => Link::ParentMergeIntention(u64::deserialize(buf)?),
             3 => Link::ParentMergeConfirm,
             4 => Link::ChildMergeCap,
+            // s2-sink patch
+            5 => Link::Split(IVec::deserialize(buf)?, u64::deserialize(buf)?),
             _ => return Err(Error::corruption(None)),
         })
     }

@@ -97,10 +97,10 @@ pub struct TreeInner {
     pub(crate) short_lived: Option<ShortLived>,
 }
 
-/// s2-sink patch: how many entries a short-lived tree's rightmost leaf holds
-/// before it splits off its last one. A leaf holds one base entry and at most
-/// this many fragments less one, below `PAGE_CONSOLIDATION_THRESHOLD` (10),
-/// so it is never consolidated.
+/// s2-sink patch: how many entries a short-lived tree's rightmost leaf takes
+/// before it hands further inserts to a new empty leaf (`Link::Split`). The
+/// leaf is its (empty) base page and one fragment per entry, below
+/// `PAGE_CONSOLIDATION_THRESHOLD` (10), so it is never consolidated.
 const SHORT_LIVED_LEAF_ENTRIES: usize = 9;
 
 /// s2-sink patch: the pages a short-lived tree got in this process.
@@ -1497,14 +1497,13 @@ impl Tree {
         guard: &'g Guard,
     ) -> Result<()> {
         trace!("splitting node {}", view.pid);
+        // s2-sink patch: a short-lived tree's rightmost leaf hands its future
+        // inserts to a new empty leaf by a fragment, without rewriting itself.
+        if self.appends_at_end(view) {
+            return self.split_off_empty(view, parent_view, root_pid, guard);
+        }
         // split node
-        // s2-sink patch: a short-lived tree's rightmost leaf splits off
-        // only its last entry.
-        let (mut lhs, rhs) = if self.appends_at_end(view) {
-            view.deref().clone().split_last()
-        } else {
-            view.deref().clone().split()
-        };
+        let (mut lhs, rhs) = view.deref().clone().split();
         let rhs_lo = rhs.lo.clone();
 
         // install right side
@@ -1531,7 +1530,19 @@ impl Tree {
         }
         M.tree_child_split_success();
         self.track_page(rhs_pid);
+        self.install_split(parent_view, root_pid, rhs_lo, rhs_pid, guard)
+    }
 
+    // s2-sink patch: the second half of `split_node`, shared with
+    // `split_off_empty`.
+    fn install_split<'g>(
+        &self,
+        parent_view: &Option<View<'g>>,
+        root_pid: PageId,
+        rhs_lo: IVec,
+        rhs_pid: PageId,
+        guard: &'g Guard,
+    ) -> Result<()> {
         // either install parent split or hoist root
         if let Some(parent_view) = parent_view {
             M.tree_parent_split_attempt();
@@ -1564,6 +1575,42 @@ impl Tree {
         }
 
         Ok(())
+    }
+
+    /// s2-sink patch: splits a short-lived tree's rightmost leaf (`view`) by
+    /// installing an empty right sibling and linking `Link::Split` onto the
+    /// leaf. Every value of the tree is then written once as a fragment, and
+    /// the leaf's page is never rewritten (upstream's split rewrites the left
+    /// half whole). Reading such a page back reads its fragments, which lie
+    /// next to each other in the log (see `PageCache::pull_all`).
+    fn split_off_empty<'g>(
+        &self,
+        view: &View<'g>,
+        parent_view: &Option<View<'g>>,
+        root_pid: PageId,
+        guard: &'g Guard,
+    ) -> Result<()> {
+        let rhs = view.deref().empty_right_sibling();
+        let rhs_lo = rhs.lo.clone();
+        let (rhs_pid, rhs_ptr) = self.context.pagecache.allocate(rhs, guard)?;
+        let link = self.context.pagecache.link_split(
+            view.pid,
+            view.node_view.0,
+            Link::Split(rhs_lo.clone(), rhs_pid),
+            guard,
+        )?;
+        M.tree_child_split_attempt();
+        if link.is_err() {
+            let _new_stack = self
+                .context
+                .pagecache
+                .free(rhs_pid, rhs_ptr, guard)?
+                .expect("could not free allocated page");
+            return Ok(());
+        }
+        M.tree_child_split_success();
+        self.track_page(rhs_pid);
+        self.install_split(parent_view, root_pid, rhs_lo, rhs_pid, guard)
     }
 
     fn root_hoist(
@@ -2151,13 +2198,12 @@ impl Tree {
     }
 
     // s2-sink patch: a short-lived tree's rightmost leaf splits once it
-    // holds more than `SHORT_LIVED_LEAF_ENTRIES`, before its fragments
-    // reach `PAGE_CONSOLIDATION_THRESHOLD`: it is written as one entry, then
-    // one fragment per insert, then its left part once, at the split,
-    // instead of being consolidated (rewritten whole) in between.
+    // holds `SHORT_LIVED_LEAF_ENTRIES`, before its fragments reach
+    // `PAGE_CONSOLIDATION_THRESHOLD`: each entry is written once, as a
+    // fragment, instead of again each time the leaf is consolidated or split.
     fn should_split(&self, node: &Node) -> bool {
         if self.appends_at_end(node) {
-            node.data.len() > SHORT_LIVED_LEAF_ENTRIES
+            node.data.len() >= SHORT_LIVED_LEAF_ENTRIES
                 && node.merging_child.is_none()
                 && !node.merging
         } else {

@@ -79,6 +79,65 @@ impl Log {
         }
     }
 
+    /// s2-sink patch: reads, with one `pread`, the part of the log holding
+    /// every fragment of a page (`cache_infos`), when they are all inline, in
+    /// one segment, and close together (a short-lived tree's leaf is its
+    /// fragments, written one after another). `None` when they are not: the
+    /// caller then reads each one (two `pread`s each) as upstream does.
+    pub(crate) fn read_window(
+        &self,
+        cache_infos: &[crate::pagecache::CacheInfo],
+    ) -> Result<Option<BasedBuf>> {
+        const MAX_WINDOW: u64 = 256 * 1024;
+        if cache_infos.len() < 2
+            || !cache_infos.iter().all(|ci| ci.pointer.is_inline())
+        {
+            return Ok(None);
+        }
+        let segment_size = self.config.segment_size as u64;
+        let first_lid = cache_infos[0].pointer.lid();
+        let segment = first_lid / segment_size;
+        let mut lo = first_lid;
+        let mut hi = first_lid;
+        let mut bytes = 0;
+        let mut max_lsn = cache_infos[0].lsn;
+        for ci in cache_infos {
+            let lid = ci.pointer.lid();
+            if lid / segment_size != segment {
+                return Ok(None);
+            }
+            lo = lo.min(lid);
+            hi = hi.max(lid + ci.log_size);
+            bytes += ci.log_size;
+            max_lsn = max_lsn.max(ci.lsn);
+        }
+        // room for the last message's 128-byte header read, within its segment
+        let hi = (hi + 128).min((segment + 1) * segment_size);
+        let len = hi - lo;
+        if len > MAX_WINDOW || len > 2 * bytes + 4096 {
+            return Ok(None);
+        }
+        iobuf::make_durable(&self.iobufs, max_lsn)?;
+        let mut buf = vec![0; usize::try_from(len).unwrap()];
+        let read = self.config.file.pread_exact_or_eof(&mut buf, lo)?;
+        buf.truncate(read);
+        Ok(Some(BasedBuf { buf, offset: lo }))
+    }
+
+    /// s2-sink patch: `read` of an inline pointer from a `read_window`.
+    pub(crate) fn read_in(
+        &self,
+        window: &BasedBuf,
+        lsn: Lsn,
+        ptr: DiskPtr,
+    ) -> Result<LogRead> {
+        let expected_segment_number = SegmentNumber(
+            u64::try_from(lsn).unwrap()
+                / u64::try_from(self.config.segment_size).unwrap(),
+        );
+        read_message(window, ptr.lid(), expected_segment_number, &self.config)
+    }
+
     /// returns the current stable offset written to disk
     pub fn stable_offset(&self) -> Lsn {
         self.iobufs.stable()

@@ -1003,8 +1003,33 @@ impl PageCache {
     pub(crate) fn link<'g>(
         &'g self,
         pid: PageId,
+        old: PageView<'g>,
+        new: Link,
+        guard: &'g Guard,
+    ) -> Result<CasResult<'g, Link>> {
+        self.link_inner(pid, old, new, true, guard)
+    }
+
+    /// s2-sink patch: `link` for `Link::Split`, which is never turned into a
+    /// consolidation: the point of that link is that the leaf's entries are
+    /// not rewritten. A leaf gets it once (it then takes no more inserts), so
+    /// its fragments stay bounded (`SHORT_LIVED_LEAF_ENTRIES` + 2).
+    pub(crate) fn link_split<'g>(
+        &'g self,
+        pid: PageId,
+        old: PageView<'g>,
+        new: Link,
+        guard: &'g Guard,
+    ) -> Result<CasResult<'g, Link>> {
+        self.link_inner(pid, old, new, false, guard)
+    }
+
+    fn link_inner<'g>(
+        &'g self,
+        pid: PageId,
         mut old: PageView<'g>,
         new: Link,
+        consolidate: bool,
         guard: &'g Guard,
     ) -> Result<CasResult<'g, Link>> {
         let _measure = Measure::new(&M.link_page);
@@ -1051,7 +1076,7 @@ impl PageCache {
         node.apply(&new);
 
         // see if we should short-circuit replace
-        if old.cache_infos.len() >= PAGE_CONSOLIDATION_THRESHOLD {
+        if consolidate && old.cache_infos.len() >= PAGE_CONSOLIDATION_THRESHOLD {
             let short_circuit = self.replace(pid, old, node, guard)?;
             return Ok(short_circuit.map_err(|a| a.map(|b| (b.0, new))));
         }
@@ -1728,11 +1753,8 @@ impl PageCache {
             }
 
             // need to page-in
-            let updates_result: Result<Vec<Update>> = page_view
-                .cache_infos
-                .iter()
-                .map(|ci| self.pull(pid, ci.lsn, ci.pointer))
-                .collect();
+            let updates_result: Result<Vec<Update>> =
+                self.pull_all(pid, &page_view.cache_infos);
 
             last_err = if let Ok(updates) = updates_result {
                 break updates;
@@ -1980,7 +2002,42 @@ impl PageCache {
         Ok(())
     }
 
+    // s2-sink patch: a page's fragments, read with one `pread` when they lie
+    // close together in the log (`Log::read_window`).
+    fn pull_all(
+        &self,
+        pid: PageId,
+        cache_infos: &[CacheInfo],
+    ) -> Result<Vec<Update>> {
+        if let Some(window) = self.log.read_window(cache_infos)? {
+            let updates: Result<Vec<Update>> = cache_infos
+                .iter()
+                .map(|ci| self.pull_from(pid, ci.lsn, ci.pointer, Some(&window)))
+                .collect();
+            // anything unexpected: upstream's reads decide
+            if updates.is_ok() {
+                return updates;
+            }
+        }
+        cache_infos
+            .iter()
+            .map(|ci| self.pull(pid, ci.lsn, ci.pointer))
+            .collect()
+    }
+
     fn pull(&self, pid: PageId, lsn: Lsn, pointer: DiskPtr) -> Result<Update> {
+        self.pull_from(pid, lsn, pointer, None)
+    }
+
+    // s2-sink patch: `pull` (upstream's body), from a window of the log when
+    // one is given.
+    fn pull_from(
+        &self,
+        pid: PageId,
+        lsn: Lsn,
+        pointer: DiskPtr,
+        window: Option<&BasedBuf>,
+    ) -> Result<Update> {
         use MessageKind::*;
 
         trace!("pulling pid {} lsn {} pointer {} from disk", pid, lsn, pointer);
@@ -1991,7 +2048,11 @@ impl PageCache {
                 / u64::try_from(self.config.segment_size).unwrap(),
         );
 
-        let (header, bytes) = match self.log.read(pid, lsn, pointer) {
+        let read = match window {
+            Some(window) => self.log.read_in(window, lsn, pointer),
+            None => self.log.read(pid, lsn, pointer),
+        };
+        let (header, bytes) = match read {
             Ok(LogRead::Inline(header, buf, _len)) => {
                 assert_eq!(
                     header.pid, pid,
