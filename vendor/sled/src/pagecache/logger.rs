@@ -124,18 +124,43 @@ impl Log {
         Ok(Some(BasedBuf { buf, offset: lo }))
     }
 
-    /// s2-sink patch: `read` of an inline pointer from a `read_window`.
-    pub(crate) fn read_in(
+    /// s2-sink patch: the inline message at `ptr` inside a `read_window`,
+    /// borrowed from it (no copy): its header and body, checked as
+    /// `read_message` checks them (length within the segment, crc, segment
+    /// number). `None` for anything else (not inline, not whole in the
+    /// window, corrupted): the caller then reads as upstream does.
+    pub(crate) fn message_in<'w>(
         &self,
-        window: &BasedBuf,
+        window: &'w BasedBuf,
         lsn: Lsn,
         ptr: DiskPtr,
-    ) -> Result<LogRead> {
+    ) -> Option<(MessageHeader, &'w [u8])> {
         let expected_segment_number = SegmentNumber(
-            u64::try_from(lsn).unwrap()
-                / u64::try_from(self.config.segment_size).unwrap(),
+            u64::try_from(lsn).ok()?
+                / u64::try_from(self.config.segment_size).ok()?,
         );
-        read_message(window, ptr.lid(), expected_segment_number, &self.config)
+        let start = usize::try_from(ptr.lid().checked_sub(window.offset)?).ok()?;
+        let message = window.buf.get(start..)?;
+        let mut cursor = message;
+        let header = MessageHeader::deserialize(&mut cursor).ok()?;
+        let header_len = message.len() - cursor.len();
+        let body = cursor.get(..usize::try_from(header.len).ok()?)?;
+        let inline = matches!(
+            header.kind,
+            MessageKind::InlineLink
+                | MessageKind::InlineNode
+                | MessageKind::InlineMeta
+                | MessageKind::Counter
+                | MessageKind::Free
+        );
+        let intact = crate::calculate_message_crc32(&message[..header_len], body)
+            == header.crc32;
+        if inline && intact && header.segment_number == expected_segment_number
+        {
+            Some((header, body))
+        } else {
+            None
+        }
     }
 
     /// returns the current stable offset written to disk

@@ -2048,56 +2048,65 @@ impl PageCache {
                 / u64::try_from(self.config.segment_size).unwrap(),
         );
 
-        let read = match window {
-            Some(window) => self.log.read_in(window, lsn, pointer),
-            None => self.log.read(pid, lsn, pointer),
-        };
-        let (header, bytes) = match read {
-            Ok(LogRead::Inline(header, buf, _len)) => {
-                assert_eq!(
-                    header.pid, pid,
-                    "expected pid {} on pull of pointer {}, \
-                     but got {} instead",
-                    pid, pointer, header.pid
-                );
-                assert_eq!(
-                    header.segment_number, expected_segment_number,
-                    "expected segment number {:?} on pull of pointer {}, \
-                     but got segment number {:?} instead",
-                    expected_segment_number, pointer, header.segment_number
-                );
-                Ok((header, buf))
+        // s2-sink patch: a message in a window is parsed where it lies.
+        let owned: Vec<u8>;
+        let (header, bytes): (MessageHeader, &[u8]) = if let Some(window) =
+            window
+        {
+            match self.log.message_in(window, lsn, pointer) {
+                Some((header, body)) if header.pid == pid => (header, body),
+                _ => return Err(Error::corruption(Some(pointer))),
             }
-            Ok(LogRead::Blob(header, buf, _blob_pointer, _inline_len)) => {
-                assert_eq!(
-                    header.pid, pid,
-                    "expected pid {} on pull of pointer {}, \
-                     but got {} instead",
-                    pid, pointer, header.pid
-                );
-                assert_eq!(
-                    header.segment_number, expected_segment_number,
-                    "expected segment number {:?} on pull of pointer {}, \
-                     but got segment number {:?} instead",
-                    expected_segment_number, pointer, header.segment_number
-                );
+        } else {
+            let (header, buf) = match self.log.read(pid, lsn, pointer) {
+                Ok(LogRead::Inline(header, buf, _len)) => {
+                    assert_eq!(
+                        header.pid, pid,
+                        "expected pid {} on pull of pointer {}, \
+                         but got {} instead",
+                        pid, pointer, header.pid
+                    );
+                    assert_eq!(
+                        header.segment_number, expected_segment_number,
+                        "expected segment number {:?} on pull of pointer {}, \
+                         but got segment number {:?} instead",
+                        expected_segment_number, pointer, header.segment_number
+                    );
+                    Ok((header, buf))
+                }
+                Ok(LogRead::Blob(header, buf, _blob_pointer, _inline_len)) => {
+                    assert_eq!(
+                        header.pid, pid,
+                        "expected pid {} on pull of pointer {}, \
+                         but got {} instead",
+                        pid, pointer, header.pid
+                    );
+                    assert_eq!(
+                        header.segment_number, expected_segment_number,
+                        "expected segment number {:?} on pull of pointer {}, \
+                         but got segment number {:?} instead",
+                        expected_segment_number, pointer, header.segment_number
+                    );
 
-                Ok((header, buf))
-            }
-            Ok(other) => {
-                debug!("read unexpected page: {:?}", other);
-                Err(Error::corruption(Some(pointer)))
-            }
-            Err(e) => {
-                debug!("failed to read page: {:?}", e);
-                Err(e)
-            }
-        }?;
+                    Ok((header, buf))
+                }
+                Ok(other) => {
+                    debug!("read unexpected page: {:?}", other);
+                    Err(Error::corruption(Some(pointer)))
+                }
+                Err(e) => {
+                    debug!("failed to read page: {:?}", e);
+                    Err(e)
+                }
+            }?;
+            owned = buf;
+            (header, &owned[..])
+        };
 
         // We create this &mut &[u8] to assist the `Serializer`
         // implementation that incrementally consumes bytes
         // without taking ownership of them.
-        let buf = &mut bytes.as_slice();
+        let buf = &mut &*bytes;
 
         let update_res = {
             let _deserialize_latency = Measure::new(&M.deserialize);
