@@ -1517,8 +1517,29 @@ impl Tree {
             lhs,
             guard,
         )?;
+        self.finish_split(
+            replace.is_ok(),
+            (rhs_pid, rhs_ptr, rhs_lo),
+            parent_view,
+            root_pid,
+            guard,
+        )
+    }
+
+    // s2-sink patch: the second half of `split_node`, shared with
+    // `split_off_empty`: once the left side was (or was not) changed to
+    // point at the installed right side `rhs`.
+    fn finish_split<'g>(
+        &self,
+        lhs_changed: bool,
+        rhs: (PageId, crate::pagecache::PageView<'g>, IVec),
+        parent_view: &Option<View<'g>>,
+        root_pid: PageId,
+        guard: &'g Guard,
+    ) -> Result<()> {
+        let (rhs_pid, rhs_ptr, rhs_lo) = rhs;
         M.tree_child_split_attempt();
-        if replace.is_err() {
+        if !lhs_changed {
             // if we failed, don't follow through with the
             // parent split or root hoist.
             let _new_stack = self
@@ -1530,19 +1551,7 @@ impl Tree {
         }
         M.tree_child_split_success();
         self.track_page(rhs_pid);
-        self.install_split(parent_view, root_pid, rhs_lo, rhs_pid, guard)
-    }
 
-    // s2-sink patch: the second half of `split_node`, shared with
-    // `split_off_empty`.
-    fn install_split<'g>(
-        &self,
-        parent_view: &Option<View<'g>>,
-        root_pid: PageId,
-        rhs_lo: IVec,
-        rhs_pid: PageId,
-        guard: &'g Guard,
-    ) -> Result<()> {
         // either install parent split or hoist root
         if let Some(parent_view) = parent_view {
             M.tree_parent_split_attempt();
@@ -1599,18 +1608,13 @@ impl Tree {
             Link::Split(rhs_lo.clone(), rhs_pid),
             guard,
         )?;
-        M.tree_child_split_attempt();
-        if link.is_err() {
-            let _new_stack = self
-                .context
-                .pagecache
-                .free(rhs_pid, rhs_ptr, guard)?
-                .expect("could not free allocated page");
-            return Ok(());
-        }
-        M.tree_child_split_success();
-        self.track_page(rhs_pid);
-        self.install_split(parent_view, root_pid, rhs_lo, rhs_pid, guard)
+        self.finish_split(
+            link.is_ok(),
+            (rhs_pid, rhs_ptr, rhs_lo),
+            parent_view,
+            root_pid,
+            guard,
+        )
     }
 
     fn root_hoist(

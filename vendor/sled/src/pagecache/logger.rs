@@ -132,13 +132,9 @@ impl Log {
     pub(crate) fn message_in<'w>(
         &self,
         window: &'w BasedBuf,
-        lsn: Lsn,
         ptr: DiskPtr,
+        expected_segment_number: SegmentNumber,
     ) -> Option<(MessageHeader, &'w [u8])> {
-        let expected_segment_number = SegmentNumber(
-            u64::try_from(lsn).ok()?
-                / u64::try_from(self.config.segment_size).ok()?,
-        );
         let start = usize::try_from(ptr.lid().checked_sub(window.offset)?).ok()?;
         let message = window.buf.get(start..)?;
         let mut cursor = message;

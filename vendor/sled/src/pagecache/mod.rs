@@ -2053,7 +2053,7 @@ impl PageCache {
         let (header, bytes): (MessageHeader, &[u8]) = if let Some(window) =
             window
         {
-            match self.log.message_in(window, lsn, pointer) {
+            match self.log.message_in(window, pointer, expected_segment_number) {
                 Some((header, body)) if header.pid == pid => (header, body),
                 _ => return Err(Error::corruption(Some(pointer))),
             }
