@@ -242,15 +242,22 @@ impl Db {
         // drop writer lock
         drop(tenants);
 
+        // s2-sink patch: no guard is held across the frees. A page freed
+        // while this thread stays pinned is destroyed only once the guard
+        // drops, and a pinned thread stops every other thread's garbage from
+        // being destroyed too: a walk over a span found on disk held all the
+        // leaves it pulled (tens of MB) until it ended.
+        guard.flush();
+        drop(guard);
+
         if let Some(pids) = known_pages {
             for pid in pids {
+                let guard = pin();
                 self.context.pagecache.free_unread(pid, &guard)?;
             }
         } else {
             tree.gc_pages(leftmost_chain)?;
         }
-
-        guard.flush();
 
         Ok(true)
     }

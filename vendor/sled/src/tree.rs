@@ -2229,10 +2229,12 @@ impl Tree {
         &self,
         mut leftmost_chain: Vec<PageId>,
     ) -> Result<()> {
-        let guard = pin();
-
         while let Some(mut pid) = leftmost_chain.pop() {
             loop {
+                // s2-sink patch: a guard per page, so that each page freed
+                // (pulled back only to be freed) is destroyed as the walk goes,
+                // not when it ends (see `Db::drop_tree`).
+                let guard = pin();
                 let cursor_view =
                     if let Some(view) = self.view_for_pid(pid, &guard)? {
                         view
