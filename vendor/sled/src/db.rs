@@ -242,11 +242,12 @@ impl Db {
         // drop writer lock
         drop(tenants);
 
-        // s2-sink patch: no guard is held across the frees. A page freed
-        // while this thread stays pinned is destroyed only once the guard
-        // drops, and a pinned thread stops every other thread's garbage from
-        // being destroyed too: a walk over a span found on disk held all the
-        // leaves it pulled (tens of MB) until it ended.
+        // s2-sink patch: no guard is held across the frees, and each page's
+        // guard is flushed. A page freed while this thread stays pinned is
+        // destroyed only once the guard drops (and a pinned thread keeps every
+        // other thread's garbage too); a freed page left in the thread's
+        // deferred bag waits for 63 more. A walk over a span found on disk
+        // held every leaf it pulled (tens of MB) until it ended.
         guard.flush();
         drop(guard);
 
@@ -254,6 +255,7 @@ impl Db {
             for pid in pids {
                 let guard = pin();
                 self.context.pagecache.free_unread(pid, &guard)?;
+                guard.flush();
             }
         } else {
             tree.gc_pages(leftmost_chain)?;

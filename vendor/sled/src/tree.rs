@@ -2231,9 +2231,9 @@ impl Tree {
     ) -> Result<()> {
         while let Some(mut pid) = leftmost_chain.pop() {
             loop {
-                // s2-sink patch: a guard per page, so that each page freed
-                // (pulled back only to be freed) is destroyed as the walk goes,
-                // not when it ends (see `Db::drop_tree`).
+                // s2-sink patch: a guard per page, flushed, so that each page
+                // freed (pulled back only to be freed) is destroyed as the walk
+                // goes, not when it ends (see `Db::drop_tree`).
                 let guard = pin();
                 let cursor_view =
                     if let Some(view) = self.view_for_pid(pid, &guard)? {
@@ -2248,6 +2248,7 @@ impl Tree {
                     cursor_view.node_view.0,
                     &guard,
                 )?;
+                guard.flush();
 
                 if ret.is_ok() {
                     let next_pid = if let Some(next_pid) = cursor_view.next {
