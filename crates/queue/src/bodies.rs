@@ -5,13 +5,13 @@
 //! payload (16 MiB by default).
 //!
 //! Why: sled 0.34 keeps much of what it has read in memory (its cache accounts accesses in 256
-//! shards through 64-access queues, so a leaf pulled stays until 64 more accesses reach its
-//! shard), and removing a body from a leaf rewrites the whole leaf through the log. Bodies in
-//! the sink's own tree, in 60 KiB values (leaves of ~1 MiB), made a 1M-message drain hold
-//! ~1.4 GB. A span tree is only ever inserted into, in values of [`keys::SPAN_PART`] bytes
-//! (small leaves: less rewritten per insert, less pulled per read); when its last chunk ends
-//! the tree is dropped, which frees its pages in memory and on disk at once, with no leaf
-//! rewrite per chunk.
+//! shards through 64-access queues, 8 in the patched build, so a leaf pulled stays until that
+//! many more accesses reach its shard), and removing a body from a leaf rewrites the whole leaf
+//! through the log. Bodies in the sink's own tree, in 60 KiB values (leaves of ~1 MiB), made a
+//! 1M-message drain hold ~1.4 GB. A span tree is only ever inserted into, in values of
+//! [`keys::SPAN_PART`] bytes (small leaves: less rewritten per insert, less pulled per read);
+//! when its last chunk ends the tree is dropped, which frees its pages in memory and on disk at
+//! once, with no leaf rewrite per chunk.
 //!
 //! Order on disk: an enqueue's bodies and headers go in one sled transaction (one atomic log
 //! batch over the span tree and the sink's tree); only when an enqueue starts a new span are
