@@ -9,7 +9,7 @@ use super::load::{offer, Pace};
 use super::procstat::{status_mb, CpuDelta, CpuSnapshot};
 use super::report::{thousands, Report};
 use super::setup::{self, Env, SINK, STREAM};
-use super::verify::{check, Latency, StreamReader};
+use super::verify::{check, slow_windows, Latency, StreamReader};
 
 /// Runs one closed- or open-loop measurement; returns whether the delivery was clean.
 pub async fn run(o: &Opts, env: &Env, rep: &mut Report) -> Result<bool, String> {
@@ -157,6 +157,28 @@ pub async fn run(o: &Opts, env: &Env, rep: &mut Report) -> Result<bool, String> 
             "{:.0} / **{:.0}** / {:.0} / {:.0} ms",
             lat.p50, lat.p99, lat.p999, lat.max
         ),
+    );
+    // Where the tail comes from: 100 ms windows (by intended send time) with a message
+    // over 50 ms, worst first.
+    let slow = slow_windows(&records, offered.start_us, 100, 50.0);
+    rep.row(
+        "100 ms windows with a latency > 50 ms (worst 3: start / max / messages over)",
+        format!(
+            "{}{}",
+            slow.len(),
+            slow.iter()
+                .take(3)
+                .map(|w| format!("; +{:.1} s / {:.0} ms / {}", w.at_s, w.max_ms, w.slow))
+                .collect::<String>()
+        ),
+    );
+    rep.set("slow_windows", slow.len());
+    rep.set(
+        "worst_windows",
+        slow.iter()
+            .take(5)
+            .map(|w| serde_json::json!({"at_s": w.at_s, "max_ms": w.max_ms, "slow": w.slow}))
+            .collect::<Vec<_>>(),
     );
     report_cpu(rep, &cpu, n, Some((&c1.since(&c0), &c2.since(&c1))));
     rep.row(

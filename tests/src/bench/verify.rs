@@ -180,6 +180,46 @@ impl Latency {
     }
 }
 
+/// A window of intended send times whose messages took long to reach S2.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SlowWindow {
+    /// Start of the window, seconds after the load started.
+    pub at_s: f64,
+    /// The window's largest latency, ms.
+    pub max_ms: f64,
+    /// Messages in the window over the threshold.
+    pub slow: usize,
+}
+
+/// Windows of `window_ms` (by intended send time) holding a latency above `over_ms`, worst
+/// first: where a p99 comes from — a stall of a few hundred ms (one window) or a slow tail
+/// spread over the run (many). `start_us` is the load's start.
+pub fn slow_windows(
+    records: &[Delivered],
+    start_us: u64,
+    window_ms: u64,
+    over_ms: f64,
+) -> Vec<SlowWindow> {
+    let mut by: HashMap<u64, SlowWindow> = HashMap::new();
+    for r in records {
+        let lat = r.latency_ms();
+        if lat <= over_ms {
+            continue;
+        }
+        let w = r.t_us.saturating_sub(start_us) / 1000 / window_ms.max(1);
+        let e = by.entry(w).or_insert(SlowWindow {
+            at_s: (w * window_ms) as f64 / 1000.0,
+            max_ms: 0.0,
+            slow: 0,
+        });
+        e.max_ms = e.max_ms.max(lat);
+        e.slow += 1;
+    }
+    let mut v: Vec<SlowWindow> = by.into_values().collect();
+    v.sort_by(|a, b| b.max_ms.total_cmp(&a.max_ms));
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,6 +232,38 @@ mod tests {
             t_us: 0,
             ts_ms: 0,
         }
+    }
+
+    #[test]
+    fn slow_windows_are_the_windows_over_the_threshold_worst_first() {
+        let at = |t_ms: u64, lat_ms: u64| Delivered {
+            t_us: 1_000_000 + t_ms * 1000,
+            ts_ms: 1_000 + t_ms + lat_ms,
+            ..d(0, 0, 0)
+        };
+        let recs = [
+            at(10, 5),
+            at(120, 80),
+            at(150, 300),
+            at(900, 60),
+            at(950, 10),
+        ];
+        let w = slow_windows(&recs, 1_000_000, 100, 50.0);
+        assert_eq!(
+            w,
+            vec![
+                SlowWindow {
+                    at_s: 0.1,
+                    max_ms: 300.0,
+                    slow: 2
+                },
+                SlowWindow {
+                    at_s: 0.9,
+                    max_ms: 60.0,
+                    slow: 1
+                },
+            ]
+        );
     }
 
     #[test]
