@@ -316,12 +316,14 @@ impl TransactionalTree {
         &self,
         batch: &Batch,
     ) -> UnabortableTransactionResult<()> {
+        // s2-sink patch: the writes are staged without reading each key's old
+        // value first (upstream went through `insert` / `remove`, which look the key up
+        // in the tree and cache what they found, only to drop it: a tree descent and an
+        // allocation per key of every batch applied in a transaction; `validate` is a
+        // no-op, transactions hold the global write lock, so nothing needs the reads).
+        let mut writes = self.writes.borrow_mut();
         for (k, v_opt) in &batch.writes {
-            if let Some(v) = v_opt {
-                let _old = self.insert(k, v)?;
-            } else {
-                let _old = self.remove(k)?;
-            }
+            let _last_write = writes.insert(k.clone(), v_opt.clone());
         }
         Ok(())
     }
