@@ -38,23 +38,43 @@ impl GroupKey {
         if let Some(g) = explicit {
             return (!g.is_empty()).then(|| GroupKey(g.to_string()));
         }
-        let table = envelope.table()?;
-        let from_columns = group_columns.get(&table).and_then(|cols| {
-            let record = envelope.record.as_ref()?.as_object()?;
-            let parts: Vec<String> = cols
-                .iter()
-                .filter_map(|c| record.get(c))
-                .filter(|v| !v.is_null())
-                .map(value_text)
-                .collect();
-            (!parts.is_empty()).then(|| parts.join(":"))
-        });
-        let group = from_columns.or_else(|| {
-            let pks = envelope.metadata.as_ref()?.record_pks.as_ref()?;
-            let joined = pks.iter().map(value_text).collect::<Vec<_>>().join(":");
-            (!joined.is_empty()).then_some(joined)
-        })?;
-        Some(GroupKey(format!("{table}/{group}")))
+        // Built in one string (`table/` then the values), not from parts joined and
+        // formatted: derived for every message ingested.
+        let metadata = envelope.metadata.as_ref()?;
+        let name = metadata.table_name.as_deref()?;
+        let mut key = String::with_capacity(64);
+        if let Some(schema) = metadata.table_schema.as_deref() {
+            key.push_str(schema);
+            key.push('.');
+        }
+        key.push_str(name);
+        let table_len = key.len();
+        key.push('/');
+        let mut from_columns = false;
+        if let Some(cols) = group_columns.get(&key[..table_len]) {
+            if let Some(record) = envelope.record.as_ref().and_then(Value::as_object) {
+                let values = cols.iter().filter_map(|c| record.get(c));
+                for v in values.filter(|v| !v.is_null()) {
+                    if from_columns {
+                        key.push(':');
+                    }
+                    push_value_text(&mut key, v);
+                    from_columns = true;
+                }
+            }
+        }
+        if !from_columns {
+            for (i, v) in metadata.record_pks.as_ref()?.iter().enumerate() {
+                if i > 0 {
+                    key.push(':');
+                }
+                push_value_text(&mut key, v);
+            }
+            if key.len() == table_len + 1 {
+                return None;
+            }
+        }
+        Some(GroupKey(key))
     }
 }
 
@@ -64,10 +84,13 @@ impl std::fmt::Display for GroupKey {
     }
 }
 
-fn value_text(v: &Value) -> String {
+/// A group value as key text: a string as it is, anything else as its JSON.
+fn push_value_text(key: &mut String, v: &Value) {
+    use std::fmt::Write;
     match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
+        Value::String(s) => key.push_str(s),
+        // Writing to a `String` cannot fail.
+        other => write!(key, "{other}").expect("writing to a String"),
     }
 }
 
@@ -121,6 +144,28 @@ mod tests {
             GroupKey::derive(&e, None, &cols).unwrap().0,
             "public.orders/1"
         );
+    }
+
+    #[test]
+    fn values_are_their_text_and_an_empty_key_is_no_group() {
+        let cols = GroupColumns::new();
+        let with_pks = |pks: Value| {
+            let e = env(json!({"metadata": {"table_name": "t", "record_pks": pks}}));
+            GroupKey::derive(&e, None, &cols).map(|k| k.0)
+        };
+        assert_eq!(
+            with_pks(json!([1.5, true, "x", {"a": [1]}])).as_deref(),
+            Some("t/1.5:true:x:{\"a\":[1]}")
+        );
+        assert_eq!(with_pks(json!(["", ""])).as_deref(), Some("t/:"));
+        assert_eq!(with_pks(json!([""])), None);
+        assert_eq!(with_pks(json!([])), None);
+        // A group column whose value is an empty string still groups (by table alone).
+        let mut by_col = GroupColumns::new();
+        by_col.insert("t".into(), vec!["org".into()]);
+        let e =
+            env(json!({"record": {"org": ""}, "metadata": {"table_name": "t", "record_pks": [9]}}));
+        assert_eq!(GroupKey::derive(&e, None, &by_col).unwrap().0, "t/");
     }
 
     #[test]
