@@ -56,12 +56,32 @@ impl DeliveryId {
 }
 
 impl fmt::Display for DeliveryId {
+    /// Written by hand into a stack buffer, one `write_str`: every record header carries one.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.epoch == 0 {
-            write!(f, "{}", self.id)
-        } else {
-            write!(f, "{:016x}-{}", self.epoch, self.id)
+        // 16 hex digits, `-`, up to 20 decimal digits.
+        let mut buf = [0u8; 37];
+        let mut at = 0;
+        if self.epoch != 0 {
+            for i in (0..16).rev() {
+                buf[at] = b"0123456789abcdef"[((self.epoch >> (4 * i)) & 0xf) as usize];
+                at += 1;
+            }
+            buf[at] = b'-';
+            at += 1;
         }
+        let mut digits = [0u8; 20];
+        let (mut n, mut d) = (self.id.0, digits.len());
+        loop {
+            d -= 1;
+            digits[d] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        let len = digits.len() - d;
+        buf[at..at + len].copy_from_slice(&digits[d..]);
+        f.write_str(std::str::from_utf8(&buf[..at + len]).expect("ASCII digits"))
     }
 }
 
@@ -419,6 +439,32 @@ impl Default for QueueOptions {
             idempotency_max_keys: 1_000_000,
             span_bytes: 16 << 20,
             read_ahead: true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_delivery_id_prints_as_its_header_form_and_parses_back() {
+        let ids = [0, 1, 9, 10, 12_345, u64::from(u32::MAX), u64::MAX];
+        let epochs = [0, 1, 0xabc, 0x0123_4567_89ab_cdef, u64::MAX];
+        for epoch in epochs {
+            for id in ids {
+                let d = DeliveryId {
+                    epoch,
+                    id: MessageId(id),
+                };
+                let expected = if epoch == 0 {
+                    format!("{id}")
+                } else {
+                    format!("{epoch:016x}-{id}")
+                };
+                assert_eq!(d.to_string(), expected);
+                assert_eq!(DeliveryId::parse(&expected), Some(d));
+            }
         }
     }
 }

@@ -153,10 +153,9 @@ fn prepare(
     functions: &Functions,
     msg: &StoredMessage,
 ) -> Result<Option<(Route, AppendRecord)>, (&'static str, String)> {
-    let id = msg.id.to_string();
     if functions.is_noop() {
         // Nothing to run: send the stored bytes, reading only the idempotency key.
-        let route = default_route.cloned().ok_or_else(no_route(&id))?;
+        let route = default_route.cloned().ok_or_else(no_route(msg.id))?;
         let body = payload_text(&msg.payload);
         let key = if may_have_idempotency_key(&msg.payload) {
             serde_json::from_slice::<Peek>(&msg.payload)
@@ -175,6 +174,7 @@ fn prepare(
             format!("message {}: stored payload is not JSON: {e}", msg.id),
         )
     })?;
+    let id = msg.id.to_string();
     let applied = functions
         .apply(&value, Some(&id))
         .map_err(|e| (error_code(&e), e.to_string()))?;
@@ -184,7 +184,7 @@ fn prepare(
     };
     let route = route
         .or_else(|| default_route.cloned())
-        .ok_or_else(no_route(&id))?;
+        .ok_or_else(no_route(msg.id))?;
     let body = match body {
         // Untransformed: send the producer's bytes as they were stored.
         Cow::Borrowed(b) if std::ptr::eq(b, &value) => payload_text(&msg.payload),
@@ -231,7 +231,7 @@ struct PeekMeta<'a> {
     idempotency_key: Option<Cow<'a, str>>,
 }
 
-fn no_route(id: &str) -> impl FnOnce() -> (&'static str, String) + '_ {
+fn no_route(id: MessageId) -> impl FnOnce() -> (&'static str, String) {
     move || {
         (
             "route",
