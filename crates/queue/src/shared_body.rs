@@ -14,13 +14,23 @@ use sled::IVec;
 pub struct SharedBody {
     values: Vec<IVec>,
     len: usize,
+    /// The length of every value but the last, when they are all that long (how bodies are
+    /// written): the value holding an offset is then found by a division, not a walk.
+    part: Option<usize>,
 }
 
 impl SharedBody {
     /// The body made of `values`, in order.
     pub fn new(values: Vec<IVec>) -> SharedBody {
         let len = values.iter().map(|v| v.len()).sum();
-        SharedBody { values, len }
+        let part = match values.split_last() {
+            Some((_, [])) | None => None,
+            Some((_, full)) => {
+                let p = full[0].len();
+                (p > 0 && full.iter().all(|v| v.len() == p)).then_some(p)
+            }
+        };
+        SharedBody { values, len, part }
     }
 
     /// Its length in bytes.
@@ -41,8 +51,12 @@ impl SharedBody {
             return None;
         }
         let mut out = Vec::with_capacity(len);
-        let mut at = 0; // body offset of the value in hand
-        for v in &self.values {
+        // The first value that can hold `off`, and its body offset.
+        let first = self
+            .part
+            .map_or(0, |p| (off / p).min(self.values.len() - 1));
+        let mut at = first * self.part.unwrap_or(0); // body offset of the value in hand
+        for v in &self.values[first..] {
             if at >= end {
                 break;
             }
@@ -91,7 +105,41 @@ mod tests {
         assert_eq!(body.copy(8, 2).as_deref(), Some(&b"ij"[..]));
         assert_eq!(body.copy(10, 0).as_deref(), Some(&b""[..]));
         assert_eq!(body.copy(9, 2), None);
+        assert_eq!(body.copy(4, 4).as_deref(), Some(&b"efgh"[..]));
+        assert_eq!(body.copy(7, 3).as_deref(), Some(&b"hij"[..]));
         assert_eq!(body.copy(usize::MAX, 2), None);
         assert_eq!(body.to_vec(), b"abcdefghij");
+    }
+
+    #[test]
+    fn every_range_of_every_layout_is_its_bytes() {
+        let layouts: [&[usize]; 6] = [&[], &[5], &[4, 4, 2], &[4, 4, 6], &[3, 3, 3], &[2, 4, 1]];
+        for sizes in layouts {
+            let mut next = 0u8;
+            let values: Vec<IVec> = sizes
+                .iter()
+                .map(|&n| {
+                    let v: Vec<u8> = (0..n)
+                        .map(|_| {
+                            next += 1;
+                            next
+                        })
+                        .collect();
+                    IVec::from(v)
+                })
+                .collect();
+            let body = SharedBody::new(values);
+            let whole = body.to_vec();
+            for off in 0..=whole.len() + 1 {
+                for len in 0..=whole.len() + 1 {
+                    let expected = whole.get(off..off + len).map(<[u8]>::to_vec);
+                    assert_eq!(
+                        body.copy(off, len).map(|b| b.to_vec()),
+                        expected,
+                        "{sizes:?} {off} {len}"
+                    );
+                }
+            }
+        }
     }
 }
