@@ -100,7 +100,7 @@ pub fn plan_run(
                         filtered,
                         next: Next::Fail {
                             index,
-                            route: Some(route),
+                            route: Some(route.into_owned()),
                             failure: fail(
                                 "record_too_large",
                                 format!(
@@ -114,7 +114,7 @@ pub fn plan_run(
                 }
                 run = Some((
                     index,
-                    route,
+                    route.into_owned(),
                     Run {
                         ids: vec![msg.delivery_id()],
                         records: vec![record],
@@ -129,7 +129,7 @@ pub fn plan_run(
                 let fits = r.records.len() < limits.max_records
                     && r.metered + cost.metered <= limits.max_metered_bytes
                     && r.json_bytes + json_cost + BATCH_JSON_OVERHEAD <= limits.max_json_bytes;
-                if *run_route != route || !fits {
+                if *run_route != *route || !fits {
                     break;
                 }
                 r.ids.push(msg.delivery_id());
@@ -146,16 +146,20 @@ pub fn plan_run(
     Plan { filtered, next }
 }
 
+/// A message made ready: its route (the sink's default borrowed) and its record.
+type Prepared<'r> = (Cow<'r, Route>, AppendRecord);
+
 /// Applies the functions to one message: `Ok(None)` when filtered out.
-fn prepare(
+fn prepare<'r>(
     sink: &str,
-    default_route: Option<&Route>,
+    default_route: Option<&'r Route>,
     functions: &Functions,
     msg: &StoredMessage,
-) -> Result<Option<(Route, AppendRecord)>, (&'static str, String)> {
+) -> Result<Option<Prepared<'r>>, (&'static str, String)> {
     if functions.is_noop() {
         // Nothing to run: send the stored bytes, reading only the idempotency key.
-        let route = default_route.cloned().ok_or_else(no_route(msg.id))?;
+        // Borrowed: cloned once per run, not per message.
+        let route = Cow::Borrowed(default_route.ok_or_else(no_route(msg.id))?);
         let body = payload_text(&msg.payload);
         let key = if may_have_idempotency_key(&msg.payload) {
             serde_json::from_slice::<Peek>(&msg.payload)
@@ -183,7 +187,8 @@ fn prepare(
         Applied::Deliver { body, route } => (body, route),
     };
     let route = route
-        .or_else(|| default_route.cloned())
+        .map(Cow::Owned)
+        .or_else(|| default_route.map(Cow::Borrowed))
         .ok_or_else(no_route(msg.id))?;
     let body = match body {
         // Untransformed: send the producer's bytes as they were stored.
