@@ -119,12 +119,22 @@ impl Envelope {
 
     /// `schema.table` when the metadata names a table.
     pub fn table(&self) -> Option<String> {
+        let mut out = String::new();
+        self.push_table(&mut out)?;
+        Some(out)
+    }
+
+    /// Appends `schema.table` to `out` when the metadata names a table (else leaves it as it
+    /// is): for keys that start with the table, built in one string.
+    pub fn push_table(&self, out: &mut String) -> Option<()> {
         let m = self.metadata.as_ref()?;
         let name = m.table_name.as_deref()?;
-        Some(match m.table_schema.as_deref() {
-            Some(schema) => format!("{schema}.{name}"),
-            None => name.to_string(),
-        })
+        if let Some(schema) = m.table_schema.as_deref() {
+            out.push_str(schema);
+            out.push('.');
+        }
+        out.push_str(name);
+        Some(())
     }
 
     /// The envelope's idempotency key, if any.

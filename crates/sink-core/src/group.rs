@@ -40,14 +40,8 @@ impl GroupKey {
         }
         // Built in one string (`table/` then the values), not from parts joined and
         // formatted: derived for every message ingested.
-        let metadata = envelope.metadata.as_ref()?;
-        let name = metadata.table_name.as_deref()?;
         let mut key = String::with_capacity(64);
-        if let Some(schema) = metadata.table_schema.as_deref() {
-            key.push_str(schema);
-            key.push('.');
-        }
-        key.push_str(name);
+        envelope.push_table(&mut key)?;
         let table_len = key.len();
         key.push('/');
         let mut from_columns = false;
@@ -64,7 +58,8 @@ impl GroupKey {
             }
         }
         if !from_columns {
-            for (i, v) in metadata.record_pks.as_ref()?.iter().enumerate() {
+            let pks = envelope.metadata.as_ref()?.record_pks.as_ref()?;
+            for (i, v) in pks.iter().enumerate() {
                 if i > 0 {
                     key.push(':');
                 }
