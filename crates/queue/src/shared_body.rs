@@ -14,23 +14,13 @@ use sled::IVec;
 pub struct SharedBody {
     values: Vec<IVec>,
     len: usize,
-    /// The length of every value but the last, when they are all that long (how bodies are
-    /// written): the value holding an offset is then found by a division, not a walk.
-    part: Option<usize>,
 }
 
 impl SharedBody {
     /// The body made of `values`, in order.
     pub fn new(values: Vec<IVec>) -> SharedBody {
         let len = values.iter().map(|v| v.len()).sum();
-        let part = match values.split_last() {
-            Some((_, [])) | None => None,
-            Some((_, full)) => {
-                let p = full[0].len();
-                (p > 0 && full.iter().all(|v| v.len() == p)).then_some(p)
-            }
-        };
-        SharedBody { values, len, part }
+        SharedBody { values, len }
     }
 
     /// Its length in bytes.
@@ -51,12 +41,8 @@ impl SharedBody {
             return None;
         }
         let mut out = Vec::with_capacity(len);
-        // The first value that can hold `off`, and its body offset.
-        let first = self
-            .part
-            .map_or(0, |p| (off / p).min(self.values.len() - 1));
-        let mut at = first * self.part.unwrap_or(0); // body offset of the value in hand
-        for v in &self.values[first..] {
+        let mut at = 0; // body offset of the value in hand
+        for v in &self.values {
             if at >= end {
                 break;
             }
