@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use s2sink_core::UnixMillis;
 
 use crate::codec::Record;
+use crate::msgs::Msgs;
 use crate::shared_body::SharedBody;
 use crate::GroupRef;
 
@@ -286,7 +287,7 @@ pub enum Place {
 
 /// The whole in-memory state of a sink.
 pub struct Index {
-    pub msgs: BTreeMap<u64, Msg>,
+    pub msgs: Msgs,
     pub chunks: BTreeMap<u64, Chunk>,
     pub failed: BTreeMap<u64, Failed>,
     pub groups: Groups,
@@ -302,7 +303,7 @@ pub struct Index {
 impl Index {
     pub fn new(cache_bytes: usize) -> Index {
         Index {
-            msgs: BTreeMap::new(),
+            msgs: Msgs::default(),
             chunks: BTreeMap::new(),
             failed: BTreeMap::new(),
             groups: Groups::default(),
@@ -347,12 +348,12 @@ impl Index {
             }
         }
         self.solos = solos.into_iter().collect();
-        self.msgs = entries.into_iter().collect();
+        self.msgs = Msgs::from_sorted(entries);
     }
 
     /// Makes message `id` visible to its group (ids must be published in ascending order).
     pub fn publish_one(&mut self, id: u64) {
-        let Some(m) = self.msgs.get_mut(&id) else {
+        let Some(m) = self.msgs.get_mut(id) else {
             return;
         };
         if m.published {
@@ -412,7 +413,7 @@ impl Index {
     /// Takes message `id` out of the index. The caller writes the matching sled changes:
     /// for `Place::Chunk` the chunk's bitmap (or its removal when `live == 0`).
     pub fn remove(&mut self, id: u64) -> Option<(Msg, Place)> {
-        let m = self.msgs.remove(&id)?;
+        let m = self.msgs.remove(id)?;
         if m.published {
             if m.group == SOLO {
                 self.solos.remove(&id);
@@ -441,7 +442,7 @@ impl Index {
             .get_mut(&first)
             .expect("chunk")
             .mark((id - first) as usize);
-        self.msgs.get_mut(&id).expect("message").failed = true;
+        self.msgs.get_mut(id).expect("message").failed = true;
         self.failed.insert(id, failed);
         Some(first)
     }

@@ -67,6 +67,7 @@ mod flusher;
 mod idem;
 mod index;
 mod keys;
+mod msgs;
 mod parts;
 mod prefetch;
 mod queue;

@@ -743,7 +743,7 @@ impl Sink {
 
     /// Stored message `id` with its state, if it is published.
     fn stored(&self, st: &mut State, id: u64) -> Result<Option<StoredMessage>> {
-        let Some(&m) = st.index.msgs.get(&id) else {
+        let Some(&m) = st.index.msgs.get(id) else {
             return Ok(None);
         };
         if !m.published {
@@ -911,7 +911,7 @@ impl Sink {
         // that rule; any run reads at most `MAX_CHUNK_READS` bodies from sled.
         let (mut bytes, mut unkept, mut got, mut reads) = (0usize, 0usize, 0usize, 0usize);
         for id in ids {
-            let m = st.index.msgs[&id];
+            let m = *st.index.msgs.get(id).expect("a listed id is stored");
             let len = m.len as usize;
             if !out.is_empty() && bytes + len > max_bytes {
                 break;
@@ -1022,7 +1022,7 @@ impl Sink {
     pub fn contains(&self, ids: &[MessageId]) -> Vec<bool> {
         let st = self.lock();
         ids.iter()
-            .map(|id| st.index.msgs.get(&id.0).is_some_and(|m| m.published))
+            .map(|id| st.index.msgs.get(id.0).is_some_and(|m| m.published))
             .collect()
     }
 
@@ -1040,7 +1040,7 @@ impl Sink {
     /// When the oldest message still in the queue was accepted.
     pub fn oldest_pending_at(&self) -> Option<UnixMillis> {
         let st = self.lock();
-        let (&id, m) = st.index.msgs.iter().next()?;
+        let (id, m) = st.index.msgs.first()?;
         Some(st.index.origin(id, m).1)
     }
 
@@ -1104,7 +1104,7 @@ impl Sink {
                         .msgs
                         .iter()
                         .filter(|(_, m)| m.published)
-                        .map(|(id, _)| *id);
+                        .map(|(id, _)| id);
                     if filter.newest_first {
                         Box::new(keys.rev())
                     } else {
@@ -1281,7 +1281,7 @@ impl Sink {
             if !seen.insert(id) {
                 continue;
             }
-            let Some(&m) = st.index.msgs.get(&id.0).filter(|m| m.published) else {
+            let Some(&m) = st.index.msgs.get(id.0).filter(|m| m.published) else {
                 continue;
             };
             if kind == Removal::Discarded {
@@ -1349,7 +1349,7 @@ impl Sink {
                 .filter(|d| {
                     st.index
                         .msgs
-                        .get(&d.id.0)
+                        .get(d.id.0)
                         .is_some_and(|m| m.published && st.index.origin(d.id.0, m).0 == d.epoch)
                 })
                 .map(|d| d.id)
@@ -1369,7 +1369,7 @@ impl Sink {
     ) -> Result<Option<DeliveryState>> {
         let mut guard = self.lock();
         let st = &mut *guard;
-        let Some(&m) = st.index.msgs.get(&id.0).filter(|m| m.published) else {
+        let Some(&m) = st.index.msgs.get(id.0).filter(|m| m.published) else {
             return Ok(None);
         };
         let mut batch = Batch::default();
@@ -1429,7 +1429,7 @@ impl Sink {
         let mut changed = Vec::new();
         let mut present = 0;
         for id in targets {
-            if !st.index.msgs.get(&id).is_some_and(|m| m.published) {
+            if !st.index.msgs.get(id).is_some_and(|m| m.published) {
                 continue;
             }
             present += 1;
