@@ -5,13 +5,19 @@
 //! to redeliver.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use actix::prelude::*;
 use s2sink_core::UnixMillis;
 use s2sink_queue::GroupRef;
+
+/// The group sets below are looked up for every message published (`make_ready`): foldhash
+/// instead of std's SipHash (~1.5% of the server's CPU in a 10k-group closed loop), seeded
+/// per process like std's.
+type HashMap<K, V> = foldhash::HashMap<K, V>;
+type HashSet<K> = foldhash::HashSet<K>;
 
 use super::group::{GroupActor, GroupDone, GroupOutcome};
 use super::sink::SinkLocal;
@@ -107,8 +113,8 @@ impl Supervisor {
             shard,
             homes,
             ready: VecDeque::new(),
-            queued: HashSet::new(),
-            live: HashMap::new(),
+            queued: HashSet::default(),
+            live: HashMap::default(),
             timers: BinaryHeap::new(),
             timer: None,
             counted: 0,
@@ -117,7 +123,7 @@ impl Supervisor {
             recovering: VecDeque::new(),
             recover_scheduled: false,
             waiting: std::collections::BTreeMap::new(),
-            forced: HashSet::new(),
+            forced: HashSet::default(),
             wait_tick: false,
         }
     }
