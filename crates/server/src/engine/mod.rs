@@ -34,7 +34,7 @@ mod threads;
 mod view;
 mod writer;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
@@ -430,10 +430,14 @@ impl Engine {
             .stats
             .ingested
             .fetch_add(stored.len() as u64, Relaxed);
-        let mut seen = HashSet::new();
-        let groups: Vec<_> = stored
+        // Each group once, in order; the set borrows the keys (one clone per group, for the
+        // wake-up) and hashes with foldhash: per ingested message, this was ~1.5% of the
+        // server's CPU with an owned key and SipHash.
+        let mut seen: foldhash::HashSet<&s2sink_queue::GroupRef> =
+            foldhash::HashSet::with_capacity_and_hasher(stored.len(), Default::default());
+        let groups: Vec<s2sink_queue::GroupRef> = stored
             .iter()
-            .filter(|e| seen.insert(e.group.clone()))
+            .filter(|e| seen.insert(&e.group))
             .map(|e| e.group.clone())
             .collect();
         self.wake(sink, groups).await;
