@@ -7,26 +7,13 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use s2sink_core::UnixMillis;
 
 use crate::codec::Record;
+pub use crate::msgs::Msg;
 use crate::msgs::Msgs;
 use crate::shared_body::SharedBody;
 use crate::GroupRef;
 
 /// `Msg::group` of an ungrouped message (its own group).
 pub const SOLO: u32 = u32::MAX;
-
-/// One stored message.
-#[derive(Debug, Clone, Copy)]
-pub struct Msg {
-    /// Slot in [`Groups`], or [`SOLO`].
-    pub group: u32,
-    /// Offset and length of the payload in its chunk's body.
-    pub off: u32,
-    pub len: u32,
-    /// Visible to delivery: its batch is durable (see `Index::publish`).
-    pub published: bool,
-    /// Moved out of its chunk into its own keys (see [`Failed`]).
-    pub failed: bool,
-}
 
 /// A chunk: the messages `first .. first + count` of one enqueue.
 #[derive(Debug, Clone)]
@@ -41,19 +28,6 @@ pub struct Chunk {
     pub body_parts: u16,
     /// Bytes of the chunk's body (what a cache miss reads).
     pub body_len: u32,
-}
-
-impl Msg {
-    /// A message of group `slot` at `off..off + len` of its chunk's body, not yet published.
-    pub fn stored(group: u32, off: u32, len: u32) -> Msg {
-        Msg {
-            group,
-            off,
-            len,
-            published: false,
-            failed: false,
-        }
-    }
 }
 
 impl Chunk {

@@ -12,7 +12,32 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::index::Msg;
+/// One stored message.
+#[derive(Debug, Clone, Copy)]
+pub struct Msg {
+    /// Slot in the index's `Groups`, or `SOLO` (an ungrouped message).
+    pub group: u32,
+    /// Offset and length of the payload in its chunk's body.
+    pub off: u32,
+    pub len: u32,
+    /// Visible to delivery: its batch is durable (see `Index::publish`).
+    pub published: bool,
+    /// Moved out of its chunk into its own keys (see the index's `Failed`).
+    pub failed: bool,
+}
+
+impl Msg {
+    /// A message of group `slot` at `off..off + len` of its chunk's body, not yet published.
+    pub fn stored(group: u32, off: u32, len: u32) -> Msg {
+        Msg {
+            group,
+            off,
+            len,
+            published: false,
+            failed: false,
+        }
+    }
+}
 
 /// Vacant slots the window may carry beyond twice its messages before its older half moves
 /// out: spares small windows the moves, and bounds the waste at 16 bytes per slot.
