@@ -104,19 +104,16 @@ impl Msgs {
             self.sparse.insert(id, m);
             return;
         }
-        let i = id - self.base;
         let len = self.window.len() as u64;
         // A jump far past the window (ids the queue skipped, or a table built from survivors
         // of a long history): the window moves there rather than filling the gap.
-        if i >= len && i - len > (2 * self.dense + SLACK) as u64 {
-            self.spill(self.window.len());
-            self.base = id;
-            self.window.push_back(Some(m));
-            self.dense += 1;
-            self.trim();
-            return;
+        if let Some(gap) = (id - self.base).checked_sub(len) {
+            if gap > (2 * self.dense + SLACK) as u64 {
+                self.spill(self.window.len());
+                self.base = id;
+            }
         }
-        let i = i as usize;
+        let i = (id - self.base) as usize;
         if i >= self.window.len() {
             self.window.resize(i + 1, None);
         }
