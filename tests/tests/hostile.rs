@@ -166,6 +166,20 @@ async fn hostile_input_table() {
         400,
         "number out of range",
     );
+    // Each message is checked once, in the engine's read of its envelope; a body it refuses
+    // still names the first message that is not JSON, before any envelope error.
+    assert_err(
+        "a wrong envelope field before invalid JSON",
+        c.post("main", r#"[{"action":5}, {"record":{"s":"\ud800"}}]"#).await,
+        400,
+        "message 1: not valid JSON",
+    );
+    assert_err(
+        "a wrong envelope field alone",
+        c.post("main", r#"[{"a":1}, {"action":5}]"#).await,
+        400,
+        "message 1",
+    );
     let (s, v) = c.post("main", "[]").await;
     assert_eq!(
         (s.as_u16(), v["accepted"].as_u64()),

@@ -72,7 +72,8 @@ use crate::ServerError;
 pub struct IngestItem {
     /// The JSON message (Sequin envelope or any object). May be `Value::Null` when `raw` is
     /// given: the engine then reads the fields it needs from `raw` without building the tree
-    /// (what HTTP ingest does; the text must be one JSON value).
+    /// (what HTTP ingest does), in one pass that also checks it; a text that is not a JSON
+    /// object fails the call ([`ServerError::InvalidMessage`]), as a tree parse would.
     pub message: Value,
     /// The producer's exact text of the message, stored instead of re-serializing `message`
     /// (keeps numbers beyond i64/u64/f64 exact).

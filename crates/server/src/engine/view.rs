@@ -3,57 +3,42 @@
 //! Grouping and deduplication need a handful of fields (`metadata.table_schema`,
 //! `table_name`, `record_pks`, `idempotency_key`, `group_id`, and `record` only when the sink
 //! groups by columns). [`light_envelope`] reads exactly those from the producer's text in one
-//! pass, borrowing strings where it can, and checks the types [`Envelope::from_value`] checks.
-//! Anything unusual (a field of the wrong type, a duplicate metadata field, an escaped key)
-//! makes it answer `None`, and the caller takes the full path (parse the tree, then
-//! [`Envelope::from_value`]), so errors and results are exactly the full path's.
+//! pass, borrowing strings where it can, checks the types [`Envelope::from_value`] checks, and
+//! checks every other byte as a tree parse would (numbers in range, escapes and surrogates,
+//! the nesting limit): an answer means the text is a JSON object the full path accepts, so
+//! ingest scans each message once. Anything unusual (a field of the wrong type, a duplicate
+//! metadata field, an escaped key, invalid JSON) makes it answer `None`, and the caller takes
+//! the full path (parse the tree, then [`Envelope::from_value`]), so errors and results are
+//! exactly the full path's.
 
 use std::borrow::Cow;
 use std::fmt;
 
 use s2sink_core::envelope::{Envelope, Metadata};
-use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
-use serde_json::value::RawValue;
 use serde_json::Value;
 
 /// The envelope fields ingest needs, or `None` when the full path must decide. `with_record`:
 /// also parse `record` (the sink groups by columns). `group_id`: `metadata.group_id` when it
-/// is a string.
+/// is a string. `Some` also means `raw` is a JSON object a `serde_json::Value` parse accepts.
 pub fn light_envelope(raw: &str, with_record: bool) -> Option<(Envelope, Option<String>)> {
-    let top: Top = serde_json::from_str(raw).ok()?;
-    if let Some(action) = top.action {
-        if !(action.get().starts_with('"') || action.get() == "null") {
-            return None;
-        }
-    }
-    let record = match top.record {
-        Some(r) if with_record => Some(serde_json::from_str::<Value>(r.get()).ok()?),
-        _ => None,
-    };
+    let mut de = serde_json::Deserializer::from_str(raw);
+    let top = TopSeed { with_record }.deserialize(&mut de).ok()?;
+    de.end().ok()?;
     let mut group_id = None;
-    let metadata = match top.metadata {
-        None => None,
-        Some(m) if m.get() == "null" => None,
-        Some(m) if m.get().starts_with('{') => {
-            let meta: Meta = serde_json::from_str(m.get()).ok()?;
-            if let Some(g) = meta.group_id {
-                if g.get().starts_with('"') {
-                    group_id = Some(serde_json::from_str::<String>(g.get()).ok()?);
-                }
-            }
-            Some(Metadata {
-                table_schema: meta.table_schema.map(Cow::into_owned),
-                table_name: meta.table_name.map(Cow::into_owned),
-                idempotency_key: meta.idempotency_key.map(Cow::into_owned),
-                record_pks: meta.record_pks,
-                ..Metadata::default()
-            })
+    let metadata = top.metadata.map(|meta| {
+        group_id = meta.group_id;
+        Metadata {
+            table_schema: meta.table_schema.map(Cow::into_owned),
+            table_name: meta.table_name.map(Cow::into_owned),
+            idempotency_key: meta.idempotency_key.map(Cow::into_owned),
+            record_pks: meta.record_pks,
+            ..Metadata::default()
         }
-        Some(_) => return None,
-    };
+    });
     let envelope = Envelope {
-        record,
+        record: top.record,
         metadata,
         ..Envelope::default()
     };
@@ -67,8 +52,13 @@ pub fn valid_json(raw: &str) -> bool {
     serde_json::from_str::<Valid>(raw).is_ok()
 }
 
-/// Any JSON value, checked as [`Value`] would be and dropped.
-struct Valid;
+/// Any JSON value, checked as [`Value`] would be and dropped; remembers only its kind.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Valid {
+    Null,
+    Str,
+    Other,
+}
 
 impl<'de> Deserialize<'de> for Valid {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -79,99 +69,234 @@ impl<'de> Deserialize<'de> for Valid {
                 f.write_str("any JSON value")
             }
             fn visit_bool<E>(self, _: bool) -> Result<Valid, E> {
-                Ok(Valid)
+                Ok(Valid::Other)
             }
             fn visit_i64<E>(self, _: i64) -> Result<Valid, E> {
-                Ok(Valid)
+                Ok(Valid::Other)
             }
             fn visit_u64<E>(self, _: u64) -> Result<Valid, E> {
-                Ok(Valid)
+                Ok(Valid::Other)
             }
             fn visit_f64<E>(self, _: f64) -> Result<Valid, E> {
-                Ok(Valid)
+                Ok(Valid::Other)
             }
             fn visit_str<E>(self, _: &str) -> Result<Valid, E> {
-                Ok(Valid)
+                Ok(Valid::Str)
             }
             fn visit_unit<E>(self) -> Result<Valid, E> {
-                Ok(Valid)
+                Ok(Valid::Null)
             }
             fn visit_none<E>(self) -> Result<Valid, E> {
-                Ok(Valid)
+                Ok(Valid::Null)
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Valid, A::Error> {
                 while seq.next_element::<Valid>()?.is_some() {}
-                Ok(Valid)
+                Ok(Valid::Other)
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Valid, A::Error> {
                 while map.next_key::<Valid>()?.is_some() {
                     map.next_value::<Valid>()?;
                 }
-                Ok(Valid)
+                Ok(Valid::Other)
             }
         }
         d.deserialize_any(V)
     }
 }
 
-/// The top level: must be an object; the three fields kept as raw text, the rest skipped.
-#[derive(Default)]
-struct Top<'a> {
-    action: Option<&'a RawValue>,
-    record: Option<&'a RawValue>,
-    metadata: Option<&'a RawValue>,
-}
+/// A string, or `null`: borrowed from the text when it has no escapes. Any other type is an
+/// error (the full path names it).
+struct Text<'a>(Option<Cow<'a, str>>);
 
-impl<'de> Deserialize<'de> for Top<'de> {
+impl<'de> Deserialize<'de> for Text<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = Top<'de>;
+            type Value = Text<'de>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a JSON object")
+                f.write_str("a string or null")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Top<'de>, A::Error> {
-                let mut top = Top::default();
-                // A key with escapes cannot be borrowed: an error, and the full path decides.
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Some(Cow::Borrowed(s))))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Some(Cow::Owned(s.to_owned()))))
+            }
+            fn visit_unit<E>(self) -> Result<Text<'de>, E> {
+                Ok(Text(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Any JSON value, checked as [`Valid`]; kept only when it is a string (`group_id`).
+struct AnyStr(Option<String>);
+
+impl<'de> Deserialize<'de> for AnyStr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = AnyStr;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_str<E>(self, s: &str) -> Result<AnyStr, E> {
+                Ok(AnyStr(Some(s.to_owned())))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<AnyStr, E> {
+                Ok(AnyStr(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<AnyStr, E> {
+                Ok(AnyStr(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<AnyStr, E> {
+                Ok(AnyStr(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<AnyStr, E> {
+                Ok(AnyStr(None))
+            }
+            fn visit_unit<E>(self) -> Result<AnyStr, E> {
+                Ok(AnyStr(None))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<AnyStr, A::Error> {
+                Valid::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))?;
+                Ok(AnyStr(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<AnyStr, A::Error> {
+                Valid::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(AnyStr(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The top level: must be an object; `action` a string or null, `record` kept only when
+/// grouping needs it, `metadata` read field by field; everything else checked and dropped.
+struct Top<'a> {
+    record: Option<Value>,
+    metadata: Option<Meta<'a>>,
+}
+
+struct TopSeed {
+    with_record: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for TopSeed {
+    type Value = Top<'de>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Top<'de>, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TopSeed {
+    type Value = Top<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Top<'de>, A::Error> {
+        let mut top = Top {
+            record: None,
+            metadata: None,
+        };
+        // A key with escapes cannot be borrowed: an error, and the full path decides.
+        while let Some(key) = map.next_key::<&'de str>()? {
+            // As in the full path (serde_json's map), the last duplicate wins.
+            match key {
+                "action" => {
+                    if map.next_value::<Valid>()? == Valid::Other {
+                        return Err(A::Error::custom("action: not a string"));
+                    }
+                }
+                "record" if self.with_record => top.record = Some(map.next_value()?),
+                "record" => {
+                    map.next_value::<Valid>()?;
+                    top.record = None;
+                }
+                "metadata" => top.metadata = map.next_value::<MetaField>()?.0,
+                _ => {
+                    map.next_value::<Valid>()?;
+                }
+            }
+        }
+        Ok(top)
+    }
+}
+
+/// `metadata`: `null`, or an object read as [`Meta`]; any other type is an error.
+struct MetaField<'a>(Option<Meta<'a>>);
+
+/// `metadata`, with every field [`Metadata`] types as a string or an array checked the same
+/// way (a wrong type or a repeated field is an error here, and the full path decides).
+#[derive(Default)]
+struct Meta<'a> {
+    table_schema: Option<Cow<'a, str>>,
+    table_name: Option<Cow<'a, str>>,
+    idempotency_key: Option<Cow<'a, str>>,
+    record_pks: Option<Vec<Value>>,
+    group_id: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for MetaField<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = MetaField<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object or null")
+            }
+            fn visit_unit<E>(self) -> Result<MetaField<'de>, E> {
+                Ok(MetaField(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<MetaField<'de>, A::Error> {
+                let mut meta = Meta::default();
+                let mut seen = [false; 7];
+                let mut once = |i: usize, name: &str| {
+                    if std::mem::replace(&mut seen[i], true) {
+                        Err(A::Error::custom(format!("metadata.{name}: repeated")))
+                    } else {
+                        Ok(())
+                    }
+                };
                 while let Some(key) = map.next_key::<&'de str>()? {
-                    // As in the full path (serde_json's map), the last duplicate wins.
                     match key {
-                        "action" => top.action = Some(map.next_value()?),
-                        "record" => top.record = Some(map.next_value()?),
-                        "metadata" => top.metadata = Some(map.next_value()?),
-                        // Checked as a tree parse would (numbers, escapes, nesting).
+                        "table_schema" => {
+                            once(0, key)?;
+                            meta.table_schema = map.next_value::<Text>()?.0;
+                        }
+                        "table_name" => {
+                            once(1, key)?;
+                            meta.table_name = map.next_value::<Text>()?.0;
+                        }
+                        "idempotency_key" => {
+                            once(2, key)?;
+                            meta.idempotency_key = map.next_value::<Text>()?.0;
+                        }
+                        "record_pks" => {
+                            once(3, key)?;
+                            meta.record_pks = map.next_value()?;
+                        }
+                        "group_id" => {
+                            once(4, key)?;
+                            meta.group_id = map.next_value::<AnyStr>()?.0;
+                        }
+                        // Typed as strings in `Metadata`: checked, not kept.
+                        "commit_timestamp" | "database_name" => {
+                            once(if key == "database_name" { 5 } else { 6 }, key)?;
+                            map.next_value::<Text>()?;
+                        }
                         _ => {
                             map.next_value::<Valid>()?;
                         }
                     }
                 }
-                Ok(top)
+                Ok(MetaField(Some(meta)))
             }
         }
-        d.deserialize_map(V)
+        d.deserialize_any(V)
     }
-}
-
-/// `metadata`, with every field [`Metadata`] types as a string or an array checked the same
-/// way (a wrong type is an error here, and the full path names it).
-#[derive(Deserialize)]
-struct Meta<'a> {
-    #[serde(borrow, default)]
-    table_schema: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    table_name: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    idempotency_key: Option<Cow<'a, str>>,
-    #[serde(default)]
-    record_pks: Option<Vec<Value>>,
-    #[serde(borrow, default)]
-    group_id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    #[allow(dead_code)]
-    commit_timestamp: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    #[allow(dead_code)]
-    database_name: Option<Cow<'a, str>>,
 }
 
 #[cfg(test)]
@@ -246,14 +371,32 @@ mod tests {
         let deep = format!("{{\"a\":{}{}}}", "[".repeat(200), "]".repeat(200));
         assert!(light_envelope(&deep, false).is_none());
         assert!(full(&deep).is_err());
+        // Invalid JSON anywhere (also inside the fields it reads or skips) is declined: an
+        // answer means the text is valid, and ingest checks each message only here.
+        let deep_record = format!("{{\"record\":{}{}}}", "[".repeat(200), "]".repeat(200));
+        let deep_meta = format!(
+            "{{\"metadata\":{{\"x\":{}{}}}}}",
+            "[".repeat(200),
+            "]".repeat(200)
+        );
         for bad in [
             r#"{"n":1e400}"#,
             r#"{"s":"\ud800"}"#,
             r#"{"a":1"#,
             r#"{"a":1} x"#,
+            r#"{"record":{"n":1e400}}"#,
+            r#"{"record":{"s":"\ud800"}}"#,
+            r#"{"action":"\ud800"}"#,
+            r#"{"metadata":{"commit_lsn":1e400}}"#,
+            r#"{"metadata":{"x":"\udc00"}}"#,
+            r#"{"metadata":{"group_id":[1e999]}}"#,
+            r#"{"metadata":{"table_name":"t"} "#,
+            deep_record.as_str(),
+            deep_meta.as_str(),
         ] {
             assert!(!valid_json(bad), "{bad}");
             assert!(light_envelope(bad, false).is_none(), "{bad}");
+            assert!(light_envelope(bad, true).is_none(), "{bad}");
             assert!(full(bad).is_err(), "{bad}");
         }
         assert!(!valid_json(&deep));
@@ -266,6 +409,64 @@ mod tests {
         // Wrong types and non-objects are left to the full path (which names the field).
         for raw in [cases[6], cases[7], cases[8], cases[9], cases[16], cases[17]] {
             assert!(light_envelope(raw, false).is_none(), "{raw}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Mutations of envelopes (characters inserted, removed or replaced by ones JSON
+        /// cares about): whenever the light path answers, the text is valid JSON, the full
+        /// path accepts it, and both read the same fields.
+        #[test]
+        fn an_answer_means_the_full_path_agrees(
+            base in 0usize..4,
+            edits in proptest::collection::vec((0usize..400, 0usize..3, 0usize..24), 0..4),
+            with_record in proptest::bool::ANY,
+        ) {
+            const BASES: [&str; 4] = [
+                r#"{"action":"insert","record":{"id":1,"n":-2.5e3,"s":"a\"b"},"metadata":{"table_schema":"public","table_name":"t","record_pks":["1"],"idempotency_key":"k","commit_lsn":12}}"#,
+                r#"{"record":{"a":[1,{"b":null}],"b":"x"},"metadata":{"table_name":"cols","group_id":"g","record_pks":[7,true]}}"#,
+                r#"{"metadata":{"database_name":"d","commit_timestamp":"2026","x":{"y":[[]]}},"action":null,"z":18446744073709551615}"#,
+                r#"{"a":{"b":[1,2,{"c":"\u00e9"}]},"metadata":null}"#,
+            ];
+            const ALPHABET: [&str; 24] = [
+                "{", "}", "[", "]", "\"", ",", ":", "\\", "\\u", "d800", "1e400", "-",
+                "0", ".", "e", "null", "true", " ", "x", "\"metadata\":", "\"record\":",
+                "\"action\":", "\"group_id\":", "\"table_name\":",
+            ];
+            let mut raw = BASES[base].to_string();
+            for (at, op, pick) in edits {
+                let mut at = at % (raw.len() + 1);
+                while !raw.is_char_boundary(at) {
+                    at -= 1;
+                }
+                let end = raw[at..].chars().next().map_or(at, |c| at + c.len_utf8());
+                match op {
+                    0 => raw.insert_str(at, ALPHABET[pick]),
+                    1 => raw.replace_range(at..end, ""),
+                    _ => raw.replace_range(at..end, ALPHABET[pick]),
+                }
+            }
+            if let Some((light, lg)) = light_envelope(&raw, with_record) {
+                proptest::prop_assert!(valid_json(&raw), "{}", raw);
+                let full = full(&raw);
+                proptest::prop_assert!(full.is_ok(), "{}: {:?}", raw, full.err());
+                let (env, g) = full.unwrap();
+                proptest::prop_assert_eq!(lg, g);
+                proptest::prop_assert_eq!(light.idempotency_key(), env.idempotency_key());
+                proptest::prop_assert_eq!(light.table(), env.table());
+                proptest::prop_assert_eq!(
+                    GroupKey::derive(&light, None, &Default::default()),
+                    GroupKey::derive(&env, None, &Default::default())
+                );
+            } else if !raw.contains('\\') && full(&raw).is_ok() {
+                // Declining is for the unusual: an unescaped valid envelope is read.
+                let dup = |name: &str| raw.matches(name).count() > 1;
+                proptest::prop_assert!(
+                    dup("\"table_name\"") || dup("\"group_id\"") || dup("\"metadata\"")
+                        || dup("\"record_pks\"") || dup("\"table_schema\""),
+                    "declined a plain envelope: {}", raw
+                );
+            }
         }
     }
 }

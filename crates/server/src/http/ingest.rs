@@ -254,23 +254,46 @@ pub fn parse_messages(body: &[u8], ndjson: bool) -> Result<Vec<(String, Value)>,
         .collect())
 }
 
-/// Splits a body into messages as text, checked to be JSON objects (the same checks and
-/// errors as [`parse_messages`]) without building their trees: the engine reads what it needs
-/// from the text (see [`crate::engine::IngestItem::message`]). Each with its index / line.
-fn split_checked(body: &[u8], ndjson: bool) -> Result<Vec<(usize, String)>, ApiError> {
-    let raws = split(body, ndjson)?;
-    let mut out = Vec::with_capacity(raws.len());
-    for (index, raw) in raws {
-        // Checked as a tree parse checks (numbers in range, escapes, the nesting limit; the
-        // split's own skipping pass checks none of these), without building the tree.
-        let valid = raw.starts_with('{') && crate::engine::valid_json(raw);
-        if !valid {
-            // The full parse names what is wrong, exactly as before.
+/// Splits a body into messages as text, each with its index / line, without checking each
+/// message: the engine reads what it needs from the text in one pass that also checks it as a
+/// tree parse would (see [`crate::engine::IngestItem::message`]) and refuses the request when
+/// one is not a JSON object; [`first_invalid`] then names the message exactly as
+/// [`parse_messages`] would.
+fn split_owned(body: &[u8], ndjson: bool) -> Result<Vec<(usize, String)>, ApiError> {
+    Ok(split(body, ndjson)?
+        .into_iter()
+        .map(|(index, raw)| (index, raw.to_string()))
+        .collect())
+}
+
+/// The error [`parse_messages`] gives for `body`, if any: the first message that is not a JSON
+/// object, named by its index / line. Run only when the engine refused a request, so that a
+/// body with an invalid message gets the same 400 (and the same text) whatever else is wrong.
+fn first_invalid(body: &[u8], ndjson: bool) -> Result<(), ApiError> {
+    for (index, raw) in split(body, ndjson)? {
+        // Checked as a tree parse checks, without building the tree; the full parse names
+        // what is wrong.
+        if !(raw.starts_with('{') && crate::engine::valid_json(raw)) {
             check_message(index, raw, ndjson)?;
         }
-        out.push((index, raw.to_string()));
     }
-    Ok(out)
+    Ok(())
+}
+
+/// An engine error as the producer sees it. The engine counts items from 0; NDJSON
+/// producers count lines from 1 (`numbers`: each item's line).
+fn engine_error(e: ServerError, ndjson: bool, numbers: &[usize]) -> ApiError {
+    match e {
+        ServerError::InvalidMessage { index, reason } if ndjson => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_message",
+            format!(
+                "line {}: {reason}",
+                numbers.get(index).copied().unwrap_or(index + 1)
+            ),
+        ),
+        other => other.into(),
+    }
 }
 
 /// Each message's text with its index (array, from 0) or line (NDJSON, from 1).
@@ -406,8 +429,7 @@ fn process(job: Job) -> Result<Answer, ApiError> {
         fingerprint: fingerprint(kind, group.as_deref(), &body),
     });
     let ndjson = kind == BodyKind::Ndjson;
-    let messages = split_checked(&body, ndjson)?;
-    drop(body);
+    let messages = split_owned(&body, ndjson)?;
     let numbers: Vec<usize> = messages.iter().map(|(n, _)| *n).collect();
     let items: Vec<IngestItem> = messages
         .into_iter()
@@ -419,18 +441,12 @@ fn process(job: Job) -> Result<Answer, ApiError> {
         .collect();
     let outcome = handle
         .block_on(engine.ingest_idempotent(&sink, items, request))
-        .map_err(|e| match e {
-            // The engine counts items from 0; NDJSON producers count lines from 1.
-            ServerError::InvalidMessage { index, reason } if ndjson => ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_message",
-                format!(
-                    "line {}: {reason}",
-                    numbers.get(index).copied().unwrap_or(index + 1)
-                ),
-            ),
-            other => other.into(),
+        .map_err(|e| match first_invalid(&body, ndjson) {
+            // Invalid JSON comes first, whatever else the engine found.
+            Err(invalid) => invalid,
+            Ok(()) => engine_error(e, ndjson, &numbers),
         })?;
+    drop(body);
     let body = serde_json::to_vec(&IngestAccepted {
         accepted: outcome.ids.len(),
         ids: outcome.ids.iter().map(|id| id.0).collect(),
@@ -585,7 +601,11 @@ mod tests {
                         .collect::<Vec<_>>()
                 })
                 .map_err(|e| (e.status, e.code, e.message));
-            let split = split_checked(body, ndjson).map_err(|e| (e.status, e.code, e.message));
+            // What ingest answers: the split, and for a body the engine refuses, the first
+            // invalid message.
+            let split = split_owned(body, ndjson)
+                .and_then(|texts| first_invalid(body, ndjson).map(|()| texts))
+                .map_err(|e| (e.status, e.code, e.message));
             assert_eq!(split, full, "{:?}", String::from_utf8_lossy(body));
         }
     }
