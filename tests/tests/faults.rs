@@ -127,7 +127,7 @@ async fn proxy_passes_and_injects_what_it_is_told() {
     let input = |n: usize| s2sink_client::AppendInput {
         records: (0..n)
             .map(|i| s2sink_client::AppendRecord {
-                body: format!("r{i}"),
+                body: format!("r{i}").into(),
                 headers: vec![],
                 timestamp: None,
             })

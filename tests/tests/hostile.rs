@@ -170,7 +170,8 @@ async fn hostile_input_table() {
     // still names the first message that is not JSON, before any envelope error.
     assert_err(
         "a wrong envelope field before invalid JSON",
-        c.post("main", r#"[{"action":5}, {"record":{"s":"\ud800"}}]"#).await,
+        c.post("main", r#"[{"action":5}, {"record":{"s":"\ud800"}}]"#)
+            .await,
         400,
         "message 1: not valid JSON",
     );

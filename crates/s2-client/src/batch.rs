@@ -540,8 +540,11 @@ mod tests {
             0usize..3000,
         )
             .prop_map(|(headers, body, timestamp, pad)| AppendRecord {
-                headers,
-                body: body + &"\"".repeat(pad % 7) + &"y".repeat(pad),
+                headers: headers
+                    .into_iter()
+                    .map(|(k, v)| (k.into(), v.into()))
+                    .collect(),
+                body: (body + &"\"".repeat(pad % 7) + &"y".repeat(pad)).into(),
                 timestamp,
             })
     }

@@ -18,12 +18,14 @@ mod session;
 mod session_http;
 #[cfg(feature = "test-util")]
 pub mod testing;
+pub mod text;
 pub mod types;
 
 pub use batch::{pack, BatchBuilder, BatchLimits, GroupCost, RecordCost, BATCH_JSON_OVERHEAD};
 pub use client::S2Client;
 pub use config::{AccessToken, Endpoint, S2Config};
 pub use error::S2Error;
+pub use text::Text;
 pub use types::{
     AppendAck, AppendInput, AppendRecord, ReadLimits, SequencedRecord, StreamPosition,
 };

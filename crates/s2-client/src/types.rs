@@ -5,16 +5,20 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::text::Text;
+
 /// One record to append: the body is sent as a raw UTF-8 string (the sink's JSON message).
+/// Body and headers are [`Text`]: shared with the payload and names they come from, so
+/// building and cloning records copies no bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct AppendRecord {
     /// Record headers as `(name, value)`; names must be non-empty (S2 reserves empty names
     /// for command records). Omitted from the body when empty.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub headers: Vec<(String, String)>,
+    pub headers: Vec<(Text, Text)>,
     /// The record body.
     #[serde(default)]
-    pub body: String,
+    pub body: Text,
     /// Client timestamp in ms since the epoch; S2 assigns arrival time when `None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timestamp: Option<u64>,
@@ -22,7 +26,7 @@ pub struct AppendRecord {
 
 impl AppendRecord {
     /// A record with only a body.
-    pub fn new(body: impl Into<String>) -> Self {
+    pub fn new(body: impl Into<Text>) -> Self {
         AppendRecord {
             headers: Vec::new(),
             body: body.into(),
@@ -31,7 +35,7 @@ impl AppendRecord {
     }
 
     /// Adds a header (builder style).
-    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+    pub fn with_header(mut self, name: impl Into<Text>, value: impl Into<Text>) -> Self {
         self.headers.push((name.into(), value.into()));
         self
     }

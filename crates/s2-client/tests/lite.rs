@@ -62,7 +62,12 @@ async fn create_append_read_back_and_tail() {
     assert_eq!(read.len(), 5);
     for (i, (got, sent)) in read.iter().zip(&records).enumerate() {
         assert_eq!(got.seq_num, i as u64);
-        assert_eq!(got.headers, sent.headers);
+        let sent_headers: Vec<(String, String)> = sent
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(got.headers, sent_headers);
         assert_eq!(got.body, sent.body);
     }
     let limited = client

@@ -25,7 +25,7 @@
 
 use std::collections::HashMap;
 
-use s2sink_client::{AppendInput, AppendRecord, BatchLimits, RecordCost, S2Error};
+use s2sink_client::{AppendInput, AppendRecord, BatchLimits, RecordCost, S2Error, Text};
 use s2sink_core::{LastError, Route};
 use s2sink_queue::{Queue, StoredMessage};
 
@@ -86,37 +86,50 @@ pub fn record(
     e: &LastError,
     limits: &BatchLimits,
 ) -> AppendRecord {
-    let mut headers = vec![
-        (HEADER_SINK.to_string(), sink.to_string()),
-        (HEADER_ID.to_string(), msg.delivery_id().to_string()),
+    let mut headers: Vec<(Text, Text)> = vec![
+        (Text::from_static(HEADER_SINK), sink.into()),
         (
-            "s2sink-error-class".to_string(),
-            e.class.as_str().to_string(),
+            Text::from_static(HEADER_ID),
+            msg.delivery_id().to_string().into(),
         ),
-        ("s2sink-error-message".to_string(), e.message.clone()),
+        (
+            Text::from_static("s2sink-error-class"),
+            Text::from_static(e.class.as_str()),
+        ),
+        (
+            Text::from_static("s2sink-error-message"),
+            e.message.as_str().into(),
+        ),
     ];
     if let Some(s) = e.status {
-        headers.push(("s2sink-error-status".to_string(), s.to_string()));
+        headers.push((
+            Text::from_static("s2sink-error-status"),
+            s.to_string().into(),
+        ));
     }
     if let Some(c) = &e.code {
-        headers.push(("s2sink-error-code".to_string(), c.clone()));
+        headers.push((Text::from_static("s2sink-error-code"), c.as_str().into()));
     }
-    let text = String::from_utf8_lossy(&msg.payload);
+    let text = Text::from_utf8_lossy(msg.payload.clone());
     let mut rec = AppendRecord {
         headers,
-        body: text.clone().into_owned(),
+        body: text.clone(),
         timestamp: None,
     };
     if limits.check_record(0, RecordCost::of(&rec)).is_ok() {
         return rec;
     }
-    rec.headers
-        .push((HEADER_TRUNCATED.to_string(), msg.payload.len().to_string()));
-    rec.body.clear();
+    rec.headers.push((
+        Text::from_static(HEADER_TRUNCATED),
+        msg.payload.len().to_string().into(),
+    ));
+    rec.body = Text::default();
     let overhead = rec.metered_size();
     let mut budget = limits.max_metered_bytes.saturating_sub(overhead) as usize;
     loop {
-        rec.body = text[..floor_char_boundary(&text, budget)].to_string();
+        rec.body = text
+            .prefix(floor_char_boundary(&text, budget))
+            .expect("a character boundary");
         if budget == 0 || limits.check_record(0, RecordCost::of(&rec)).is_ok() {
             return rec;
         }

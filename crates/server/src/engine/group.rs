@@ -450,7 +450,9 @@ async fn plan_off_thread(
     now: UnixMillis,
     read_epoch: u64,
 ) -> (super::plan::Plan, Vec<StoredMessage>) {
-    let (name, settings) = (local.shared.name.clone(), settings.clone());
+    // One copy of the name per run; each record's header shares it.
+    let name = s2sink_client::Text::from(local.shared.name.as_str());
+    let settings = settings.clone();
     let noop = functions.is_noop();
     let work = move || {
         let plan = plan_run(

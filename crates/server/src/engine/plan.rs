@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 
-use s2sink_client::{AppendRecord, BatchLimits, RecordCost, BATCH_JSON_OVERHEAD};
+use s2sink_client::{AppendRecord, BatchLimits, RecordCost, Text, BATCH_JSON_OVERHEAD};
 use s2sink_core::{ErrorClass, LastError, Route, UnixMillis};
 use s2sink_queue::{MessageId, StoredMessage};
 use s2sink_transform::{Applied, Functions, TransformError};
@@ -41,7 +41,7 @@ pub struct Plan {
 
 /// Plans the next run from a group's visible head messages.
 pub fn plan_run(
-    sink: &str,
+    sink: &Text,
     default_route: Option<&Route>,
     functions: &Functions,
     limits: &BatchLimits,
@@ -151,14 +151,14 @@ type Prepared<'r> = (Cow<'r, Route>, AppendRecord);
 
 /// Applies the functions to one message: `Ok(None)` when filtered out.
 fn prepare<'r>(
-    sink: &str,
+    sink: &Text,
     default_route: Option<&'r Route>,
     functions: &Functions,
     msg: &StoredMessage,
 ) -> Result<Option<Prepared<'r>>, (&'static str, String)> {
     if functions.is_noop() {
-        // Nothing to run: send the stored bytes, reading only the idempotency key.
-        // Borrowed: cloned once per run, not per message.
+        // Nothing to run: send the stored bytes (shared, not copied), reading only the
+        // idempotency key. Borrowed: cloned once per run, not per message.
         let route = Cow::Borrowed(default_route.ok_or_else(no_route(msg.id))?);
         let body = payload_text(&msg.payload);
         let key = if may_have_idempotency_key(&msg.payload) {
@@ -193,7 +193,7 @@ fn prepare<'r>(
     let body = match body {
         // Untransformed: send the producer's bytes as they were stored.
         Cow::Borrowed(b) if std::ptr::eq(b, &value) => payload_text(&msg.payload),
-        other => other.to_string(),
+        other => Text::from(other.to_string()),
     };
     let key = value
         .pointer("/metadata/idempotency_key")
@@ -203,12 +203,9 @@ fn prepare<'r>(
 }
 
 /// The stored payload as the record body. Ingest stored valid UTF-8 (the producer's JSON
-/// text), so this is one validation and one copy; the lossy conversion is only a fallback.
-fn payload_text(payload: &[u8]) -> String {
-    match std::str::from_utf8(payload) {
-        Ok(s) => s.to_owned(),
-        Err(_) => String::from_utf8_lossy(payload).into_owned(),
-    }
+/// text), so this is one validation and no copy; the lossy conversion is only a fallback.
+fn payload_text(payload: &bytes::Bytes) -> Text {
+    Text::from_utf8_lossy(payload.clone())
 }
 
 /// Whether `payload` can hold a `metadata.idempotency_key` at all: the key's name appears
@@ -246,13 +243,16 @@ fn no_route(id: MessageId) -> impl FnOnce() -> (&'static str, String) {
 }
 
 /// The S2 record of a message: body plus the sink / delivery id / idempotency-key headers.
-fn record(sink: &str, msg: &StoredMessage, key: Option<String>, body: String) -> AppendRecord {
-    let mut headers = vec![
-        (HEADER_SINK.to_string(), sink.to_string()),
-        (HEADER_ID.to_string(), msg.delivery_id().to_string()),
-    ];
+/// Only the delivery id is new text; names, the sink's name and the body are shared.
+fn record(sink: &Text, msg: &StoredMessage, key: Option<String>, body: Text) -> AppendRecord {
+    let mut headers = Vec::with_capacity(2 + usize::from(key.is_some()));
+    headers.push((Text::from_static(HEADER_SINK), sink.clone()));
+    headers.push((
+        Text::from_static(HEADER_ID),
+        Text::from(msg.delivery_id().to_string()),
+    ));
     if let Some(key) = key {
-        headers.push((HEADER_IDEMPOTENCY_KEY.to_string(), key));
+        headers.push((Text::from_static(HEADER_IDEMPOTENCY_KEY), Text::from(key)));
     }
     AppendRecord {
         headers,
@@ -297,7 +297,7 @@ mod tests {
             stream: "s".into(),
         };
         let plan = plan_run(
-            "sink",
+            &Text::from_static("sink"),
             Some(&route),
             &functions,
             &BatchLimits::default(),
@@ -318,7 +318,7 @@ mod tests {
             .headers
             .iter()
             .find(|(k, _)| k == HEADER_IDEMPOTENCY_KEY)
-            .map(|(_, v)| v.clone())
+            .map(|(_, v)| v.to_string())
     }
 
     #[test]

@@ -35,8 +35,12 @@ impl MemStream {
             records.push(SequencedRecord {
                 seq_num,
                 timestamp: 0,
-                headers: r.headers.clone(),
-                body: r.body.clone(),
+                headers: r
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                body: r.body.to_string(),
             });
         }
         let pos = |seq_num| StreamPosition {
