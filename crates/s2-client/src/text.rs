@@ -38,6 +38,18 @@ impl Text {
         }
     }
 
+    /// `part` (text inside `bytes`, e.g. one message of a request body already checked as
+    /// UTF-8) as `Text` sharing `bytes`: no copy, no second check. Panics when `part` does
+    /// not lie inside `bytes`.
+    pub fn shared_in(bytes: &Bytes, part: &str) -> Text {
+        Text(bytes.slice_ref(part.as_bytes()))
+    }
+
+    /// The shared bytes, giving up the text view (e.g. to store them).
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+
     /// The text.
     pub fn as_str(&self) -> &str {
         // SAFETY: every constructor checks the bytes are UTF-8 (`from_utf8`, `from_utf8_lossy`)
@@ -198,6 +210,25 @@ mod tests {
         );
         assert_eq!(Text::from_static("s2sink-id"), "s2sink-id");
         assert_eq!(String::from(Text::from("x")), "x");
+    }
+
+    #[test]
+    fn a_part_of_checked_bytes_is_shared() {
+        let body = Bytes::from_static("[{\"é\":1}, {\"b\":2}]".as_bytes());
+        let text = std::str::from_utf8(&body).unwrap();
+        let part = &text[1..10];
+        let t = Text::shared_in(&body, part);
+        assert_eq!(t, part);
+        assert_eq!(t.as_bytes().as_ptr(), part.as_ptr(), "no copy");
+        assert_eq!(t.into_bytes(), part.as_bytes());
+    }
+
+    #[test]
+    #[should_panic]
+    fn a_part_from_elsewhere_is_refused() {
+        let body = Bytes::from_static(b"abc");
+        let elsewhere = String::from("abc");
+        Text::shared_in(&body, &elsewhere);
     }
 
     #[test]

@@ -40,7 +40,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Addr;
-use s2sink_client::S2Client;
+use s2sink_client::{S2Client, Text};
 use s2sink_core::{Envelope, GroupKey};
 use s2sink_queue::{
     Enqueued, Idempotency, MessageId, NewMessage, Queue, QueueError, RequestKey, SourcePosition,
@@ -76,8 +76,9 @@ pub struct IngestItem {
     /// object fails the call ([`ServerError::InvalidMessage`]), as a tree parse would.
     pub message: Value,
     /// The producer's exact text of the message, stored instead of re-serializing `message`
-    /// (keeps numbers beyond i64/u64/f64 exact).
-    pub raw: Option<String>,
+    /// (keeps numbers beyond i64/u64/f64 exact). Shared text: HTTP ingest hands each message
+    /// as a slice of the request body, not a copy.
+    pub raw: Option<Text>,
     /// Explicit group for producers that are not CDC sources (wins over derivation).
     pub group: Option<String>,
 }
@@ -653,7 +654,9 @@ fn prepare(
         let group = GroupKey::derive(&envelope, explicit.as_deref(), &settings.group_columns);
         let payload = match item.raw {
             Some(raw) => raw.into_bytes(),
-            None => serde_json::to_vec(&item.message).map_err(|e| invalid(e.to_string()))?,
+            None => serde_json::to_vec(&item.message)
+                .map_err(|e| invalid(e.to_string()))?
+                .into(),
         };
         let mut msg = NewMessage::new(group, payload);
         // An empty key would make every keyless-looking message a duplicate of the first.

@@ -16,6 +16,7 @@ use std::io::Read;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
+use s2sink_client::Text;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
@@ -258,11 +259,11 @@ pub fn parse_messages(body: &[u8], ndjson: bool) -> Result<Vec<(String, Value)>,
 /// message: the engine reads what it needs from the text in one pass that also checks it as a
 /// tree parse would (see [`crate::engine::IngestItem::message`]) and refuses the request when
 /// one is not a JSON object; [`first_invalid`] then names the message exactly as
-/// [`parse_messages`] would.
-fn split_owned(body: &[u8], ndjson: bool) -> Result<Vec<(usize, String)>, ApiError> {
+/// [`parse_messages`] would. Each text shares `body` (no copy per message).
+fn split_shared(body: &web::Bytes, ndjson: bool) -> Result<Vec<(usize, Text)>, ApiError> {
     Ok(split(body, ndjson)?
         .into_iter()
-        .map(|(index, raw)| (index, raw.to_string()))
+        .map(|(index, raw)| (index, Text::shared_in(body, raw)))
         .collect())
 }
 
@@ -429,7 +430,7 @@ fn process(job: Job) -> Result<Answer, ApiError> {
         fingerprint: fingerprint(kind, group.as_deref(), &body),
     });
     let ndjson = kind == BodyKind::Ndjson;
-    let messages = split_owned(&body, ndjson)?;
+    let messages = split_shared(&body, ndjson)?;
     let numbers: Vec<usize> = messages.iter().map(|(n, _)| *n).collect();
     let items: Vec<IngestItem> = messages
         .into_iter()
@@ -603,7 +604,13 @@ mod tests {
                 .map_err(|e| (e.status, e.code, e.message));
             // What ingest answers: the split, and for a body the engine refuses, the first
             // invalid message.
-            let split = split_owned(body, ndjson)
+            let split = split_shared(&web::Bytes::copy_from_slice(body), ndjson)
+                .map(|texts| {
+                    texts
+                        .into_iter()
+                        .map(|(i, t)| (i, t.to_string()))
+                        .collect::<Vec<_>>()
+                })
                 .and_then(|texts| first_invalid(body, ndjson).map(|()| texts))
                 .map_err(|e| (e.status, e.code, e.message));
             assert_eq!(split, full, "{:?}", String::from_utf8_lossy(body));
