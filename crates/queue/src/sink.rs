@@ -584,7 +584,7 @@ impl Sink {
     /// The caller holds the enqueue order lock.
     fn store<R>(
         &self,
-        msgs: Vec<NewMessage>,
+        mut msgs: Vec<NewMessage>,
         spans: Vec<(usize, usize, chunk::Body)>,
         now: UnixMillis,
         mut batch: Batch,
@@ -602,8 +602,9 @@ impl Sink {
         };
         let end_id = first_id + n;
         let mut groups: Vec<(GroupRef, Vec<u8>)> = Vec::with_capacity(msgs.len());
-        for (i, m) in msgs.iter().enumerate() {
-            let group = GroupRef::of(m.group.clone(), MessageId(first_id + i as u64));
+        for (i, m) in msgs.iter_mut().enumerate() {
+            // Moved, not cloned: only the payloads are read from here on.
+            let group = GroupRef::of(m.group.take(), MessageId(first_id + i as u64));
             let enc = group.encode();
             groups.push((group, enc));
         }
