@@ -68,13 +68,7 @@ impl Queue {
         // with the notify below.
         drop(queue);
 
-        // s2-sink patch: one job, one waiter. `notify_all` woke every idle
-        // IO thread (7 are kept waiting) for each log buffer written, and all
-        // but one went back to sleep: ~3–4% of the server's CPU in futex
-        // calls and context switches on a 2-core machine. A woken thread
-        // drains the queue (`try_recv`) before it waits again, so no job is
-        // left behind.
-        self.cv.notify_one();
+        self.cv.notify_all();
 
         len
     }
