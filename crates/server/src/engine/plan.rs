@@ -160,7 +160,9 @@ fn prepare<'r>(
         // Nothing to run: send the stored bytes (shared, not copied), reading only the
         // idempotency key. Borrowed: cloned once per run, not per message.
         let route = Cow::Borrowed(default_route.ok_or_else(no_route(msg.id))?);
-        let body = payload_text(&msg.payload);
+        // Ingest stored valid UTF-8 (the producer's JSON text): checked, not copied; the
+        // lossy conversion is only a fallback.
+        let body = Text::from_utf8_lossy(msg.payload.clone());
         let key = if may_have_idempotency_key(&msg.payload) {
             serde_json::from_slice::<Peek>(&msg.payload)
                 .ok()
@@ -192,7 +194,7 @@ fn prepare<'r>(
         .ok_or_else(no_route(msg.id))?;
     let body = match body {
         // Untransformed: send the producer's bytes as they were stored.
-        Cow::Borrowed(b) if std::ptr::eq(b, &value) => payload_text(&msg.payload),
+        Cow::Borrowed(b) if std::ptr::eq(b, &value) => Text::from_utf8_lossy(msg.payload.clone()),
         other => Text::from(other.to_string()),
     };
     let key = value
@@ -200,12 +202,6 @@ fn prepare<'r>(
         .and_then(|k| k.as_str())
         .map(str::to_string);
     Ok(Some((route, record(sink, msg, key, body))))
-}
-
-/// The stored payload as the record body. Ingest stored valid UTF-8 (the producer's JSON
-/// text), so this is one validation and no copy; the lossy conversion is only a fallback.
-fn payload_text(payload: &bytes::Bytes) -> Text {
-    Text::from_utf8_lossy(payload.clone())
 }
 
 /// Whether `payload` can hold a `metadata.idempotency_key` at all: the key's name appears

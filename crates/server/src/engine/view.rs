@@ -106,66 +106,24 @@ impl<'de> Deserialize<'de> for Valid {
 
 /// A string, or `null`: borrowed from the text when it has no escapes. Any other type is an
 /// error (the full path names it).
-struct Text<'a>(Option<Cow<'a, str>>);
+struct StrOrNull<'a>(Option<Cow<'a, str>>);
 
-impl<'de> Deserialize<'de> for Text<'de> {
+impl<'de> Deserialize<'de> for StrOrNull<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = Text<'de>;
+            type Value = StrOrNull<'de>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a string or null")
             }
-            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Text<'de>, E> {
-                Ok(Text(Some(Cow::Borrowed(s))))
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<StrOrNull<'de>, E> {
+                Ok(StrOrNull(Some(Cow::Borrowed(s))))
             }
-            fn visit_str<E>(self, s: &str) -> Result<Text<'de>, E> {
-                Ok(Text(Some(Cow::Owned(s.to_owned()))))
+            fn visit_str<E>(self, s: &str) -> Result<StrOrNull<'de>, E> {
+                Ok(StrOrNull(Some(Cow::Owned(s.to_owned()))))
             }
-            fn visit_unit<E>(self) -> Result<Text<'de>, E> {
-                Ok(Text(None))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-/// Any JSON value, checked as [`Valid`]; kept only when it is a string (`group_id`).
-struct AnyStr(Option<String>);
-
-impl<'de> Deserialize<'de> for AnyStr {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = AnyStr;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_str<E>(self, s: &str) -> Result<AnyStr, E> {
-                Ok(AnyStr(Some(s.to_owned())))
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<AnyStr, E> {
-                Ok(AnyStr(None))
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<AnyStr, E> {
-                Ok(AnyStr(None))
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<AnyStr, E> {
-                Ok(AnyStr(None))
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<AnyStr, E> {
-                Ok(AnyStr(None))
-            }
-            fn visit_unit<E>(self) -> Result<AnyStr, E> {
-                Ok(AnyStr(None))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<AnyStr, A::Error> {
-                Valid::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))?;
-                Ok(AnyStr(None))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<AnyStr, A::Error> {
-                Valid::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
-                Ok(AnyStr(None))
+            fn visit_unit<E>(self) -> Result<StrOrNull<'de>, E> {
+                Ok(StrOrNull(None))
             }
         }
         d.deserialize_any(V)
@@ -264,15 +222,15 @@ impl<'de> Deserialize<'de> for MetaField<'de> {
                     match key {
                         "table_schema" => {
                             once(0, key)?;
-                            meta.table_schema = map.next_value::<Text>()?.0;
+                            meta.table_schema = map.next_value::<StrOrNull>()?.0;
                         }
                         "table_name" => {
                             once(1, key)?;
-                            meta.table_name = map.next_value::<Text>()?.0;
+                            meta.table_name = map.next_value::<StrOrNull>()?.0;
                         }
                         "idempotency_key" => {
                             once(2, key)?;
-                            meta.idempotency_key = map.next_value::<Text>()?.0;
+                            meta.idempotency_key = map.next_value::<StrOrNull>()?.0;
                         }
                         "record_pks" => {
                             once(3, key)?;
@@ -280,12 +238,21 @@ impl<'de> Deserialize<'de> for MetaField<'de> {
                         }
                         "group_id" => {
                             once(4, key)?;
-                            meta.group_id = map.next_value::<AnyStr>()?.0;
+                            // Kept only when a string; anything else checked as a tree parse
+                            // would (it is a tree: a group id is small or absent).
+                            meta.group_id = match map.next_value::<Value>()? {
+                                Value::String(s) => Some(s),
+                                _ => None,
+                            };
                         }
                         // Typed as strings in `Metadata`: checked, not kept.
-                        "commit_timestamp" | "database_name" => {
-                            once(if key == "database_name" { 5 } else { 6 }, key)?;
-                            map.next_value::<Text>()?;
+                        "commit_timestamp" => {
+                            once(5, key)?;
+                            map.next_value::<StrOrNull>()?;
+                        }
+                        "database_name" => {
+                            once(6, key)?;
+                            map.next_value::<StrOrNull>()?;
                         }
                         _ => {
                             map.next_value::<Valid>()?;
