@@ -40,8 +40,9 @@ pub enum GroupOutcome {
     /// The actor panicked (a bug); the supervisor restarts the group after a pause.
     Panicked,
     /// The head lies in the chunk with this first id, which the queue's read-ahead has not
-    /// cached yet: the supervisor starts the group again once it has (or, after
-    /// `MAX_WAIT`, unpaced: the group reads its head itself).
+    /// cached yet: the supervisor starts the group again once it has (or, when the read-ahead
+    /// stalls or the wait grows too long, unpaced: the group reads its head itself; see
+    /// `pacing::FrontierWatch`).
     WaitFor(u64),
 }
 

@@ -24,6 +24,7 @@ mod clock;
 mod dead_letter;
 mod group;
 mod io;
+mod pacing;
 mod plan;
 mod scan;
 mod settings;

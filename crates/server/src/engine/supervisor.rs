@@ -14,6 +14,7 @@ use s2sink_core::UnixMillis;
 use s2sink_queue::GroupRef;
 
 use super::group::{GroupActor, GroupDone, GroupOutcome};
+use super::pacing::FrontierWatch;
 use super::sink::SinkLocal;
 use super::threads::Homes;
 
@@ -84,7 +85,9 @@ pub struct Supervisor {
     /// Groups waiting for the queue's read-ahead: by the chunk their head is in, with when
     /// they started waiting.
     waiting: std::collections::BTreeMap<u64, Vec<(GroupRef, tokio::time::Instant)>>,
-    /// Groups to start unpaced (they waited [`MAX_WAIT`]).
+    /// The read-ahead's frontier as last seen: waiting groups are let go when it stalls.
+    frontier: FrontierWatch,
+    /// Groups to start unpaced (they waited long enough: see [`FrontierWatch::let_go`]).
     forced: HashSet<GroupRef>,
     /// A [`WAIT_TICK`] check is scheduled.
     wait_tick: bool,
@@ -93,10 +96,6 @@ pub struct Supervisor {
 /// How often groups waiting for the queue's read-ahead ([`GroupOutcome::WaitFor`]) are
 /// checked against its frontier (one lookup per shard per tick, while any wait).
 const WAIT_TICK: std::time::Duration = std::time::Duration::from_millis(5);
-/// How long a group waits for the read-ahead before it reads its head itself: the frontier
-/// only moves as the oldest chunks end, so a group whose message pins the oldest chunk (slow
-/// to deliver) must never hold the others back for long.
-const MAX_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Group actors a supervisor starts per turn of its engine thread. Each new actor first
 /// reads its head from disk; starting thousands at once (a restart with a large backlog)
@@ -123,6 +122,7 @@ impl Supervisor {
             recovering: VecDeque::new(),
             recover_scheduled: false,
             waiting: std::collections::BTreeMap::new(),
+            frontier: FrontierWatch::new(tokio::time::Instant::now()),
             forced: HashSet::default(),
             wait_tick: false,
         }
@@ -210,13 +210,15 @@ impl Supervisor {
         for (g, _) in reached.into_values().flatten() {
             self.make_ready(g);
         }
-        // Waited long enough: started unpaced (see `MAX_WAIT`). tokio's clock, as the tick's
-        // timer: the same under paused time in tests.
+        // Waited long enough: started unpaced (see `FrontierWatch::let_go`). tokio's clock,
+        // as the tick's timer: the same under paused time in tests.
         let now = tokio::time::Instant::now();
+        self.frontier.observe(frontier, now);
+        let watch = &self.frontier;
         let mut late = Vec::new();
         self.waiting.retain(|_, groups| {
             groups.retain(|(g, since)| {
-                let keep = now - *since < MAX_WAIT;
+                let keep = !watch.let_go(*since, now);
                 if !keep {
                     late.push(g.clone());
                 }
