@@ -37,27 +37,52 @@ use crate::chunk::Body;
 use crate::shared_body::{copy_part, SharedBody};
 use crate::{keys, parts};
 
-/// Prefix of the sled tree names of spans: `body/` start-id(8, big-endian) sink-name.
-pub const SPAN_PREFIX: &[u8] = b"body/";
+/// Prefix of the sled tree names of spans: `body2/` start-id(8, big-endian) sink-name. Their
+/// values are parts of [`keys::SPAN_PART`] bytes.
+pub const SPAN_PREFIX: &[u8] = b"body2/";
 
-/// The tree name of the span of sink `sink` starting at chunk `start`.
-pub fn span_name(sink: &str, start: u64) -> Vec<u8> {
-    let mut n = Vec::with_capacity(SPAN_PREFIX.len() + 8 + sink.len());
-    n.extend_from_slice(SPAN_PREFIX);
+/// Prefix of spans written before session 23, whose values are parts of
+/// [`keys::OLD_SPAN_PART`] bytes: the part size is in the name because reading a range of a
+/// body needs it, and a data directory may hold spans of both until the old ones are dropped.
+pub const OLD_SPAN_PREFIX: &[u8] = b"body/";
+
+/// The tree name of the span of sink `sink` starting at chunk `start`, whose values are parts
+/// of `part` bytes ([`keys::SPAN_PART`], or [`keys::OLD_SPAN_PART`] for an older span).
+pub fn span_name(sink: &str, start: u64, part: usize) -> Vec<u8> {
+    let prefix = if part == keys::OLD_SPAN_PART {
+        OLD_SPAN_PREFIX
+    } else {
+        debug_assert_eq!(part, keys::SPAN_PART);
+        SPAN_PREFIX
+    };
+    let mut n = Vec::with_capacity(prefix.len() + 8 + sink.len());
+    n.extend_from_slice(prefix);
     n.extend_from_slice(&start.to_be_bytes());
     n.extend_from_slice(sink.as_bytes());
     n
 }
 
-/// The (sink, start) of a span tree name.
-pub fn parse_span_name(name: &[u8]) -> Option<(&[u8], u64)> {
-    let rest = name.strip_prefix(SPAN_PREFIX)?;
+/// The (sink, start, part size) of a span tree name.
+pub fn parse_span_name(name: &[u8]) -> Option<(&[u8], u64, usize)> {
+    let (rest, part) = match name.strip_prefix(SPAN_PREFIX) {
+        Some(rest) => (rest, keys::SPAN_PART),
+        None => (name.strip_prefix(OLD_SPAN_PREFIX)?, keys::OLD_SPAN_PART),
+    };
     let start = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
-    Some((&rest[8..], start))
+    Some((&rest[8..], start, part))
+}
+
+/// The first and last value of a span with parts of `part` bytes that hold `off .. off +
+/// len` of a body.
+fn values_holding(part: usize, off: usize, len: usize) -> (usize, usize) {
+    let last = off + len.max(1) - 1;
+    (off / part, last / part)
 }
 
 struct Span {
     tree: Tree,
+    /// Bytes per value (see [`span_name`]).
+    part: usize,
     /// Chunks in the span whose removal is not yet applied.
     live: u64,
     /// Payload bytes written to it.
@@ -98,7 +123,7 @@ impl Bodies {
     ) -> sled::Result<Bodies> {
         let mut spans = Spans::default();
         for name in db.tree_names() {
-            let Some((owner, start)) = parse_span_name(&name) else {
+            let Some((owner, start, part)) = parse_span_name(&name) else {
                 continue;
             };
             if owner != sink.as_bytes() {
@@ -109,6 +134,7 @@ impl Bodies {
                 start,
                 Span {
                     tree,
+                    part,
                     live: 0,
                     bytes: span_bytes,
                 },
@@ -155,8 +181,9 @@ impl Bodies {
             .map(|(start, _)| *start)
             .collect();
         for start in empty {
-            spans.by_start.remove(&start);
-            self.drop_span(start);
+            if let Some(span) = spans.by_start.remove(&start) {
+                self.drop_span(start, span.part);
+            }
         }
     }
 
@@ -212,19 +239,21 @@ impl Bodies {
         // reading them back.
         let tree = self
             .db
-            .open_short_lived_tree(span_name(&self.sink, first))?;
+            .open_short_lived_tree(span_name(&self.sink, first, keys::SPAN_PART))?;
         spans.by_start.insert(
             first,
             Span {
                 tree,
+                part: keys::SPAN_PART,
                 live: 0,
                 bytes: 0,
             },
         );
         if let Some(old) = spans.open.replace(first) {
             if spans.by_start.get(&old).is_some_and(|s| s.live == 0) {
-                spans.by_start.remove(&old);
-                self.drop_span(old);
+                if let Some(span) = spans.by_start.remove(&old) {
+                    self.drop_span(old, span.part);
+                }
             }
         }
         Ok(first)
@@ -257,22 +286,20 @@ impl Bodies {
     /// `None` when the chunk's body is not in a span (an older layout, whose part size is not
     /// known here: read it whole) or the values do not hold the range (a corrupt index).
     pub fn read_range(&self, first: u64, off: usize, len: usize) -> sled::Result<Option<Bytes>> {
-        let Some((p0, p1)) = self.range_values(first, off, len) else {
-            return Ok(None);
-        };
-        let Some(tree) = self.tree_of(first) else {
+        let Some((tree, part)) = self.span_of(first) else {
             return Ok(None);
         };
         let end = off + len;
         if len == 0 {
             return Ok(Some(Bytes::new()));
         }
+        let (p0, p1) = values_holding(part, off, len);
         let (Ok(lo), Ok(hi)) = (u16::try_from(p0), u16::try_from(p1)) else {
             return Ok(None);
         };
         let base = keys::base(keys::BODY, first);
         let mut out = Vec::with_capacity(len);
-        let mut at = p0 * keys::SPAN_PART; // body offset of the value in hand
+        let mut at = p0 * part; // body offset of the value in hand
 
         // A lookup per value (one or two): sled's range iterator starts by cloning the leaf
         // it reads from (every entry's key and value handle), a lookup does not.
@@ -288,21 +315,26 @@ impl Bodies {
     /// Bytes [`Bodies::read_range`] reads from sled for `off .. off + len` of chunk `first`'s
     /// body; `None` when it reads none (the body is read whole instead).
     pub fn range_bytes(&self, first: u64, off: usize, len: usize) -> Option<usize> {
-        let (p0, p1) = self.range_values(first, off, len)?;
-        Some(if len == 0 {
-            0
-        } else {
-            (p1 - p0 + 1) * keys::SPAN_PART
-        })
+        if first < self.spans_from {
+            return None;
+        }
+        let part = self.spans().by_start.range(..=first).next_back()?.1.part;
+        let (p0, p1) = values_holding(part, off, len);
+        Some(if len == 0 { 0 } else { (p1 - p0 + 1) * part })
     }
 
-    /// The first and last span value holding `off .. off + len` of chunk `first`'s body;
-    /// `None` for a body in the older layout (parts of a size not known here).
-    fn range_values(&self, first: u64, off: usize, len: usize) -> Option<(usize, usize)> {
-        (first >= self.spans_from).then(|| {
-            let last = off + len.max(1) - 1;
-            (off / keys::SPAN_PART, last / keys::SPAN_PART)
-        })
+    /// The tree and part size of the span holding chunk `first`; `None` for a body in the
+    /// older layout (the sink's own tree, parts of a size not known here) or when no span
+    /// holds it (a corrupt index).
+    fn span_of(&self, first: u64) -> Option<(Tree, usize)> {
+        if first < self.spans_from {
+            return None;
+        }
+        self.spans()
+            .by_start
+            .range(..=first)
+            .next_back()
+            .map(|(_, s)| (s.tree.clone(), s.part))
     }
 
     /// The tree holding chunk `first`'s body (`None`: no span holds it, a corrupt index).
@@ -330,8 +362,9 @@ impl Bodies {
             };
             span.live = span.live.saturating_sub(1);
             if span.live == 0 && spans.open != Some(start) {
-                spans.by_start.remove(&start);
-                self.drop_span(start);
+                if let Some(span) = spans.by_start.remove(&start) {
+                    self.drop_span(start, span.part);
+                }
             }
         }
     }
@@ -341,11 +374,11 @@ impl Bodies {
         self.spans().by_start.len()
     }
 
-    fn drop_span(&self, start: u64) {
+    fn drop_span(&self, start: u64, part: usize) {
         // Dropping reads the tree's leaves to free them: off the caller's thread.
         let _ = self
             .reaper
-            .send(Job::Drop(span_name(&self.sink, start).into()));
+            .send(Job::Drop(span_name(&self.sink, start, part).into()));
     }
 }
 
@@ -404,8 +437,8 @@ mod tests {
         db.tree_names()
             .iter()
             .filter_map(|n| parse_span_name(n))
-            .filter(|(sink, _)| *sink == b"s")
-            .map(|(_, start)| start)
+            .filter(|(sink, _, _)| *sink == b"s")
+            .map(|(_, start, _)| start)
             .collect()
     }
 
@@ -530,10 +563,75 @@ mod tests {
     }
 
     #[test]
+    fn a_span_of_the_older_part_size_is_read_with_it_and_dropped_by_its_own_name() {
+        let (_dir, db, reaper) = database();
+        // As a build before 4,088-byte parts left it: a `body/` span of 4,096-byte values.
+        let payloads: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 700]).collect();
+        let whole = payloads.concat();
+        let old_part = keys::OLD_SPAN_PART;
+        let old = crate::chunk::body_in_parts(payloads.iter().map(|p| &p[..]), old_part);
+        let tree = db.open_tree(span_name("s", 0, old_part)).unwrap();
+        let mut batch = Batch::default();
+        old.put(&mut batch, 0);
+        tree.apply_batch(batch).unwrap();
+
+        let bodies = sink_bodies(&db, &reaper, 0, 1 << 20);
+        bodies.count_live(0);
+        bodies.opened();
+        assert_eq!(bodies.span_count(), 1);
+        // Offsets where the two part sizes put different bytes in a value.
+        for (off, len, values) in [
+            (0, 700, 1),
+            (old_part - 100, 700, 2),
+            (old_part * 3 + 1, 1000, 1),
+        ] {
+            let got = bodies.read_range(0, off, len).unwrap();
+            assert_eq!(got.as_deref(), Some(&whole[off..off + len]), "{off}+{len}");
+            assert_eq!(bodies.range_bytes(0, off, len), Some(values * old_part));
+        }
+        assert_eq!(
+            bodies.read(0, 0).unwrap().map(|b| b.to_vec()),
+            Some(whole.clone())
+        );
+
+        // New chunks go to a span of today's part size, next to the old one.
+        let new = crate::chunk::body(payloads.iter().map(|p| &p[..]));
+        bodies.write_with(&[(2, &new)], &Batch::default()).unwrap();
+        let part = keys::SPAN_PART;
+        let got = bodies.read_range(2, part - 100, 700).unwrap();
+        assert_eq!(got.as_deref(), Some(&whole[part - 100..part + 600]));
+        assert_eq!(bodies.range_bytes(2, part - 100, 700), Some(2 * part));
+
+        bodies.release(&[0]);
+        drop(bodies);
+        drop(reaper); // finishes the drops asked for
+        assert_eq!(
+            span_trees(&db),
+            vec![2],
+            "the old span is dropped by its own name"
+        );
+        assert!(db
+            .tree_names()
+            .iter()
+            .all(|n| !n.starts_with(OLD_SPAN_PREFIX)));
+    }
+
+    #[test]
     fn span_names_round_trip_and_keep_the_sink_apart() {
-        let n = span_name("a/b", 42);
-        assert_eq!(parse_span_name(&n), Some((&b"a/b"[..], 42)));
+        let n = span_name("a/b", 42, keys::SPAN_PART);
+        assert!(n.starts_with(SPAN_PREFIX));
+        assert_eq!(
+            parse_span_name(&n),
+            Some((&b"a/b"[..], 42, keys::SPAN_PART))
+        );
+        let old = span_name("a/b", 42, keys::OLD_SPAN_PART);
+        assert!(old.starts_with(OLD_SPAN_PREFIX));
+        assert_eq!(
+            parse_span_name(&old),
+            Some((&b"a/b"[..], 42, keys::OLD_SPAN_PART))
+        );
         assert_eq!(parse_span_name(b"sink/x"), None);
         assert_eq!(parse_span_name(b"body/123"), None);
+        assert_eq!(parse_span_name(b"body2/123"), None);
     }
 }

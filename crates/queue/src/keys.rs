@@ -65,7 +65,17 @@ pub const CHUNK_BYTES: usize = 60 * 1024;
 /// 10k groups closed loop 19 µs of server CPU per message instead of 38–43, a 1M restart
 /// drain 0.68 GB RSS instead of 1.36–1.42 (docs/BENCHMARKS.md, session 6). 8 KiB and
 /// 16 KiB measured in between.
-pub const SPAN_PART: usize = 4 * 1024;
+///
+/// 8 bytes short of 4 KiB: sled keeps a value as one allocation of its bytes plus an 8-byte
+/// reference count, so a 4,088-byte part is an allocation of exactly 4,096 bytes, which
+/// mimalloc serves without padding; 4,096-byte parts ([`OLD_SPAN_PART`]) were allocations of
+/// 4,104 bytes served from its 5,120-byte class, a fifth of every cached body wasted (a 1M
+/// restart's peak RSS 352–360 MB instead of 384–422, docs/BENCHMARKS.md, session 23).
+pub const SPAN_PART: usize = 4 * 1024 - 8;
+
+/// Part size of span trees written before session 23 (named with
+/// [`crate::bodies::OLD_SPAN_PREFIX`]); they are read with it until they are dropped.
+pub const OLD_SPAN_PART: usize = 4 * 1024;
 
 /// sled segment size of a database created now (see [`PART`]); an existing one keeps the size
 /// it was created with (sled refuses another). sled allocates one IO buffer of this size per
