@@ -181,9 +181,7 @@ impl Bodies {
             .map(|(start, _)| *start)
             .collect();
         for start in empty {
-            if let Some(span) = spans.by_start.remove(&start) {
-                self.drop_span(start, span.part);
-            }
+            self.drop_span(&mut spans, start);
         }
     }
 
@@ -251,9 +249,7 @@ impl Bodies {
         );
         if let Some(old) = spans.open.replace(first) {
             if spans.by_start.get(&old).is_some_and(|s| s.live == 0) {
-                if let Some(span) = spans.by_start.remove(&old) {
-                    self.drop_span(old, span.part);
-                }
+                self.drop_span(spans, old);
             }
         }
         Ok(first)
@@ -315,10 +311,7 @@ impl Bodies {
     /// Bytes [`Bodies::read_range`] reads from sled for `off .. off + len` of chunk `first`'s
     /// body; `None` when it reads none (the body is read whole instead).
     pub fn range_bytes(&self, first: u64, off: usize, len: usize) -> Option<usize> {
-        if first < self.spans_from {
-            return None;
-        }
-        let part = self.spans().by_start.range(..=first).next_back()?.1.part;
+        let part = self.in_span(first, |s| s.part)?;
         let (p0, p1) = values_holding(part, off, len);
         Some(if len == 0 { 0 } else { (p1 - p0 + 1) * part })
     }
@@ -327,6 +320,12 @@ impl Bodies {
     /// older layout (the sink's own tree, parts of a size not known here) or when no span
     /// holds it (a corrupt index).
     fn span_of(&self, first: u64) -> Option<(Tree, usize)> {
+        self.in_span(first, |s| (s.tree.clone(), s.part))
+    }
+
+    /// `f` of the span holding chunk `first`; `None` below `spans_from` (the sink's own
+    /// tree) or when no span holds it (a corrupt index).
+    fn in_span<T>(&self, first: u64, f: impl FnOnce(&Span) -> T) -> Option<T> {
         if first < self.spans_from {
             return None;
         }
@@ -334,7 +333,7 @@ impl Bodies {
             .by_start
             .range(..=first)
             .next_back()
-            .map(|(_, s)| (s.tree.clone(), s.part))
+            .map(|(_, s)| f(s))
     }
 
     /// The tree holding chunk `first`'s body (`None`: no span holds it, a corrupt index).
@@ -342,11 +341,7 @@ impl Bodies {
         if first < self.spans_from {
             return Some(self.legacy.clone());
         }
-        self.spans()
-            .by_start
-            .range(..=first)
-            .next_back()
-            .map(|(_, s)| s.tree.clone())
+        self.in_span(first, |s| s.tree.clone())
     }
 
     /// Chunks `ended` were removed by a batch that is now applied: a span whose chunks have
@@ -362,9 +357,7 @@ impl Bodies {
             };
             span.live = span.live.saturating_sub(1);
             if span.live == 0 && spans.open != Some(start) {
-                if let Some(span) = spans.by_start.remove(&start) {
-                    self.drop_span(start, span.part);
-                }
+                self.drop_span(&mut spans, start);
             }
         }
     }
@@ -374,11 +367,16 @@ impl Bodies {
         self.spans().by_start.len()
     }
 
-    fn drop_span(&self, start: u64, part: usize) {
+    /// Forgets span `start` and has the reaper drop its tree (by the name its part size
+    /// gives it).
+    fn drop_span(&self, spans: &mut Spans, start: u64) {
+        let Some(span) = spans.by_start.remove(&start) else {
+            return;
+        };
         // Dropping reads the tree's leaves to free them: off the caller's thread.
         let _ = self
             .reaper
-            .send(Job::Drop(span_name(&self.sink, start, part).into()));
+            .send(Job::Drop(span_name(&self.sink, start, span.part).into()));
     }
 }
 
