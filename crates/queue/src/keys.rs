@@ -70,7 +70,8 @@ pub const CHUNK_BYTES: usize = 60 * 1024;
 /// reference count, so a 4,088-byte part is an allocation of exactly 4,096 bytes, which
 /// mimalloc serves without padding; 4,096-byte parts ([`OLD_SPAN_PART`]) were allocations of
 /// 4,104 bytes served from its 5,120-byte class, a fifth of every cached body wasted (a 1M
-/// restart's peak RSS 352–360 MB instead of 384–422, docs/BENCHMARKS.md, session 23).
+/// restart's peak RSS 352–380 MB in 7 of 8 runs instead of 384–422, docs/BENCHMARKS.md,
+/// session 23).
 pub const SPAN_PART: usize = 4 * 1024 - 8;
 
 /// Part size of span trees written before session 23 (named with
