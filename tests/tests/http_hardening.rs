@@ -956,6 +956,48 @@ async fn reload_applies_server_keys_or_names_the_ones_needing_a_restart() {
     assert!(!server.log().contains("new-token-2"), "token in the log");
 }
 
+/// `THP_enabled` of process `pid` from /proc (the kernel's view of `PR_SET_THP_DISABLE`).
+fn thp_enabled(pid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| panic!("no THP_enabled in /proc/{pid}/status:\n{status}"))
+}
+
+/// `server.memory = "lean"` reaches the allocator: the kernel stops giving the process
+/// transparent huge pages and the log says so with the purge delay; `fast` (the default)
+/// leaves them on; a reload cannot switch modes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_lean_turns_huge_pages_off_and_a_reload_cannot_switch_it() {
+    let fast_dir = tempfile::tempdir().unwrap();
+    let fast = ServerProcess::start(fast_dir.path(), &config(""), &[]).await;
+    assert_eq!(thp_enabled(fast.pid().unwrap()), "1");
+    drop(fast);
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(dir.path(), &config("memory = \"lean\""), &[]).await;
+    assert_eq!(thp_enabled(server.pid().unwrap()), "0", "{}", server.log());
+    let log = server.log();
+    assert!(
+        log.contains("memory = \\\"lean\\\"") || log.contains("memory = \"lean\""),
+        "{log}"
+    );
+    assert!(log.contains("freed_memory_returned_after_ms=250"), "{log}");
+
+    std::fs::write(
+        dir.path().join("s2-sink.toml"),
+        config("memory = \"fast\"").replace("{port}", &server.port.to_string()),
+    )
+    .unwrap();
+    let api = Api::new(&server);
+    api.send(Method::POST, "/api/reload", &[], None)
+        .await
+        .error(422, "invalid_config", "server.memory");
+    assert_eq!(thp_enabled(server.pid().unwrap()), "0");
+}
+
 // ---------------------------------------------------------------------------------------
 // 7. CLI flags.
 

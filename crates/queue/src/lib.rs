@@ -80,7 +80,10 @@ mod upgrade;
 mod v1;
 
 #[cfg(feature = "mimalloc")]
-pub use allocator::tune_mimalloc;
+pub use allocator::{
+    disable_huge_pages, huge_pages_disabled, purge_delay_ms, return_freed_memory_after,
+    tune_mimalloc,
+};
 pub use error::QueueError;
 pub use queue::{OpenTimes, Queue};
 pub use sink::Paced;

@@ -79,7 +79,44 @@ pub struct ServerSection {
     /// Engine threads: group actors and stream writers are spread over this many (each with
     /// a supervisor shard per sink); unset = the number of cores.
     pub engine_threads: Option<usize>,
+    /// How the `s2-sink` binary's allocator trades memory for CPU: `fast` (default) or
+    /// `lean`. Applies at start (a reload that changes it is refused).
+    pub memory: MemoryMode,
 }
+
+/// `server.memory`: what the `s2-sink` binary's allocator optimises for. Programs that embed
+/// the engine keep their own allocator and ignore it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum MemoryMode {
+    /// Freed memory is kept for reuse and the kernel may use transparent huge pages: the
+    /// least CPU per message; the process stays near its peak.
+    #[default]
+    Fast,
+    /// Transparent huge pages off, and memory unused for [`LEAN_PURGE_DELAY_MS`] handed back
+    /// to the OS: a 1M-message restart peaks ~50–70 MB lower for ~10–25% more CPU per message
+    /// (docs/BENCHMARKS.md).
+    Lean,
+}
+
+impl TryFrom<String> for MemoryMode {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, String> {
+        match value.as_str() {
+            "fast" => Ok(MemoryMode::Fast),
+            "lean" => Ok(MemoryMode::Lean),
+            other => Err(format!(
+                "`{other}` is not a memory mode: use \"fast\" or \"lean\""
+            )),
+        }
+    }
+}
+
+/// How long memory freed in `lean` mode stays unused before it is returned to the OS (ms):
+/// long enough that a buffer freed and allocated again at once (sled's log buffers, a
+/// delivery's run) is reused, not faulted in again.
+pub const LEAN_PURGE_DELAY_MS: u32 = 250;
 
 impl Default for ServerSection {
     fn default() -> Self {
@@ -101,6 +138,7 @@ impl Default for ServerSection {
             max_held_bytes: crate::engine::DEFAULT_MAX_HELD_BYTES,
             payload_cache_bytes: s2sink_queue::QueueOptions::default().payload_cache_bytes as u64,
             engine_threads: None,
+            memory: MemoryMode::Fast,
         }
     }
 }
@@ -125,6 +163,7 @@ impl std::fmt::Debug for ServerSection {
             .field("max_held_bytes", &self.max_held_bytes)
             .field("payload_cache_bytes", &self.payload_cache_bytes)
             .field("engine_threads", &self.engine_threads)
+            .field("memory", &self.memory)
             .finish()
     }
 }
@@ -713,6 +752,23 @@ endpoint = "http://127.0.0.1:8080"
         let e = err(&OK.replace("[server]", "[server]\npayload_cache_bytes = 65536"));
         assert!(
             e.contains("server.payload_cache_bytes") && e.contains("at least 1048576"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn memory_is_fast_by_default_lean_on_request_and_anything_else_is_named() {
+        assert_eq!(load_str(OK, &[]).unwrap().server.memory, MemoryMode::Fast);
+        let lean = OK.replace("[server]", "[server]\nmemory = \"lean\"");
+        assert_eq!(
+            load_str(&lean, &[]).unwrap().server.memory,
+            MemoryMode::Lean
+        );
+        let from_env = load_str(OK, &[("S2SINK_SERVER__MEMORY", "lean")]).unwrap();
+        assert_eq!(from_env.server.memory, MemoryMode::Lean);
+        let e = err(&OK.replace("[server]", "[server]\nmemory = \"small\""));
+        assert!(
+            e.contains("memory") && e.contains("small") && e.contains("lean"),
             "{e}"
         );
     }

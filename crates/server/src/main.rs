@@ -35,6 +35,7 @@ fn serve_cmd(args: cli::ServeArgs) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    apply_memory_mode(config.server.memory);
     let result = actix_rt::System::new().block_on(serve::run(config, Some(path)));
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -43,6 +44,28 @@ fn serve_cmd(args: cli::ServeArgs) -> ExitCode {
             ExitCode::from(exit_code(&e))
         }
     }
+}
+
+/// `server.memory` for this binary's allocator, before the queue opens and load arrives
+/// (`main` has already set `fast`'s settings). `MIMALLOC_*` variables an operator set win.
+fn apply_memory_mode(mode: config::MemoryMode) {
+    if mode != config::MemoryMode::Lean {
+        return;
+    }
+    let purge = s2sink_queue::return_freed_memory_after(config::LEAN_PURGE_DELAY_MS);
+    let huge_pages_off = match s2sink_queue::disable_huge_pages() {
+        Ok(off) => off,
+        Err(e) => {
+            tracing::warn!(error = %e, "memory = \"lean\": could not turn transparent huge pages off");
+            false
+        }
+    };
+    tracing::info!(
+        freed_memory_returned_after_ms = s2sink_queue::purge_delay_ms(),
+        purge_delay_from_env = !purge,
+        huge_pages_off = huge_pages_off || s2sink_queue::huge_pages_disabled(),
+        "memory = \"lean\""
+    );
 }
 
 /// The config at `path` with the environment's overrides; a config error is printed and

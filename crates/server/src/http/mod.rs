@@ -190,6 +190,7 @@ impl AppState {
                 "server.engine_threads",
                 old.engine_threads != new.engine_threads,
             ),
+            ("server.memory", old.memory != new.memory),
             ("sources", sources_changed),
         ]
         .into_iter()
