@@ -94,8 +94,8 @@ pub enum MemoryMode {
     #[default]
     Fast,
     /// Transparent huge pages off, and memory unused for [`LEAN_PURGE_DELAY_MS`] handed back
-    /// to the OS: a 1M-message restart peaks ~50–70 MB lower for ~10–25% more CPU per message
-    /// (docs/BENCHMARKS.md).
+    /// to the OS: a 1M-message restart peaks ~50–75 MB lower for ~10–50% more CPU per message
+    /// (docs/BENCHMARKS.md, session 24).
     Lean,
 }
 

@@ -52,18 +52,16 @@ fn apply_memory_mode(mode: config::MemoryMode) {
     if mode != config::MemoryMode::Lean {
         return;
     }
-    let purge = s2sink_queue::return_freed_memory_after(config::LEAN_PURGE_DELAY_MS);
-    let huge_pages_off = match s2sink_queue::disable_huge_pages() {
-        Ok(off) => off,
-        Err(e) => {
-            tracing::warn!(error = %e, "memory = \"lean\": could not turn transparent huge pages off");
-            false
-        }
-    };
+    let purge_delay_from_env =
+        !s2sink_queue::return_freed_memory_after(config::LEAN_PURGE_DELAY_MS);
+    if let Err(e) = s2sink_queue::disable_huge_pages() {
+        tracing::warn!(error = %e, "memory = \"lean\": could not turn transparent huge pages off");
+    }
+    // What is in effect, whoever set it (this call or an operator's MIMALLOC_* variables).
     tracing::info!(
         freed_memory_returned_after_ms = s2sink_queue::purge_delay_ms(),
-        purge_delay_from_env = !purge,
-        huge_pages_off = huge_pages_off || s2sink_queue::huge_pages_disabled(),
+        purge_delay_from_env,
+        huge_pages_off = s2sink_queue::huge_pages_disabled(),
         "memory = \"lean\""
     );
 }
