@@ -601,18 +601,27 @@ impl Sink {
             (first, st.meta.epoch)
         };
         let end_id = first_id + n;
-        let mut groups: Vec<(GroupRef, Vec<u8>)> = Vec::with_capacity(msgs.len());
+        let mut groups: Vec<GroupRef> = Vec::with_capacity(msgs.len());
         for (i, m) in msgs.iter_mut().enumerate() {
             // Moved, not cloned: only the payloads are read from here on.
-            let group = GroupRef::of(m.group.take(), MessageId(first_id + i as u64));
-            let enc = group.encode();
-            groups.push((group, enc));
+            groups.push(GroupRef::of(m.group.take(), MessageId(first_id + i as u64)));
         }
+        // Every group's encoding in one buffer (`ends[i]`: where message i's ends), not an
+        // allocation per message.
+        let mut encoded = Vec::with_capacity(groups.iter().map(GroupRef::encoded_len).sum());
+        let ends: Vec<usize> = groups
+            .iter()
+            .map(|g| {
+                g.encode_into(&mut encoded);
+                encoded.len()
+            })
+            .collect();
+        let encoded_group = |i: usize| &encoded[if i == 0 { 0 } else { ends[i - 1] }..ends[i]];
         let mut chunks = Vec::with_capacity(spans.len());
         for (start, end, body) in spans {
             let first = first_id + start as u64;
             let entries: Vec<(&[u8], u32)> = (start..end)
-                .map(|i| (&groups[i].1[..], msgs[i].payload.len() as u32))
+                .map(|i| (encoded_group(i), msgs[i].payload.len() as u32))
                 .collect();
             let head_parts = chunk::put_head(&mut batch, first, epoch, now, &entries);
             let body_parts = parts::count(body.shared.len());
@@ -648,7 +657,7 @@ impl Sink {
             st.index.cache.offer(first, body.shared);
         }
         let mut off = 0u32;
-        for (i, (m, (group, _))) in msgs.into_iter().zip(groups).enumerate() {
+        for (i, (m, group)) in msgs.into_iter().zip(groups).enumerate() {
             let id = first_id + i as u64;
             if st.index.chunks.contains_key(&id) {
                 off = 0; // a new chunk starts here

@@ -128,18 +128,30 @@ impl GroupRef {
 
     /// The stored form: a tag byte, then the key's UTF-8 or the id big-endian.
     pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.encoded_len());
+        self.encode_into(&mut v);
+        v
+    }
+
+    /// Bytes [`GroupRef::encode`] writes.
+    pub(crate) fn encoded_len(&self) -> usize {
+        match &self.0 {
+            Repr::Key(k) => 1 + k.0.len(),
+            Repr::Solo(_) => 9,
+        }
+    }
+
+    /// [`GroupRef::encode`] appended to `out`: an enqueue encodes all its messages' groups
+    /// into one buffer, not an allocation each.
+    pub(crate) fn encode_into(&self, out: &mut Vec<u8>) {
         match &self.0 {
             Repr::Key(k) => {
-                let mut v = Vec::with_capacity(1 + k.0.len());
-                v.push(TAG_KEY);
-                v.extend_from_slice(k.0.as_bytes());
-                v
+                out.push(TAG_KEY);
+                out.extend_from_slice(k.0.as_bytes());
             }
             Repr::Solo(id) => {
-                let mut v = Vec::with_capacity(9);
-                v.push(TAG_SOLO);
-                v.extend_from_slice(&id.0.to_be_bytes());
-                v
+                out.push(TAG_SOLO);
+                out.extend_from_slice(&id.0.to_be_bytes());
             }
         }
     }

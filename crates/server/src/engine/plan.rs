@@ -112,12 +112,18 @@ pub fn plan_run(
                         },
                     };
                 }
+                // Sized once for every message that could join (no regrowing per message).
+                let room = (msgs.len() - index).min(limits.max_records.max(1));
+                let mut ids = Vec::with_capacity(room);
+                ids.push(msg.delivery_id());
+                let mut records = Vec::with_capacity(room);
+                records.push(record);
                 run = Some((
                     index,
                     route.into_owned(),
                     Run {
-                        ids: vec![msg.delivery_id()],
-                        records: vec![record],
+                        ids,
+                        records,
                         metered: cost.metered,
                         json_bytes: json_cost,
                         read_epoch,
