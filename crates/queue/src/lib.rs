@@ -36,7 +36,7 @@
 //!     ])
 //!     .await?; // on disk now, and only now visible to its group
 //! let g = &accepted[0].group;
-//! assert_eq!(g.key().unwrap().as_str(), "public.orders/7");
+//! assert_eq!(g.key(), Some("public.orders/7"));
 //!
 //! // The group actor takes the head run, delivers it, and acks or fails.
 //! let run = queue.head_run("orders", g, 100, 1 << 20)?;

@@ -724,7 +724,7 @@ fn pending_groups_oldest_first_orders_groups_by_their_oldest_message() {
             .unwrap()
             .iter()
             .map(|g| match g.key() {
-                Some(k) => k.as_str().to_owned(),
+                Some(k) => k.to_owned(),
                 None => format!("#{}", g.solo().unwrap().0),
             })
             .collect()

@@ -94,7 +94,7 @@ async fn produce(queue: Queue, seed: u64) {
         let done = queue.enqueue(SINK, msgs).await.expect("enqueue");
         let mut lines = String::new();
         for e in &done {
-            let g = e.group.key().map_or("-", |k| k.as_str());
+            let g = e.group.key().unwrap_or("-");
             lines.push_str(&format!("@E {} {g}\n", e.id));
         }
         // Ids applied so far, by any producer, flushed or not.
@@ -212,7 +212,7 @@ fn verify(dir: &Path, claims: &Claims) -> u64 {
     let present: BTreeSet<u64> = all.iter().map(|m| m.id.0).collect();
     assert_eq!(present.len(), all.len(), "an id appears twice");
     for m in &all {
-        let name = m.group.key().map_or("-", |k| k.as_str());
+        let name = m.group.key().unwrap_or("-");
         let text = String::from_utf8(m.payload.to_vec()).unwrap();
         assert_eq!(
             text.split('|').next(),
@@ -242,7 +242,7 @@ fn verify(dir: &Path, claims: &Claims) -> u64 {
     let mut first_present: BTreeMap<&str, u64> = BTreeMap::new();
     for m in &all {
         if let Some(k) = m.group.key() {
-            first_present.entry(k.as_str()).or_insert(m.id.0);
+            first_present.entry(k).or_insert(m.id.0);
         }
     }
     for (id, g) in &claims.durable {

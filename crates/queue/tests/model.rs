@@ -328,7 +328,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         m.max_issued
                     );
                     m.max_issued = e.id.0;
-                    prop_assert_eq!(e.group.key(), n.group.as_ref());
+                    prop_assert_eq!(e.group.key(), n.group.as_ref().map(|k| k.as_str()));
                     if n.group.is_none() {
                         prop_assert_eq!(e.group.solo(), Some(e.id));
                     }

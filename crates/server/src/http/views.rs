@@ -89,7 +89,7 @@ pub struct MessageSummary {
 pub fn message_summary(msg: &StoredMessage, now: UnixMillis) -> MessageSummary {
     MessageSummary {
         id: msg.id.0,
-        group: msg.group.key().map(|k| k.as_str().to_string()),
+        group: msg.group.key().map(str::to_string),
         state: state_name(msg, now),
         deliver_count: msg.state.deliver_count,
         enqueued_at: msg.enqueued_at,
