@@ -127,14 +127,7 @@ impl Envelope {
     /// Appends `schema.table` to `out` when the metadata names a table (else leaves it as it
     /// is): for keys that start with the table, built in one string.
     pub fn push_table(&self, out: &mut String) -> Option<()> {
-        let m = self.metadata.as_ref()?;
-        let name = m.table_name.as_deref()?;
-        if let Some(schema) = m.table_schema.as_deref() {
-            out.push_str(schema);
-            out.push('.');
-        }
-        out.push_str(name);
-        Some(())
+        crate::GroupSource::of(self).push_table(out)
     }
 
     /// The envelope's idempotency key, if any.

@@ -35,18 +35,28 @@ impl GroupKey {
         explicit: Option<&str>,
         group_columns: &GroupColumns,
     ) -> Option<GroupKey> {
+        Self::derive_from(&GroupSource::of(envelope), explicit, group_columns)
+    }
+
+    /// [`GroupKey::derive`] from the fields it reads, borrowed: ingest reads them from a
+    /// message's text without building an [`Envelope`].
+    pub fn derive_from(
+        source: &GroupSource<'_>,
+        explicit: Option<&str>,
+        group_columns: &GroupColumns,
+    ) -> Option<GroupKey> {
         if let Some(g) = explicit {
             return (!g.is_empty()).then(|| GroupKey(g.to_string()));
         }
         // Built in one string (`table/` then the values), not from parts joined and
         // formatted: derived for every message ingested.
         let mut key = String::with_capacity(64);
-        envelope.push_table(&mut key)?;
+        source.push_table(&mut key)?;
         let table_len = key.len();
         key.push('/');
         let mut from_columns = false;
         if let Some(cols) = group_columns.get(&key[..table_len]) {
-            if let Some(record) = envelope.record.as_ref().and_then(Value::as_object) {
+            if let Some(record) = source.record.and_then(Value::as_object) {
                 let values = cols.iter().filter_map(|c| record.get(c));
                 for v in values.filter(|v| !v.is_null()) {
                     if from_columns {
@@ -58,8 +68,7 @@ impl GroupKey {
             }
         }
         if !from_columns {
-            let pks = envelope.metadata.as_ref()?.record_pks.as_ref()?;
-            for (i, v) in pks.iter().enumerate() {
+            for (i, v) in source.record_pks?.iter().enumerate() {
                 if i > 0 {
                     key.push(':');
                 }
@@ -70,6 +79,44 @@ impl GroupKey {
             }
         }
         Some(GroupKey(key))
+    }
+}
+
+/// The fields of a message a group is derived from ([`GroupKey::derive_from`]), borrowed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GroupSource<'a> {
+    /// `metadata.table_schema`.
+    pub table_schema: Option<&'a str>,
+    /// `metadata.table_name`.
+    pub table_name: Option<&'a str>,
+    /// `record` (read only when the table has group columns).
+    pub record: Option<&'a Value>,
+    /// `metadata.record_pks`.
+    pub record_pks: Option<&'a [Value]>,
+}
+
+impl<'a> GroupSource<'a> {
+    /// The fields of a parsed envelope.
+    pub fn of(envelope: &'a Envelope) -> GroupSource<'a> {
+        let meta = envelope.metadata.as_ref();
+        GroupSource {
+            table_schema: meta.and_then(|m| m.table_schema.as_deref()),
+            table_name: meta.and_then(|m| m.table_name.as_deref()),
+            record: envelope.record.as_ref(),
+            record_pks: meta.and_then(|m| m.record_pks.as_deref()),
+        }
+    }
+
+    /// Appends `schema.table` to `out` when a table is named (else leaves it as it is): the
+    /// table's text form, for keys that start with it and for display.
+    pub fn push_table(&self, out: &mut String) -> Option<()> {
+        let name = self.table_name?;
+        if let Some(schema) = self.table_schema {
+            out.push_str(schema);
+            out.push('.');
+        }
+        out.push_str(name);
+        Some(())
     }
 }
 

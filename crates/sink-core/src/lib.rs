@@ -17,7 +17,7 @@ pub use backoff::BackoffPolicy;
 pub use envelope::{Envelope, Metadata};
 pub use error::CoreError;
 pub use failure::{classify_status, ErrorClass, LastError};
-pub use group::{GroupColumns, GroupKey};
+pub use group::{GroupColumns, GroupKey, GroupSource};
 pub use limits::{
     metered_size, MAX_BATCH_METERED_BYTES, MAX_BATCH_RECORDS, MAX_RECORD_METERED_BYTES,
 };

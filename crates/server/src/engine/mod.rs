@@ -637,28 +637,40 @@ fn prepare(
         let invalid = |reason: String| ServerError::InvalidMessage { index, reason };
         // Given as text only (HTTP ingest): read the few fields grouping needs from the text,
         // without building the tree; anything unusual takes the full path below.
+        // The group and the idempotency key when deduplicating (an empty one would make every
+        // keyless-looking message a duplicate of the first), read without copying the fields.
         let light = match (&item.raw, item.message.is_null()) {
-            (Some(raw), true) => view::light_envelope(raw, with_record),
+            (Some(raw), true) => view::light(raw, with_record),
             _ => None,
         };
-        let (envelope, explicit) = match light {
-            Some((envelope, group_id)) => (envelope, item.group.or(group_id)),
+        let (group, key) = match light {
+            Some(light) => {
+                let explicit = item.group.as_deref().or(light.group_id());
+                let group =
+                    GroupKey::derive_from(&light.group_source(), explicit, &settings.group_columns);
+                let key = light
+                    .idempotency_key()
+                    .filter(|k| dedup_keys && !k.is_empty());
+                (group, key.map(str::to_string))
+            }
             None => {
                 if let (Some(raw), true) = (&item.raw, item.message.is_null()) {
                     item.message = serde_json::from_str(raw).map_err(|e| invalid(e.to_string()))?;
                 }
                 let envelope =
                     Envelope::from_value(&item.message).map_err(|e| invalid(e.to_string()))?;
-                let explicit = item.group.or_else(|| {
+                let explicit = item.group.as_deref().or_else(|| {
                     item.message
                         .pointer("/metadata/group_id")
                         .and_then(|g| g.as_str())
-                        .map(str::to_string)
                 });
-                (envelope, explicit)
+                let group = GroupKey::derive(&envelope, explicit, &settings.group_columns);
+                let key = envelope
+                    .idempotency_key()
+                    .filter(|k| dedup_keys && !k.is_empty());
+                (group, key.map(str::to_string))
             }
         };
-        let group = GroupKey::derive(&envelope, explicit.as_deref(), &settings.group_columns);
         let payload = match item.raw {
             Some(raw) => raw.into_bytes(),
             None => serde_json::to_vec(&item.message)
@@ -666,9 +678,7 @@ fn prepare(
                 .into(),
         };
         let mut msg = NewMessage::new(group, payload);
-        // An empty key would make every keyless-looking message a duplicate of the first.
-        let key = envelope.idempotency_key().filter(|k| !k.is_empty());
-        if let Some(key) = key.filter(|_| dedup_keys) {
+        if let Some(key) = key {
             msg = msg.with_idempotency_key(key);
         }
         msgs.push(msg);

@@ -2,32 +2,75 @@
 //!
 //! Grouping and deduplication need a handful of fields (`metadata.table_schema`,
 //! `table_name`, `record_pks`, `idempotency_key`, `group_id`, and `record` only when the sink
-//! groups by columns). [`light_envelope`] reads exactly those from the producer's text in one
-//! pass, borrowing strings where it can, checks the types [`Envelope::from_value`] checks, and
+//! groups by columns). [`light`] reads exactly those from the producer's text in one
+//! pass, borrowing strings where it can, checks the types
+//! [`Envelope::from_value`](s2sink_core::Envelope::from_value) checks, and
 //! checks every other byte as a tree parse would (numbers in range, escapes and surrogates,
 //! the nesting limit): an answer means the text is a JSON object the full path accepts, so
 //! ingest scans each message once. Anything unusual (a field of the wrong type, a duplicate
 //! metadata field, an escaped key, invalid JSON) makes it answer `None`, and the caller takes
-//! the full path (parse the tree, then [`Envelope::from_value`]), so errors and results are
+//! the full path (parse the tree, then `Envelope::from_value`), so errors and results are
 //! exactly the full path's.
 
 use std::borrow::Cow;
 use std::fmt;
 
+#[cfg(test)]
 use s2sink_core::envelope::{Envelope, Metadata};
+use s2sink_core::GroupSource;
 use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::Value;
 
+/// The envelope fields ingest needs, borrowed from the text where it can: what the group is
+/// derived from ([`Light::group_source`]), the idempotency key and `metadata.group_id`.
+pub struct Light<'a> {
+    record: Option<Value>,
+    meta: Option<Meta<'a>>,
+}
+
+impl<'a> Light<'a> {
+    /// The fields [`GroupKey::derive_from`](s2sink_core::GroupKey::derive_from) reads.
+    pub fn group_source(&self) -> GroupSource<'_> {
+        let meta = self.meta.as_ref();
+        GroupSource {
+            table_schema: meta.and_then(|m| m.table_schema.as_deref()),
+            table_name: meta.and_then(|m| m.table_name.as_deref()),
+            record: self.record.as_ref(),
+            record_pks: meta.and_then(|m| m.record_pks.as_deref()),
+        }
+    }
+
+    /// `metadata.idempotency_key`.
+    pub fn idempotency_key(&self) -> Option<&str> {
+        self.meta.as_ref()?.idempotency_key.as_deref()
+    }
+
+    /// `metadata.group_id` when it is a string.
+    pub fn group_id(&self) -> Option<&str> {
+        self.meta.as_ref()?.group_id.as_deref()
+    }
+}
+
 /// The envelope fields ingest needs, or `None` when the full path must decide. `with_record`:
-/// also parse `record` (the sink groups by columns). `group_id`: `metadata.group_id` when it
-/// is a string. `Some` also means `raw` is a JSON object a `serde_json::Value` parse accepts.
-pub fn light_envelope(raw: &str, with_record: bool) -> Option<(Envelope, Option<String>)> {
+/// also parse `record` (the sink groups by columns). `Some` also means `raw` is a JSON object a
+/// `serde_json::Value` parse accepts.
+pub fn light(raw: &str, with_record: bool) -> Option<Light<'_>> {
     let mut de = serde_json::Deserializer::from_str(raw);
     let top = TopSeed { with_record }.deserialize(&mut de).ok()?;
     de.end().ok()?;
+    Some(Light {
+        record: top.record,
+        meta: top.metadata,
+    })
+}
+
+/// [`light`] as an [`Envelope`] and `metadata.group_id`, to compare with the full path.
+#[cfg(test)]
+fn light_envelope(raw: &str, with_record: bool) -> Option<(Envelope, Option<String>)> {
+    let light = light(raw, with_record)?;
     let mut group_id = None;
-    let metadata = top.metadata.map(|meta| {
+    let metadata = light.meta.map(|meta| {
         group_id = meta.group_id;
         Metadata {
             table_schema: meta.table_schema.map(Cow::into_owned),
@@ -38,7 +81,7 @@ pub fn light_envelope(raw: &str, with_record: bool) -> Option<(Envelope, Option<
         }
     });
     let envelope = Envelope {
-        record: top.record,
+        record: light.record,
         metadata,
         ..Envelope::default()
     };
@@ -319,6 +362,24 @@ mod tests {
                 });
                 assert_eq!(lg, g, "{raw}");
                 assert_eq!(light.idempotency_key(), env.idempotency_key(), "{raw}");
+                // What ingest uses: the borrowed fields derive the full path's group.
+                let borrowed = super::light(raw, with_record).expect("answers as above");
+                assert_eq!(borrowed.group_id().map(str::to_string), g, "{raw}");
+                assert_eq!(borrowed.idempotency_key(), env.idempotency_key(), "{raw}");
+                // Ingest parses `record` exactly when the sink has group columns.
+                let empty = Default::default();
+                let columns = if with_record {
+                    [&cols, &empty]
+                } else {
+                    [&empty, &empty]
+                };
+                for columns in columns {
+                    assert_eq!(
+                        GroupKey::derive_from(&borrowed.group_source(), None, columns),
+                        GroupKey::derive(&env, None, columns),
+                        "{raw}"
+                    );
+                }
                 assert_eq!(light.table(), env.table(), "{raw}");
                 if with_record {
                     assert_eq!(
@@ -418,8 +479,15 @@ mod tests {
                 let full = full(&raw);
                 proptest::prop_assert!(full.is_ok(), "{}: {:?}", raw, full.err());
                 let (env, g) = full.unwrap();
-                proptest::prop_assert_eq!(lg, g);
+                proptest::prop_assert_eq!(lg, g.clone());
                 proptest::prop_assert_eq!(light.idempotency_key(), env.idempotency_key());
+                let borrowed = super::light(&raw, with_record).expect("answers as above");
+                proptest::prop_assert_eq!(borrowed.group_id().map(str::to_string), g);
+                proptest::prop_assert_eq!(borrowed.idempotency_key(), env.idempotency_key());
+                proptest::prop_assert_eq!(
+                    GroupKey::derive_from(&borrowed.group_source(), None, &Default::default()),
+                    GroupKey::derive(&env, None, &Default::default())
+                );
                 proptest::prop_assert_eq!(light.table(), env.table());
                 proptest::prop_assert_eq!(
                     GroupKey::derive(&light, None, &Default::default()),
