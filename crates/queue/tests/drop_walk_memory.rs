@@ -64,9 +64,12 @@ fn dropping_a_tree_found_on_disk_frees_each_leaf_as_the_walk_goes() {
     eprintln!("the drop held at most {} KiB at once", grew >> 10);
     // Upstream: the whole tree (~52 MiB: every leaf pulled, held until the walk ends); a guard
     // per page without flushing it: ~9 MiB (freed pages wait in the thread's deferred bag);
-    // flushed: ~0.2 MiB.
+    // flushed: ~0.2 MiB on an idle machine, but up to ~10 MiB on a loaded one (a freed page is
+    // destroyed only once the global epoch advances, which waits for every pinned thread,
+    // sled's own included, to be scheduled). The bound tells the walk from upstream's, not
+    // the machine's load.
     assert!(
-        grew < 4 << 20,
+        grew < 24 << 20,
         "dropping a 48 MiB tree held {} MiB at once",
         grew >> 20
     );
